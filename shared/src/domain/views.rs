@@ -1,0 +1,84 @@
+//! What the protocol answers. The HTTP layer serialises these as they are.
+
+use serde::Serialize;
+
+use super::{AudioFormat, AudioState, ByteRange, ContentHash, Millis, ReferenceId, ReferenceKind, SessionId};
+
+/// A request the client must send to move bytes (presigned S3 URL or the local emulation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignedRequest {
+    pub url: String,
+    pub method: String,
+    /// Headers the client must send exactly; they are covered by the signature.
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UploadResult {
+    pub content_hash: ContentHash,
+    pub format: AudioFormat,
+    pub size: u64,
+    /// Short-lived download URL.
+    pub url: String,
+    pub url_expires_at: Millis,
+    pub deduplicated: bool,
+    pub state: AudioState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChallengeView {
+    pub nonce: String,
+    pub ranges: Vec<ByteRange>,
+}
+
+/// The answer to opening an upload session. Its shape is the same whether or not the content
+/// already exists, so it tells a caller without the bytes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UploadSession {
+    pub session_id: SessionId,
+    pub content_hash: ContentHash,
+    pub upload: SignedRequest,
+    pub challenge: ChallengeView,
+    pub expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AudioView {
+    pub content_hash: ContentHash,
+    pub format: AudioFormat,
+    pub size: u64,
+    pub state: AudioState,
+    pub url: String,
+    pub url_expires_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReferenceView {
+    pub content_hash: ContentHash,
+    pub ref_id: ReferenceId,
+    pub kind: ReferenceKind,
+    pub created_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    pub unique_files: i64,
+    pub stored_bytes: i64,
+    pub total_references: i64,
+    pub referenced_bytes: i64,
+    pub deduplication_ratio: f64,
+    pub bytes_saved: i64,
+    pub pending_uploads: i64,
+    pub deleting: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReconcileReport {
+    pub deletions_finished: u64,
+    pub pending_resolved: u64,
+    pub sessions_expired: u64,
+    pub unreferenced_deleted: u64,
+    pub orphans_deleted: u64,
+    pub activated: u64,
+}

@@ -1,0 +1,13 @@
+//! audio-dedup core: content-addressed audio stored once, reference-counted, deleted as soon
+//! as the last reference goes. The protocol lives in [`protocol`]; it talks to storage only
+//! through the two ports in [`ports`]. Adapters live in [`store`].
+
+pub mod domain;
+pub mod error;
+pub mod ports;
+pub mod protocol;
+pub mod store;
+
+pub use domain::*;
+pub use error::{DedupError, StoreError};
+pub use protocol::{Dedup, DedupConfig};

@@ -1,0 +1,10 @@
+//! The narrow ports the protocol is written against. Adapters implement them; they hold no
+//! protocol logic.
+
+mod blob;
+mod index;
+mod time;
+
+pub use blob::*;
+pub use index::*;
+pub use time::*;

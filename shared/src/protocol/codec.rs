@@ -1,0 +1,187 @@
+//! Typed records over the index's JSON items, and the transaction builder every flow uses.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{keys, ms, Dedup};
+use crate::domain::{AudioRecord, AudioState, HolderRecord, ReferenceRecord, SessionRecord, SessionState};
+use crate::error::{DedupError, StoreError};
+use crate::ports::{BlobStore, Expect, Item, Key, TransactionalIndex, TxnError, WriteOp};
+
+/// A record as read, with the version a later write must expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub version: u64,
+}
+
+impl<T> Versioned<T> {
+    pub fn expect(&self) -> Expect {
+        Expect::Version(self.version)
+    }
+}
+
+pub(super) fn expect_of<T>(prev: Option<&Versioned<T>>) -> Expect {
+    prev.map_or(Expect::Absent, Versioned::expect)
+}
+
+fn decode<T: DeserializeOwned>(item: &Item) -> Result<Versioned<T>, StoreError> {
+    let value = serde_json::from_str(&item.body).map_err(|e| StoreError::Corrupt {
+        key: item.key.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(Versioned { value, version: item.version })
+}
+
+impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+    pub(super) async fn load<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<Versioned<T>>, DedupError> {
+        match self.index.get(key).await? {
+            Some(item) => Ok(Some(decode(&item)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn load_audio(&self, hash: &crate::domain::ContentHash) -> Result<Option<Versioned<AudioRecord>>, DedupError> {
+        self.load(&keys::audio(hash)).await
+    }
+
+    pub(super) fn txn(&self) -> Txn {
+        Txn { ops: Vec::new(), stats: StatsDelta::default(), slack: ms(self.cfg.session_slack) }
+    }
+
+    /// Commits; `Ok(false)` when a condition failed or a transaction conflicted (nothing written).
+    pub(super) async fn commit(&self, txn: Txn) -> Result<bool, DedupError> {
+        let Txn { mut ops, stats, .. } = txn;
+        if !stats.is_zero() {
+            ops.push(WriteOp::Bump { key: keys::stats_shard(self.random_shard()), deltas: stats.deltas() });
+        }
+        match self.index.transact(ops).await {
+            Ok(()) => Ok(true),
+            Err(TxnError::Rejected { .. } | TxnError::Conflict) => Ok(false),
+            Err(TxnError::Store(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// Changes to the global counters, written in the same transaction as the state change.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StatsDelta {
+    pub active_files: i64,
+    pub stored_bytes: i64,
+    pub live_refs: i64,
+    pub referenced_bytes: i64,
+    pub pending: i64,
+    pub deleting: i64,
+}
+
+impl StatsDelta {
+    fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn deltas(&self) -> Vec<(&'static str, i64)> {
+        [
+            ("active_files", self.active_files),
+            ("stored_bytes", self.stored_bytes),
+            ("live_refs", self.live_refs),
+            ("referenced_bytes", self.referenced_bytes),
+            ("pending", self.pending),
+            ("deleting", self.deleting),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
+        .collect()
+    }
+
+    /// Counts an audio record leaving state `from` (size `size`) for state `to` (size `to_size`).
+    pub fn transition(&mut self, from: Option<(AudioState, u64)>, to: (AudioState, u64)) {
+        if let Some((state, size)) = from {
+            self.count(state, size, -1);
+        }
+        self.count(to.0, to.1, 1);
+    }
+
+    fn count(&mut self, state: AudioState, size: u64, sign: i64) {
+        match state {
+            AudioState::PendingUpload => self.pending += sign,
+            AudioState::Active => {
+                self.active_files += sign;
+                self.stored_bytes += sign * size as i64;
+            }
+            AudioState::Deleting => self.deleting += sign,
+            AudioState::Gone => {}
+        }
+    }
+
+    pub fn reference(&mut self, size: u64, sign: i64) {
+        self.live_refs += sign;
+        self.referenced_bytes += sign * size as i64;
+    }
+}
+
+pub(super) struct Txn {
+    ops: Vec<WriteOp>,
+    pub stats: StatsDelta,
+    slack: i64,
+}
+
+impl Txn {
+    fn put_json<T: Serialize>(
+        &mut self,
+        key: Key,
+        value: &T,
+        expect: Expect,
+        owner_key: Option<Key>,
+        work_due: Option<i64>,
+    ) -> Result<(), DedupError> {
+        let version = match expect {
+            Expect::Version(v) => v + 1,
+            Expect::Absent | Expect::Any => 1,
+        };
+        let body = serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        let work_key = work_due.map(|due| keys::work(due, &key));
+        self.ops.push(WriteOp::Put { item: Item { key, version, body, owner_key, work_key }, expect });
+        Ok(())
+    }
+
+    /// Writes an audio record, expecting `prev` (absent if `None`) unless `expect` overrides.
+    pub fn put_audio(&mut self, rec: &AudioRecord, prev: Option<&Versioned<AudioRecord>>) -> Result<(), DedupError> {
+        self.put_audio_expecting(rec, expect_of(prev))
+    }
+
+    pub fn put_audio_expecting(&mut self, rec: &AudioRecord, expect: Expect) -> Result<(), DedupError> {
+        let due = match rec.state {
+            AudioState::PendingUpload => rec.due_at,
+            AudioState::Active if rec.refs == 0 => rec.due_at,
+            AudioState::Deleting => Some(rec.updated_at),
+            _ => None,
+        };
+        self.put_json(keys::audio(&rec.hash), rec, expect, None, due)
+    }
+
+    pub fn put_reference(&mut self, rec: &ReferenceRecord, expect: Expect) -> Result<(), DedupError> {
+        let owner_key = Some(keys::reference_owner(&rec.hash, &rec.owner, &rec.ref_id));
+        self.put_json(keys::reference(&rec.hash, &rec.owner, &rec.ref_id), rec, expect, owner_key, None)
+    }
+
+    pub fn put_holder(
+        &mut self,
+        hash: &crate::domain::ContentHash,
+        rec: &HolderRecord,
+        expect: Expect,
+    ) -> Result<(), DedupError> {
+        self.put_json(keys::holder(hash, &rec.owner), rec, expect, None, None)
+    }
+
+    pub fn put_session(&mut self, rec: &SessionRecord, expect: Expect) -> Result<(), DedupError> {
+        let due = (rec.state == SessionState::Open).then_some(rec.expires_at + self.slack);
+        self.put_json(keys::session(&rec.hash, &rec.id), rec, expect, None, due)
+    }
+
+    pub fn check(&mut self, key: Key, expect: Expect) {
+        self.ops.push(WriteOp::Check { key, expect });
+    }
+}

@@ -1,0 +1,129 @@
+//! Blob events and adoption of stored objects. Created-object events, a session's complete
+//! call, and the reconciler's sweep all go through `adopt_object`; whichever comes first
+//! wins and the rest find nothing to do. Events may be duplicated, late, reordered or lost:
+//! every decision is made from the current object's exact version (an event for another
+//! version is ignored), never from the event's order.
+
+use super::{keys, Dedup, Step};
+use crate::domain::{AudioState, ContentHash, SessionRecord, SessionState};
+use crate::error::DedupError;
+use crate::ports::{BlobEvent, BlobStore, ObjectMeta, TransactionalIndex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adoption {
+    /// The object became the content's active object.
+    Activated,
+    /// Already active; an uploading session was attached if it was not.
+    AlreadyActive,
+    /// Nobody claims the object, or its bytes do not match the key: it was deleted.
+    Deleted,
+    /// The event was about a key we do not own, or a version that is no longer current.
+    Ignored,
+}
+
+impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+    pub async fn on_blob_event(&self, event: &BlobEvent) -> Result<Adoption, DedupError> {
+        match event {
+            BlobEvent::Created { key, version, .. } => {
+                let Some(hash) = keys::hash_from_blob_key(&self.cfg.key_prefix, key) else {
+                    tracing::info!(%key, "ignoring created event for a key we do not own");
+                    return Ok(Adoption::Ignored);
+                };
+                match self.blobs.head(key).await? {
+                    Some(meta) if &meta.version == version => self.adopt_object(&hash, &meta).await,
+                    _ => Ok(Adoption::Ignored),
+                }
+            }
+            BlobEvent::Removed { key, version, .. } => {
+                let Some(hash) = keys::hash_from_blob_key(&self.cfg.key_prefix, key) else {
+                    tracing::info!(%key, "ignoring removed event for a key we do not own");
+                    return Ok(Adoption::Ignored);
+                };
+                match self.load_audio(&hash).await? {
+                    Some(p) if p.value.state == AudioState::Deleting && p.value.blob_version.as_ref() == Some(version) => {
+                        self.finish_deletion(&hash).await?;
+                        Ok(Adoption::Deleted)
+                    }
+                    _ => Ok(Adoption::Ignored),
+                }
+            }
+        }
+    }
+
+    /// Brings the index in line with an object that exists under `hash`'s key.
+    pub async fn adopt_object(&self, hash: &ContentHash, meta: &ObjectMeta) -> Result<Adoption, DedupError> {
+        self.cas(|| self.adopt_step(hash, meta)).await
+    }
+
+    async fn adopt_step(&self, hash: &ContentHash, meta: &ObjectMeta) -> Result<Step<Adoption>, DedupError> {
+        // The session whose signed PUT wrote this object, if it still waits for completion.
+        let session = match keys::session_from_uploader(meta.uploader.as_deref()) {
+            Some(id) => self
+                .load::<SessionRecord>(&keys::session(hash, &id))
+                .await?
+                .filter(|s| s.value.state != SessionState::Completed && s.value.size == meta.size),
+            None => None,
+        };
+        let prev = self.load_audio(hash).await?;
+        let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state);
+        match state {
+            AudioState::Deleting => {
+                self.finish_deletion(hash).await?;
+                Ok(Step::Again)
+            }
+            AudioState::Active => {
+                let Some(p) = prev else { return Ok(Step::Again) };
+                if p.value.blob_version.as_deref() != Some(meta.version.as_str()) {
+                    tracing::warn!(%hash, version = %meta.version, "object version differs from the active one; left alone");
+                    return Ok(Step::Done(Adoption::Ignored));
+                }
+                let Some(s) = session else { return Ok(Step::Done(Adoption::AlreadyActive)) };
+                let mut a = p.value.clone();
+                let mut txn = self.txn();
+                self.plan_attach(&mut txn, &mut a, &s.value.owner, s.value.reference.as_ref()).await?;
+                self.put_or_check_audio(&mut txn, a, &p)?;
+                let mut done = s.value.clone();
+                done.state = SessionState::Completed;
+                done.deduplicated = Some(false);
+                txn.put_session(&done, s.expect())?;
+                Ok(if self.commit(txn).await? { Step::Done(Adoption::AlreadyActive) } else { Step::Lost })
+            }
+            AudioState::PendingUpload | AudioState::Gone => {
+                let claimed = state == AudioState::PendingUpload || session.is_some();
+                if !claimed || !self.verify_object(hash, meta).await? {
+                    return Ok(if self.quarantine(hash, prev.as_ref(), meta).await? {
+                        Step::Done(Adoption::Deleted)
+                    } else {
+                        Step::Lost
+                    });
+                }
+                let from = match &prev {
+                    Some(p) => p.value.clone(),
+                    None => crate::domain::AudioRecord {
+                        hash: *hash,
+                        state: AudioState::Gone,
+                        generation: 0,
+                        format: session.as_ref().map_or(crate::domain::AudioFormat::Mp3, |s| s.value.format),
+                        size: 0,
+                        blob_version: None,
+                        refs: 0,
+                        due_at: None,
+                        updated_at: 0,
+                    },
+                };
+                let mut a = self.activated(&from, meta);
+                let mut txn = self.txn();
+                txn.stats.transition(prev.as_ref().map(|p| (p.value.state, p.value.size)), (AudioState::Active, a.size));
+                if let Some(s) = &session {
+                    self.plan_attach(&mut txn, &mut a, &s.value.owner, s.value.reference.as_ref()).await?;
+                    let mut done = s.value.clone();
+                    done.state = SessionState::Completed;
+                    done.deduplicated = Some(false);
+                    txn.put_session(&done, s.expect())?;
+                }
+                txn.put_audio(&a, prev.as_ref())?;
+                Ok(if self.commit(txn).await? { Step::Done(Adoption::Activated) } else { Step::Lost })
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The dedup protocol, written once against the ports. See docs/protocol.md for the states,
+//! invariants and races; each flow's module says which it closes.
+
+mod codec;
+mod deletion;
+mod events;
+pub mod keys;
+mod read;
+mod reconcile;
+mod references;
+mod session;
+mod stats;
+mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use codec::Versioned;
+pub use session::{proof_for, CompleteRequest, SessionRequest};
+pub use upload::DirectUpload;
+
+use crate::domain::Millis;
+use crate::error::DedupError;
+use crate::ports::{BlobStore, Clock, Entropy, OsEntropy, SystemClock, TransactionalIndex};
+
+#[derive(Debug, Clone)]
+pub struct DedupConfig {
+    /// Prepended to every blob key (`prod/`, `dev/`, or empty).
+    pub key_prefix: String,
+    /// How long an upload session's URL is valid.
+    pub session_ttl: Duration,
+    /// Extra time after a session's URL expires for a slow PUT to land and be completed.
+    pub session_slack: Duration,
+    /// Lifetime of download URLs (at most 15 minutes).
+    pub download_ttl: Duration,
+    /// Delay between the last reference going and deletion. Zero: at once.
+    pub deletion_grace: Duration,
+    /// How long uploaded content with no reference ever attached is kept.
+    pub unreferenced_ttl: Duration,
+    /// How long a direct upload may take between claiming the content and activating it.
+    pub direct_lease: Duration,
+    pub stats_shards: u64,
+    /// Compare-and-swap attempts before answering `busy`.
+    pub max_attempts: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            key_prefix: String::new(),
+            session_ttl: Duration::from_secs(15 * 60),
+            session_slack: Duration::from_secs(60 * 60),
+            download_ttl: Duration::from_secs(10 * 60),
+            deletion_grace: Duration::ZERO,
+            unreferenced_ttl: Duration::from_secs(24 * 60 * 60),
+            direct_lease: Duration::from_secs(5 * 60),
+            stats_shards: 16,
+            max_attempts: 64,
+        }
+    }
+}
+
+/// The protocol over one blob store and one index.
+pub struct Dedup<B, I> {
+    blobs: B,
+    index: I,
+    cfg: DedupConfig,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+}
+
+impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+    pub fn new(blobs: B, index: I, cfg: DedupConfig) -> Self {
+        Self::with_env(blobs, index, cfg, Arc::new(SystemClock), Arc::new(OsEntropy))
+    }
+
+    pub fn with_env(blobs: B, index: I, cfg: DedupConfig, clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>) -> Self {
+        Self { blobs, index, cfg, clock, entropy }
+    }
+
+    pub fn blobs(&self) -> &B {
+        &self.blobs
+    }
+
+    pub fn index(&self) -> &I {
+        &self.index
+    }
+
+    pub fn config(&self) -> &DedupConfig {
+        &self.cfg
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    fn blob_key(&self, hash: &crate::domain::ContentHash) -> String {
+        keys::blob_key(&self.cfg.key_prefix, hash)
+    }
+
+    /// Runs one compare-and-swap step until it is done, backing off between lost races.
+    async fn cas<T, F, Fut>(&self, mut step: F) -> Result<T, DedupError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Step<T>, DedupError>>,
+    {
+        use backon::BackoffBuilder as _;
+        let mut delays = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_delay(Duration::from_millis(50))
+            .without_max_times()
+            .build();
+        for _ in 0..self.cfg.max_attempts {
+            match step().await? {
+                Step::Done(v) => return Ok(v),
+                // State moved on (we helped it, or a lease changed it): look again at once.
+                Step::Again => continue,
+                Step::Lost => {
+                    // Jitter from the entropy port keeps simulations replayable.
+                    let base = delays.next().unwrap_or(Duration::from_millis(50));
+                    let jitter = 0.5 + (self.entropy.next_u64() % 1000) as f64 / 1000.0;
+                    tokio::time::sleep(base.mul_f64(jitter)).await;
+                }
+            }
+        }
+        tracing::warn!(attempts = self.cfg.max_attempts, "compare-and-swap retries exhausted");
+        Err(DedupError::Busy)
+    }
+
+    fn random_shard(&self) -> u64 {
+        self.entropy.next_u64() % self.cfg.stats_shards.max(1)
+    }
+}
+
+/// The outcome of one compare-and-swap attempt.
+enum Step<T> {
+    Done(T),
+    /// Lost a race: back off, then read again.
+    Lost,
+    /// The state changed under us on purpose; read again without waiting.
+    Again,
+}
+
+fn ms(d: Duration) -> Millis {
+    d.as_millis().min(i64::MAX as u128) as Millis
+}

@@ -1,0 +1,222 @@
+//! Upload sessions: the client PUTs the bytes straight to the blob store with a signed URL,
+//! or proves it holds them. Proof of possession: the session carries a challenge (a nonce and
+//! byte ranges); the answer is SHA-256(nonce || those ranges). The server checks it with
+//! ranged reads of the stored object. A caller without the bytes gets one answer whether or
+//! not the content exists (`upload_required`), and the session itself looks the same in both
+//! cases, so neither the session nor a failed proof reveals that a hash exists.
+//!
+//! Race closed: a session that never completes. Its pending claim has a due time; the
+//! reconciler resolves it (adopting an object that did land, or dropping the claim).
+
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use super::{keys, ms, Dedup, Step};
+use crate::domain::{
+    AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference, SessionId,
+    SessionRecord, SessionState, UploadResult, UploadSession, UserId,
+};
+use crate::error::DedupError;
+use crate::ports::{BlobStore, Expect, PresignPut, TransactionalIndex};
+
+/// Largest object a single signed PUT may carry (S3's single-part limit). Only a single-part
+/// PUT proves the whole-object SHA-256.
+pub const MAX_SESSION_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+const WHOLE_FILE_PROOF_MAX: u64 = 64 * 1024;
+const PROOF_RANGES: u64 = 8;
+const PROOF_RANGE_LEN: u64 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    pub owner: UserId,
+    pub hash: ContentHash,
+    pub size: u64,
+    pub format: AudioFormat,
+    pub reference: Option<PendingReference>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompleteRequest {
+    pub owner: UserId,
+    pub hash: ContentHash,
+    pub session_id: SessionId,
+    /// Hex SHA-256 answer to the session's challenge, to claim content without sending it.
+    pub proof: Option<String>,
+}
+
+/// The answer to a challenge: SHA-256 over the nonce's bytes, then each range's bytes.
+pub fn proof_for<'a>(nonce_hex: &str, chunks: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut h = Sha256::new();
+    h.update(hex::decode(nonce_hex).unwrap_or_default());
+    for c in chunks {
+        h.update(c);
+    }
+    hex::encode(h.finalize())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+    pub async fn open_session(&self, req: SessionRequest) -> Result<UploadSession, DedupError> {
+        if req.size == 0 || req.size > MAX_SESSION_SIZE {
+            return Err(DedupError::bad_request(
+                "invalid_size",
+                format!("size must be between 1 and {MAX_SESSION_SIZE} bytes"),
+            ));
+        }
+        let now = self.now();
+        let mut id = [0u8; 16];
+        self.entropy.fill(&mut id);
+        let rec = SessionRecord {
+            id: SessionId::from_random(id),
+            hash: req.hash,
+            owner: req.owner.clone(),
+            size: req.size,
+            format: req.format,
+            reference: req.reference.clone(),
+            challenge: self.make_challenge(req.size),
+            state: SessionState::Open,
+            created_at: now,
+            expires_at: now + ms(self.cfg.session_ttl),
+            deduplicated: None,
+        };
+        let upload = self.blobs.presign_put(&PresignPut {
+            key: self.blob_key(&req.hash),
+            sha256: req.hash,
+            size: req.size,
+            content_type: req.format.content_type(),
+            uploader: keys::session_uploader(&rec.id),
+            expires_in: self.cfg.session_ttl,
+        })?;
+        self.cas(|| self.open_step(&rec)).await?;
+        Ok(UploadSession {
+            session_id: rec.id.clone(),
+            content_hash: rec.hash,
+            upload,
+            challenge: ChallengeView { nonce: rec.challenge.nonce.clone(), ranges: rec.challenge.ranges.clone() },
+            expires_at: rec.expires_at,
+        })
+    }
+
+    async fn open_step(&self, rec: &SessionRecord) -> Result<Step<()>, DedupError> {
+        let lease_until = rec.expires_at + ms(self.cfg.session_slack);
+        let prev = self.load_audio(&rec.hash).await?;
+        let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state);
+        let mut txn = self.txn();
+        match (state, &prev) {
+            (AudioState::Deleting, _) => {
+                self.finish_deletion(&rec.hash).await?;
+                return Ok(Step::Again);
+            }
+            (AudioState::Gone, _) => {
+                return self.claim_pending(&rec.hash, rec.format, prev.as_ref(), lease_until - self.now()).await;
+            }
+            (AudioState::PendingUpload, Some(p)) => {
+                // Keep the claim alive until this session's URL (plus slack) runs out too.
+                let mut a = p.value.clone();
+                a.due_at = Some(a.due_at.unwrap_or(0).max(lease_until));
+                self.put_or_check_audio(&mut txn, a, p)?;
+            }
+            _ => {}
+        }
+        txn.put_session(rec, Expect::Absent)?;
+        Ok(if self.commit(txn).await? { Step::Done(()) } else { Step::Lost })
+    }
+
+    fn make_challenge(&self, size: u64) -> Challenge {
+        let mut nonce = [0u8; 16];
+        self.entropy.fill(&mut nonce);
+        let ranges = if size <= WHOLE_FILE_PROOF_MAX {
+            vec![ByteRange { offset: 0, length: size }]
+        } else {
+            let mut r: Vec<ByteRange> = (0..PROOF_RANGES)
+                .map(|_| ByteRange {
+                    offset: self.entropy.next_u64() % (size - PROOF_RANGE_LEN + 1),
+                    length: PROOF_RANGE_LEN,
+                })
+                .collect();
+            r.sort_by_key(|r| r.offset);
+            r
+        };
+        Challenge { nonce: hex::encode(nonce), ranges }
+    }
+
+    /// Finishes a session: after the PUT (the stored object must be this session's upload),
+    /// or with a proof of possession. Idempotent.
+    pub async fn complete(&self, req: CompleteRequest) -> Result<UploadResult, DedupError> {
+        let key = keys::session(&req.hash, &req.session_id);
+        let not_found = || DedupError::not_found("session_not_found", "no such upload session for this caller");
+        let Some(s) = self.load::<SessionRecord>(&key).await? else { return Err(not_found()) };
+        if s.value.owner != req.owner {
+            return Err(not_found());
+        }
+        match s.value.state {
+            SessionState::Completed => return self.completed_result(&req.hash, s.value.deduplicated.unwrap_or(false)).await,
+            SessionState::Expired => {
+                return Err(DedupError::Expired { code: "session_expired", message: "the upload session expired; open a new one".into() })
+            }
+            SessionState::Open => {}
+        }
+        if let Some(proof) = &req.proof {
+            return self.cas(|| self.prove_step(&s.value, proof)).await;
+        }
+        let blob_key = self.blob_key(&req.hash);
+        let Some(meta) = self.blobs.head(&blob_key).await? else { return Err(DedupError::UploadRequired) };
+        if meta.uploader.as_deref() != Some(keys::session_uploader(&s.value.id).as_str()) {
+            // Someone else's upload: this caller has not shown it has the bytes.
+            return Err(DedupError::UploadRequired);
+        }
+        self.adopt_object(&req.hash, &meta).await?;
+        match self.load::<SessionRecord>(&key).await?.map(|s| s.value) {
+            Some(done) if done.state == SessionState::Completed => {
+                self.completed_result(&req.hash, done.deduplicated.unwrap_or(false)).await
+            }
+            _ => Err(DedupError::UploadRequired),
+        }
+    }
+
+    async fn prove_step(&self, s: &SessionRecord, proof: &str) -> Result<Step<UploadResult>, DedupError> {
+        let Some(p) = self.load_audio(&s.hash).await? else { return Err(DedupError::UploadRequired) };
+        let version = p.value.blob_version.clone().unwrap_or_default();
+        if p.value.state != AudioState::Active || p.value.size != s.size {
+            return Err(DedupError::UploadRequired);
+        }
+        let key = self.blob_key(&s.hash);
+        let mut chunks = Vec::with_capacity(s.challenge.ranges.len());
+        for r in &s.challenge.ranges {
+            match self.blobs.read_range(&key, &version, r.offset, r.length).await? {
+                Some(bytes) if bytes.len() as u64 == r.length => chunks.push(bytes),
+                _ => return Err(DedupError::UploadRequired),
+            }
+        }
+        let expected = proof_for(&s.challenge.nonce, chunks.iter().map(|c| c.as_ref()));
+        if !constant_time_eq(expected.as_bytes(), proof.trim().to_ascii_lowercase().as_bytes()) {
+            return Err(DedupError::UploadRequired);
+        }
+        let mut a = p.value.clone();
+        let mut txn = self.txn();
+        self.plan_attach(&mut txn, &mut a, &s.owner, s.reference.as_ref()).await?;
+        self.put_or_check_audio(&mut txn, a.clone(), &p)?;
+        let sess_key = keys::session(&s.hash, &s.id);
+        let Some(cur) = self.load::<SessionRecord>(&sess_key).await? else { return Ok(Step::Lost) };
+        let mut done = cur.value.clone();
+        done.state = SessionState::Completed;
+        done.deduplicated = Some(true);
+        txn.put_session(&done, cur.expect())?;
+        Ok(if self.commit(txn).await? { Step::Done(self.upload_result(&a, true)?) } else { Step::Lost })
+    }
+
+    async fn completed_result(&self, hash: &ContentHash, deduplicated: bool) -> Result<UploadResult, DedupError> {
+        match self.load_audio(hash).await? {
+            Some(p) if p.value.state == AudioState::Active => self.upload_result(&p.value, deduplicated),
+            _ => Err(DedupError::not_found("audio_not_found", "the upload completed, but the audio has since been deleted")),
+        }
+    }
+
+    pub fn session_ttl(&self) -> Duration {
+        self.cfg.session_ttl
+    }
+}

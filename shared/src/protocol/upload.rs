@@ -1,0 +1,202 @@
+//! Direct upload (small files through the API). Races closed here:
+//! - two users upload the same new content at once: both claim `PendingUpload` by CAS, the
+//!   blob put is put-if-absent, and activation is one CAS, so exactly one object and one
+//!   active record result; the loser attaches to the winner's object.
+//! - a re-upload while the content is `Deleting`: the uploader finishes the deletion first
+//!   (deleting only the recorded version), then starts a new generation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{keys, ms, Dedup, Step, Versioned};
+use crate::domain::{
+    AudioFormat, AudioRecord, AudioState, ContentHash, PendingReference, UploadResult, UserId,
+};
+use crate::error::DedupError;
+use crate::ports::{BlobBody, BlobStore, ObjectMeta, PutOutcome, PutRequest, TransactionalIndex};
+
+/// Bytes the caller sent through the API, already hashed while they were spooled.
+#[derive(Debug, Clone)]
+pub struct DirectUpload {
+    pub owner: UserId,
+    pub format: AudioFormat,
+    pub hash: ContentHash,
+    pub size: u64,
+    pub body: BlobBody,
+    pub reference: Option<PendingReference>,
+}
+
+impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+    /// Stores the content once, grants the caller possession, and attaches the optional
+    /// reference, all idempotently.
+    pub async fn upload_direct(&self, up: DirectUpload) -> Result<UploadResult, DedupError> {
+        if up.size == 0 {
+            return Err(DedupError::bad_request("empty_body", "the audio body is empty"));
+        }
+        let created = AtomicBool::new(false);
+        self.cas(|| self.direct_step(&up, &created)).await
+    }
+
+    async fn direct_step(&self, up: &DirectUpload, created: &AtomicBool) -> Result<Step<UploadResult>, DedupError> {
+        let prev = self.load_audio(&up.hash).await?;
+        let Some(p) = prev.as_ref().filter(|p| p.value.state != AudioState::Gone) else {
+            return self.claim_pending(&up.hash, up.format, prev.as_ref(), ms(self.cfg.direct_lease)).await;
+        };
+        match p.value.state {
+            AudioState::Active => {
+                let mut a = p.value.clone();
+                let mut txn = self.txn();
+                self.plan_attach(&mut txn, &mut a, &up.owner, up.reference.as_ref()).await?;
+                self.put_or_check_audio(&mut txn, a.clone(), p)?;
+                if !self.commit(txn).await? {
+                    return Ok(Step::Lost);
+                }
+                Ok(Step::Done(self.upload_result(&a, !created.load(Ordering::SeqCst))?))
+            }
+            AudioState::Deleting => {
+                self.finish_deletion(&up.hash).await?;
+                Ok(Step::Again)
+            }
+            AudioState::PendingUpload => {
+                let key = self.blob_key(&up.hash);
+                let put = PutRequest {
+                    key: key.clone(),
+                    body: up.body.clone(),
+                    sha256: up.hash,
+                    size: up.size,
+                    content_type: up.format.content_type(),
+                    uploader: keys::DIRECT_UPLOADER.into(),
+                };
+                let meta = match self.blobs.put_if_absent(put).await? {
+                    PutOutcome::Created { version } => {
+                        created.store(true, Ordering::SeqCst);
+                        ObjectMeta {
+                            key,
+                            version,
+                            size: up.size,
+                            sha256: Some(up.hash),
+                            uploader: Some(keys::DIRECT_UPLOADER.into()),
+                            last_modified: self.now(),
+                        }
+                    }
+                    PutOutcome::AlreadyExists => match self.blobs.head(&key).await? {
+                        Some(meta) => meta,
+                        None => return Ok(Step::Again),
+                    },
+                };
+                if !self.verify_object(&up.hash, &meta).await? {
+                    self.quarantine(&up.hash, prev.as_ref(), &meta).await?;
+                    return Ok(Step::Again);
+                }
+                let mut a = self.activated(&p.value, &meta);
+                let mut txn = self.txn();
+                txn.stats.transition(Some((AudioState::PendingUpload, 0)), (AudioState::Active, a.size));
+                self.plan_attach(&mut txn, &mut a, &up.owner, up.reference.as_ref()).await?;
+                txn.put_audio(&a, Some(p))?;
+                if !self.commit(txn).await? {
+                    return Ok(Step::Lost);
+                }
+                Ok(Step::Done(self.upload_result(&a, !created.load(Ordering::SeqCst))?))
+            }
+            AudioState::Gone => Ok(Step::Again),
+        }
+    }
+
+    /// Claims absent or gone content as `PendingUpload` for `lease_ms`: the fence that makes a
+    /// later activation a compare-and-swap against this exact claim.
+    pub(super) async fn claim_pending<T>(
+        &self,
+        hash: &ContentHash,
+        format: AudioFormat,
+        prev: Option<&Versioned<AudioRecord>>,
+        lease_ms: i64,
+    ) -> Result<Step<T>, DedupError> {
+        let now = self.now();
+        let a = AudioRecord {
+            hash: *hash,
+            state: AudioState::PendingUpload,
+            generation: prev.map_or(0, |p| p.value.generation) + 1,
+            format,
+            size: 0,
+            blob_version: None,
+            refs: 0,
+            due_at: Some(now + lease_ms),
+            updated_at: now,
+        };
+        let mut txn = self.txn();
+        txn.stats.transition(None, (AudioState::PendingUpload, 0));
+        txn.put_audio(&a, prev)?;
+        Ok(if self.commit(txn).await? { Step::Again } else { Step::Lost })
+    }
+
+    /// The active record for a verified object, from a pending (or gone) record.
+    pub(super) fn activated(&self, from: &AudioRecord, meta: &ObjectMeta) -> AudioRecord {
+        let now = self.now();
+        let generation = match from.state {
+            AudioState::PendingUpload => from.generation,
+            _ => from.generation + 1,
+        };
+        AudioRecord {
+            hash: from.hash,
+            state: AudioState::Active,
+            generation,
+            format: from.format,
+            size: meta.size,
+            blob_version: Some(meta.version.clone()),
+            refs: 0,
+            due_at: Some(now + ms(self.cfg.unreferenced_ttl)),
+            updated_at: now,
+        }
+    }
+
+    /// Writes `a` if attaching changed it, else only checks `prev` is still current.
+    pub(super) fn put_or_check_audio(
+        &self,
+        txn: &mut super::codec::Txn,
+        mut a: AudioRecord,
+        prev: &Versioned<AudioRecord>,
+    ) -> Result<(), DedupError> {
+        if a == prev.value {
+            txn.check(keys::audio(&a.hash), prev.expect());
+            Ok(())
+        } else {
+            a.updated_at = self.now();
+            txn.put_audio(&a, Some(prev))
+        }
+    }
+
+    /// Whether the object's bytes hash to the content's key.
+    pub(super) async fn verify_object(&self, hash: &ContentHash, meta: &ObjectMeta) -> Result<bool, DedupError> {
+        if meta.size == 0 {
+            return Ok(false);
+        }
+        let actual = match meta.sha256 {
+            Some(h) => Some(h),
+            None => self.blobs.stream_sha256(&meta.key, &meta.version).await?,
+        };
+        Ok(actual == Some(*hash))
+    }
+
+    pub(super) fn upload_result(&self, a: &AudioRecord, deduplicated: bool) -> Result<UploadResult, DedupError> {
+        let (url, url_expires_at) = self.download_url(a)?;
+        Ok(UploadResult {
+            content_hash: a.hash,
+            format: a.format,
+            size: a.size,
+            url,
+            url_expires_at,
+            deduplicated,
+            state: a.state,
+        })
+    }
+
+    pub(super) fn download_url(&self, a: &AudioRecord) -> Result<(String, i64), DedupError> {
+        let version = a.blob_version.as_deref().unwrap_or_default();
+        let signed = self.blobs.presign_get(
+            &self.blob_key(&a.hash),
+            version,
+            a.format.content_type(),
+            self.cfg.download_ttl,
+        )?;
+        Ok((signed.url, signed.expires_at))
+    }
+}

@@ -1,0 +1,361 @@
+//! In-memory ports with a fault hook: the simulation tests run the real protocol over these
+//! and inject lost responses, crashes (failures before a write), conflicts and yields.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::domain::{ContentHash, SignedRequest};
+use crate::error::StoreError;
+use crate::ports::{
+    BlobBody, BlobEvent, BlobStore, Expect, IndexName, Item, Key, ObjectMeta, ObjectPage, PresignPut, PutOutcome,
+    PutRequest, Query, TransactionalIndex, TxnError, WriteOp,
+};
+
+/// Which port call a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    IndexGet,
+    IndexQuery,
+    IndexTransact,
+    BlobPut,
+    BlobHead,
+    BlobDelete,
+    BlobRead,
+    BlobList,
+}
+
+/// What to do to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Fail before doing anything (a crash or an unreachable store).
+    FailBefore,
+    /// Do it, then fail: the write committed but the caller never hears so.
+    LoseResponse,
+    /// A transaction conflict (transact only).
+    Conflict,
+}
+
+/// Decides faults and scheduling. `yields` lets a simulation interleave tasks from a seed.
+pub trait FaultHook: Send + Sync + 'static {
+    fn fault(&self, op: Op) -> Fault;
+    fn yields(&self, _op: Op) -> u32 {
+        0
+    }
+}
+
+struct NoFaults;
+impl FaultHook for NoFaults {
+    fn fault(&self, _: Op) -> Fault {
+        Fault::None
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn gate(hook: &dyn FaultHook, op: Op) -> Result<Fault, StoreError> {
+    for _ in 0..hook.yields(op) {
+        tokio::task::yield_now().await;
+    }
+    match hook.fault(op) {
+        Fault::FailBefore => Err(StoreError::Unavailable(format!("injected failure before {op:?}"))),
+        f => Ok(f),
+    }
+}
+
+fn lost(op: Op) -> StoreError {
+    StoreError::Unavailable(format!("injected lost response after {op:?}"))
+}
+
+#[derive(Default)]
+struct IndexState {
+    items: BTreeMap<Key, Item>,
+    counters: BTreeMap<Key, BTreeMap<String, i64>>,
+}
+
+#[derive(Clone)]
+pub struct MemoryIndex {
+    state: Arc<Mutex<IndexState>>,
+    hook: Arc<dyn FaultHook>,
+}
+
+impl Default for MemoryIndex {
+    fn default() -> Self {
+        Self::new(Arc::new(NoFaults))
+    }
+}
+
+impl MemoryIndex {
+    pub fn new(hook: Arc<dyn FaultHook>) -> Self {
+        Self { state: Arc::default(), hook }
+    }
+
+    /// Every item, for invariant checks and before/after comparisons.
+    pub fn dump(&self) -> Vec<Item> {
+        lock(&self.state).items.values().cloned().collect()
+    }
+
+    pub fn counter_totals(&self, pk: &str) -> BTreeMap<String, i64> {
+        sum_counters(&lock(&self.state), pk)
+    }
+}
+
+fn sum_counters(s: &IndexState, pk: &str) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for (k, c) in &s.counters {
+        if k.pk == pk {
+            for (name, v) in c {
+                *out.entry(name.clone()).or_insert(0) += v;
+            }
+        }
+    }
+    out
+}
+
+fn holds(current: Option<&Item>, expect: Expect) -> bool {
+    match expect {
+        Expect::Absent => current.is_none(),
+        Expect::Version(v) => current.is_some_and(|i| i.version == v),
+        Expect::Any => true,
+    }
+}
+
+impl TransactionalIndex for MemoryIndex {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        let f = gate(&*self.hook, Op::IndexGet).await?;
+        let out = lock(&self.state).items.get(key).cloned();
+        if f == Fault::LoseResponse {
+            return Err(lost(Op::IndexGet));
+        }
+        Ok(out)
+    }
+
+    async fn query(&self, q: &Query) -> Result<Vec<Item>, StoreError> {
+        gate(&*self.hook, Op::IndexQuery).await?;
+        let s = lock(&self.state);
+        let key_of = |i: &Item| -> Option<Key> {
+            match q.index {
+                IndexName::Primary => Some(i.key.clone()),
+                IndexName::Owner => i.owner_key.clone(),
+                IndexName::Work => i.work_key.clone(),
+            }
+        };
+        let mut hits: Vec<(Key, Item)> = s
+            .items
+            .values()
+            .filter_map(|i| key_of(i).map(|k| (k, i.clone())))
+            .filter(|(k, _)| {
+                k.pk == q.pk
+                    && k.sk.starts_with(&q.sk_prefix)
+                    && q.after.as_ref().is_none_or(|a| &k.sk > a)
+                    && q.upto.as_ref().is_none_or(|u| &k.sk <= u)
+            })
+            .collect();
+        hits.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(hits.into_iter().take(q.limit).map(|(_, i)| i).collect())
+    }
+
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TxnError> {
+        let f = gate(&*self.hook, Op::IndexTransact).await?;
+        if f == Fault::Conflict {
+            return Err(TxnError::Conflict);
+        }
+        let mut s = lock(&self.state);
+        for (i, op) in ops.iter().enumerate() {
+            let ok = match op {
+                WriteOp::Put { item, expect } => holds(s.items.get(&item.key), *expect),
+                WriteOp::Check { key, expect } => holds(s.items.get(key), *expect),
+                WriteOp::Bump { .. } => true,
+            };
+            if !ok {
+                return Err(TxnError::Rejected { op_index: i });
+            }
+        }
+        for op in ops {
+            match op {
+                WriteOp::Put { mut item, expect } => {
+                    if expect == Expect::Any {
+                        item.version = s.items.get(&item.key).map_or(1, |c| c.version + 1);
+                    }
+                    s.items.insert(item.key.clone(), item);
+                }
+                WriteOp::Check { .. } => {}
+                WriteOp::Bump { key, deltas } => {
+                    let c = s.counters.entry(key).or_default();
+                    for (name, d) in deltas {
+                        *c.entry(name.to_owned()).or_insert(0) += d;
+                    }
+                }
+            }
+        }
+        drop(s);
+        if f == Fault::LoseResponse {
+            return Err(TxnError::Store(lost(Op::IndexTransact)));
+        }
+        Ok(())
+    }
+
+    async fn counters(&self, pk: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+        gate(&*self.hook, Op::IndexQuery).await?;
+        Ok(sum_counters(&lock(&self.state), pk))
+    }
+}
+
+#[derive(Default)]
+struct BlobState {
+    /// Current object per key (at most one: puts are if-none-match).
+    objects: BTreeMap<String, (ObjectMeta, Bytes)>,
+    events: Vec<BlobEvent>,
+}
+
+/// In-memory versioned blob store. Events are queued for the simulation to deliver (or
+/// duplicate, reorder, delay, drop) as it likes.
+#[derive(Clone)]
+pub struct MemoryBlobs {
+    state: Arc<Mutex<BlobState>>,
+    next: Arc<AtomicU64>,
+    hook: Arc<dyn FaultHook>,
+}
+
+impl Default for MemoryBlobs {
+    fn default() -> Self {
+        Self::new(Arc::new(NoFaults))
+    }
+}
+
+impl MemoryBlobs {
+    pub fn new(hook: Arc<dyn FaultHook>) -> Self {
+        Self { state: Arc::default(), next: Arc::new(AtomicU64::new(1)), hook }
+    }
+
+    pub fn take_events(&self) -> Vec<BlobEvent> {
+        std::mem::take(&mut lock(&self.state).events)
+    }
+
+    pub fn objects(&self) -> Vec<(ObjectMeta, Bytes)> {
+        lock(&self.state).objects.values().cloned().collect()
+    }
+
+    /// What a client's signed PUT does: store if absent, as `uploader`, checksum verified.
+    pub fn client_put(&self, key: &str, bytes: Bytes, uploader: &str) -> PutOutcome {
+        let hash = ContentHash::of(&bytes);
+        self.insert(key, bytes, hash, Some(uploader.to_owned()))
+    }
+
+    fn insert(&self, key: &str, bytes: Bytes, sha256: ContentHash, uploader: Option<String>) -> PutOutcome {
+        let mut s = lock(&self.state);
+        if s.objects.contains_key(key) {
+            return PutOutcome::AlreadyExists;
+        }
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let version = format!("v{n:08}");
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            version: version.clone(),
+            size: bytes.len() as u64,
+            sha256: Some(sha256),
+            uploader,
+            last_modified: 0,
+        };
+        s.objects.insert(key.to_owned(), (meta, bytes));
+        s.events.push(BlobEvent::Created { key: key.to_owned(), version: version.clone(), sequencer: format!("{n:016X}") });
+        PutOutcome::Created { version }
+    }
+}
+
+impl BlobStore for MemoryBlobs {
+    async fn put_if_absent(&self, req: PutRequest) -> Result<PutOutcome, StoreError> {
+        let f = gate(&*self.hook, Op::BlobPut).await?;
+        let bytes = match req.body {
+            BlobBody::Bytes(b) => b,
+            BlobBody::File(p) => Bytes::from(std::fs::read(p)?),
+        };
+        if ContentHash::of(&bytes) != req.sha256 || bytes.len() as u64 != req.size {
+            return Err(StoreError::Corrupt { key: req.key, reason: "body does not match its checksum".into() });
+        }
+        let out = self.insert(&req.key, bytes, req.sha256, Some(req.uploader));
+        if f == Fault::LoseResponse {
+            return Err(lost(Op::BlobPut));
+        }
+        Ok(out)
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        gate(&*self.hook, Op::BlobHead).await?;
+        Ok(lock(&self.state).objects.get(key).map(|(m, _)| m.clone()))
+    }
+
+    async fn delete_version(&self, key: &str, version: &str) -> Result<(), StoreError> {
+        let f = gate(&*self.hook, Op::BlobDelete).await?;
+        {
+            let mut s = lock(&self.state);
+            if s.objects.get(key).is_some_and(|(m, _)| m.version == version) {
+                s.objects.remove(key);
+                let n = self.next.fetch_add(1, Ordering::SeqCst);
+                s.events.push(BlobEvent::Removed {
+                    key: key.to_owned(),
+                    version: version.to_owned(),
+                    sequencer: format!("{n:016X}"),
+                });
+            }
+        }
+        if f == Fault::LoseResponse {
+            return Err(lost(Op::BlobDelete));
+        }
+        Ok(())
+    }
+
+    async fn read_range(&self, key: &str, version: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
+        gate(&*self.hook, Op::BlobRead).await?;
+        let s = lock(&self.state);
+        Ok(s.objects.get(key).filter(|(m, _)| m.version == version).and_then(|(_, b)| {
+            let start = usize::try_from(offset).ok()?;
+            let end = start.checked_add(usize::try_from(length).ok()?)?.min(b.len());
+            (start <= end).then(|| b.slice(start..end))
+        }))
+    }
+
+    async fn stream_sha256(&self, key: &str, version: &str) -> Result<Option<ContentHash>, StoreError> {
+        gate(&*self.hook, Op::BlobRead).await?;
+        let s = lock(&self.state);
+        Ok(s.objects.get(key).filter(|(m, _)| m.version == version).map(|(_, b)| ContentHash::of(b)))
+    }
+
+    fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
+        Ok(SignedRequest {
+            url: format!("mem://{}?uploader={}", req.key, req.uploader),
+            method: "PUT".into(),
+            headers: [("x-amz-checksum-sha256".to_owned(), req.sha256.to_base64())].into(),
+            expires_at: req.expires_in.as_millis() as i64,
+        })
+    }
+
+    fn presign_get(&self, key: &str, version: &str, _ct: &'static str, ttl: Duration) -> Result<SignedRequest, StoreError> {
+        Ok(SignedRequest {
+            url: format!("mem://{key}?versionId={version}"),
+            method: "GET".into(),
+            headers: BTreeMap::new(),
+            expires_at: ttl.as_millis() as i64,
+        })
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<ObjectPage, StoreError> {
+        gate(&*self.hook, Op::BlobList).await?;
+        let s = lock(&self.state);
+        let objects: Vec<ObjectMeta> = s
+            .objects
+            .values()
+            .map(|(m, _)| m.clone())
+            .filter(|m| after.is_none_or(|a| m.key.as_str() > a))
+            .take(limit)
+            .collect();
+        let next = (objects.len() == limit).then(|| objects.last().map(|m| m.key.clone())).flatten();
+        Ok(ObjectPage { objects, next })
+    }
+}
