@@ -54,3 +54,23 @@ impl Entropy for SeededEntropy {
         rng.fill_bytes(buf);
     }
 }
+
+/// A clock tests move by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn new(start: Millis) -> Self {
+        Self(std::sync::atomic::AtomicI64::new(start))
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        self.0.fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> Millis {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

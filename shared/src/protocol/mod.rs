@@ -4,6 +4,7 @@
 mod codec;
 mod deletion;
 mod events;
+pub mod invariants;
 pub mod keys;
 mod read;
 mod reconcile;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use codec::Versioned;
+pub use events::Adoption;
 pub use session::{proof_for, CompleteRequest, SessionRequest};
 pub use upload::DirectUpload;
 

@@ -2,5 +2,5 @@
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
-#[cfg(any(feature = "memory", test))]
+#[cfg(feature = "memory")]
 pub mod memory;

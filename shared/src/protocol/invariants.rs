@@ -1,0 +1,119 @@
+//! The protocol's invariants, checked from a dump of the index and the blob store. Used by
+//! the simulation after every step, and by the integration tests at the end.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::keys;
+use crate::domain::{AudioRecord, AudioState, ContentHash, ReferenceRecord, ReferenceState, SessionRecord, SessionState};
+use crate::ports::{Item, ObjectMeta};
+
+/// Safety: must hold after every step, whatever failed.
+pub fn safety(items: &[Item], objects: &[ObjectMeta], counters: &BTreeMap<String, i64>, prefix: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    let objects: HashMap<&str, &ObjectMeta> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
+    let mut audio: HashMap<ContentHash, AudioRecord> = HashMap::new();
+    let mut live: HashMap<ContentHash, u64> = HashMap::new();
+    for item in items {
+        if item.key.sk == "META" && item.key.pk.starts_with("AUDIO#") {
+            match serde_json::from_str::<AudioRecord>(&item.body) {
+                Ok(a) => {
+                    audio.insert(a.hash, a);
+                }
+                Err(e) => bad.push(format!("undecodable audio record {}: {e}", item.key)),
+            }
+        } else if item.key.sk.starts_with("REF#") {
+            match serde_json::from_str::<ReferenceRecord>(&item.body) {
+                Ok(r) if r.state == ReferenceState::Live => *live.entry(r.hash).or_default() += 1,
+                Ok(_) => {}
+                Err(e) => bad.push(format!("undecodable reference {}: {e}", item.key)),
+            }
+        }
+    }
+    let (mut active, mut stored, mut pending, mut deleting) = (0i64, 0i64, 0i64, 0i64);
+    for (hash, a) in &audio {
+        let n = live.get(hash).copied().unwrap_or(0);
+        if a.refs != n {
+            bad.push(format!("{hash}: count {} but {n} live references", a.refs));
+        }
+        match a.state {
+            AudioState::Active => {
+                active += 1;
+                stored += a.size as i64;
+                let key = keys::blob_key(prefix, hash);
+                match (objects.get(key.as_str()), &a.blob_version) {
+                    (Some(o), Some(v)) if &o.version == v => {
+                        if o.sha256 != Some(*hash) {
+                            bad.push(format!("{hash}: stored bytes do not hash to the key"));
+                        }
+                        if o.size != a.size {
+                            bad.push(format!("{hash}: size {} recorded, {} stored", a.size, o.size));
+                        }
+                    }
+                    _ => bad.push(format!("{hash}: active but its object version is missing")),
+                }
+            }
+            AudioState::PendingUpload => pending += 1,
+            AudioState::Deleting => deleting += 1,
+            AudioState::Gone => {}
+        }
+        if a.state != AudioState::Active && n > 0 {
+            bad.push(format!("{hash}: {n} live references to {} audio", a.state.as_str()));
+        }
+    }
+    for (hash, n) in &live {
+        if !audio.contains_key(hash) {
+            bad.push(format!("{hash}: {n} live references to no audio record"));
+        }
+    }
+    let total_live: i64 = live.values().map(|n| *n as i64).sum();
+    let referenced: i64 = live.iter().map(|(h, n)| *n as i64 * audio.get(h).map_or(0, |a| a.size as i64)).sum();
+    let c = |k: &str| counters.get(k).copied().unwrap_or(0);
+    for (name, want) in [
+        ("active_files", active),
+        ("stored_bytes", stored),
+        ("live_refs", total_live),
+        ("referenced_bytes", referenced),
+        ("pending", pending),
+        ("deleting", deleting),
+    ] {
+        if c(name) != want {
+            bad.push(format!("stats {name} = {} but the records say {want}", c(name)));
+        }
+    }
+    bad
+}
+
+/// Liveness: after faults stop and the reconciler has run with the clock past every due
+/// time, nothing is in flight and nothing is orphaned.
+pub fn settled(items: &[Item], objects: &[ObjectMeta], prefix: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut active_versions = HashMap::new();
+    for item in items {
+        if item.key.sk == "META" {
+            if let Ok(a) = serde_json::from_str::<AudioRecord>(&item.body) {
+                match a.state {
+                    AudioState::PendingUpload | AudioState::Deleting => {
+                        bad.push(format!("{}: stuck in {}", a.hash, a.state.as_str()))
+                    }
+                    AudioState::Active if a.refs == 0 => bad.push(format!("{}: active with no references", a.hash)),
+                    AudioState::Active => {
+                        active_versions.insert(keys::blob_key(prefix, &a.hash), a.blob_version.clone().unwrap_or_default());
+                    }
+                    AudioState::Gone => {}
+                }
+            }
+        } else if item.key.sk.starts_with("SESSION#") {
+            if let Ok(s) = serde_json::from_str::<SessionRecord>(&item.body) {
+                if s.state == SessionState::Open {
+                    bad.push(format!("session {} still open", s.id));
+                }
+            }
+        }
+    }
+    for o in objects {
+        if active_versions.get(&o.key) != Some(&o.version) {
+            bad.push(format!("orphaned object {} version {}", o.key, o.version));
+        }
+    }
+    bad
+}

@@ -1,0 +1,311 @@
+//! `TransactionalIndex` over SQLite. Reads use a small pool of read connections; writes go
+//! to one writer thread that commits queued transactions together (group commit): each
+//! transaction runs in its own savepoint, so one failing condition rolls back only itself,
+//! and the whole group costs one fsync.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::ports::{Expect, IndexName, Item, Key, Query, TransactionalIndex, TxnError, WriteOp};
+
+/// SQLite `synchronous` for the index. `Full` makes every acknowledged write survive power
+/// loss, which the protocol needs (a blob is deleted only after `Deleting` is durable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS items (
+    pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
+    owner_pk TEXT, owner_sk TEXT, work_pk TEXT, work_sk TEXT,
+    PRIMARY KEY (pk, sk)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_owner ON items(owner_pk, owner_sk) WHERE owner_pk IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_work ON items(work_pk, work_sk) WHERE work_pk IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counters (
+    pk TEXT NOT NULL, sk TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (pk, sk, name)
+) WITHOUT ROWID;
+";
+
+const MAX_GROUP: usize = 256;
+const READERS: usize = 4;
+
+type Reply = oneshot::Sender<Result<(), TxnError>>;
+
+#[derive(Clone)]
+pub struct SqliteIndex {
+    writer: mpsc::Sender<(Vec<WriteOp>, Reply)>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn open(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db_err)?;
+    let sync = match sync {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;"
+    ))
+    .map_err(db_err)?;
+    Ok(conn)
+}
+
+impl SqliteIndex {
+    pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
+        let writer_conn = open(path, sync)?;
+        writer_conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let readers = (0..READERS).map(|_| open(path, sync).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = mpsc::channel::<(Vec<WriteOp>, Reply)>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))
+            .map_err(StoreError::Io)?;
+        Ok(Self { writer: tx, readers: Arc::new(readers) })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            // Take any free reader; fall back to waiting on one.
+            let guard = readers
+                .iter()
+                .find_map(|m| m.try_lock().ok())
+                .unwrap_or_else(|| readers[0].lock().unwrap_or_else(|p| p.into_inner()));
+            f(&guard).map_err(db_err)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))?
+    }
+}
+
+fn row_item(r: &rusqlite::Row<'_>) -> Result<Item, rusqlite::Error> {
+    let pair = |a: Option<String>, b: Option<String>| a.zip(b).map(|(pk, sk)| Key { pk, sk });
+    Ok(Item {
+        key: Key { pk: r.get(0)?, sk: r.get(1)? },
+        version: r.get::<_, i64>(2)? as u64,
+        body: r.get(3)?,
+        owner_key: pair(r.get(4)?, r.get(5)?),
+        work_key: pair(r.get(6)?, r.get(7)?),
+    })
+}
+
+const COLS: &str = "pk, sk, version, body, owner_pk, owner_sk, work_pk, work_sk";
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<WriteOp>, Reply)>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let results = apply_group(&mut conn, group.iter().map(|(ops, _)| ops));
+        match results {
+            Ok(results) => {
+                for ((_, reply), r) in group.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite group commit failed");
+                for (_, reply) in group {
+                    let _ = reply.send(Err(TxnError::Store(StoreError::Unavailable("index commit failed".into()))));
+                }
+            }
+        }
+    }
+}
+
+/// Applies each transaction in its own savepoint inside one SQLite transaction.
+fn apply_group<'a>(
+    conn: &mut Connection,
+    txns: impl Iterator<Item = &'a Vec<WriteOp>>,
+) -> Result<Vec<Result<(), TxnError>>, rusqlite::Error> {
+    let tx = conn.transaction()?;
+    let mut results = Vec::new();
+    for ops in txns {
+        let sp = tx.unchecked_transaction_savepoint()?;
+        let r = apply_one(&sp, ops);
+        match r {
+            Ok(()) => sp.commit()?,
+            Err(_) => sp.rollback_and_drop()?,
+        }
+        results.push(r);
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+trait SavepointExt {
+    fn unchecked_transaction_savepoint(&self) -> Result<Sp<'_>, rusqlite::Error>;
+}
+
+/// A savepoint on a shared transaction reference (rusqlite's needs `&mut`).
+struct Sp<'c> {
+    conn: &'c Connection,
+    done: bool,
+}
+
+impl SavepointExt for rusqlite::Transaction<'_> {
+    fn unchecked_transaction_savepoint(&self) -> Result<Sp<'_>, rusqlite::Error> {
+        self.execute_batch("SAVEPOINT op")?;
+        Ok(Sp { conn: self, done: false })
+    }
+}
+
+impl Sp<'_> {
+    fn commit(mut self) -> Result<(), rusqlite::Error> {
+        self.done = true;
+        self.conn.execute_batch("RELEASE op")
+    }
+
+    fn rollback_and_drop(mut self) -> Result<(), rusqlite::Error> {
+        self.done = true;
+        self.conn.execute_batch("ROLLBACK TO op; RELEASE op")
+    }
+}
+
+impl Drop for Sp<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+        }
+    }
+}
+
+impl std::ops::Deref for Sp<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+fn current_version(conn: &Connection, key: &Key) -> Result<Option<u64>, rusqlite::Error> {
+    conn.prepare_cached("SELECT version FROM items WHERE pk = ?1 AND sk = ?2")?
+        .query_row(params![key.pk, key.sk], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|v| v as u64))
+}
+
+fn holds(current: Option<u64>, expect: Expect) -> bool {
+    match expect {
+        Expect::Absent => current.is_none(),
+        Expect::Version(v) => current == Some(v),
+        Expect::Any => true,
+    }
+}
+
+fn apply_one(conn: &Connection, ops: &[WriteOp]) -> Result<(), TxnError> {
+    let sql = |e: rusqlite::Error| TxnError::Store(db_err(e));
+    for (i, op) in ops.iter().enumerate() {
+        let (key, expect) = match op {
+            WriteOp::Put { item, expect } => (&item.key, *expect),
+            WriteOp::Check { key, expect } => (key, *expect),
+            WriteOp::Bump { .. } => continue,
+        };
+        if !holds(current_version(conn, key).map_err(sql)?, expect) {
+            return Err(TxnError::Rejected { op_index: i });
+        }
+    }
+    for op in ops {
+        match op {
+            WriteOp::Put { item, expect } => {
+                let version = match expect {
+                    Expect::Any => current_version(conn, &item.key).map_err(sql)?.map_or(1, |v| v + 1),
+                    _ => item.version,
+                };
+                let (opk, osk) = item.owner_key.as_ref().map(|k| (k.pk.as_str(), k.sk.as_str())).unzip();
+                let (wpk, wsk) = item.work_key.as_ref().map(|k| (k.pk.as_str(), k.sk.as_str())).unzip();
+                conn.prepare_cached(
+                    "INSERT INTO items (pk, sk, version, body, owner_pk, owner_sk, work_pk, work_sk)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(pk, sk) DO UPDATE SET version = excluded.version, body = excluded.body,
+                       owner_pk = excluded.owner_pk, owner_sk = excluded.owner_sk,
+                       work_pk = excluded.work_pk, work_sk = excluded.work_sk",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![item.key.pk, item.key.sk, version as i64, item.body, opk, osk, wpk, wsk])
+                })
+                .map_err(sql)?;
+            }
+            WriteOp::Check { .. } => {}
+            WriteOp::Bump { key, deltas } => {
+                for (name, d) in deltas {
+                    conn.prepare_cached(
+                        "INSERT INTO counters (pk, sk, name, value) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(pk, sk, name) DO UPDATE SET value = value + excluded.value",
+                    )
+                    .and_then(|mut s| s.execute(params![key.pk, key.sk, name, d]))
+                    .map_err(sql)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl TransactionalIndex for SqliteIndex {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        let key = key.clone();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {COLS} FROM items WHERE pk = ?1 AND sk = ?2"))?
+                .query_row(params![key.pk, key.sk], row_item)
+                .optional()
+        })
+        .await
+    }
+
+    async fn query(&self, q: &Query) -> Result<Vec<Item>, StoreError> {
+        let q = q.clone();
+        self.read(move |c| {
+            let (p, s) = match q.index {
+                IndexName::Primary => ("pk", "sk"),
+                IndexName::Owner => ("owner_pk", "owner_sk"),
+                IndexName::Work => ("work_pk", "work_sk"),
+            };
+            let sql = format!(
+                "SELECT {COLS} FROM items WHERE {p} = ?1 AND substr({s}, 1, length(?2)) = ?2
+                 AND (?3 IS NULL OR {s} > ?3) AND (?4 IS NULL OR {s} <= ?4) ORDER BY {s} LIMIT ?5"
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![q.pk, q.sk_prefix, q.after, q.upto, q.limit as i64], row_item)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TxnError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send((ops, tx))
+            .map_err(|_| TxnError::Store(StoreError::Unavailable("index writer stopped".into())))?;
+        rx.await.map_err(|_| TxnError::Store(StoreError::Unavailable("index writer stopped".into())))?
+    }
+
+    async fn counters(&self, pk: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+        let pk = pk.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT name, SUM(value) FROM counters WHERE pk = ?1 GROUP BY name")?;
+            let rows = stmt.query_map(params![pk], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+}

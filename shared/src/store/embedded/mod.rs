@@ -1,0 +1,10 @@
+//! The embedded store: SQLite (WAL) for the index, files on disk for blobs, and HMAC-signed
+//! URLs that behave like S3 presigned requests. What the local server runs on.
+
+mod blobs;
+mod index;
+mod signing;
+
+pub use blobs::{FsBlobStore, SpooledFile};
+pub use index::{SqliteIndex, Synchronous};
+pub use signing::{SignError, SignedGet, SignedPut, UrlSigner};
