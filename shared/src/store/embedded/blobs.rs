@@ -1,5 +1,5 @@
 //! A versioned blob store on the local file system, emulating an S3 bucket with versioning:
-//! `objects/<key>/<version>~<sha256>~<uploader>`. Writes go to `tmp/`, are fsynced, renamed
+//! `objects/<key>/<version>~<sha256>~<uploader>`. Writes go to `tmp/`, are fsynced, linked
 //! into place and the folder fsynced. At most one current object per key (if-none-match).
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -74,8 +74,8 @@ impl SpooledFile {
         self.hasher.is_empty()
     }
 
-    /// Flushes and fsyncs; returns the file's path, hash and size. The file is removed
-    /// when this value drops unless a put renamed it into place first.
+    /// Flushes and fsyncs; returns the file's path, hash and size. The temp name is removed
+    /// when this value drops (a put links the file into place, so the object stays).
     pub async fn finish(&mut self) -> Result<(PathBuf, ContentHash, u64), StoreError> {
         if let Some(mut f) = self.file.take() {
             f.flush().await?;
@@ -259,7 +259,12 @@ impl BlobStore for FsBlobStore {
                 }
                 std::fs::create_dir_all(&dir)?;
                 let name = format!("{version}~{}~{}", req.sha256, req.uploader);
-                std::fs::rename(&tmp, dir.join(name))?;
+                // A link, not a rename: a caller's spooled file stays valid for its retries;
+                // the caller removes its temp name.
+                std::fs::hard_link(&tmp, dir.join(name))?;
+                if matches!(req.body, BlobBody::Bytes(_)) {
+                    let _ = std::fs::remove_file(&tmp);
+                }
                 fsync_dir(&dir)?;
                 Ok(PutOutcome::Created { version })
             })

@@ -1,0 +1,87 @@
+//! HTTP API v1. One router, generic over the storage ports, so the local server and every
+//! Lambda function answer identically (the same OpenAPI file describes both).
+
+mod auth;
+mod error;
+mod extract;
+mod openapi;
+mod routes;
+mod spool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::Router;
+
+use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
+use audio_dedup_core::Dedup;
+
+pub use auth::{bearer, Authenticator, Caller};
+pub use error::ApiError;
+pub use openapi::openapi_json;
+
+/// Largest body `POST /v1/audio` takes; larger audio goes through upload sessions.
+pub const MAX_DIRECT_UPLOAD: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// Where direct-upload bodies are spooled (the blob store's own temp folder, so a put
+    /// is a link, not a copy). `None` keeps them in memory (Lambda: the event is anyway).
+    pub spool_dir: Option<PathBuf>,
+}
+
+pub struct AppState<B, I> {
+    pub dedup: Arc<Dedup<B, I>>,
+    pub cfg: ApiConfig,
+}
+
+/// Which routes a deployment serves: everything (local server) or one Lambda's share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSet {
+    All,
+    Upload,
+    References,
+    Stats,
+}
+
+pub fn router<B: BlobStore, I: TransactionalIndex>(
+    dedup: Arc<Dedup<B, I>>,
+    auth: Arc<dyn Authenticator>,
+    cfg: ApiConfig,
+    set: RouteSet,
+) -> Router {
+    use routes::{audio, meta, references};
+    let state = Arc::new(AppState { dedup, cfg });
+    let mut api: Router<Arc<AppState<B, I>>> = Router::new();
+    if matches!(set, RouteSet::All | RouteSet::Upload) {
+        api = api
+            .route("/v1/audio", post(audio::upload_direct::<B, I>).layer(DefaultBodyLimit::disable()))
+            .route("/v1/audio/uploads", post(audio::open_session::<B, I>))
+            .route("/v1/audio/{hash}/complete", post(audio::complete::<B, I>))
+            .route("/v1/audio/{hash}", get(audio::describe::<B, I>));
+    }
+    if matches!(set, RouteSet::All | RouteSet::References) {
+        api = api.route(
+            "/v1/audio/{hash}/references/{ref_id}",
+            put(references::add::<B, I>).delete(references::remove::<B, I>),
+        );
+    }
+    if matches!(set, RouteSet::All | RouteSet::Stats) {
+        api = api.route("/v1/audio/stats", get(meta::stats::<B, I>));
+    }
+    if set == RouteSet::All {
+        api = api.route("/v1/admin/reconcile", post(meta::reconcile::<B, I>));
+    }
+    let api = api
+        .layer(DefaultBodyLimit::max(extract::MAX_JSON_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(auth, auth::require_caller))
+        .with_state(state);
+    Router::new()
+        .route("/healthz", get(meta::healthz))
+        .route("/openapi.json", get(meta::openapi))
+        .merge(api)
+        .fallback(meta::no_route)
+        .method_not_allowed_fallback(meta::wrong_method)
+}

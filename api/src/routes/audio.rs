@@ -1,0 +1,148 @@
+//! `/v1/audio`: direct upload, upload sessions, completion, metadata.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+
+use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
+use audio_dedup_core::protocol::{CompleteRequest, DirectUpload, SessionRequest};
+use audio_dedup_core::{AudioFormat, ContentHash, PendingReference, ReferenceId, ReferenceKind, SessionId};
+
+use super::content_hash;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{parse, JsonBody, RawPath, StrictQuery};
+use crate::spool::{check_declared_length, spool};
+use crate::{AppState, MAX_DIRECT_UPLOAD};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    format: Option<String>,
+    ref_kind: Option<String>,
+    ref_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceBody {
+    kind: String,
+    ref_id: String,
+}
+
+fn reference(kind: Option<&str>, id: Option<&str>) -> Result<Option<PendingReference>, ApiError> {
+    match (kind, id) {
+        (None, None) => Ok(None),
+        (Some(k), Some(i)) => Ok(Some(PendingReference {
+            kind: parse::<ReferenceKind>(k, "invalid_ref_kind")?,
+            ref_id: parse::<ReferenceId>(i, "invalid_ref_id")?,
+        })),
+        _ => Err(ApiError::bad_request("incomplete_reference", "a reference needs both a kind and an id")),
+    }
+}
+
+fn format_of(raw: Option<&str>) -> Result<AudioFormat, ApiError> {
+    let raw = raw.ok_or_else(|| ApiError::bad_request("missing_format", "the format query parameter is required"))?;
+    parse(raw, "unknown_format")
+}
+
+pub async fn upload_direct<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    StrictQuery(q): StrictQuery<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(q.format.as_deref())?;
+    let reference = reference(q.ref_kind.as_deref(), q.ref_id.as_deref())?;
+    let claimed = match headers.get("x-amz-checksum-sha256") {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|v| ContentHash::from_base64(v).ok()).ok_or_else(|| {
+            ApiError::bad_request("invalid_checksum", "x-amz-checksum-sha256 must be the base64 of a SHA-256 digest")
+        })?),
+    };
+    check_declared_length(&headers, MAX_DIRECT_UPLOAD)?;
+    let spooled = spool(body, MAX_DIRECT_UPLOAD, s.cfg.spool_dir.as_deref()).await?;
+    if spooled.size == 0 {
+        return Err(ApiError::bad_request("empty_body", "the audio body is empty"));
+    }
+    if claimed.is_some_and(|c| c != spooled.hash) {
+        return Err(ApiError::bad_request("checksum_mismatch", "the body does not match x-amz-checksum-sha256"));
+    }
+    let result = s
+        .dedup
+        .upload_direct(DirectUpload {
+            owner: caller.user,
+            format,
+            hash: spooled.hash,
+            size: spooled.size,
+            body: spooled.body.clone(),
+            reference,
+        })
+        .await?;
+    let status = if result.deduplicated { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(result)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionBody {
+    sha256: String,
+    size: u64,
+    format: String,
+    reference: Option<ReferenceBody>,
+}
+
+pub async fn open_session<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    JsonBody(b): JsonBody<SessionBody>,
+) -> Result<Response, ApiError> {
+    let req = SessionRequest {
+        owner: caller.user,
+        hash: content_hash(&b.sha256)?,
+        size: b.size,
+        format: format_of(Some(&b.format))?,
+        reference: reference(b.reference.as_ref().map(|r| r.kind.as_str()), b.reference.as_ref().map(|r| r.ref_id.as_str()))?,
+    };
+    let session = s.dedup.open_session(req).await?;
+    Ok((StatusCode::CREATED, Json(session)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    session_id: String,
+    proof: Option<String>,
+}
+
+pub async fn complete<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath(hash): RawPath<String>,
+    JsonBody(b): JsonBody<CompleteBody>,
+) -> Result<Response, ApiError> {
+    let hash = content_hash(&hash)?;
+    let session_id: SessionId = parse(&b.session_id, "invalid_session_id")?;
+    if let Some(p) = &b.proof {
+        if p.len() != 64 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request("invalid_proof", "proof is 64 hex digits"));
+        }
+    }
+    let result = s.dedup.complete(CompleteRequest { owner: caller.user, hash, session_id, proof: b.proof }).await?;
+    Ok(Json(result).into_response())
+}
+
+pub async fn describe<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath(hash): RawPath<String>,
+) -> Result<Response, ApiError> {
+    let hash = content_hash(&hash)?;
+    Ok(Json(s.dedup.describe(&caller.user, &hash).await?).into_response())
+}

@@ -1,0 +1,92 @@
+//! Direct-upload bodies, hashed while they arrive and never held whole in memory (except
+//! where the platform already holds them: a Lambda event).
+
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+
+use audio_dedup_core::ports::BlobBody;
+use audio_dedup_core::{ContentHash, StreamingHasher};
+
+use crate::error::ApiError;
+
+/// Removes its file when dropped (the blob store links the file into place, so the temp name
+/// can always go).
+pub struct TempPath(PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub struct Spooled {
+    pub body: BlobBody,
+    pub hash: ContentHash,
+    pub size: u64,
+    _temp: Option<TempPath>,
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("direct uploads are at most {limit} bytes; open an upload session with POST /v1/audio/uploads"),
+    )
+}
+
+fn io_error(e: std::io::Error) -> ApiError {
+    tracing::error!(error = %e, "spooling an upload failed");
+    ApiError::internal()
+}
+
+pub async fn spool(body: Body, limit: u64, dir: Option<&Path>) -> Result<Spooled, ApiError> {
+    let mut hasher = StreamingHasher::new();
+    let mut body = body;
+    let (mut file, temp) = match dir {
+        Some(d) => {
+            let path = d.join(format!("{}.upload", uuid::Uuid::new_v4().simple()));
+            let f = tokio::fs::File::create(&path).await.map_err(io_error)?;
+            (Some(f), Some(TempPath(path)))
+        }
+        None => (None, None),
+    };
+    let mut mem = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::bad_request("unreadable_body", "the request body could not be read"))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if hasher.len() + data.len() as u64 > limit {
+            return Err(too_large(limit));
+        }
+        hasher.update(&data);
+        match file.as_mut() {
+            Some(f) => f.write_all(&data).await.map_err(io_error)?,
+            None => mem.extend_from_slice(&data),
+        }
+    }
+    if let Some(mut f) = file {
+        f.flush().await.map_err(io_error)?;
+        f.sync_all().await.map_err(io_error)?;
+    }
+    let (hash, size) = hasher.finish();
+    let body = match &temp {
+        Some(t) => BlobBody::File(t.0.clone()),
+        None => BlobBody::Bytes(Bytes::from(mem)),
+    };
+    Ok(Spooled { body, hash, size, _temp: temp })
+}
+
+pub fn check_declared_length(headers: &http::HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}

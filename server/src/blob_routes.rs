@@ -1,0 +1,125 @@
+//! `/blob/{key}`: the local stand-in for S3 presigned URLs. PUT stores a body only if its
+//! signature, expiry, signed headers, length and SHA-256 all check out, and never overwrites.
+//! GET serves one exact version, with Range support, until the URL expires.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use audio_dedup_api::ApiError;
+use audio_dedup_core::ports::{BlobBody, BlobStore, PutOutcome, PutRequest};
+use audio_dedup_core::protocol::keys;
+use audio_dedup_core::store::embedded::{FsBlobStore, SignError};
+
+pub struct BlobState {
+    pub blobs: FsBlobStore,
+    pub key_prefix: String,
+}
+
+fn sign_error(e: SignError) -> ApiError {
+    match e {
+        SignError::Expired => ApiError::new(StatusCode::FORBIDDEN, "url_expired", e.to_string()),
+        SignError::BadSignature => ApiError::new(StatusCode::FORBIDDEN, "signature_invalid", e.to_string()),
+        SignError::HeaderMismatch(_) => ApiError::new(StatusCode::FORBIDDEN, "signed_header_missing", e.to_string()),
+    }
+}
+
+fn owned_key(state: &BlobState, key: &str) -> Result<(), ApiError> {
+    if keys::hash_from_blob_key(&state.key_prefix, key).is_none() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "signature_invalid", "not a signed object URL"));
+    }
+    Ok(())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "blob route failed");
+    ApiError::internal()
+}
+
+pub async fn put_object(
+    State(state): State<Arc<BlobState>>,
+    Path(key): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    owned_key(&state, &key)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let now = state.blobs.clock().now_ms();
+    let grant = state.blobs.signer().verify_put(&key, &query, header, now).map_err(sign_error)?;
+    if header("if-none-match").as_deref() != Some("*") {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "signed_header_missing", "if-none-match: * is required"));
+    }
+    let declared = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        None => return Err(ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "content-length is required")),
+        Some(n) if n != grant.size => {
+            return Err(ApiError::bad_request("size_mismatch", format!("the URL is signed for {} bytes", grant.size)))
+        }
+        Some(_) => {}
+    }
+    let mut spool = state.blobs.spool().await.map_err(internal)?;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::bad_request("unreadable_body", "the request body could not be read"))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if spool.len() + data.len() as u64 > grant.size {
+            return Err(ApiError::bad_request("size_mismatch", "the body is longer than signed"));
+        }
+        spool.write(&data).await.map_err(internal)?;
+    }
+    let (path, hash, size) = spool.finish().await.map_err(internal)?;
+    if size != grant.size {
+        return Err(ApiError::bad_request("size_mismatch", "the body is shorter than signed"));
+    }
+    if hash != grant.sha256 {
+        return Err(ApiError::bad_request("bad_digest", "the body does not match x-amz-checksum-sha256"));
+    }
+    let content_type = audio_dedup_core::AudioFormat::ALL
+        .into_iter()
+        .map(|f| f.content_type())
+        .find(|ct| *ct == grant.content_type)
+        .unwrap_or("application/octet-stream");
+    let put = PutRequest { key, body: BlobBody::File(path), sha256: hash, size, content_type, uploader: grant.uploader };
+    match state.blobs.put_if_absent(put).await.map_err(internal)? {
+        PutOutcome::Created { version } => {
+            let mut res = StatusCode::OK.into_response();
+            if let Ok(v) = HeaderValue::from_str(&version) {
+                res.headers_mut().insert("x-amz-version-id", v);
+            }
+            Ok(res)
+        }
+        PutOutcome::AlreadyExists => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "an object already exists at this key",
+        )),
+    }
+}
+
+pub async fn get_object(
+    State(state): State<Arc<BlobState>>,
+    Path(key): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    owned_key(&state, &key)?;
+    let now = state.blobs.clock().now_ms();
+    let grant = state.blobs.signer().verify_get(&key, &query, now).map_err(sign_error)?;
+    let Some(path) = state.blobs.version_path(&key, &grant.version).await.map_err(internal)? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "object_not_found", "the object version no longer exists"));
+    };
+    let mut res = ServeFile::new(path).oneshot(req).await.map_err(internal)?.into_response();
+    if let Ok(ct) = HeaderValue::from_str(&grant.content_type) {
+        res.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+    }
+    res.headers_mut().insert("x-amz-version-id", HeaderValue::from_str(&grant.version).map_err(internal)?);
+    Ok(res)
+}

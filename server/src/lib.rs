@@ -1,0 +1,137 @@
+//! The local server: the whole API over the embedded store, plus the signed-URL blob routes,
+//! the blob-event pump and the scheduled reconciler.
+
+mod blob_routes;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::put;
+use axum::Router;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use audio_dedup_api::{router, ApiConfig, RouteSet};
+use audio_dedup_core::ports::{Clock, SystemClock};
+use audio_dedup_core::store::embedded::{FsBlobStore, SqliteIndex, Synchronous, UrlSigner};
+use audio_dedup_core::{Dedup, DedupConfig, StoreError};
+
+pub use tokens::TokenTable;
+
+pub type LocalDedup = Dedup<FsBlobStore, SqliteIndex>;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// Base of signed URLs; defaults to `http://<bound address>`.
+    pub public_url: Option<String>,
+    pub tokens: TokenTable,
+    pub dedup: DedupConfig,
+    /// How often the reconciler runs; zero disables the schedule.
+    pub reconcile_every: Duration,
+    pub sync: Synchronous,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Built {
+    pub app: Router,
+    pub dedup: Arc<LocalDedup>,
+}
+
+fn signing_secret(data_dir: &std::path::Path) -> Result<[u8; 32], std::io::Error> {
+    let path = data_dir.join("signing.key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(secret);
+        }
+    }
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    std::fs::write(&path, secret)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(secret)
+}
+
+/// Opens the stores and builds the app. Spawns the event pump.
+pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError> {
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let public = cfg.public_url.clone().unwrap_or_else(|| format!("http://{bound}"));
+    let signer = UrlSigner::new(public, signing_secret(&cfg.data_dir)?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let blob_root = cfg.data_dir.join("blobs");
+    let blobs = FsBlobStore::open(&blob_root, signer, Some(tx), clock.clone())?;
+    let index = SqliteIndex::open(&cfg.data_dir.join("index.sqlite"), cfg.sync)?;
+    let dedup = Arc::new(Dedup::with_env(
+        blobs.clone(),
+        index,
+        cfg.dedup.clone(),
+        clock,
+        Arc::new(audio_dedup_core::ports::OsEntropy),
+    ));
+
+    // Blob events drive completion and deletion, exactly as S3 notifications do on AWS.
+    let pump = dedup.clone();
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if let Err(e) = pump.on_blob_event(&event).await {
+                tracing::warn!(?event, error = %e, "blob event left for the reconciler");
+            }
+        }
+    });
+
+    let api_cfg = ApiConfig { spool_dir: Some(blob_root.join("tmp")) };
+    let api = router(dedup.clone(), Arc::new(cfg.tokens.clone()), api_cfg, RouteSet::All);
+    let blob_state = Arc::new(blob_routes::BlobState { blobs, key_prefix: cfg.dedup.key_prefix.clone() });
+    let blob_routes = Router::new()
+        .route("/blob/{*key}", put(blob_routes::put_object).get(blob_routes::get_object))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(blob_state);
+    let app = blob_routes.merge(api).layer(TraceLayer::new_for_http());
+    Ok(Built { app, dedup })
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    cfg: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let bound = listener.local_addr()?;
+    let built = build(&cfg, bound)?;
+    if !cfg.reconcile_every.is_zero() {
+        let dedup = built.dedup.clone();
+        let every = cfg.reconcile_every;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match dedup.reconcile().await {
+                    Ok(r) if r != Default::default() => tracing::info!(report = ?r, "reconciler pass"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
+                }
+            }
+        });
+    }
+    tracing::info!(addr = %bound, data_dir = %cfg.data_dir.display(), "audio-dedup listening");
+    axum::serve(listener, built.app).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}

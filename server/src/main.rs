@@ -1,0 +1,120 @@
+//! `audio-dedup-server`: the whole API on 127.0.0.1 over SQLite and files. No AWS, Docker or
+//! Python. `--dev` makes a token and prints it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use rand::RngCore;
+
+use audio_dedup_core::store::embedded::Synchronous;
+use audio_dedup_core::DedupConfig;
+use audio_dedup_server::{run, ServerConfig, TokenTable};
+
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "AUDIO_DEDUP_ADDR", default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    /// Where the index and the audio files live.
+    #[arg(long, env = "AUDIO_DEDUP_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// JSON token table: {"<token>": {"user": "alice", "admin": false}}.
+    #[arg(long, env = "AUDIO_DEDUP_TOKENS_FILE")]
+    tokens: Option<PathBuf>,
+    /// Token table inline: token=user[:admin],token=user.
+    #[arg(long, env = "AUDIO_DEDUP_TOKENS", hide_env_values = true)]
+    tokens_inline: Option<String>,
+    /// Development mode: create a token for user `dev` (an admin) and print it.
+    #[arg(long)]
+    dev: bool,
+    /// Base URL of signed upload/download URLs (default: http://<addr>).
+    #[arg(long, env = "AUDIO_DEDUP_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Seconds between the last reference going and deletion (0: at once).
+    #[arg(long, default_value_t = 0)]
+    deletion_grace_secs: u64,
+    /// Seconds between reconciler passes (0: never; POST /v1/admin/reconcile still works).
+    #[arg(long, default_value_t = 60)]
+    reconcile_every_secs: u64,
+    /// SQLite synchronous mode: full (survives power loss) or normal.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    sync: String,
+    /// Log format.
+    #[arg(long, env = "AUDIO_DEDUP_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.init();
+    }
+    match start(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("audio-dedup-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut tokens = match (&args.tokens, &args.tokens_inline) {
+        (Some(path), _) => TokenTable::from_file(path)?,
+        (None, Some(inline)) => TokenTable::from_env_value(inline)?,
+        (None, None) => TokenTable::default(),
+    };
+    if args.dev {
+        let mut raw = [0u8; 24];
+        rand::rng().fill_bytes(&mut raw);
+        let token = format!("dev-{}", hex::encode(raw));
+        tokens.insert(&token, "dev", true)?;
+        println!("dev token (user \"dev\", admin): {token}");
+        println!("export TOKEN={token}");
+    }
+    if tokens.is_empty() {
+        return Err(Box::new(audio_dedup_server::tokens::TokenError::Missing));
+    }
+    let cfg = ServerConfig {
+        data_dir: args.data_dir,
+        public_url: args.public_url,
+        tokens,
+        dedup: DedupConfig { deletion_grace: Duration::from_secs(args.deletion_grace_secs), ..DedupConfig::default() },
+        reconcile_every: Duration::from_secs(args.reconcile_every_secs),
+        sync: if args.sync == "normal" { Synchronous::Normal } else { Synchronous::Full },
+    };
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    run(listener, cfg, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; draining");
+}

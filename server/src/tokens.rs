@@ -1,0 +1,117 @@
+//! The local token table: bearer token → user. Read from a JSON file or an environment
+//! variable; the server refuses to start without one unless `--dev` asks it to make one.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use audio_dedup_api::{bearer, Authenticator, Caller};
+use audio_dedup_core::UserId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the token file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("the token table is not valid: {0}")]
+    Invalid(String),
+    #[error("no token table: pass --tokens FILE or set AUDIO_DEDUP_TOKENS, or start with --dev")]
+    Missing,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    user: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// Tokens are kept only as SHA-256 digests, so the table in memory holds no secrets.
+#[derive(Debug, Clone, Default)]
+pub struct TokenTable {
+    by_digest: HashMap<[u8; 32], Caller>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl TokenTable {
+    pub fn insert(&mut self, token: &str, user: &str, admin: bool) -> Result<(), TokenError> {
+        if token.len() < 16 {
+            return Err(TokenError::Invalid(format!("the token for {user} is shorter than 16 characters")));
+        }
+        let user: UserId = user.parse().map_err(|e| TokenError::Invalid(format!("{e}")))?;
+        self.by_digest.insert(digest(token), Caller { user, admin });
+        Ok(())
+    }
+
+    /// `{"<token>": {"user": "alice", "admin": false}, ...}`
+    pub fn from_file(path: &Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TokenError::Read(path.display().to_string(), e))?;
+        let entries: HashMap<String, FileEntry> =
+            serde_json::from_str(&text).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let mut t = Self::default();
+        for (token, e) in entries {
+            t.insert(&token, &e.user, e.admin)?;
+        }
+        Ok(t)
+    }
+
+    /// `token=user[:admin],token=user`
+    pub fn from_env_value(value: &str) -> Result<Self, TokenError> {
+        let mut t = Self::default();
+        for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (token, user) = pair.split_once('=').ok_or_else(|| TokenError::Invalid("expected token=user".into()))?;
+            let (user, admin) = match user.strip_suffix(":admin") {
+                Some(u) => (u, true),
+                None => (user, false),
+            };
+            t.insert(token, user, admin)?;
+        }
+        Ok(t)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+}
+
+impl Authenticator for TokenTable {
+    fn authenticate(&self, parts: &http::request::Parts) -> Option<Caller> {
+        self.by_digest.get(&digest(bearer(parts)?)).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(auth: Option<&str>) -> http::request::Parts {
+        let mut b = http::Request::builder();
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn env_table_authenticates_exact_tokens_only() {
+        let t = TokenTable::from_env_value("aaaaaaaaaaaaaaaa=alice,bbbbbbbbbbbbbbbb=root:admin").unwrap();
+        let alice = t.authenticate(&parts(Some("Bearer aaaaaaaaaaaaaaaa"))).unwrap();
+        assert_eq!((alice.user.as_str(), alice.admin), ("alice", false));
+        assert!(t.authenticate(&parts(Some("bearer bbbbbbbbbbbbbbbb"))).unwrap().admin);
+        assert!(t.authenticate(&parts(Some("Bearer aaaaaaaaaaaaaaab"))).is_none());
+        assert!(t.authenticate(&parts(Some("Basic aaaaaaaaaaaaaaaa"))).is_none());
+        assert!(t.authenticate(&parts(None)).is_none());
+    }
+
+    #[test]
+    fn bad_tables_are_refused() {
+        assert!(TokenTable::from_env_value("short=alice").is_err());
+        assert!(TokenTable::from_env_value("aaaaaaaaaaaaaaaa=../alice").is_err());
+        assert!(TokenTable::from_env_value("aaaaaaaaaaaaaaaa").is_err());
+    }
+}
