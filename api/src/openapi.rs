@@ -11,3 +11,13 @@ static SPEC_JSON: LazyLock<Result<serde_json::Value, String>> =
 pub fn openapi_json() -> Result<&'static serde_json::Value, &'static str> {
     SPEC_JSON.as_ref().map_err(String::as_str)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_spec_parses_and_is_openapi_3_1() {
+        let spec = super::openapi_json().expect("docs/openapi.yaml parses");
+        assert_eq!(spec["openapi"], "3.1.0");
+        assert!(spec["paths"]["/v1/audio"]["post"].is_object());
+    }
+}
