@@ -19,15 +19,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("JSON bodies are at most {MAX_JSON_BODY} bytes"))
-            } else {
-                ApiError::bad_request("unreadable_body", "the request body could not be read")
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("JSON bodies are at most {MAX_JSON_BODY} bytes"),
+                    )
+                } else {
+                    ApiError::bad_request("unreadable_body", "the request body could not be read")
+                }
+            })?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request("empty_body", "a JSON body is required"));
+            return Err(ApiError::bad_request(
+                "empty_body",
+                "a JSON body is required",
+            ));
         }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
@@ -45,7 +54,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for RawPath
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(t)| RawPath(t))
-            .map_err(|e: PathRejection| ApiError::bad_request("invalid_path", format!("invalid path parameter: {e}")))
+            .map_err(|e: PathRejection| {
+                ApiError::bad_request("invalid_path", format!("invalid path parameter: {e}"))
+            })
     }
 }
 
@@ -59,7 +70,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T>
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(t)| StrictQuery(t))
-            .map_err(|e: QueryRejection| ApiError::bad_request("invalid_query", format!("invalid query string: {}", e.body_text())))
+            .map_err(|e: QueryRejection| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("invalid query string: {}", e.body_text()),
+                )
+            })
     }
 }
 
@@ -67,5 +83,7 @@ pub fn parse<T: std::str::FromStr>(value: &str, code: &'static str) -> Result<T,
 where
     T::Err: std::fmt::Display,
 {
-    value.parse().map_err(|e: T::Err| ApiError::bad_request(code, e.to_string()))
+    value
+        .parse()
+        .map_err(|e: T::Err| ApiError::bad_request(code, e.to_string()))
 }

@@ -57,7 +57,10 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
     let mut api: Router<Arc<AppState<B, I>>> = Router::new();
     if matches!(set, RouteSet::All | RouteSet::Upload) {
         api = api
-            .route("/v1/audio", post(audio::upload_direct::<B, I>).layer(DefaultBodyLimit::disable()))
+            .route(
+                "/v1/audio",
+                post(audio::upload_direct::<B, I>).layer(DefaultBodyLimit::disable()),
+            )
             .route("/v1/audio/uploads", post(audio::open_session::<B, I>))
             .route("/v1/audio/{hash}/complete", post(audio::complete::<B, I>))
             .route("/v1/audio/{hash}", get(audio::describe::<B, I>));
@@ -76,7 +79,10 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
     }
     let api = api
         .layer(DefaultBodyLimit::max(extract::MAX_JSON_BODY))
-        .route_layer(axum::middleware::from_fn_with_state(auth, auth::require_caller))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_caller,
+        ))
         .with_state(state);
     Router::new()
         .route("/healthz", get(meta::healthz))

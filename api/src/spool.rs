@@ -57,8 +57,12 @@ pub async fn spool(body: Body, limit: u64, dir: Option<&Path>) -> Result<Spooled
     };
     let mut mem = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ApiError::bad_request("unreadable_body", "the request body could not be read"))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let frame = frame.map_err(|_| {
+            ApiError::bad_request("unreadable_body", "the request body could not be read")
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         if hasher.len() + data.len() as u64 > limit {
             return Err(too_large(limit));
         }
@@ -77,7 +81,12 @@ pub async fn spool(body: Body, limit: u64, dir: Option<&Path>) -> Result<Spooled
         Some(t) => BlobBody::File(t.0.clone()),
         None => BlobBody::Bytes(Bytes::from(mem)),
     };
-    Ok(Spooled { body, hash, size, _temp: temp })
+    Ok(Spooled {
+        body,
+        hash,
+        size,
+        _temp: temp,
+    })
 }
 
 pub fn check_declared_length(headers: &http::HeaderMap, limit: u64) -> Result<(), ApiError> {

@@ -26,14 +26,24 @@ pub struct BlobState {
 fn sign_error(e: SignError) -> ApiError {
     match e {
         SignError::Expired => ApiError::new(StatusCode::FORBIDDEN, "url_expired", e.to_string()),
-        SignError::BadSignature => ApiError::new(StatusCode::FORBIDDEN, "signature_invalid", e.to_string()),
-        SignError::HeaderMismatch(_) => ApiError::new(StatusCode::FORBIDDEN, "signed_header_missing", e.to_string()),
+        SignError::BadSignature => {
+            ApiError::new(StatusCode::FORBIDDEN, "signature_invalid", e.to_string())
+        }
+        SignError::HeaderMismatch(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signed_header_missing",
+            e.to_string(),
+        ),
     }
 }
 
 fn owned_key(state: &BlobState, key: &str) -> Result<(), ApiError> {
     if keys::hash_from_blob_key(&state.key_prefix, key).is_none() {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "signature_invalid", "not a signed object URL"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signature_invalid",
+            "not a signed object URL",
+        ));
     }
     Ok(())
 }
@@ -51,43 +61,85 @@ pub async fn put_object(
     body: Body,
 ) -> Result<Response, ApiError> {
     owned_key(&state, &key)?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let now = state.blobs.clock().now_ms();
-    let grant = state.blobs.signer().verify_put(&key, &query, header, now).map_err(sign_error)?;
+    let grant = state
+        .blobs
+        .signer()
+        .verify_put(&key, &query, header, now)
+        .map_err(sign_error)?;
     if header("if-none-match").as_deref() != Some("*") {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "signed_header_missing", "if-none-match: * is required"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "signed_header_missing",
+            "if-none-match: * is required",
+        ));
     }
     let declared = header("content-length").and_then(|v| v.parse::<u64>().ok());
     match declared {
-        None => return Err(ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "content-length is required")),
+        None => {
+            return Err(ApiError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "length_required",
+                "content-length is required",
+            ))
+        }
         Some(n) if n != grant.size => {
-            return Err(ApiError::bad_request("size_mismatch", format!("the URL is signed for {} bytes", grant.size)))
+            return Err(ApiError::bad_request(
+                "size_mismatch",
+                format!("the URL is signed for {} bytes", grant.size),
+            ))
         }
         Some(_) => {}
     }
     let mut spool = state.blobs.spool().await.map_err(internal)?;
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ApiError::bad_request("unreadable_body", "the request body could not be read"))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let frame = frame.map_err(|_| {
+            ApiError::bad_request("unreadable_body", "the request body could not be read")
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         if spool.len() + data.len() as u64 > grant.size {
-            return Err(ApiError::bad_request("size_mismatch", "the body is longer than signed"));
+            return Err(ApiError::bad_request(
+                "size_mismatch",
+                "the body is longer than signed",
+            ));
         }
         spool.write(&data).await.map_err(internal)?;
     }
     let (path, hash, size) = spool.finish().await.map_err(internal)?;
     if size != grant.size {
-        return Err(ApiError::bad_request("size_mismatch", "the body is shorter than signed"));
+        return Err(ApiError::bad_request(
+            "size_mismatch",
+            "the body is shorter than signed",
+        ));
     }
     if hash != grant.sha256 {
-        return Err(ApiError::bad_request("bad_digest", "the body does not match x-amz-checksum-sha256"));
+        return Err(ApiError::bad_request(
+            "bad_digest",
+            "the body does not match x-amz-checksum-sha256",
+        ));
     }
     let content_type = audio_dedup_core::AudioFormat::ALL
         .into_iter()
         .map(|f| f.content_type())
         .find(|ct| *ct == grant.content_type)
         .unwrap_or("application/octet-stream");
-    let put = PutRequest { key, body: BlobBody::File(path), sha256: hash, size, content_type, uploader: grant.uploader };
+    let put = PutRequest {
+        key,
+        body: BlobBody::File(path),
+        sha256: hash,
+        size,
+        content_type,
+        uploader: grant.uploader,
+    };
     match state.blobs.put_if_absent(put).await.map_err(internal)? {
         PutOutcome::Created { version } => {
             let mut res = StatusCode::OK.into_response();
@@ -112,14 +164,34 @@ pub async fn get_object(
 ) -> Result<Response, ApiError> {
     owned_key(&state, &key)?;
     let now = state.blobs.clock().now_ms();
-    let grant = state.blobs.signer().verify_get(&key, &query, now).map_err(sign_error)?;
-    let Some(path) = state.blobs.version_path(&key, &grant.version).await.map_err(internal)? else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "object_not_found", "the object version no longer exists"));
+    let grant = state
+        .blobs
+        .signer()
+        .verify_get(&key, &query, now)
+        .map_err(sign_error)?;
+    let Some(path) = state
+        .blobs
+        .version_path(&key, &grant.version)
+        .await
+        .map_err(internal)?
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "object_not_found",
+            "the object version no longer exists",
+        ));
     };
-    let mut res = ServeFile::new(path).oneshot(req).await.map_err(internal)?.into_response();
+    let mut res = ServeFile::new(path)
+        .oneshot(req)
+        .await
+        .map_err(internal)?
+        .into_response();
     if let Ok(ct) = HeaderValue::from_str(&grant.content_type) {
         res.headers_mut().insert(http::header::CONTENT_TYPE, ct);
     }
-    res.headers_mut().insert("x-amz-version-id", HeaderValue::from_str(&grant.version).map_err(internal)?);
+    res.headers_mut().insert(
+        "x-amz-version-id",
+        HeaderValue::from_str(&grant.version).map_err(internal)?,
+    );
     Ok(res)
 }

@@ -70,7 +70,10 @@ fn signing_secret(data_dir: &std::path::Path) -> Result<[u8; 32], std::io::Error
 /// Opens the stores and builds the app. Spawns the event pump.
 pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir)?;
-    let public = cfg.public_url.clone().unwrap_or_else(|| format!("http://{bound}"));
+    let public = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
     let signer = UrlSigner::new(public, signing_secret(&cfg.data_dir)?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -95,11 +98,24 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
         }
     });
 
-    let api_cfg = ApiConfig { spool_dir: Some(blob_root.join("tmp")) };
-    let api = router(dedup.clone(), Arc::new(cfg.tokens.clone()), api_cfg, RouteSet::All);
-    let blob_state = Arc::new(blob_routes::BlobState { blobs, key_prefix: cfg.dedup.key_prefix.clone() });
+    let api_cfg = ApiConfig {
+        spool_dir: Some(blob_root.join("tmp")),
+    };
+    let api = router(
+        dedup.clone(),
+        Arc::new(cfg.tokens.clone()),
+        api_cfg,
+        RouteSet::All,
+    );
+    let blob_state = Arc::new(blob_routes::BlobState {
+        blobs,
+        key_prefix: cfg.dedup.key_prefix.clone(),
+    });
     let blob_routes = Router::new()
-        .route("/blob/{*key}", put(blob_routes::put_object).get(blob_routes::get_object))
+        .route(
+            "/blob/{*key}",
+            put(blob_routes::put_object).get(blob_routes::get_object),
+        )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(blob_state);
     let app = blob_routes.merge(api).layer(TraceLayer::new_for_http());
@@ -123,7 +139,9 @@ pub async fn run(
             loop {
                 tick.tick().await;
                 match dedup.reconcile().await {
-                    Ok(r) if r != Default::default() => tracing::info!(report = ?r, "reconciler pass"),
+                    Ok(r) if r != Default::default() => {
+                        tracing::info!(report = ?r, "reconciler pass")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
                 }
@@ -131,7 +149,9 @@ pub async fn run(
         });
     }
     tracing::info!(addr = %bound, data_dir = %cfg.data_dir.display(), "audio-dedup listening");
-    axum::serve(listener, built.app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, built.app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     tracing::info!("shut down cleanly");
     Ok(())
 }

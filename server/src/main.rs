@@ -88,9 +88,16 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         data_dir: args.data_dir,
         public_url: args.public_url,
         tokens,
-        dedup: DedupConfig { deletion_grace: Duration::from_secs(args.deletion_grace_secs), ..DedupConfig::default() },
+        dedup: DedupConfig {
+            deletion_grace: Duration::from_secs(args.deletion_grace_secs),
+            ..DedupConfig::default()
+        },
         reconcile_every: Duration::from_secs(args.reconcile_every_secs),
-        sync: if args.sync == "normal" { Synchronous::Normal } else { Synchronous::Full },
+        sync: if args.sync == "normal" {
+            Synchronous::Normal
+        } else {
+            Synchronous::Full
+        },
     };
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     run(listener, cfg, shutdown_signal()).await?;

@@ -41,16 +41,21 @@ fn digest(token: &str) -> [u8; 32] {
 impl TokenTable {
     pub fn insert(&mut self, token: &str, user: &str, admin: bool) -> Result<(), TokenError> {
         if token.len() < 16 {
-            return Err(TokenError::Invalid(format!("the token for {user} is shorter than 16 characters")));
+            return Err(TokenError::Invalid(format!(
+                "the token for {user} is shorter than 16 characters"
+            )));
         }
-        let user: UserId = user.parse().map_err(|e| TokenError::Invalid(format!("{e}")))?;
+        let user: UserId = user
+            .parse()
+            .map_err(|e| TokenError::Invalid(format!("{e}")))?;
         self.by_digest.insert(digest(token), Caller { user, admin });
         Ok(())
     }
 
     /// `{"<token>": {"user": "alice", "admin": false}, ...}`
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TokenError::Read(path.display().to_string(), e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TokenError::Read(path.display().to_string(), e))?;
         let entries: HashMap<String, FileEntry> =
             serde_json::from_str(&text).map_err(|e| TokenError::Invalid(e.to_string()))?;
         let mut t = Self::default();
@@ -64,7 +69,9 @@ impl TokenTable {
     pub fn from_env_value(value: &str) -> Result<Self, TokenError> {
         let mut t = Self::default();
         for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (token, user) = pair.split_once('=').ok_or_else(|| TokenError::Invalid("expected token=user".into()))?;
+            let (token, user) = pair
+                .split_once('=')
+                .ok_or_else(|| TokenError::Invalid("expected token=user".into()))?;
             let (user, admin) = match user.strip_suffix(":admin") {
                 Some(u) => (u, true),
                 None => (user, false),
@@ -99,12 +106,23 @@ mod tests {
 
     #[test]
     fn env_table_authenticates_exact_tokens_only() {
-        let t = TokenTable::from_env_value("aaaaaaaaaaaaaaaa=alice,bbbbbbbbbbbbbbbb=root:admin").unwrap();
-        let alice = t.authenticate(&parts(Some("Bearer aaaaaaaaaaaaaaaa"))).unwrap();
+        let t = TokenTable::from_env_value("aaaaaaaaaaaaaaaa=alice,bbbbbbbbbbbbbbbb=root:admin")
+            .unwrap();
+        let alice = t
+            .authenticate(&parts(Some("Bearer aaaaaaaaaaaaaaaa")))
+            .unwrap();
         assert_eq!((alice.user.as_str(), alice.admin), ("alice", false));
-        assert!(t.authenticate(&parts(Some("bearer bbbbbbbbbbbbbbbb"))).unwrap().admin);
-        assert!(t.authenticate(&parts(Some("Bearer aaaaaaaaaaaaaaab"))).is_none());
-        assert!(t.authenticate(&parts(Some("Basic aaaaaaaaaaaaaaaa"))).is_none());
+        assert!(
+            t.authenticate(&parts(Some("bearer bbbbbbbbbbbbbbbb")))
+                .unwrap()
+                .admin
+        );
+        assert!(t
+            .authenticate(&parts(Some("Bearer aaaaaaaaaaaaaaab")))
+            .is_none());
+        assert!(t
+            .authenticate(&parts(Some("Basic aaaaaaaaaaaaaaaa")))
+            .is_none());
         assert!(t.authenticate(&parts(None)).is_none());
     }
 

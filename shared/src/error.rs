@@ -47,15 +47,24 @@ pub enum DedupError {
 
 impl DedupError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest { code, message: message.into() }
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::NotFound { code, message: message.into() }
+        Self::NotFound {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Conflict { code, message: message.into() }
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn status(&self) -> u16 {
@@ -86,7 +95,9 @@ impl DedupError {
     /// What a caller may see. Internal details stay in the logs.
     pub fn public_message(&self) -> String {
         match self {
-            Self::Store(StoreError::Unavailable(_)) => "storage is temporarily unavailable; retry".into(),
+            Self::Store(StoreError::Unavailable(_)) => {
+                "storage is temporarily unavailable; retry".into()
+            }
             Self::Store(_) => "internal error".into(),
             other => other.to_string(),
         }

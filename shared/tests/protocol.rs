@@ -25,8 +25,19 @@ fn harness_with(cfg: DedupConfig, hook: Arc<dyn FaultHook>) -> Harness {
     let blobs = MemoryBlobs::new(hook.clone());
     let index = MemoryIndex::new(hook);
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let d = Dedup::with_env(blobs.clone(), index.clone(), cfg, clock.clone(), Arc::new(OsEntropy));
-    Harness { d: Arc::new(d), blobs, index, clock }
+    let d = Dedup::with_env(
+        blobs.clone(),
+        index.clone(),
+        cfg,
+        clock.clone(),
+        Arc::new(OsEntropy),
+    );
+    Harness {
+        d: Arc::new(d),
+        blobs,
+        index,
+        clock,
+    }
 }
 
 fn harness() -> Harness {
@@ -60,7 +71,12 @@ impl Harness {
     fn check(&self) {
         let bad = invariants::safety(
             &self.index.dump(),
-            &self.blobs.objects().into_iter().map(|(m, _)| m).collect::<Vec<_>>(),
+            &self
+                .blobs
+                .objects()
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect::<Vec<_>>(),
             &self.index.counter_totals(keys::STATS_PK),
             "",
         );
@@ -68,11 +84,25 @@ impl Harness {
     }
 
     fn settled(&self) {
-        let bad = invariants::settled(&self.index.dump(), &self.blobs.objects().into_iter().map(|(m, _)| m).collect::<Vec<_>>(), "");
+        let bad = invariants::settled(
+            &self.index.dump(),
+            &self
+                .blobs
+                .objects()
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect::<Vec<_>>(),
+            "",
+        );
         assert!(bad.is_empty(), "not settled: {bad:#?}");
     }
 
-    async fn upload(&self, owner: &str, bytes: &[u8], reference: Option<&str>) -> Result<UploadResult, DedupError> {
+    async fn upload(
+        &self,
+        owner: &str,
+        bytes: &[u8],
+        reference: Option<&str>,
+    ) -> Result<UploadResult, DedupError> {
         self.d
             .upload_direct(DirectUpload {
                 owner: user(owner),
@@ -80,7 +110,10 @@ impl Harness {
                 hash: ContentHash::of(bytes),
                 size: bytes.len() as u64,
                 body: audio_dedup_core::ports::BlobBody::Bytes(Bytes::copy_from_slice(bytes)),
-                reference: reference.map(|r| PendingReference { kind: ReferenceKind::Message, ref_id: rid(r) }),
+                reference: reference.map(|r| PendingReference {
+                    kind: ReferenceKind::Message,
+                    ref_id: rid(r),
+                }),
             })
             .await
     }
@@ -113,7 +146,15 @@ async fn same_content_twice_is_stored_once() {
     assert!(b.deduplicated);
     assert_eq!(h.object_count(), 1);
     let s = h.d.stats().await.unwrap();
-    assert_eq!((s.unique_files, s.stored_bytes, s.total_references, s.referenced_bytes), (1, 8, 2, 16));
+    assert_eq!(
+        (
+            s.unique_files,
+            s.stored_bytes,
+            s.total_references,
+            s.referenced_bytes
+        ),
+        (1, 8, 2, 16)
+    );
     assert_eq!(s.deduplication_ratio, 2.0);
     assert_eq!(s.bytes_saved, 8);
     h.check();
@@ -124,21 +165,42 @@ async fn last_reference_removed_deletes_at_once_and_retries_are_noops() {
     let h = harness();
     let hash = ContentHash::of(b"x1");
     h.upload("alice", b"x1", Some("m1")).await.unwrap();
-    h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library).await.unwrap();
+    h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
+        .await
+        .unwrap();
     // Same add again: same answer, no second count.
-    let again = h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library).await.unwrap();
+    let again =
+        h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
+            .await
+            .unwrap();
     assert_eq!(again.ref_id.as_str(), "lib1");
     assert_eq!(h.d.stats().await.unwrap().total_references, 2);
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1")).await.unwrap();
+    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+        .await
+        .unwrap();
     assert_eq!(h.object_count(), 1);
-    h.d.remove_reference(&user("alice"), &hash, &rid("lib1")).await.unwrap();
+    h.d.remove_reference(&user("alice"), &hash, &rid("lib1"))
+        .await
+        .unwrap();
     assert_eq!(h.object_count(), 0, "aggressive deletion");
-    h.d.remove_reference(&user("alice"), &hash, &rid("lib1")).await.unwrap();
+    h.d.remove_reference(&user("alice"), &hash, &rid("lib1"))
+        .await
+        .unwrap();
     // A late retried add of a removed reference cannot resurrect it.
-    let late = h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library).await;
+    let late =
+        h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
+            .await;
     assert!(late.is_err());
     let s = h.d.stats().await.unwrap();
-    assert_eq!((s.unique_files, s.total_references, s.stored_bytes, s.deleting), (0, 0, 0, 0));
+    assert_eq!(
+        (
+            s.unique_files,
+            s.total_references,
+            s.stored_bytes,
+            s.deleting
+        ),
+        (0, 0, 0, 0)
+    );
     h.check();
     h.settled();
 }
@@ -148,9 +210,15 @@ async fn references_are_per_owner_and_need_possession() {
     let h = harness();
     let hash = ContentHash::of(b"mine");
     h.upload("alice", b"mine", Some("m1")).await.unwrap();
-    let e = h.d.add_reference(&user("mallory"), &hash, &rid("x"), ReferenceKind::Library).await.unwrap_err();
+    let e =
+        h.d.add_reference(&user("mallory"), &hash, &rid("x"), ReferenceKind::Library)
+            .await
+            .unwrap_err();
     assert_eq!((e.status(), e.code()), (404, "audio_not_found"));
-    let e = h.d.remove_reference(&user("mallory"), &hash, &rid("m1")).await.unwrap_err();
+    let e =
+        h.d.remove_reference(&user("mallory"), &hash, &rid("m1"))
+            .await
+            .unwrap_err();
     assert_eq!(e.status(), 404);
     let e = h.d.describe(&user("mallory"), &hash).await.unwrap_err();
     assert_eq!(e.status(), 404);
@@ -169,35 +237,82 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
         hash,
         size: bytes.len() as u64,
         format: AudioFormat::Wav,
-        reference: Some(PendingReference { kind: ReferenceKind::Message, ref_id: rid("m1") }),
+        reference: Some(PendingReference {
+            kind: ReferenceKind::Message,
+            ref_id: rid("m1"),
+        }),
     };
     let s = h.d.open_session(req).await.unwrap();
     assert_eq!(s.upload.headers["x-amz-checksum-sha256"], hash.to_base64());
-    let complete = CompleteRequest { owner: user("alice"), hash, session_id: s.session_id.clone(), proof: None };
+    let complete = CompleteRequest {
+        owner: user("alice"),
+        hash,
+        session_id: s.session_id.clone(),
+        proof: None,
+    };
     // Nothing uploaded yet.
-    assert_eq!(h.d.complete(complete.clone()).await.unwrap_err().code(), "upload_required");
-    h.blobs.client_put(&keys::blob_key("", &hash), bytes.clone(), &keys::session_uploader(&s.session_id));
+    assert_eq!(
+        h.d.complete(complete.clone()).await.unwrap_err().code(),
+        "upload_required"
+    );
+    h.blobs.client_put(
+        &keys::blob_key("", &hash),
+        bytes.clone(),
+        &keys::session_uploader(&s.session_id),
+    );
     // The created event wins the race; complete finds it done and answers the same.
     h.deliver_events().await;
     let r1 = h.d.complete(complete.clone()).await.unwrap();
     let r2 = h.d.complete(complete).await.unwrap();
-    assert_eq!((r1.deduplicated, r1.state, r1.size), (false, AudioState::Active, 100_000));
+    assert_eq!(
+        (r1.deduplicated, r1.state, r1.size),
+        (false, AudioState::Active, 100_000)
+    );
     assert_eq!(r1.content_hash, r2.content_hash);
     assert_eq!(h.d.stats().await.unwrap().total_references, 1);
     // Another user's session for the same content cannot claim it without proof.
-    let s2 = h
-        .d
-        .open_session(SessionRequest { owner: user("bob"), hash, size: 100_000, format: AudioFormat::Wav, reference: None })
+    let s2 =
+        h.d.open_session(SessionRequest {
+            owner: user("bob"),
+            hash,
+            size: 100_000,
+            format: AudioFormat::Wav,
+            reference: None,
+        })
         .await
         .unwrap();
-    let bob = CompleteRequest { owner: user("bob"), hash, session_id: s2.session_id.clone(), proof: None };
-    assert_eq!(h.d.complete(bob.clone()).await.unwrap_err().code(), "upload_required");
-    let wrong = CompleteRequest { proof: Some("00".repeat(32)), ..bob.clone() };
-    assert_eq!(h.d.complete(wrong).await.unwrap_err().code(), "upload_required");
-    let chunks: Vec<&[u8]> =
-        s2.challenge.ranges.iter().map(|r| &bytes[r.offset as usize..(r.offset + r.length) as usize]).collect();
+    let bob = CompleteRequest {
+        owner: user("bob"),
+        hash,
+        session_id: s2.session_id.clone(),
+        proof: None,
+    };
+    assert_eq!(
+        h.d.complete(bob.clone()).await.unwrap_err().code(),
+        "upload_required"
+    );
+    let wrong = CompleteRequest {
+        proof: Some("00".repeat(32)),
+        ..bob.clone()
+    };
+    assert_eq!(
+        h.d.complete(wrong).await.unwrap_err().code(),
+        "upload_required"
+    );
+    let chunks: Vec<&[u8]> = s2
+        .challenge
+        .ranges
+        .iter()
+        .map(|r| &bytes[r.offset as usize..(r.offset + r.length) as usize])
+        .collect();
     let proof = proof_for(&s2.challenge.nonce, chunks);
-    let ok = h.d.complete(CompleteRequest { proof: Some(proof), ..bob }).await.unwrap();
+    let ok =
+        h.d.complete(CompleteRequest {
+            proof: Some(proof),
+            ..bob
+        })
+        .await
+        .unwrap();
     assert!(ok.deduplicated);
     assert!(h.d.describe(&user("bob"), &hash).await.is_ok());
     assert_eq!(h.object_count(), 1);
@@ -208,14 +323,23 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
 async fn a_proof_for_absent_content_answers_like_a_wrong_proof() {
     let h = harness();
     let hash = ContentHash::of(b"never uploaded");
-    let s = h
-        .d
-        .open_session(SessionRequest { owner: user("eve"), hash, size: 14, format: AudioFormat::Mp3, reference: None })
+    let s =
+        h.d.open_session(SessionRequest {
+            owner: user("eve"),
+            hash,
+            size: 14,
+            format: AudioFormat::Mp3,
+            reference: None,
+        })
         .await
         .unwrap();
-    let e = h
-        .d
-        .complete(CompleteRequest { owner: user("eve"), hash, session_id: s.session_id, proof: Some("ab".repeat(32)) })
+    let e =
+        h.d.complete(CompleteRequest {
+            owner: user("eve"),
+            hash,
+            session_id: s.session_id,
+            proof: Some("ab".repeat(32)),
+        })
         .await
         .unwrap_err();
     assert_eq!((e.status(), e.code()), (409, "upload_required"));
@@ -224,15 +348,24 @@ async fn a_proof_for_absent_content_answers_like_a_wrong_proof() {
 
 #[tokio::test]
 async fn crash_between_index_write_and_blob_delete_is_finished_by_the_reconciler() {
-    let hook = Arc::new(FailNext { op: Op::BlobDelete, fault: Fault::FailBefore, left: AtomicU32::new(1) });
+    let hook = Arc::new(FailNext {
+        op: Op::BlobDelete,
+        fault: Fault::FailBefore,
+        left: AtomicU32::new(1),
+    });
     let h = harness_with(DedupConfig::default(), hook);
     let hash = ContentHash::of(b"doomed");
     h.upload("alice", b"doomed", Some("m1")).await.unwrap();
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1")).await.unwrap();
+    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+        .await
+        .unwrap();
     assert_eq!(h.object_count(), 1, "blob delete failed");
     assert_eq!(h.d.stats().await.unwrap().deleting, 1);
     // A new reference cannot land on content being deleted.
-    let e = h.d.add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message).await.unwrap_err();
+    let e =
+        h.d.add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message)
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), "audio_not_active");
     h.check();
     let report = h.d.reconcile().await.unwrap();
@@ -244,19 +377,35 @@ async fn crash_between_index_write_and_blob_delete_is_finished_by_the_reconciler
 
 #[tokio::test]
 async fn reupload_while_deleting_finishes_the_old_deletion_first() {
-    let hook = Arc::new(FailNext { op: Op::BlobDelete, fault: Fault::LoseResponse, left: AtomicU32::new(1) });
+    let hook = Arc::new(FailNext {
+        op: Op::BlobDelete,
+        fault: Fault::LoseResponse,
+        left: AtomicU32::new(1),
+    });
     let h = harness_with(DedupConfig::default(), hook);
     let hash = ContentHash::of(b"again");
     h.upload("alice", b"again", Some("m1")).await.unwrap();
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1")).await.unwrap();
+    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+        .await
+        .unwrap();
     let r = h.upload("bob", b"again", Some("m9")).await.unwrap();
-    assert!(!r.deduplicated, "the old object was deleted; this is a new upload");
+    assert!(
+        !r.deduplicated,
+        "the old object was deleted; this is a new upload"
+    );
     assert_eq!(h.object_count(), 1);
     // Late events about the old version change nothing.
     h.deliver_events().await;
     assert_eq!(h.object_count(), 1);
     assert!(h.d.describe(&user("bob"), &hash).await.is_ok());
-    assert_eq!(h.d.describe(&user("alice"), &hash).await.unwrap_err().status(), 404, "old generation's grant");
+    assert_eq!(
+        h.d.describe(&user("alice"), &hash)
+            .await
+            .unwrap_err()
+            .status(),
+        404,
+        "old generation's grant"
+    );
     h.check();
 }
 
@@ -269,12 +418,20 @@ async fn duplicate_and_stale_events_are_noops() {
     for e in events.iter().chain(events.iter()) {
         h.d.on_blob_event(e).await.unwrap();
     }
-    h.d.on_blob_event(&BlobEvent::Removed { key: keys::blob_key("", &hash), version: "v-old".into(), sequencer: "0".into() })
-        .await
-        .unwrap();
-    h.d.on_blob_event(&BlobEvent::Created { key: "someone/else".into(), version: "v".into(), sequencer: "0".into() })
-        .await
-        .unwrap();
+    h.d.on_blob_event(&BlobEvent::Removed {
+        key: keys::blob_key("", &hash),
+        version: "v-old".into(),
+        sequencer: "0".into(),
+    })
+    .await
+    .unwrap();
+    h.d.on_blob_event(&BlobEvent::Created {
+        key: "someone/else".into(),
+        version: "v".into(),
+        sequencer: "0".into(),
+    })
+    .await
+    .unwrap();
     assert_eq!(h.object_count(), 1);
     assert_eq!(h.d.stats().await.unwrap().total_references, 1);
     h.check();
@@ -285,12 +442,22 @@ async fn orphans_and_abandoned_sessions_are_cleaned() {
     let h = harness();
     // An object nobody claims (a crash after the put, with the claim long gone).
     let orphan = Bytes::from_static(b"orphan");
-    h.blobs.client_put(&keys::blob_key("", &ContentHash::of(&orphan)), orphan, "direct");
+    h.blobs.client_put(
+        &keys::blob_key("", &ContentHash::of(&orphan)),
+        orphan,
+        "direct",
+    );
     // A session opened and never used.
     let hash = ContentHash::of(b"abandoned");
-    h.d.open_session(SessionRequest { owner: user("a"), hash, size: 9, format: AudioFormat::Mp3, reference: None })
-        .await
-        .unwrap();
+    h.d.open_session(SessionRequest {
+        owner: user("a"),
+        hash,
+        size: 9,
+        format: AudioFormat::Mp3,
+        reference: None,
+    })
+    .await
+    .unwrap();
     // Uploaded content nobody ever referenced.
     h.upload("alice", b"unreferenced", None).await.unwrap();
     h.check();
@@ -305,17 +472,26 @@ async fn orphans_and_abandoned_sessions_are_cleaned() {
 
 #[tokio::test]
 async fn grace_period_delays_deletion_and_a_new_reference_revives() {
-    let cfg = DedupConfig { deletion_grace: Duration::from_secs(60), ..DedupConfig::default() };
+    let cfg = DedupConfig {
+        deletion_grace: Duration::from_secs(60),
+        ..DedupConfig::default()
+    };
     let h = harness_with(cfg, Arc::new(NoFault));
     let hash = ContentHash::of(b"graceful");
     h.upload("alice", b"graceful", Some("m1")).await.unwrap();
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1")).await.unwrap();
+    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+        .await
+        .unwrap();
     assert_eq!(h.object_count(), 1);
-    h.d.add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message).await.unwrap();
+    h.d.add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message)
+        .await
+        .unwrap();
     h.clock.advance(Duration::from_secs(120));
     h.d.reconcile().await.unwrap();
     assert_eq!(h.object_count(), 1, "revived");
-    h.d.remove_reference(&user("alice"), &hash, &rid("m2")).await.unwrap();
+    h.d.remove_reference(&user("alice"), &hash, &rid("m2"))
+        .await
+        .unwrap();
     h.clock.advance(Duration::from_secs(61));
     h.d.reconcile().await.unwrap();
     assert_eq!(h.object_count(), 0);
@@ -325,14 +501,20 @@ async fn grace_period_delays_deletion_and_a_new_reference_revives() {
 
 #[tokio::test]
 async fn lost_responses_then_retries_count_once() {
-    let hook = Arc::new(FailNext { op: Op::IndexTransact, fault: Fault::LoseResponse, left: AtomicU32::new(1) });
+    let hook = Arc::new(FailNext {
+        op: Op::IndexTransact,
+        fault: Fault::LoseResponse,
+        left: AtomicU32::new(1),
+    });
     let h = harness_with(DedupConfig::default(), hook);
     let hash = ContentHash::of(b"lost");
     // The first transaction commits but its answer is lost: the caller sees an error.
     assert!(h.upload("alice", b"lost", Some("m1")).await.is_err());
     h.upload("alice", b"lost", Some("m1")).await.unwrap();
     h.upload("alice", b"lost", Some("m1")).await.unwrap();
-    h.d.add_reference(&user("alice"), &hash, &rid("m1"), ReferenceKind::Message).await.unwrap();
+    h.d.add_reference(&user("alice"), &hash, &rid("m1"), ReferenceKind::Message)
+        .await
+        .unwrap();
     assert_eq!(h.d.stats().await.unwrap().total_references, 1);
     h.check();
 }
@@ -340,7 +522,9 @@ async fn lost_responses_then_retries_count_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_and_reference_churn_keep_counts_exact() {
     let h = harness();
-    let contents: Vec<Vec<u8>> = (0..3).map(|i| format!("content-{i}").into_bytes()).collect();
+    let contents: Vec<Vec<u8>> = (0..3)
+        .map(|i| format!("content-{i}").into_bytes())
+        .collect();
     let mut tasks = Vec::new();
     for t in 0..24 {
         let d = h.d.clone();
@@ -356,7 +540,10 @@ async fn concurrent_uploads_and_reference_churn_keep_counts_exact() {
                     hash,
                     size: content.len() as u64,
                     body: audio_dedup_core::ports::BlobBody::Bytes(Bytes::from(content.clone())),
-                    reference: Some(PendingReference { kind: ReferenceKind::Message, ref_id: r.clone() }),
+                    reference: Some(PendingReference {
+                        kind: ReferenceKind::Message,
+                        ref_id: r.clone(),
+                    }),
                 };
                 match d.upload_direct(up).await {
                     Ok(_) => {}

@@ -45,13 +45,20 @@ impl TestServer {
             reconcile_every: Duration::ZERO,
             sync: Synchronous::Normal,
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
             let _ = rx.await;
         }));
-        let server = Self { base, dir, shutdown: Some(tx), handle: Some(handle) };
+        let server = Self {
+            base,
+            dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        };
         server.wait_ready().await;
         server
     }
@@ -59,7 +66,12 @@ impl TestServer {
     async fn wait_ready(&self) {
         let http = reqwest::Client::new();
         for _ in 0..200 {
-            if http.get(format!("{}/healthz", self.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+            if http
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -68,11 +80,19 @@ impl TestServer {
     }
 
     pub fn client(&self, token: &str) -> Client {
-        Client { http: reqwest::Client::new(), base: self.base.clone(), token: Some(token.to_owned()) }
+        Client {
+            http: reqwest::Client::new(),
+            base: self.base.clone(),
+            token: Some(token.to_owned()),
+        }
     }
 
     pub fn anonymous(&self) -> Client {
-        Client { http: reqwest::Client::new(), base: self.base.clone(), token: None }
+        Client {
+            http: reqwest::Client::new(),
+            base: self.base.clone(),
+            token: None,
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -136,11 +156,16 @@ pub struct StoreDump {
 impl StoreDump {
     pub fn read(data_dir: &Path) -> Self {
         let conn = rusqlite::Connection::open(data_dir.join("index.sqlite")).expect("open index");
-        let mut stmt = conn.prepare("SELECT pk, sk, version, body FROM items ORDER BY pk, sk").expect("prepare");
+        let mut stmt = conn
+            .prepare("SELECT pk, sk, version, body FROM items ORDER BY pk, sk")
+            .expect("prepare");
         let items = stmt
             .query_map([], |r| {
                 Ok(Item {
-                    key: Key { pk: r.get(0)?, sk: r.get(1)? },
+                    key: Key {
+                        pk: r.get(0)?,
+                        sk: r.get(1)?,
+                    },
                     version: r.get::<_, i64>(2)? as u64,
                     body: r.get(3)?,
                     owner_key: None,
@@ -154,7 +179,9 @@ impl StoreDump {
             .prepare("SELECT name, SUM(value) FROM counters WHERE pk = ?1 GROUP BY name")
             .expect("prepare");
         let counters = stmt
-            .query_map([keys::STATS_PK], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map([keys::STATS_PK], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
             .expect("query")
             .collect::<Result<_, _>>()
             .expect("rows");
@@ -168,7 +195,10 @@ impl StoreDump {
                     let name = f.file_name().to_string_lossy().into_owned();
                     files.push(format!("{hash}/{name}"));
                     let mut parts = name.splitn(3, '~');
-                    let (Some(v), Some(sha), Some(up)) = (parts.next(), parts.next(), parts.next()) else { continue };
+                    let (Some(v), Some(sha), Some(up)) = (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
                     objects.push(ObjectMeta {
                         key: format!("audio/{hash}"),
                         version: v.to_owned(),
@@ -185,7 +215,12 @@ impl StoreDump {
         }
         files.sort();
         objects.sort_by(|a, b| a.key.cmp(&b.key));
-        Self { items, counters, objects, files }
+        Self {
+            items,
+            counters,
+            objects,
+            files,
+        }
     }
 }
 
@@ -227,8 +262,17 @@ impl Client {
         self.call_with(method, template, path, body, &[]).await
     }
 
-    pub async fn call_with(&self, method: Method, template: &str, path: &str, body: Body, headers: &[(&str, &str)]) -> Reply {
-        let mut req = self.http.request(method.clone(), format!("{}{}", self.base, path));
+    pub async fn call_with(
+        &self,
+        method: Method,
+        template: &str,
+        path: &str,
+        body: Body,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{}", self.base, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -237,8 +281,12 @@ impl Client {
         }
         req = match body {
             Body::None => req,
-            Body::Json(v) => req.header("content-type", "application/json").body(v.to_string()),
-            Body::Raw(b) => req.header("content-type", "application/octet-stream").body(b),
+            Body::Json(v) => req
+                .header("content-type", "application/json")
+                .body(v.to_string()),
+            Body::Raw(b) => req
+                .header("content-type", "application/octet-stream")
+                .body(b),
         };
         let res = req.send().await.expect("request");
         let status = res.status();
@@ -247,46 +295,101 @@ impl Client {
         let body: Value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("{method} {path} answered non-JSON ({e}): {:?}", String::from_utf8_lossy(&bytes)))
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{method} {path} answered non-JSON ({e}): {:?}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
         };
         spec::check(method.as_str(), template, status.as_u16(), &body);
-        Reply { status, body, headers }
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn upload(&self, bytes: &[u8], query: &str) -> Reply {
-        self.call(Method::POST, "/v1/audio", &format!("/v1/audio?{query}"), Body::Raw(bytes.to_vec())).await
+        self.call(
+            Method::POST,
+            "/v1/audio",
+            &format!("/v1/audio?{query}"),
+            Body::Raw(bytes.to_vec()),
+        )
+        .await
     }
 
     pub async fn add_ref(&self, hash: &str, ref_id: &str, kind: &str) -> Reply {
         let path = format!("/v1/audio/{hash}/references/{ref_id}");
-        self.call(Method::PUT, "/v1/audio/{hash}/references/{ref_id}", &path, Body::Json(serde_json::json!({ "kind": kind })))
-            .await
+        self.call(
+            Method::PUT,
+            "/v1/audio/{hash}/references/{ref_id}",
+            &path,
+            Body::Json(serde_json::json!({ "kind": kind })),
+        )
+        .await
     }
 
     pub async fn remove_ref(&self, hash: &str, ref_id: &str) -> Reply {
         let path = format!("/v1/audio/{hash}/references/{ref_id}");
-        self.call(Method::DELETE, "/v1/audio/{hash}/references/{ref_id}", &path, Body::None).await
+        self.call(
+            Method::DELETE,
+            "/v1/audio/{hash}/references/{ref_id}",
+            &path,
+            Body::None,
+        )
+        .await
     }
 
     pub async fn stats(&self) -> Reply {
-        self.call(Method::GET, "/v1/audio/stats", "/v1/audio/stats", Body::None).await
+        self.call(
+            Method::GET,
+            "/v1/audio/stats",
+            "/v1/audio/stats",
+            Body::None,
+        )
+        .await
     }
 
     pub async fn describe(&self, hash: &str) -> Reply {
-        self.call(Method::GET, "/v1/audio/{hash}", &format!("/v1/audio/{hash}"), Body::None).await
+        self.call(
+            Method::GET,
+            "/v1/audio/{hash}",
+            &format!("/v1/audio/{hash}"),
+            Body::None,
+        )
+        .await
     }
 
     pub async fn open_session(&self, body: Value) -> Reply {
-        self.call(Method::POST, "/v1/audio/uploads", "/v1/audio/uploads", Body::Json(body)).await
+        self.call(
+            Method::POST,
+            "/v1/audio/uploads",
+            "/v1/audio/uploads",
+            Body::Json(body),
+        )
+        .await
     }
 
     pub async fn complete(&self, hash: &str, body: Value) -> Reply {
-        self.call(Method::POST, "/v1/audio/{hash}/complete", &format!("/v1/audio/{hash}/complete"), Body::Json(body)).await
+        self.call(
+            Method::POST,
+            "/v1/audio/{hash}/complete",
+            &format!("/v1/audio/{hash}/complete"),
+            Body::Json(body),
+        )
+        .await
     }
 
     pub async fn reconcile(&self) -> Reply {
-        self.call(Method::POST, "/v1/admin/reconcile", "/v1/admin/reconcile", Body::None).await
+        self.call(
+            Method::POST,
+            "/v1/admin/reconcile",
+            "/v1/admin/reconcile",
+            Body::None,
+        )
+        .await
     }
 
     /// Sends the signed request a session answered, exactly as a client would.
@@ -312,7 +415,14 @@ pub fn sha256_b64(bytes: &[u8]) -> String {
 
 /// Deterministic pseudo-audio of a given size.
 pub fn audio(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2654435761).rotate_left(seed as u32 % 31) as u8 ^ seed).collect()
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2654435761)
+                .rotate_left(seed as u32 % 31) as u8
+                ^ seed
+        })
+        .collect()
 }
 
 pub type Shared<T> = Arc<T>;

@@ -17,8 +17,17 @@ async fn parallel_uploads_and_reference_churn_keep_the_invariants() {
             let mut kept = 0;
             for i in 0..8 {
                 let rid = format!("t{t}-r{i}");
-                let r = c.upload(&content, &format!("format=mp3&ref_kind=message&ref_id={rid}")).await;
-                assert!(r.status.is_success() || r.status == StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+                let r = c
+                    .upload(
+                        &content,
+                        &format!("format=mp3&ref_kind=message&ref_id={rid}"),
+                    )
+                    .await;
+                assert!(
+                    r.status.is_success() || r.status == StatusCode::SERVICE_UNAVAILABLE,
+                    "{}",
+                    r.body
+                );
                 if !r.status.is_success() {
                     continue;
                 }

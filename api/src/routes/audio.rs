@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::protocol::{CompleteRequest, DirectUpload, SessionRequest};
-use audio_dedup_core::{AudioFormat, ContentHash, PendingReference, ReferenceId, ReferenceKind, SessionId};
+use audio_dedup_core::{
+    AudioFormat, ContentHash, PendingReference, ReferenceId, ReferenceKind, SessionId,
+};
 
 use super::content_hash;
 use crate::auth::Caller;
@@ -42,12 +44,17 @@ fn reference(kind: Option<&str>, id: Option<&str>) -> Result<Option<PendingRefer
             kind: parse::<ReferenceKind>(k, "invalid_ref_kind")?,
             ref_id: parse::<ReferenceId>(i, "invalid_ref_id")?,
         })),
-        _ => Err(ApiError::bad_request("incomplete_reference", "a reference needs both a kind and an id")),
+        _ => Err(ApiError::bad_request(
+            "incomplete_reference",
+            "a reference needs both a kind and an id",
+        )),
     }
 }
 
 fn format_of(raw: Option<&str>) -> Result<AudioFormat, ApiError> {
-    let raw = raw.ok_or_else(|| ApiError::bad_request("missing_format", "the format query parameter is required"))?;
+    let raw = raw.ok_or_else(|| {
+        ApiError::bad_request("missing_format", "the format query parameter is required")
+    })?;
     parse(raw, "unknown_format")
 }
 
@@ -62,17 +69,31 @@ pub async fn upload_direct<B: BlobStore, I: TransactionalIndex>(
     let reference = reference(q.ref_kind.as_deref(), q.ref_id.as_deref())?;
     let claimed = match headers.get("x-amz-checksum-sha256") {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|v| ContentHash::from_base64(v).ok()).ok_or_else(|| {
-            ApiError::bad_request("invalid_checksum", "x-amz-checksum-sha256 must be the base64 of a SHA-256 digest")
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| ContentHash::from_base64(v).ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_checksum",
+                        "x-amz-checksum-sha256 must be the base64 of a SHA-256 digest",
+                    )
+                })?,
+        ),
     };
     check_declared_length(&headers, MAX_DIRECT_UPLOAD)?;
     let spooled = spool(body, MAX_DIRECT_UPLOAD, s.cfg.spool_dir.as_deref()).await?;
     if spooled.size == 0 {
-        return Err(ApiError::bad_request("empty_body", "the audio body is empty"));
+        return Err(ApiError::bad_request(
+            "empty_body",
+            "the audio body is empty",
+        ));
     }
     if claimed.is_some_and(|c| c != spooled.hash) {
-        return Err(ApiError::bad_request("checksum_mismatch", "the body does not match x-amz-checksum-sha256"));
+        return Err(ApiError::bad_request(
+            "checksum_mismatch",
+            "the body does not match x-amz-checksum-sha256",
+        ));
     }
     let result = s
         .dedup
@@ -85,7 +106,11 @@ pub async fn upload_direct<B: BlobStore, I: TransactionalIndex>(
             reference,
         })
         .await?;
-    let status = if result.deduplicated { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if result.deduplicated {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(result)).into_response())
 }
 
@@ -108,7 +133,10 @@ pub async fn open_session<B: BlobStore, I: TransactionalIndex>(
         hash: content_hash(&b.sha256)?,
         size: b.size,
         format: format_of(Some(&b.format))?,
-        reference: reference(b.reference.as_ref().map(|r| r.kind.as_str()), b.reference.as_ref().map(|r| r.ref_id.as_str()))?,
+        reference: reference(
+            b.reference.as_ref().map(|r| r.kind.as_str()),
+            b.reference.as_ref().map(|r| r.ref_id.as_str()),
+        )?,
     };
     let session = s.dedup.open_session(req).await?;
     Ok((StatusCode::CREATED, Json(session)).into_response())
@@ -131,10 +159,21 @@ pub async fn complete<B: BlobStore, I: TransactionalIndex>(
     let session_id: SessionId = parse(&b.session_id, "invalid_session_id")?;
     if let Some(p) = &b.proof {
         if p.len() != 64 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ApiError::bad_request("invalid_proof", "proof is 64 hex digits"));
+            return Err(ApiError::bad_request(
+                "invalid_proof",
+                "proof is 64 hex digits",
+            ));
         }
     }
-    let result = s.dedup.complete(CompleteRequest { owner: caller.user, hash, session_id, proof: b.proof }).await?;
+    let result = s
+        .dedup
+        .complete(CompleteRequest {
+            owner: caller.user,
+            hash,
+            session_id,
+            proof: b.proof,
+        })
+        .await?;
     Ok(Json(result).into_response())
 }
 

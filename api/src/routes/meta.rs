@@ -40,7 +40,11 @@ pub async fn reconcile<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     if !caller.admin {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "only an admin may run the reconciler"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only an admin may run the reconciler",
+        ));
     }
     Ok(Json(s.dedup.reconcile().await?).into_response())
 }
@@ -50,5 +54,9 @@ pub async fn no_route() -> ApiError {
 }
 
 pub async fn wrong_method() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }

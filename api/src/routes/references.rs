@@ -32,7 +32,10 @@ pub async fn add<B: BlobStore, I: TransactionalIndex>(
     let hash = content_hash(&hash)?;
     let ref_id: ReferenceId = parse(&ref_id, "invalid_ref_id")?;
     let kind: ReferenceKind = parse(&b.kind, "invalid_ref_kind")?;
-    let view = s.dedup.add_reference(&caller.user, &hash, &ref_id, kind).await?;
+    let view = s
+        .dedup
+        .add_reference(&caller.user, &hash, &ref_id, kind)
+        .await?;
     Ok(Json(view).into_response())
 }
 
@@ -43,6 +46,8 @@ pub async fn remove<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     let hash = content_hash(&hash)?;
     let ref_id: ReferenceId = parse(&ref_id, "invalid_ref_id")?;
-    s.dedup.remove_reference(&caller.user, &hash, &ref_id).await?;
+    s.dedup
+        .remove_reference(&caller.user, &hash, &ref_id)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -21,7 +21,14 @@ pub enum AudioFormat {
 pub struct UnknownFormat;
 
 impl AudioFormat {
-    pub const ALL: [AudioFormat; 6] = [Self::Mp3, Self::Wav, Self::M4a, Self::Ogg, Self::Opus, Self::Flac];
+    pub const ALL: [AudioFormat; 6] = [
+        Self::Mp3,
+        Self::Wav,
+        Self::M4a,
+        Self::Ogg,
+        Self::Opus,
+        Self::Flac,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,7 +57,10 @@ impl FromStr for AudioFormat {
     type Err = UnknownFormat;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or(UnknownFormat)
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or(UnknownFormat)
     }
 }
 

@@ -38,7 +38,9 @@ impl ContentHash {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
             .map_err(|_| HashParseError::MalformedBase64)?;
-        let bytes: [u8; 32] = raw.try_into().map_err(|_| HashParseError::MalformedBase64)?;
+        let bytes: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| HashParseError::MalformedBase64)?;
         Ok(Self(bytes))
     }
 
@@ -57,7 +59,11 @@ impl FromStr for ContentHash {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         // Uppercase is rejected on purpose: one content, one spelling, one key.
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(HashParseError::Malformed);
         }
         let mut out = [0u8; 32];
@@ -168,7 +174,10 @@ mod tests {
     #[test]
     fn base64_round_trip_matches_s3_checksum_form() {
         let h = ContentHash::of(b"hello");
-        assert_eq!(h.to_base64(), "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=");
+        assert_eq!(
+            h.to_base64(),
+            "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="
+        );
         assert_eq!(ContentHash::from_base64(&h.to_base64()).unwrap(), h);
         assert!(ContentHash::from_base64("AAAA").is_err());
         assert!(ContentHash::from_base64("not base64!").is_err());

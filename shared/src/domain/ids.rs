@@ -13,7 +13,10 @@ pub struct IdParseError {
 }
 
 fn is_safe_id(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 macro_rules! safe_id {
@@ -106,7 +109,10 @@ impl FromStr for ReferenceKind {
         match s {
             "message" => Ok(Self::Message),
             "library" => Ok(Self::Library),
-            _ => Err(IdParseError { what: "reference kind (message or library)", max: 7 }),
+            _ => Err(IdParseError {
+                what: "reference kind (message or library)",
+                max: 7,
+            }),
         }
     }
 }
@@ -117,10 +123,23 @@ mod tests {
 
     #[test]
     fn ids_reject_path_tricks_and_oversize() {
-        for bad in ["", "..", "../x", "a/b", "a b", "a%2Fb", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "a b",
+            "a%2Fb",
+            "é",
+            &"x".repeat(129),
+        ] {
             assert!(bad.parse::<ReferenceId>().is_err(), "accepted {bad:?}");
         }
-        for good in ["msg_1", "0190c0de-7a7b-7c00-8000-000000000000", &"x".repeat(128)] {
+        for good in [
+            "msg_1",
+            "0190c0de-7a7b-7c00-8000-000000000000",
+            &"x".repeat(128),
+        ] {
             assert!(good.parse::<ReferenceId>().is_ok());
         }
     }

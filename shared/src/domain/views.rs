@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 
-use super::{AudioFormat, AudioState, ByteRange, ContentHash, Millis, ReferenceId, ReferenceKind, SessionId};
+use super::{
+    AudioFormat, AudioState, ByteRange, ContentHash, Millis, ReferenceId, ReferenceKind, SessionId,
+};
 
 /// A request the client must send to move bytes (presigned S3 URL or the local emulation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -41,7 +41,9 @@ pub struct PutRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutOutcome {
-    Created { version: String },
+    Created {
+        version: String,
+    },
     /// An object already exists under the key; nothing was written (HTTP 412 on S3).
     AlreadyExists,
 }
@@ -60,8 +62,16 @@ pub struct PresignPut {
 /// or drop them; the protocol tolerates all four.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobEvent {
-    Created { key: String, version: String, sequencer: String },
-    Removed { key: String, version: String, sequencer: String },
+    Created {
+        key: String,
+        version: String,
+        sequencer: String,
+    },
+    Removed {
+        key: String,
+        version: String,
+        sequencer: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,13 +82,23 @@ pub struct ObjectPage {
 
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores the body unless an object exists under the key. The body's hash is verified.
-    fn put_if_absent(&self, req: PutRequest) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send;
+    fn put_if_absent(
+        &self,
+        req: PutRequest,
+    ) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send;
 
     /// The current object under the key, if any.
-    fn head(&self, key: &str) -> impl Future<Output = Result<Option<ObjectMeta>, StoreError>> + Send;
+    fn head(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<ObjectMeta>, StoreError>> + Send;
 
     /// Deletes exactly this version. Deleting a version that is already gone succeeds.
-    fn delete_version(&self, key: &str, version: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete_version(
+        &self,
+        key: &str,
+        version: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Bytes `offset..offset+length` of one exact version; `None` if that version is gone.
     fn read_range(

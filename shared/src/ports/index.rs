@@ -14,7 +14,10 @@ pub struct Key {
 
 impl Key {
     pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
-        Self { pk: pk.into(), sk: sk.into() }
+        Self {
+            pk: pk.into(),
+            sk: sk.into(),
+        }
     }
 }
 
@@ -55,7 +58,10 @@ pub enum WriteOp {
     Check { key: Key, expect: Expect },
     /// Add to named counters on an item, creating it at zero. Unconditional (DynamoDB `ADD`),
     /// so it is only ever used beside a conditional op that makes the transaction idempotent.
-    Bump { key: Key, deltas: Vec<(&'static str, i64)> },
+    Bump {
+        key: Key,
+        deltas: Vec<(&'static str, i64)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,5 +105,8 @@ pub trait TransactionalIndex: Send + Sync + 'static {
     fn transact(&self, ops: Vec<WriteOp>) -> impl Future<Output = Result<(), TxnError>> + Send;
 
     /// Sums of each counter over every item in partition `pk`.
-    fn counters(&self, pk: &str) -> impl Future<Output = Result<BTreeMap<String, i64>, StoreError>> + Send;
+    fn counters(
+        &self,
+        pk: &str,
+    ) -> impl Future<Output = Result<BTreeMap<String, i64>, StoreError>> + Send;
 }

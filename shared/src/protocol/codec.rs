@@ -4,7 +4,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{keys, ms, Dedup};
-use crate::domain::{AudioRecord, AudioState, HolderRecord, ReferenceRecord, SessionRecord, SessionState};
+use crate::domain::{
+    AudioRecord, AudioState, HolderRecord, ReferenceRecord, SessionRecord, SessionState,
+};
 use crate::error::{DedupError, StoreError};
 use crate::ports::{BlobStore, Expect, Item, Key, TransactionalIndex, TxnError, WriteOp};
 
@@ -30,30 +32,46 @@ fn decode<T: DeserializeOwned>(item: &Item) -> Result<Versioned<T>, StoreError> 
         key: item.key.to_string(),
         reason: e.to_string(),
     })?;
-    Ok(Versioned { value, version: item.version })
+    Ok(Versioned {
+        value,
+        version: item.version,
+    })
 }
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
-    pub(super) async fn load<T: DeserializeOwned>(&self, key: &Key) -> Result<Option<Versioned<T>>, DedupError> {
+    pub(super) async fn load<T: DeserializeOwned>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<Versioned<T>>, DedupError> {
         match self.index.get(key).await? {
             Some(item) => Ok(Some(decode(&item)?)),
             None => Ok(None),
         }
     }
 
-    pub(super) async fn load_audio(&self, hash: &crate::domain::ContentHash) -> Result<Option<Versioned<AudioRecord>>, DedupError> {
+    pub(super) async fn load_audio(
+        &self,
+        hash: &crate::domain::ContentHash,
+    ) -> Result<Option<Versioned<AudioRecord>>, DedupError> {
         self.load(&keys::audio(hash)).await
     }
 
     pub(super) fn txn(&self) -> Txn {
-        Txn { ops: Vec::new(), stats: StatsDelta::default(), slack: ms(self.cfg.session_slack) }
+        Txn {
+            ops: Vec::new(),
+            stats: StatsDelta::default(),
+            slack: ms(self.cfg.session_slack),
+        }
     }
 
     /// Commits; `Ok(false)` when a condition failed or a transaction conflicted (nothing written).
     pub(super) async fn commit(&self, txn: Txn) -> Result<bool, DedupError> {
         let Txn { mut ops, stats, .. } = txn;
         if !stats.is_zero() {
-            ops.push(WriteOp::Bump { key: keys::stats_shard(self.random_shard()), deltas: stats.deltas() });
+            ops.push(WriteOp::Bump {
+                key: keys::stats_shard(self.random_shard()),
+                deltas: stats.deltas(),
+            });
         }
         match self.index.transact(ops).await {
             Ok(()) => Ok(true),
@@ -143,16 +161,33 @@ impl Txn {
             reason: e.to_string(),
         })?;
         let work_key = work_due.map(|due| keys::work(due, &key));
-        self.ops.push(WriteOp::Put { item: Item { key, version, body, owner_key, work_key }, expect });
+        self.ops.push(WriteOp::Put {
+            item: Item {
+                key,
+                version,
+                body,
+                owner_key,
+                work_key,
+            },
+            expect,
+        });
         Ok(())
     }
 
     /// Writes an audio record, expecting `prev` (absent if `None`) unless `expect` overrides.
-    pub fn put_audio(&mut self, rec: &AudioRecord, prev: Option<&Versioned<AudioRecord>>) -> Result<(), DedupError> {
+    pub fn put_audio(
+        &mut self,
+        rec: &AudioRecord,
+        prev: Option<&Versioned<AudioRecord>>,
+    ) -> Result<(), DedupError> {
         self.put_audio_expecting(rec, expect_of(prev))
     }
 
-    pub fn put_audio_expecting(&mut self, rec: &AudioRecord, expect: Expect) -> Result<(), DedupError> {
+    pub fn put_audio_expecting(
+        &mut self,
+        rec: &AudioRecord,
+        expect: Expect,
+    ) -> Result<(), DedupError> {
         let due = match rec.state {
             AudioState::PendingUpload => rec.due_at,
             AudioState::Active if rec.refs == 0 => rec.due_at,
@@ -162,9 +197,19 @@ impl Txn {
         self.put_json(keys::audio(&rec.hash), rec, expect, None, due)
     }
 
-    pub fn put_reference(&mut self, rec: &ReferenceRecord, expect: Expect) -> Result<(), DedupError> {
+    pub fn put_reference(
+        &mut self,
+        rec: &ReferenceRecord,
+        expect: Expect,
+    ) -> Result<(), DedupError> {
         let owner_key = Some(keys::reference_owner(&rec.hash, &rec.owner, &rec.ref_id));
-        self.put_json(keys::reference(&rec.hash, &rec.owner, &rec.ref_id), rec, expect, owner_key, None)
+        self.put_json(
+            keys::reference(&rec.hash, &rec.owner, &rec.ref_id),
+            rec,
+            expect,
+            owner_key,
+            None,
+        )
     }
 
     pub fn put_holder(

@@ -16,7 +16,9 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     async fn finish_step(&self, hash: &ContentHash) -> Result<Step<()>, DedupError> {
-        let Some(p) = self.load_audio(hash).await? else { return Ok(Step::Done(())) };
+        let Some(p) = self.load_audio(hash).await? else {
+            return Ok(Step::Done(()));
+        };
         if p.value.state != AudioState::Deleting {
             return Ok(Step::Done(()));
         }
@@ -35,9 +37,16 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         a.due_at = None;
         a.updated_at = self.now();
         let mut txn = self.txn();
-        txn.stats.transition(Some((AudioState::Deleting, p.value.size)), (AudioState::Gone, 0));
+        txn.stats.transition(
+            Some((AudioState::Deleting, p.value.size)),
+            (AudioState::Gone, 0),
+        );
         txn.put_audio(&a, Some(&p))?;
-        Ok(if self.commit(txn).await? { Step::Done(()) } else { Step::Lost })
+        Ok(if self.commit(txn).await? {
+            Step::Done(())
+        } else {
+            Step::Lost
+        })
     }
 
     /// An object under our key that we must not keep (bytes do not match, or nobody claims
@@ -54,7 +63,9 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             hash: *hash,
             state: AudioState::Deleting,
             generation: from.as_ref().map_or(1, |f| f.generation + 1),
-            format: from.as_ref().map_or(crate::domain::AudioFormat::Mp3, |f| f.format),
+            format: from
+                .as_ref()
+                .map_or(crate::domain::AudioFormat::Mp3, |f| f.format),
             size: meta.size,
             blob_version: Some(meta.version.clone()),
             refs: 0,
@@ -62,7 +73,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             updated_at: now,
         };
         let mut txn = self.txn();
-        txn.stats.transition(from.as_ref().map(|f| (f.state, f.size)), (AudioState::Deleting, a.size));
+        txn.stats.transition(
+            from.as_ref().map(|f| (f.state, f.size)),
+            (AudioState::Deleting, a.size),
+        );
         txn.put_audio(&a, prev)?;
         if !self.commit(txn).await? {
             return Ok(false);

@@ -40,7 +40,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     return Ok(Adoption::Ignored);
                 };
                 match self.load_audio(&hash).await? {
-                    Some(p) if p.value.state == AudioState::Deleting && p.value.blob_version.as_ref() == Some(version) => {
+                    Some(p)
+                        if p.value.state == AudioState::Deleting
+                            && p.value.blob_version.as_ref() == Some(version) =>
+                    {
                         self.finish_deletion(&hash).await?;
                         Ok(Adoption::Deleted)
                     }
@@ -51,11 +54,19 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// Brings the index in line with an object that exists under `hash`'s key.
-    pub async fn adopt_object(&self, hash: &ContentHash, meta: &ObjectMeta) -> Result<Adoption, DedupError> {
+    pub async fn adopt_object(
+        &self,
+        hash: &ContentHash,
+        meta: &ObjectMeta,
+    ) -> Result<Adoption, DedupError> {
         self.cas(|| self.adopt_step(hash, meta)).await
     }
 
-    async fn adopt_step(&self, hash: &ContentHash, meta: &ObjectMeta) -> Result<Step<Adoption>, DedupError> {
+    async fn adopt_step(
+        &self,
+        hash: &ContentHash,
+        meta: &ObjectMeta,
+    ) -> Result<Step<Adoption>, DedupError> {
         // The session whose signed PUT wrote this object, if it still waits for completion.
         let session = match keys::session_from_uploader(meta.uploader.as_deref()) {
             Some(id) => self
@@ -72,21 +83,30 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 Ok(Step::Again)
             }
             AudioState::Active => {
-                let Some(p) = prev else { return Ok(Step::Again) };
+                let Some(p) = prev else {
+                    return Ok(Step::Again);
+                };
                 if p.value.blob_version.as_deref() != Some(meta.version.as_str()) {
                     tracing::warn!(%hash, version = %meta.version, "object version differs from the active one; left alone");
                     return Ok(Step::Done(Adoption::Ignored));
                 }
-                let Some(s) = session else { return Ok(Step::Done(Adoption::AlreadyActive)) };
+                let Some(s) = session else {
+                    return Ok(Step::Done(Adoption::AlreadyActive));
+                };
                 let mut a = p.value.clone();
                 let mut txn = self.txn();
-                self.plan_attach(&mut txn, &mut a, &s.value.owner, s.value.reference.as_ref()).await?;
+                self.plan_attach(&mut txn, &mut a, &s.value.owner, s.value.reference.as_ref())
+                    .await?;
                 self.put_or_check_audio(&mut txn, a, &p)?;
                 let mut done = s.value.clone();
                 done.state = SessionState::Completed;
                 done.deduplicated = Some(false);
                 txn.put_session(&done, s.expect())?;
-                Ok(if self.commit(txn).await? { Step::Done(Adoption::AlreadyActive) } else { Step::Lost })
+                Ok(if self.commit(txn).await? {
+                    Step::Done(Adoption::AlreadyActive)
+                } else {
+                    Step::Lost
+                })
             }
             AudioState::PendingUpload | AudioState::Gone => {
                 let claimed = state == AudioState::PendingUpload || session.is_some();
@@ -103,7 +123,9 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                         hash: *hash,
                         state: AudioState::Gone,
                         generation: 0,
-                        format: session.as_ref().map_or(crate::domain::AudioFormat::Mp3, |s| s.value.format),
+                        format: session
+                            .as_ref()
+                            .map_or(crate::domain::AudioFormat::Mp3, |s| s.value.format),
                         size: 0,
                         blob_version: None,
                         refs: 0,
@@ -113,16 +135,24 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 };
                 let mut a = self.activated(&from, meta);
                 let mut txn = self.txn();
-                txn.stats.transition(prev.as_ref().map(|p| (p.value.state, p.value.size)), (AudioState::Active, a.size));
+                txn.stats.transition(
+                    prev.as_ref().map(|p| (p.value.state, p.value.size)),
+                    (AudioState::Active, a.size),
+                );
                 if let Some(s) = &session {
-                    self.plan_attach(&mut txn, &mut a, &s.value.owner, s.value.reference.as_ref()).await?;
+                    self.plan_attach(&mut txn, &mut a, &s.value.owner, s.value.reference.as_ref())
+                        .await?;
                     let mut done = s.value.clone();
                     done.state = SessionState::Completed;
                     done.deduplicated = Some(false);
                     txn.put_session(&done, s.expect())?;
                 }
                 txn.put_audio(&a, prev.as_ref())?;
-                Ok(if self.commit(txn).await? { Step::Done(Adoption::Activated) } else { Step::Lost })
+                Ok(if self.commit(txn).await? {
+                    Step::Done(Adoption::Activated)
+                } else {
+                    Step::Lost
+                })
             }
         }
     }

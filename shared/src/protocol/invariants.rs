@@ -4,11 +4,19 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::keys;
-use crate::domain::{AudioRecord, AudioState, ContentHash, ReferenceRecord, ReferenceState, SessionRecord, SessionState};
+use crate::domain::{
+    AudioRecord, AudioState, ContentHash, ReferenceRecord, ReferenceState, SessionRecord,
+    SessionState,
+};
 use crate::ports::{Item, ObjectMeta};
 
 /// Safety: must hold after every step, whatever failed.
-pub fn safety(items: &[Item], objects: &[ObjectMeta], counters: &BTreeMap<String, i64>, prefix: &str) -> Vec<String> {
+pub fn safety(
+    items: &[Item],
+    objects: &[ObjectMeta],
+    counters: &BTreeMap<String, i64>,
+    prefix: &str,
+) -> Vec<String> {
     let mut bad = Vec::new();
     let objects: HashMap<&str, &ObjectMeta> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
     let mut audio: HashMap<ContentHash, AudioRecord> = HashMap::new();
@@ -46,7 +54,10 @@ pub fn safety(items: &[Item], objects: &[ObjectMeta], counters: &BTreeMap<String
                             bad.push(format!("{hash}: stored bytes do not hash to the key"));
                         }
                         if o.size != a.size {
-                            bad.push(format!("{hash}: size {} recorded, {} stored", a.size, o.size));
+                            bad.push(format!(
+                                "{hash}: size {} recorded, {} stored",
+                                a.size, o.size
+                            ));
                         }
                     }
                     _ => bad.push(format!("{hash}: active but its object version is missing")),
@@ -57,7 +68,10 @@ pub fn safety(items: &[Item], objects: &[ObjectMeta], counters: &BTreeMap<String
             AudioState::Gone => {}
         }
         if a.state != AudioState::Active && n > 0 {
-            bad.push(format!("{hash}: {n} live references to {} audio", a.state.as_str()));
+            bad.push(format!(
+                "{hash}: {n} live references to {} audio",
+                a.state.as_str()
+            ));
         }
     }
     for (hash, n) in &live {
@@ -66,7 +80,10 @@ pub fn safety(items: &[Item], objects: &[ObjectMeta], counters: &BTreeMap<String
         }
     }
     let total_live: i64 = live.values().map(|n| *n as i64).sum();
-    let referenced: i64 = live.iter().map(|(h, n)| *n as i64 * audio.get(h).map_or(0, |a| a.size as i64)).sum();
+    let referenced: i64 = live
+        .iter()
+        .map(|(h, n)| *n as i64 * audio.get(h).map_or(0, |a| a.size as i64))
+        .sum();
     let c = |k: &str| counters.get(k).copied().unwrap_or(0);
     for (name, want) in [
         ("active_files", active),
@@ -77,7 +94,10 @@ pub fn safety(items: &[Item], objects: &[ObjectMeta], counters: &BTreeMap<String
         ("deleting", deleting),
     ] {
         if c(name) != want {
-            bad.push(format!("stats {name} = {} but the records say {want}", c(name)));
+            bad.push(format!(
+                "stats {name} = {} but the records say {want}",
+                c(name)
+            ));
         }
     }
     bad
@@ -95,9 +115,14 @@ pub fn settled(items: &[Item], objects: &[ObjectMeta], prefix: &str) -> Vec<Stri
                     AudioState::PendingUpload | AudioState::Deleting => {
                         bad.push(format!("{}: stuck in {}", a.hash, a.state.as_str()))
                     }
-                    AudioState::Active if a.refs == 0 => bad.push(format!("{}: active with no references", a.hash)),
+                    AudioState::Active if a.refs == 0 => {
+                        bad.push(format!("{}: active with no references", a.hash))
+                    }
                     AudioState::Active => {
-                        active_versions.insert(keys::blob_key(prefix, &a.hash), a.blob_version.clone().unwrap_or_default());
+                        active_versions.insert(
+                            keys::blob_key(prefix, &a.hash),
+                            a.blob_version.clone().unwrap_or_default(),
+                        );
                     }
                     AudioState::Gone => {}
                 }

@@ -37,7 +37,10 @@ pub fn stats_shard(shard: u64) -> Key {
 
 /// Work index entry: sorted by due time, unique per item.
 pub fn work(due: Millis, of: &Key) -> Key {
-    Key::new(WORK_PK, format!("{}#{}#{}", work_due_prefix(due), of.pk, of.sk))
+    Key::new(
+        WORK_PK,
+        format!("{}#{}#{}", work_due_prefix(due), of.pk, of.sk),
+    )
 }
 
 pub fn work_due_prefix(due: Millis) -> String {
@@ -52,7 +55,10 @@ pub fn blob_key(prefix: &str, hash: &ContentHash) -> String {
 
 /// The content hash a blob key names, if the key is one of ours.
 pub fn hash_from_blob_key(prefix: &str, key: &str) -> Option<ContentHash> {
-    key.strip_prefix(prefix)?.strip_prefix("audio/")?.parse().ok()
+    key.strip_prefix(prefix)?
+        .strip_prefix("audio/")?
+        .parse()
+        .ok()
 }
 
 pub fn session_uploader(id: &SessionId) -> String {
@@ -76,7 +82,10 @@ mod tests {
         assert_eq!(k, format!("prod/audio/{h}"));
         assert_eq!(hash_from_blob_key("prod/", &k), Some(h));
         assert_eq!(hash_from_blob_key("dev/", &k), None);
-        assert_eq!(hash_from_blob_key("prod/", &format!("prod/audio/{h}.mp3")), None);
+        assert_eq!(
+            hash_from_blob_key("prod/", &format!("prod/audio/{h}.mp3")),
+            None
+        );
         assert_eq!(hash_from_blob_key("prod/", "prod/other/x"), None);
     }
 

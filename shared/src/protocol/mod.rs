@@ -73,11 +73,29 @@ pub struct Dedup<B, I> {
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     pub fn new(blobs: B, index: I, cfg: DedupConfig) -> Self {
-        Self::with_env(blobs, index, cfg, Arc::new(SystemClock), Arc::new(OsEntropy))
+        Self::with_env(
+            blobs,
+            index,
+            cfg,
+            Arc::new(SystemClock),
+            Arc::new(OsEntropy),
+        )
     }
 
-    pub fn with_env(blobs: B, index: I, cfg: DedupConfig, clock: Arc<dyn Clock>, entropy: Arc<dyn Entropy>) -> Self {
-        Self { blobs, index, cfg, clock, entropy }
+    pub fn with_env(
+        blobs: B,
+        index: I,
+        cfg: DedupConfig,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+    ) -> Self {
+        Self {
+            blobs,
+            index,
+            cfg,
+            clock,
+            entropy,
+        }
     }
 
     pub fn blobs(&self) -> &B {
@@ -125,7 +143,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 }
             }
         }
-        tracing::warn!(attempts = self.cfg.max_attempts, "compare-and-swap retries exhausted");
+        tracing::warn!(
+            attempts = self.cfg.max_attempts,
+            "compare-and-swap retries exhausted"
+        );
         Err(DedupError::Busy)
     }
 

@@ -8,11 +8,22 @@ use crate::ports::{BlobStore, TransactionalIndex};
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// Metadata and a short-lived download URL. Only for callers who proved possession of
     /// the current generation; everyone else gets the same 404 as for unknown content.
-    pub async fn describe(&self, owner: &UserId, hash: &ContentHash) -> Result<AudioView, DedupError> {
-        let not_found = || DedupError::not_found("audio_not_found", "no such audio for this caller");
-        let Some(p) = self.load_audio(hash).await? else { return Err(not_found()) };
-        let holder = self.load::<HolderRecord>(&keys::holder(hash, owner)).await?;
-        if holder.map(|h| h.value.generation) != Some(p.value.generation) || p.value.state != AudioState::Active {
+    pub async fn describe(
+        &self,
+        owner: &UserId,
+        hash: &ContentHash,
+    ) -> Result<AudioView, DedupError> {
+        let not_found =
+            || DedupError::not_found("audio_not_found", "no such audio for this caller");
+        let Some(p) = self.load_audio(hash).await? else {
+            return Err(not_found());
+        };
+        let holder = self
+            .load::<HolderRecord>(&keys::holder(hash, owner))
+            .await?;
+        if holder.map(|h| h.value.generation) != Some(p.value.generation)
+            || p.value.state != AudioState::Active
+        {
             return Err(not_found());
         }
         let (url, url_expires_at) = self.download_url(&p.value)?;

@@ -4,7 +4,9 @@
 
 use super::events::Adoption;
 use super::{keys, Dedup, Step};
-use crate::domain::{AudioRecord, AudioState, ContentHash, ReconcileReport, SessionRecord, SessionState};
+use crate::domain::{
+    AudioRecord, AudioState, ContentHash, ReconcileReport, SessionRecord, SessionState,
+};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
 
@@ -28,12 +30,18 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 limit: BATCH,
             };
             let items = self.index.query(&q).await?;
-            let fresh: Vec<_> = items.into_iter().filter(|i| seen_stuck.insert((i.key.clone(), i.version))).collect();
+            let fresh: Vec<_> = items
+                .into_iter()
+                .filter(|i| seen_stuck.insert((i.key.clone(), i.version)))
+                .collect();
             if fresh.is_empty() {
                 break;
             }
             for item in fresh {
-                if let Err(e) = self.reconcile_item(&item.key.pk, &item.key.sk, &mut report).await {
+                if let Err(e) = self
+                    .reconcile_item(&item.key.pk, &item.key.sk, &mut report)
+                    .await
+                {
                     tracing::warn!(key = %item.key, error = %e, "reconcile step failed; will retry next run");
                 }
             }
@@ -42,12 +50,22 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         Ok(report)
     }
 
-    async fn reconcile_item(&self, pk: &str, sk: &str, report: &mut ReconcileReport) -> Result<(), DedupError> {
-        let Some(hash) = pk.strip_prefix("AUDIO#").and_then(|h| h.parse::<ContentHash>().ok()) else {
+    async fn reconcile_item(
+        &self,
+        pk: &str,
+        sk: &str,
+        report: &mut ReconcileReport,
+    ) -> Result<(), DedupError> {
+        let Some(hash) = pk
+            .strip_prefix("AUDIO#")
+            .and_then(|h| h.parse::<ContentHash>().ok())
+        else {
             return Ok(());
         };
         if sk == "META" {
-            let Some(p) = self.load_audio(&hash).await? else { return Ok(()) };
+            let Some(p) = self.load_audio(&hash).await? else {
+                return Ok(());
+            };
             let due = p.value.due_at.is_some_and(|d| d <= self.now());
             match p.value.state {
                 AudioState::Deleting => {
@@ -58,11 +76,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     self.resolve_pending(&hash).await?;
                     report.pending_resolved += 1;
                 }
-                AudioState::Active if p.value.refs == 0 && due => {
-                    if self.cas(|| self.expire_unreferenced_step(&hash)).await? {
-                        self.finish_deletion(&hash).await?;
-                        report.unreferenced_deleted += 1;
-                    }
+                AudioState::Active
+                    if p.value.refs == 0
+                        && due
+                        && self.cas(|| self.expire_unreferenced_step(&hash)).await? =>
+                {
+                    self.finish_deletion(&hash).await?;
+                    report.unreferenced_deleted += 1;
                 }
                 _ => {}
             }
@@ -94,28 +114,56 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     async fn drop_pending_step(&self, hash: &ContentHash) -> Result<Step<()>, DedupError> {
-        let Some(p) = self.load_audio(hash).await? else { return Ok(Step::Done(())) };
-        if p.value.state != AudioState::PendingUpload || p.value.due_at.is_some_and(|d| d > self.now()) {
+        let Some(p) = self.load_audio(hash).await? else {
+            return Ok(Step::Done(()));
+        };
+        if p.value.state != AudioState::PendingUpload
+            || p.value.due_at.is_some_and(|d| d > self.now())
+        {
             return Ok(Step::Done(()));
         }
-        let a = AudioRecord { state: AudioState::Gone, due_at: None, updated_at: self.now(), ..p.value.clone() };
+        let a = AudioRecord {
+            state: AudioState::Gone,
+            due_at: None,
+            updated_at: self.now(),
+            ..p.value.clone()
+        };
         let mut txn = self.txn();
-        txn.stats.transition(Some((AudioState::PendingUpload, 0)), (AudioState::Gone, 0));
+        txn.stats
+            .transition(Some((AudioState::PendingUpload, 0)), (AudioState::Gone, 0));
         txn.put_audio(&a, Some(&p))?;
-        Ok(if self.commit(txn).await? { Step::Done(()) } else { Step::Lost })
+        Ok(if self.commit(txn).await? {
+            Step::Done(())
+        } else {
+            Step::Lost
+        })
     }
 
     async fn expire_unreferenced_step(&self, hash: &ContentHash) -> Result<Step<bool>, DedupError> {
-        let Some(p) = self.load_audio(hash).await? else { return Ok(Step::Done(false)) };
+        let Some(p) = self.load_audio(hash).await? else {
+            return Ok(Step::Done(false));
+        };
         let due = p.value.due_at.is_some_and(|d| d <= self.now());
         if p.value.state != AudioState::Active || p.value.refs != 0 || !due {
             return Ok(Step::Done(false));
         }
-        let a = AudioRecord { state: AudioState::Deleting, due_at: None, updated_at: self.now(), ..p.value.clone() };
+        let a = AudioRecord {
+            state: AudioState::Deleting,
+            due_at: None,
+            updated_at: self.now(),
+            ..p.value.clone()
+        };
         let mut txn = self.txn();
-        txn.stats.transition(Some((AudioState::Active, p.value.size)), (AudioState::Deleting, p.value.size));
+        txn.stats.transition(
+            Some((AudioState::Active, p.value.size)),
+            (AudioState::Deleting, p.value.size),
+        );
         txn.put_audio(&a, Some(&p))?;
-        Ok(if self.commit(txn).await? { Step::Done(true) } else { Step::Lost })
+        Ok(if self.commit(txn).await? {
+            Step::Done(true)
+        } else {
+            Step::Lost
+        })
     }
 
     /// Objects the index does not account for (a crash after the put, a lost event, a slow
@@ -125,9 +173,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         for _ in 0..MAX_SWEEP_PAGES {
             let page = self.blobs.list(after.as_deref(), BATCH).await?;
             for meta in &page.objects {
-                let Some(hash) = keys::hash_from_blob_key(&self.cfg.key_prefix, &meta.key) else { continue };
+                let Some(hash) = keys::hash_from_blob_key(&self.cfg.key_prefix, &meta.key) else {
+                    continue;
+                };
                 let accounted = self.load_audio(&hash).await?.is_some_and(|p| {
-                    p.value.state == AudioState::Active && p.value.blob_version.as_deref() == Some(meta.version.as_str())
+                    p.value.state == AudioState::Active
+                        && p.value.blob_version.as_deref() == Some(meta.version.as_str())
                 });
                 if accounted {
                     continue;

@@ -10,14 +10,19 @@
 use super::codec::{expect_of, Txn};
 use super::{keys, ms, Dedup, Step};
 use crate::domain::{
-    AudioRecord, AudioState, ContentHash, HolderRecord, PendingReference, ReferenceId, ReferenceKind,
-    ReferenceRecord, ReferenceState, ReferenceView, UserId,
+    AudioRecord, AudioState, ContentHash, HolderRecord, PendingReference, ReferenceId,
+    ReferenceKind, ReferenceRecord, ReferenceState, ReferenceView, UserId,
 };
 use crate::error::DedupError;
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
 
 fn view(r: &ReferenceRecord) -> ReferenceView {
-    ReferenceView { content_hash: r.hash, ref_id: r.ref_id.clone(), kind: r.kind, created_at: r.created_at }
+    ReferenceView {
+        content_hash: r.hash,
+        ref_id: r.ref_id.clone(),
+        kind: r.kind,
+        created_at: r.created_at,
+    }
 }
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
@@ -30,7 +35,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         ref_id: &ReferenceId,
         kind: ReferenceKind,
     ) -> Result<ReferenceView, DedupError> {
-        let wanted = PendingReference { kind, ref_id: ref_id.clone() };
+        let wanted = PendingReference {
+            kind,
+            ref_id: ref_id.clone(),
+        };
         self.cas(|| self.add_step(owner, hash, &wanted)).await
     }
 
@@ -40,10 +48,17 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         hash: &ContentHash,
         wanted: &PendingReference,
     ) -> Result<Step<ReferenceView>, DedupError> {
-        let not_found = || DedupError::not_found("audio_not_found", "no such audio for this caller");
-        let Some(p) = self.load_audio(hash).await? else { return Err(not_found()) };
-        let holder = self.load::<HolderRecord>(&keys::holder(hash, owner)).await?;
-        if holder.as_ref().map(|h| h.value.generation) != Some(p.value.generation) || p.value.state == AudioState::Gone {
+        let not_found =
+            || DedupError::not_found("audio_not_found", "no such audio for this caller");
+        let Some(p) = self.load_audio(hash).await? else {
+            return Err(not_found());
+        };
+        let holder = self
+            .load::<HolderRecord>(&keys::holder(hash, owner))
+            .await?;
+        if holder.as_ref().map(|h| h.value.generation) != Some(p.value.generation)
+            || p.value.state == AudioState::Gone
+        {
             return Err(not_found());
         }
         if let Some(existing) = self.existing_reference(hash, owner, wanted).await? {
@@ -52,14 +67,21 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         if p.value.state != AudioState::Active && !cfg!(feature = "mutation-no-state-check") {
             return Err(DedupError::conflict(
                 "audio_not_active",
-                format!("the audio is {}; a reference can only be added to active audio", p.value.state.as_str()),
+                format!(
+                    "the audio is {}; a reference can only be added to active audio",
+                    p.value.state.as_str()
+                ),
             ));
         }
         let mut a = p.value.clone();
         let mut txn = self.txn();
         let v = self.plan_reference(&mut txn, &mut a, owner, wanted).await?;
         self.put_or_check_audio(&mut txn, a, &p)?;
-        Ok(if self.commit(txn).await? { Step::Done(v) } else { Step::Lost })
+        Ok(if self.commit(txn).await? {
+            Step::Done(v)
+        } else {
+            Step::Lost
+        })
     }
 
     /// An existing live reference with the same kind answers as the first add did.
@@ -72,18 +94,28 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         if cfg!(feature = "mutation-no-reference-items") {
             return Ok(None);
         }
-        let Some(r) = self.load::<ReferenceRecord>(&keys::reference(hash, owner, &wanted.ref_id)).await? else {
+        let Some(r) = self
+            .load::<ReferenceRecord>(&keys::reference(hash, owner, &wanted.ref_id))
+            .await?
+        else {
             return Ok(None);
         };
         match (r.value.state, r.value.kind == wanted.kind) {
             (ReferenceState::Live, true) => Ok(Some(view(&r.value))),
             (ReferenceState::Live, false) => Err(DedupError::conflict(
                 "reference_kind_mismatch",
-                format!("reference {} exists with kind {}", wanted.ref_id, r.value.kind.as_str()),
+                format!(
+                    "reference {} exists with kind {}",
+                    wanted.ref_id,
+                    r.value.kind.as_str()
+                ),
             )),
             (ReferenceState::Removed, _) => Err(DedupError::conflict(
                 "reference_removed",
-                format!("reference {} was removed; reference ids are single-use", wanted.ref_id),
+                format!(
+                    "reference {} was removed; reference ids are single-use",
+                    wanted.ref_id
+                ),
             )),
         }
     }
@@ -109,7 +141,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             created_at: self.now(),
             removed_at: None,
         };
-        let expect = if cfg!(feature = "mutation-no-reference-items") { Expect::Any } else { Expect::Absent };
+        let expect = if cfg!(feature = "mutation-no-reference-items") {
+            Expect::Any
+        } else {
+            Expect::Absent
+        };
         txn.put_reference(&rec, expect)?;
         a.refs += 1;
         a.due_at = None;
@@ -128,7 +164,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let key = keys::holder(&a.hash, owner);
         let holder = self.load::<HolderRecord>(&key).await?;
         if holder.as_ref().map(|h| h.value.generation) != Some(a.generation) {
-            let rec = HolderRecord { owner: owner.clone(), generation: a.generation, granted_at: self.now() };
+            let rec = HolderRecord {
+                owner: owner.clone(),
+                generation: a.generation,
+                granted_at: self.now(),
+            };
             txn.put_holder(&a.hash, &rec, expect_of(holder.as_ref()))?;
         }
         match reference {
@@ -139,7 +179,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 
     /// Removes the caller's reference. Idempotent: removing a removed reference answers the
     /// same. Removing the last one deletes the audio at once (or after the grace period).
-    pub async fn remove_reference(&self, owner: &UserId, hash: &ContentHash, ref_id: &ReferenceId) -> Result<(), DedupError> {
+    pub async fn remove_reference(
+        &self,
+        owner: &UserId,
+        hash: &ContentHash,
+        ref_id: &ReferenceId,
+    ) -> Result<(), DedupError> {
         let became_deleting = self.cas(|| self.remove_step(owner, hash, ref_id)).await?;
         if became_deleting {
             // A crash here leaves `Deleting`, which the reconciler and the removed-object
@@ -151,15 +196,30 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         Ok(())
     }
 
-    async fn remove_step(&self, owner: &UserId, hash: &ContentHash, ref_id: &ReferenceId) -> Result<Step<bool>, DedupError> {
-        let Some(r) = self.load::<ReferenceRecord>(&keys::reference(hash, owner, ref_id)).await? else {
-            return Err(DedupError::not_found("reference_not_found", "no such reference for this caller"));
+    async fn remove_step(
+        &self,
+        owner: &UserId,
+        hash: &ContentHash,
+        ref_id: &ReferenceId,
+    ) -> Result<Step<bool>, DedupError> {
+        let Some(r) = self
+            .load::<ReferenceRecord>(&keys::reference(hash, owner, ref_id))
+            .await?
+        else {
+            return Err(DedupError::not_found(
+                "reference_not_found",
+                "no such reference for this caller",
+            ));
         };
         if r.value.state == ReferenceState::Removed {
             return Ok(Step::Done(false));
         }
         let Some(p) = self.load_audio(hash).await? else {
-            return Err(crate::error::StoreError::Corrupt { key: keys::audio(hash).to_string(), reason: "live reference without audio".into() }.into());
+            return Err(crate::error::StoreError::Corrupt {
+                key: keys::audio(hash).to_string(),
+                reason: "live reference without audio".into(),
+            }
+            .into());
         };
         let now = self.now();
         let mut a = p.value.clone();
@@ -172,18 +232,29 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             if self.cfg.deletion_grace.is_zero() {
                 a.state = AudioState::Deleting;
                 a.due_at = None;
-                txn.stats.transition(Some((AudioState::Active, a.size)), (AudioState::Deleting, a.size));
+                txn.stats.transition(
+                    Some((AudioState::Active, a.size)),
+                    (AudioState::Deleting, a.size),
+                );
                 deleting = true;
             } else {
                 a.due_at = Some(now + ms(self.cfg.deletion_grace));
             }
         }
-        let expect = if cfg!(feature = "mutation-no-decrement-guard") { Expect::Any } else { p.expect() };
+        let expect = if cfg!(feature = "mutation-no-decrement-guard") {
+            Expect::Any
+        } else {
+            p.expect()
+        };
         txn.put_audio_expecting(&a, expect)?;
         let mut removed = r.value.clone();
         removed.state = ReferenceState::Removed;
         removed.removed_at = Some(now);
         txn.put_reference(&removed, r.expect())?;
-        Ok(if self.commit(txn).await? { Step::Done(deleting) } else { Step::Lost })
+        Ok(if self.commit(txn).await? {
+            Step::Done(deleting)
+        } else {
+            Step::Lost
+        })
     }
 }

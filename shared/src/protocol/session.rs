@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::{keys, ms, Dedup, Step};
 use crate::domain::{
-    AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference, SessionId,
-    SessionRecord, SessionState, UploadResult, UploadSession, UserId,
+    AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference,
+    SessionId, SessionRecord, SessionState, UploadResult, UploadSession, UserId,
 };
 use crate::error::DedupError;
 use crate::ports::{BlobStore, Expect, PresignPut, TransactionalIndex};
@@ -96,7 +96,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             session_id: rec.id.clone(),
             content_hash: rec.hash,
             upload,
-            challenge: ChallengeView { nonce: rec.challenge.nonce.clone(), ranges: rec.challenge.ranges.clone() },
+            challenge: ChallengeView {
+                nonce: rec.challenge.nonce.clone(),
+                ranges: rec.challenge.ranges.clone(),
+            },
             expires_at: rec.expires_at,
         })
     }
@@ -112,7 +115,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 return Ok(Step::Again);
             }
             (AudioState::Gone, _) => {
-                return self.claim_pending(&rec.hash, rec.format, prev.as_ref(), lease_until - self.now()).await;
+                return self
+                    .claim_pending(
+                        &rec.hash,
+                        rec.format,
+                        prev.as_ref(),
+                        lease_until - self.now(),
+                    )
+                    .await;
             }
             (AudioState::PendingUpload, Some(p)) => {
                 // Keep the claim alive until this session's URL (plus slack) runs out too.
@@ -123,14 +133,21 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             _ => {}
         }
         txn.put_session(rec, Expect::Absent)?;
-        Ok(if self.commit(txn).await? { Step::Done(()) } else { Step::Lost })
+        Ok(if self.commit(txn).await? {
+            Step::Done(())
+        } else {
+            Step::Lost
+        })
     }
 
     fn make_challenge(&self, size: u64) -> Challenge {
         let mut nonce = [0u8; 16];
         self.entropy.fill(&mut nonce);
         let ranges = if size <= WHOLE_FILE_PROOF_MAX {
-            vec![ByteRange { offset: 0, length: size }]
+            vec![ByteRange {
+                offset: 0,
+                length: size,
+            }]
         } else {
             let mut r: Vec<ByteRange> = (0..PROOF_RANGES)
                 .map(|_| ByteRange {
@@ -141,22 +158,39 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             r.sort_by_key(|r| r.offset);
             r
         };
-        Challenge { nonce: hex::encode(nonce), ranges }
+        Challenge {
+            nonce: hex::encode(nonce),
+            ranges,
+        }
     }
 
     /// Finishes a session: after the PUT (the stored object must be this session's upload),
     /// or with a proof of possession. Idempotent.
     pub async fn complete(&self, req: CompleteRequest) -> Result<UploadResult, DedupError> {
         let key = keys::session(&req.hash, &req.session_id);
-        let not_found = || DedupError::not_found("session_not_found", "no such upload session for this caller");
-        let Some(s) = self.load::<SessionRecord>(&key).await? else { return Err(not_found()) };
+        let not_found = || {
+            DedupError::not_found(
+                "session_not_found",
+                "no such upload session for this caller",
+            )
+        };
+        let Some(s) = self.load::<SessionRecord>(&key).await? else {
+            return Err(not_found());
+        };
         if s.value.owner != req.owner {
             return Err(not_found());
         }
         match s.value.state {
-            SessionState::Completed => return self.completed_result(&req.hash, s.value.deduplicated.unwrap_or(false)).await,
+            SessionState::Completed => {
+                return self
+                    .completed_result(&req.hash, s.value.deduplicated.unwrap_or(false))
+                    .await
+            }
             SessionState::Expired => {
-                return Err(DedupError::Expired { code: "session_expired", message: "the upload session expired; open a new one".into() })
+                return Err(DedupError::Expired {
+                    code: "session_expired",
+                    message: "the upload session expired; open a new one".into(),
+                })
             }
             SessionState::Open => {}
         }
@@ -164,7 +198,9 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             return self.cas(|| self.prove_step(&s.value, proof)).await;
         }
         let blob_key = self.blob_key(&req.hash);
-        let Some(meta) = self.blobs.head(&blob_key).await? else { return Err(DedupError::UploadRequired) };
+        let Some(meta) = self.blobs.head(&blob_key).await? else {
+            return Err(DedupError::UploadRequired);
+        };
         if meta.uploader.as_deref() != Some(keys::session_uploader(&s.value.id).as_str()) {
             // Someone else's upload: this caller has not shown it has the bytes.
             return Err(DedupError::UploadRequired);
@@ -172,14 +208,21 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         self.adopt_object(&req.hash, &meta).await?;
         match self.load::<SessionRecord>(&key).await?.map(|s| s.value) {
             Some(done) if done.state == SessionState::Completed => {
-                self.completed_result(&req.hash, done.deduplicated.unwrap_or(false)).await
+                self.completed_result(&req.hash, done.deduplicated.unwrap_or(false))
+                    .await
             }
             _ => Err(DedupError::UploadRequired),
         }
     }
 
-    async fn prove_step(&self, s: &SessionRecord, proof: &str) -> Result<Step<UploadResult>, DedupError> {
-        let Some(p) = self.load_audio(&s.hash).await? else { return Err(DedupError::UploadRequired) };
+    async fn prove_step(
+        &self,
+        s: &SessionRecord,
+        proof: &str,
+    ) -> Result<Step<UploadResult>, DedupError> {
+        let Some(p) = self.load_audio(&s.hash).await? else {
+            return Err(DedupError::UploadRequired);
+        };
         let version = p.value.blob_version.clone().unwrap_or_default();
         if p.value.state != AudioState::Active || p.value.size != s.size {
             return Err(DedupError::UploadRequired);
@@ -187,32 +230,55 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let key = self.blob_key(&s.hash);
         let mut chunks = Vec::with_capacity(s.challenge.ranges.len());
         for r in &s.challenge.ranges {
-            match self.blobs.read_range(&key, &version, r.offset, r.length).await? {
+            match self
+                .blobs
+                .read_range(&key, &version, r.offset, r.length)
+                .await?
+            {
                 Some(bytes) if bytes.len() as u64 == r.length => chunks.push(bytes),
                 _ => return Err(DedupError::UploadRequired),
             }
         }
         let expected = proof_for(&s.challenge.nonce, chunks.iter().map(|c| c.as_ref()));
-        if !constant_time_eq(expected.as_bytes(), proof.trim().to_ascii_lowercase().as_bytes()) {
+        if !constant_time_eq(
+            expected.as_bytes(),
+            proof.trim().to_ascii_lowercase().as_bytes(),
+        ) {
             return Err(DedupError::UploadRequired);
         }
         let mut a = p.value.clone();
         let mut txn = self.txn();
-        self.plan_attach(&mut txn, &mut a, &s.owner, s.reference.as_ref()).await?;
+        self.plan_attach(&mut txn, &mut a, &s.owner, s.reference.as_ref())
+            .await?;
         self.put_or_check_audio(&mut txn, a.clone(), &p)?;
         let sess_key = keys::session(&s.hash, &s.id);
-        let Some(cur) = self.load::<SessionRecord>(&sess_key).await? else { return Ok(Step::Lost) };
+        let Some(cur) = self.load::<SessionRecord>(&sess_key).await? else {
+            return Ok(Step::Lost);
+        };
         let mut done = cur.value.clone();
         done.state = SessionState::Completed;
         done.deduplicated = Some(true);
         txn.put_session(&done, cur.expect())?;
-        Ok(if self.commit(txn).await? { Step::Done(self.upload_result(&a, true)?) } else { Step::Lost })
+        Ok(if self.commit(txn).await? {
+            Step::Done(self.upload_result(&a, true)?)
+        } else {
+            Step::Lost
+        })
     }
 
-    async fn completed_result(&self, hash: &ContentHash, deduplicated: bool) -> Result<UploadResult, DedupError> {
+    async fn completed_result(
+        &self,
+        hash: &ContentHash,
+        deduplicated: bool,
+    ) -> Result<UploadResult, DedupError> {
         match self.load_audio(hash).await? {
-            Some(p) if p.value.state == AudioState::Active => self.upload_result(&p.value, deduplicated),
-            _ => Err(DedupError::not_found("audio_not_found", "the upload completed, but the audio has since been deleted")),
+            Some(p) if p.value.state == AudioState::Active => {
+                self.upload_result(&p.value, deduplicated)
+            }
+            _ => Err(DedupError::not_found(
+                "audio_not_found",
+                "the upload completed, but the audio has since been deleted",
+            )),
         }
     }
 

@@ -18,7 +18,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             stored_bytes: stored,
             total_references: get("live_refs"),
             referenced_bytes: referenced,
-            deduplication_ratio: if stored > 0 { referenced as f64 / stored as f64 } else { 1.0 },
+            deduplication_ratio: if stored > 0 {
+                referenced as f64 / stored as f64
+            } else {
+                1.0
+            },
             bytes_saved: referenced - stored,
             pending_uploads: get("pending"),
             deleting: get("deleting"),

@@ -30,27 +30,44 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// reference, all idempotently.
     pub async fn upload_direct(&self, up: DirectUpload) -> Result<UploadResult, DedupError> {
         if up.size == 0 {
-            return Err(DedupError::bad_request("empty_body", "the audio body is empty"));
+            return Err(DedupError::bad_request(
+                "empty_body",
+                "the audio body is empty",
+            ));
         }
         let created = AtomicBool::new(false);
         self.cas(|| self.direct_step(&up, &created)).await
     }
 
-    async fn direct_step(&self, up: &DirectUpload, created: &AtomicBool) -> Result<Step<UploadResult>, DedupError> {
+    async fn direct_step(
+        &self,
+        up: &DirectUpload,
+        created: &AtomicBool,
+    ) -> Result<Step<UploadResult>, DedupError> {
         let prev = self.load_audio(&up.hash).await?;
         let Some(p) = prev.as_ref().filter(|p| p.value.state != AudioState::Gone) else {
-            return self.claim_pending(&up.hash, up.format, prev.as_ref(), ms(self.cfg.direct_lease)).await;
+            return self
+                .claim_pending(
+                    &up.hash,
+                    up.format,
+                    prev.as_ref(),
+                    ms(self.cfg.direct_lease),
+                )
+                .await;
         };
         match p.value.state {
             AudioState::Active => {
                 let mut a = p.value.clone();
                 let mut txn = self.txn();
-                self.plan_attach(&mut txn, &mut a, &up.owner, up.reference.as_ref()).await?;
+                self.plan_attach(&mut txn, &mut a, &up.owner, up.reference.as_ref())
+                    .await?;
                 self.put_or_check_audio(&mut txn, a.clone(), p)?;
                 if !self.commit(txn).await? {
                     return Ok(Step::Lost);
                 }
-                Ok(Step::Done(self.upload_result(&a, !created.load(Ordering::SeqCst))?))
+                Ok(Step::Done(
+                    self.upload_result(&a, !created.load(Ordering::SeqCst))?,
+                ))
             }
             AudioState::Deleting => {
                 self.finish_deletion(&up.hash).await?;
@@ -89,13 +106,19 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 }
                 let mut a = self.activated(&p.value, &meta);
                 let mut txn = self.txn();
-                txn.stats.transition(Some((AudioState::PendingUpload, 0)), (AudioState::Active, a.size));
-                self.plan_attach(&mut txn, &mut a, &up.owner, up.reference.as_ref()).await?;
+                txn.stats.transition(
+                    Some((AudioState::PendingUpload, 0)),
+                    (AudioState::Active, a.size),
+                );
+                self.plan_attach(&mut txn, &mut a, &up.owner, up.reference.as_ref())
+                    .await?;
                 txn.put_audio(&a, Some(p))?;
                 if !self.commit(txn).await? {
                     return Ok(Step::Lost);
                 }
-                Ok(Step::Done(self.upload_result(&a, !created.load(Ordering::SeqCst))?))
+                Ok(Step::Done(
+                    self.upload_result(&a, !created.load(Ordering::SeqCst))?,
+                ))
             }
             AudioState::Gone => Ok(Step::Again),
         }
@@ -125,7 +148,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let mut txn = self.txn();
         txn.stats.transition(None, (AudioState::PendingUpload, 0));
         txn.put_audio(&a, prev)?;
-        Ok(if self.commit(txn).await? { Step::Again } else { Step::Lost })
+        Ok(if self.commit(txn).await? {
+            Step::Again
+        } else {
+            Step::Lost
+        })
     }
 
     /// The active record for a verified object, from a pending (or gone) record.
@@ -165,7 +192,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// Whether the object's bytes hash to the content's key.
-    pub(super) async fn verify_object(&self, hash: &ContentHash, meta: &ObjectMeta) -> Result<bool, DedupError> {
+    pub(super) async fn verify_object(
+        &self,
+        hash: &ContentHash,
+        meta: &ObjectMeta,
+    ) -> Result<bool, DedupError> {
         if meta.size == 0 {
             return Ok(false);
         }
@@ -176,7 +207,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         Ok(actual == Some(*hash))
     }
 
-    pub(super) fn upload_result(&self, a: &AudioRecord, deduplicated: bool) -> Result<UploadResult, DedupError> {
+    pub(super) fn upload_result(
+        &self,
+        a: &AudioRecord,
+        deduplicated: bool,
+    ) -> Result<UploadResult, DedupError> {
         let (url, url_expires_at) = self.download_url(a)?;
         Ok(UploadResult {
             content_hash: a.hash,

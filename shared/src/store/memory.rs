@@ -11,8 +11,8 @@ use bytes::Bytes;
 use crate::domain::{ContentHash, SignedRequest};
 use crate::error::StoreError;
 use crate::ports::{
-    BlobBody, BlobEvent, BlobStore, Expect, IndexName, Item, Key, ObjectMeta, ObjectPage, PresignPut, PutOutcome,
-    PutRequest, Query, TransactionalIndex, TxnError, WriteOp,
+    BlobBody, BlobEvent, BlobStore, Expect, IndexName, Item, Key, ObjectMeta, ObjectPage,
+    PresignPut, PutOutcome, PutRequest, Query, TransactionalIndex, TxnError, WriteOp,
 };
 
 /// Which port call a fault applies to.
@@ -64,7 +64,9 @@ async fn gate(hook: &dyn FaultHook, op: Op) -> Result<Fault, StoreError> {
         tokio::task::yield_now().await;
     }
     match hook.fault(op) {
-        Fault::FailBefore => Err(StoreError::Unavailable(format!("injected failure before {op:?}"))),
+        Fault::FailBefore => Err(StoreError::Unavailable(format!(
+            "injected failure before {op:?}"
+        ))),
         f => Ok(f),
     }
 }
@@ -93,7 +95,10 @@ impl Default for MemoryIndex {
 
 impl MemoryIndex {
     pub fn new(hook: Arc<dyn FaultHook>) -> Self {
-        Self { state: Arc::default(), hook }
+        Self {
+            state: Arc::default(),
+            hook,
+        }
     }
 
     /// Every item, for invariant checks and before/after comparisons.
@@ -231,7 +236,11 @@ impl Default for MemoryBlobs {
 
 impl MemoryBlobs {
     pub fn new(hook: Arc<dyn FaultHook>) -> Self {
-        Self { state: Arc::default(), next: Arc::new(AtomicU64::new(1)), hook }
+        Self {
+            state: Arc::default(),
+            next: Arc::new(AtomicU64::new(1)),
+            hook,
+        }
     }
 
     pub fn take_events(&self) -> Vec<BlobEvent> {
@@ -248,7 +257,13 @@ impl MemoryBlobs {
         self.insert(key, bytes, hash, Some(uploader.to_owned()))
     }
 
-    fn insert(&self, key: &str, bytes: Bytes, sha256: ContentHash, uploader: Option<String>) -> PutOutcome {
+    fn insert(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        sha256: ContentHash,
+        uploader: Option<String>,
+    ) -> PutOutcome {
         let mut s = lock(&self.state);
         if s.objects.contains_key(key) {
             return PutOutcome::AlreadyExists;
@@ -264,7 +279,11 @@ impl MemoryBlobs {
             last_modified: 0,
         };
         s.objects.insert(key.to_owned(), (meta, bytes));
-        s.events.push(BlobEvent::Created { key: key.to_owned(), version: version.clone(), sequencer: format!("{n:016X}") });
+        s.events.push(BlobEvent::Created {
+            key: key.to_owned(),
+            version: version.clone(),
+            sequencer: format!("{n:016X}"),
+        });
         PutOutcome::Created { version }
     }
 }
@@ -277,7 +296,10 @@ impl BlobStore for MemoryBlobs {
             BlobBody::File(p) => Bytes::from(std::fs::read(p)?),
         };
         if ContentHash::of(&bytes) != req.sha256 || bytes.len() as u64 != req.size {
-            return Err(StoreError::Corrupt { key: req.key, reason: "body does not match its checksum".into() });
+            return Err(StoreError::Corrupt {
+                key: req.key,
+                reason: "body does not match its checksum".into(),
+            });
         }
         let out = self.insert(&req.key, bytes, req.sha256, Some(req.uploader));
         if f == Fault::LoseResponse {
@@ -295,7 +317,10 @@ impl BlobStore for MemoryBlobs {
         let f = gate(&*self.hook, Op::BlobDelete).await?;
         {
             let mut s = lock(&self.state);
-            if s.objects.get(key).is_some_and(|(m, _)| m.version == version) {
+            if s.objects
+                .get(key)
+                .is_some_and(|(m, _)| m.version == version)
+            {
                 s.objects.remove(key);
                 let n = self.next.fetch_add(1, Ordering::SeqCst);
                 s.events.push(BlobEvent::Removed {
@@ -311,20 +336,38 @@ impl BlobStore for MemoryBlobs {
         Ok(())
     }
 
-    async fn read_range(&self, key: &str, version: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
+    async fn read_range(
+        &self,
+        key: &str,
+        version: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
         gate(&*self.hook, Op::BlobRead).await?;
         let s = lock(&self.state);
-        Ok(s.objects.get(key).filter(|(m, _)| m.version == version).and_then(|(_, b)| {
-            let start = usize::try_from(offset).ok()?;
-            let end = start.checked_add(usize::try_from(length).ok()?)?.min(b.len());
-            (start <= end).then(|| b.slice(start..end))
-        }))
+        Ok(s.objects
+            .get(key)
+            .filter(|(m, _)| m.version == version)
+            .and_then(|(_, b)| {
+                let start = usize::try_from(offset).ok()?;
+                let end = start
+                    .checked_add(usize::try_from(length).ok()?)?
+                    .min(b.len());
+                (start <= end).then(|| b.slice(start..end))
+            }))
     }
 
-    async fn stream_sha256(&self, key: &str, version: &str) -> Result<Option<ContentHash>, StoreError> {
+    async fn stream_sha256(
+        &self,
+        key: &str,
+        version: &str,
+    ) -> Result<Option<ContentHash>, StoreError> {
         gate(&*self.hook, Op::BlobRead).await?;
         let s = lock(&self.state);
-        Ok(s.objects.get(key).filter(|(m, _)| m.version == version).map(|(_, b)| ContentHash::of(b)))
+        Ok(s.objects
+            .get(key)
+            .filter(|(m, _)| m.version == version)
+            .map(|(_, b)| ContentHash::of(b)))
     }
 
     fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
@@ -336,7 +379,13 @@ impl BlobStore for MemoryBlobs {
         })
     }
 
-    fn presign_get(&self, key: &str, version: &str, _ct: &'static str, ttl: Duration) -> Result<SignedRequest, StoreError> {
+    fn presign_get(
+        &self,
+        key: &str,
+        version: &str,
+        _ct: &'static str,
+        ttl: Duration,
+    ) -> Result<SignedRequest, StoreError> {
         Ok(SignedRequest {
             url: format!("mem://{key}?versionId={version}"),
             method: "GET".into(),
@@ -355,7 +404,9 @@ impl BlobStore for MemoryBlobs {
             .filter(|m| after.is_none_or(|a| m.key.as_str() > a))
             .take(limit)
             .collect();
-        let next = (objects.len() == limit).then(|| objects.last().map(|m| m.key.clone())).flatten();
+        let next = (objects.len() == limit)
+            .then(|| objects.last().map(|m| m.key.clone()))
+            .flatten();
         Ok(ObjectPage { objects, next })
     }
 }

@@ -15,7 +15,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::signing::UrlSigner;
 use crate::domain::{hash_reader, ContentHash, SignedRequest, StreamingHasher};
 use crate::error::StoreError;
-use crate::ports::{BlobBody, BlobEvent, BlobStore, Clock, ObjectMeta, ObjectPage, PresignPut, PutOutcome, PutRequest};
+use crate::ports::{
+    BlobBody, BlobEvent, BlobStore, Clock, ObjectMeta, ObjectPage, PresignPut, PutOutcome,
+    PutRequest,
+};
 
 #[derive(Clone)]
 pub struct FsBlobStore {
@@ -38,12 +41,20 @@ pub fn valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 512
         && key.split('/').all(|seg| {
-            !seg.is_empty() && seg != "." && seg != ".." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
 }
 
 fn bad_key(key: &str) -> StoreError {
-    StoreError::Corrupt { key: key.to_owned(), reason: "not a valid blob key".into() }
+    StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: "not a valid blob key".into(),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -131,16 +142,34 @@ impl FsBlobStore {
     }
 
     pub async fn spool(&self) -> Result<SpooledFile, StoreError> {
-        let path = self.inner.root.join("tmp").join(format!("{}.part", uuid::Uuid::new_v4().simple()));
+        let path = self
+            .inner
+            .root
+            .join("tmp")
+            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
         let file = tokio::fs::File::create(&path).await?;
-        Ok(SpooledFile { path, file: Some(file), hasher: StreamingHasher::new() })
+        Ok(SpooledFile {
+            path,
+            file: Some(file),
+            hasher: StreamingHasher::new(),
+        })
     }
 
     /// The file holding one exact version, for serving a signed GET.
-    pub async fn version_path(&self, key: &str, version: &str) -> Result<Option<PathBuf>, StoreError> {
+    pub async fn version_path(
+        &self,
+        key: &str,
+        version: &str,
+    ) -> Result<Option<PathBuf>, StoreError> {
         let inner = self.inner.clone();
         let (key, version) = (key.to_owned(), version.to_owned());
-        blocking(move || Ok(inner.find(&key)?.filter(|f| f.meta.version == version).map(|f| f.path))).await
+        blocking(move || {
+            Ok(inner
+                .find(&key)?
+                .filter(|f| f.meta.version == version)
+                .map(|f| f.path))
+        })
+        .await
     }
 
     fn emit(&self, event: BlobEvent) {
@@ -150,12 +179,19 @@ impl FsBlobStore {
     }
 
     fn next_sequencer(&self) -> String {
-        format!("{:020X}", self.inner.sequencer.fetch_add(1, Ordering::SeqCst))
+        format!(
+            "{:020X}",
+            self.inner.sequencer.fetch_add(1, Ordering::SeqCst)
+        )
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Unavailable(format!("blob task failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("blob task failed: {e}")))?
 }
 
 impl Inner {
@@ -180,7 +216,9 @@ impl Inner {
             }
             let name = entry.file_name().to_string_lossy().into_owned();
             let mut parts = name.splitn(3, '~');
-            let (Some(version), Some(sha), Some(uploader)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(version), Some(sha), Some(uploader)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
                 continue;
             };
             let md = entry.metadata()?;
@@ -204,16 +242,28 @@ impl Inner {
         Ok(None)
     }
 
-    fn walk(&self, dir: &Path, rel: &str, depth: usize, out: &mut Vec<String>) -> std::io::Result<()> {
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &str,
+        depth: usize,
+        out: &mut Vec<String>,
+    ) -> std::io::Result<()> {
         if depth > 8 {
             return Ok(());
         }
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let child = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
             if entry.file_type()?.is_dir() {
-                let has_file = std::fs::read_dir(entry.path())?.flatten().any(|e| e.file_type().is_ok_and(|t| t.is_file()));
+                let has_file = std::fs::read_dir(entry.path())?
+                    .flatten()
+                    .any(|e| e.file_type().is_ok_and(|t| t.is_file()));
                 if has_file {
                     out.push(child.clone());
                 }
@@ -241,7 +291,10 @@ impl BlobStore for FsBlobStore {
                     }
                     BlobBody::Bytes(b) => {
                         if ContentHash::of(b) != req.sha256 || b.len() as u64 != req.size {
-                            return Err(StoreError::Corrupt { key: req.key, reason: "body does not match its checksum".into() });
+                            return Err(StoreError::Corrupt {
+                                key: req.key,
+                                reason: "body does not match its checksum".into(),
+                            });
                         }
                         let p = inner.root.join("tmp").join(format!("{version}.part"));
                         let mut f = std::fs::File::create(&p)?;
@@ -272,7 +325,11 @@ impl BlobStore for FsBlobStore {
         };
         if let PutOutcome::Created { version } = &out {
             let sequencer = self.next_sequencer();
-            self.emit(BlobEvent::Created { key, version: version.clone(), sequencer });
+            self.emit(BlobEvent::Created {
+                key,
+                version: version.clone(),
+                sequencer,
+            });
         }
         Ok(out)
     }
@@ -302,16 +359,28 @@ impl BlobStore for FsBlobStore {
         .await?;
         if removed {
             let sequencer = self.next_sequencer();
-            self.emit(BlobEvent::Removed { key: key.to_owned(), version: version.to_owned(), sequencer });
+            self.emit(BlobEvent::Removed {
+                key: key.to_owned(),
+                version: version.to_owned(),
+                sequencer,
+            });
         }
         Ok(())
     }
 
-    async fn read_range(&self, key: &str, version: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
+    async fn read_range(
+        &self,
+        key: &str,
+        version: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
         let inner = self.inner.clone();
         let (k, v) = (key.to_owned(), version.to_owned());
         blocking(move || {
-            let Some(found) = inner.find(&k)?.filter(|f| f.meta.version == v) else { return Ok(None) };
+            let Some(found) = inner.find(&k)?.filter(|f| f.meta.version == v) else {
+                return Ok(None);
+            };
             if offset > found.meta.size {
                 return Ok(Some(Bytes::new()));
             }
@@ -325,11 +394,17 @@ impl BlobStore for FsBlobStore {
         .await
     }
 
-    async fn stream_sha256(&self, key: &str, version: &str) -> Result<Option<ContentHash>, StoreError> {
+    async fn stream_sha256(
+        &self,
+        key: &str,
+        version: &str,
+    ) -> Result<Option<ContentHash>, StoreError> {
         let inner = self.inner.clone();
         let (k, v) = (key.to_owned(), version.to_owned());
         blocking(move || {
-            let Some(found) = inner.find(&k)?.filter(|f| f.meta.version == v) else { return Ok(None) };
+            let Some(found) = inner.find(&k)?.filter(|f| f.meta.version == v) else {
+                return Ok(None);
+            };
             Ok(Some(hash_reader(std::fs::File::open(&found.path)?)?.0))
         })
         .await
@@ -337,12 +412,28 @@ impl BlobStore for FsBlobStore {
 
     fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
         let expires_at = self.inner.clock.now_ms() + req.expires_in.as_millis() as i64;
-        Ok(self.inner.signer.sign_put(&req.key, &req.uploader, req.size, &req.sha256, req.content_type, expires_at))
+        Ok(self.inner.signer.sign_put(
+            &req.key,
+            &req.uploader,
+            req.size,
+            &req.sha256,
+            req.content_type,
+            expires_at,
+        ))
     }
 
-    fn presign_get(&self, key: &str, version: &str, content_type: &'static str, ttl: Duration) -> Result<SignedRequest, StoreError> {
+    fn presign_get(
+        &self,
+        key: &str,
+        version: &str,
+        content_type: &'static str,
+        ttl: Duration,
+    ) -> Result<SignedRequest, StoreError> {
         let expires_at = self.inner.clock.now_ms() + ttl.as_millis() as i64;
-        Ok(self.inner.signer.sign_get(key, version, content_type, expires_at))
+        Ok(self
+            .inner
+            .signer
+            .sign_get(key, version, content_type, expires_at))
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<ObjectPage, StoreError> {
@@ -353,7 +444,10 @@ impl BlobStore for FsBlobStore {
             inner.walk(&inner.root.join("objects"), "", 0, &mut keys)?;
             keys.sort();
             let mut objects = Vec::new();
-            for k in keys.into_iter().filter(|k| after.as_ref().is_none_or(|a| k > a)) {
+            for k in keys
+                .into_iter()
+                .filter(|k| after.as_ref().is_none_or(|a| k > a))
+            {
                 if objects.len() == limit {
                     break;
                 }
@@ -361,7 +455,9 @@ impl BlobStore for FsBlobStore {
                     objects.push(f.meta);
                 }
             }
-            let next = (objects.len() == limit).then(|| objects.last().map(|m| m.key.clone())).flatten();
+            let next = (objects.len() == limit)
+                .then(|| objects.last().map(|m| m.key.clone()))
+                .flatten();
             Ok(ObjectPage { objects, next })
         })
         .await

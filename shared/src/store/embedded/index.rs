@@ -67,13 +67,18 @@ impl SqliteIndex {
     pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
         let writer_conn = open(path, sync)?;
         writer_conn.execute_batch(SCHEMA).map_err(db_err)?;
-        let readers = (0..READERS).map(|_| open(path, sync).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
+        let readers = (0..READERS)
+            .map(|_| open(path, sync).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel::<(Vec<WriteOp>, Reply)>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, rx))
             .map_err(StoreError::Io)?;
-        Ok(Self { writer: tx, readers: Arc::new(readers) })
+        Ok(Self {
+            writer: tx,
+            readers: Arc::new(readers),
+        })
     }
 
     async fn read<T: Send + 'static>(
@@ -97,7 +102,10 @@ impl SqliteIndex {
 fn row_item(r: &rusqlite::Row<'_>) -> Result<Item, rusqlite::Error> {
     let pair = |a: Option<String>, b: Option<String>| a.zip(b).map(|(pk, sk)| Key { pk, sk });
     Ok(Item {
-        key: Key { pk: r.get(0)?, sk: r.get(1)? },
+        key: Key {
+            pk: r.get(0)?,
+            sk: r.get(1)?,
+        },
         version: r.get::<_, i64>(2)? as u64,
         body: r.get(3)?,
         owner_key: pair(r.get(4)?, r.get(5)?),
@@ -126,7 +134,9 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<WriteOp>, Reply)>) 
             Err(e) => {
                 tracing::error!(error = %e, "sqlite group commit failed");
                 for (_, reply) in group {
-                    let _ = reply.send(Err(TxnError::Store(StoreError::Unavailable("index commit failed".into()))));
+                    let _ = reply.send(Err(TxnError::Store(StoreError::Unavailable(
+                        "index commit failed".into(),
+                    ))));
                 }
             }
         }
@@ -166,7 +176,10 @@ struct Sp<'c> {
 impl SavepointExt for rusqlite::Transaction<'_> {
     fn unchecked_transaction_savepoint(&self) -> Result<Sp<'_>, rusqlite::Error> {
         self.execute_batch("SAVEPOINT op")?;
-        Ok(Sp { conn: self, done: false })
+        Ok(Sp {
+            conn: self,
+            done: false,
+        })
     }
 }
 
@@ -228,11 +241,21 @@ fn apply_one(conn: &Connection, ops: &[WriteOp]) -> Result<(), TxnError> {
         match op {
             WriteOp::Put { item, expect } => {
                 let version = match expect {
-                    Expect::Any => current_version(conn, &item.key).map_err(sql)?.map_or(1, |v| v + 1),
+                    Expect::Any => current_version(conn, &item.key)
+                        .map_err(sql)?
+                        .map_or(1, |v| v + 1),
                     _ => item.version,
                 };
-                let (opk, osk) = item.owner_key.as_ref().map(|k| (k.pk.as_str(), k.sk.as_str())).unzip();
-                let (wpk, wsk) = item.work_key.as_ref().map(|k| (k.pk.as_str(), k.sk.as_str())).unzip();
+                let (opk, osk) = item
+                    .owner_key
+                    .as_ref()
+                    .map(|k| (k.pk.as_str(), k.sk.as_str()))
+                    .unzip();
+                let (wpk, wsk) = item
+                    .work_key
+                    .as_ref()
+                    .map(|k| (k.pk.as_str(), k.sk.as_str()))
+                    .unzip();
                 conn.prepare_cached(
                     "INSERT INTO items (pk, sk, version, body, owner_pk, owner_sk, work_pk, work_sk)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -265,9 +288,11 @@ impl TransactionalIndex for SqliteIndex {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         let key = key.clone();
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {COLS} FROM items WHERE pk = ?1 AND sk = ?2"))?
-                .query_row(params![key.pk, key.sk], row_item)
-                .optional()
+            c.prepare_cached(&format!(
+                "SELECT {COLS} FROM items WHERE pk = ?1 AND sk = ?2"
+            ))?
+            .query_row(params![key.pk, key.sk], row_item)
+            .optional()
         })
         .await
     }
@@ -285,7 +310,10 @@ impl TransactionalIndex for SqliteIndex {
                  AND (?3 IS NULL OR {s} > ?3) AND (?4 IS NULL OR {s} <= ?4) ORDER BY {s} LIMIT ?5"
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![q.pk, q.sk_prefix, q.after, q.upto, q.limit as i64], row_item)?;
+            let rows = stmt.query_map(
+                params![q.pk, q.sk_prefix, q.after, q.upto, q.limit as i64],
+                row_item,
+            )?;
             rows.collect()
         })
         .await
@@ -296,14 +324,19 @@ impl TransactionalIndex for SqliteIndex {
         self.writer
             .send((ops, tx))
             .map_err(|_| TxnError::Store(StoreError::Unavailable("index writer stopped".into())))?;
-        rx.await.map_err(|_| TxnError::Store(StoreError::Unavailable("index writer stopped".into())))?
+        rx.await
+            .map_err(|_| TxnError::Store(StoreError::Unavailable("index writer stopped".into())))?
     }
 
     async fn counters(&self, pk: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         let pk = pk.to_owned();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached("SELECT name, SUM(value) FROM counters WHERE pk = ?1 GROUP BY name")?;
-            let rows = stmt.query_map(params![pk], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut stmt = c.prepare_cached(
+                "SELECT name, SUM(value) FROM counters WHERE pk = ?1 GROUP BY name",
+            )?;
+            let rows = stmt.query_map(params![pk], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
             rows.collect()
         })
         .await

@@ -46,8 +46,11 @@ pub struct SignedGet {
 }
 
 /// Characters left as they are in query values: RFC 3986 unreserved.
-const QUERY_VALUE: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
@@ -55,12 +58,16 @@ fn enc(s: &str) -> String {
 
 impl UrlSigner {
     pub fn new(base_url: impl Into<String>, secret: [u8; 32]) -> Self {
-        Self { base_url: base_url.into().trim_end_matches('/').to_owned(), secret }
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            secret,
+        }
     }
 
     fn mac(&self, parts: &[&str]) -> String {
         // new_from_slice only fails for invalid key lengths, and HMAC takes any length.
-        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!());
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!());
         for p in parts {
             m.update(p.as_bytes());
             m.update(b"\n");
@@ -70,7 +77,8 @@ impl UrlSigner {
 
     fn check(&self, parts: &[&str], signature: &str) -> Result<(), SignError> {
         let sig = hex::decode(signature).map_err(|_| SignError::BadSignature)?;
-        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.secret).unwrap_or_else(|_| unreachable!());
+        let mut m = <HmacSha256 as KeyInit>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!());
         for p in parts {
             m.update(p.as_bytes());
             m.update(b"\n");
@@ -89,7 +97,15 @@ impl UrlSigner {
     ) -> SignedRequest {
         let checksum = sha256.to_base64();
         let (size_s, exp_s) = (size.to_string(), expires_at.to_string());
-        let sig = self.mac(&["PUT", key, uploader, &size_s, &exp_s, &checksum, content_type]);
+        let sig = self.mac(&[
+            "PUT",
+            key,
+            uploader,
+            &size_s,
+            &exp_s,
+            &checksum,
+            content_type,
+        ]);
         let url = format!(
             "{}/blob/{}?X-Uploader={}&X-Size={}&X-Expires={}&X-Signature={}",
             self.base_url,
@@ -104,10 +120,21 @@ impl UrlSigner {
             ("if-none-match".to_owned(), "*".to_owned()),
             ("x-amz-checksum-sha256".to_owned(), checksum),
         ]);
-        SignedRequest { url, method: "PUT".into(), headers, expires_at }
+        SignedRequest {
+            url,
+            method: "PUT".into(),
+            headers,
+            expires_at,
+        }
     }
 
-    pub fn sign_get(&self, key: &str, version: &str, content_type: &str, expires_at: Millis) -> SignedRequest {
+    pub fn sign_get(
+        &self,
+        key: &str,
+        version: &str,
+        content_type: &str,
+        expires_at: Millis,
+    ) -> SignedRequest {
         let exp_s = expires_at.to_string();
         let sig = self.mac(&["GET", key, version, &exp_s, content_type]);
         let url = format!(
@@ -119,7 +146,12 @@ impl UrlSigner {
             expires_at,
             sig
         );
-        SignedRequest { url, method: "GET".into(), headers: BTreeMap::new(), expires_at }
+        SignedRequest {
+            url,
+            method: "GET".into(),
+            headers: BTreeMap::new(),
+            expires_at,
+        }
     }
 
     /// Verifies a PUT: query parameters, expiry, and that the signed headers were sent as signed.
@@ -131,28 +163,67 @@ impl UrlSigner {
         now: Millis,
     ) -> Result<SignedPut, SignError> {
         let q = |k: &str| query.get(k).cloned().ok_or(SignError::BadSignature);
-        let (uploader, size_s, exp_s, sig) = (q("X-Uploader")?, q("X-Size")?, q("X-Expires")?, q("X-Signature")?);
-        let checksum = header("x-amz-checksum-sha256").ok_or(SignError::HeaderMismatch("x-amz-checksum-sha256"))?;
-        let content_type = header("content-type").ok_or(SignError::HeaderMismatch("content-type"))?;
-        self.check(&["PUT", key, &uploader, &size_s, &exp_s, &checksum, &content_type], &sig)?;
+        let (uploader, size_s, exp_s, sig) = (
+            q("X-Uploader")?,
+            q("X-Size")?,
+            q("X-Expires")?,
+            q("X-Signature")?,
+        );
+        let checksum = header("x-amz-checksum-sha256")
+            .ok_or(SignError::HeaderMismatch("x-amz-checksum-sha256"))?;
+        let content_type =
+            header("content-type").ok_or(SignError::HeaderMismatch("content-type"))?;
+        self.check(
+            &[
+                "PUT",
+                key,
+                &uploader,
+                &size_s,
+                &exp_s,
+                &checksum,
+                &content_type,
+            ],
+            &sig,
+        )?;
         let expires: Millis = exp_s.parse().map_err(|_| SignError::BadSignature)?;
         if now > expires {
             return Err(SignError::Expired);
         }
-        let sha256 = ContentHash::from_base64(&checksum).map_err(|_| SignError::HeaderMismatch("x-amz-checksum-sha256"))?;
+        let sha256 = ContentHash::from_base64(&checksum)
+            .map_err(|_| SignError::HeaderMismatch("x-amz-checksum-sha256"))?;
         let size = size_s.parse().map_err(|_| SignError::BadSignature)?;
-        Ok(SignedPut { key: key.to_owned(), uploader, size, sha256, content_type })
+        Ok(SignedPut {
+            key: key.to_owned(),
+            uploader,
+            size,
+            sha256,
+            content_type,
+        })
     }
 
-    pub fn verify_get(&self, key: &str, query: &BTreeMap<String, String>, now: Millis) -> Result<SignedGet, SignError> {
+    pub fn verify_get(
+        &self,
+        key: &str,
+        query: &BTreeMap<String, String>,
+        now: Millis,
+    ) -> Result<SignedGet, SignError> {
         let q = |k: &str| query.get(k).cloned().ok_or(SignError::BadSignature);
-        let (version, ct, exp_s, sig) = (q("X-Version")?, q("X-Content-Type")?, q("X-Expires")?, q("X-Signature")?);
+        let (version, ct, exp_s, sig) = (
+            q("X-Version")?,
+            q("X-Content-Type")?,
+            q("X-Expires")?,
+            q("X-Signature")?,
+        );
         self.check(&["GET", key, &version, &exp_s, &ct], &sig)?;
         let expires: Millis = exp_s.parse().map_err(|_| SignError::BadSignature)?;
         if now > expires {
             return Err(SignError::Expired);
         }
-        Ok(SignedGet { key: key.to_owned(), version, content_type: ct })
+        Ok(SignedGet {
+            key: key.to_owned(),
+            version,
+            content_type: ct,
+        })
     }
 }
 
@@ -172,7 +243,10 @@ mod tests {
     }
 
     fn percent_decode(s: &str) -> String {
-        percent_encoding::percent_decode_str(s).decode_utf8().unwrap().into_owned()
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .unwrap()
+            .into_owned()
     }
 
     #[test]
@@ -183,19 +257,52 @@ mod tests {
         let q = query_of(&req.url);
         let hdr = |k: &str| req.headers.get(k).cloned();
         let ok = s.verify_put("audio/x", &q, hdr, 999).unwrap();
-        assert_eq!((ok.size, ok.sha256, ok.uploader.as_str()), (3, h, "session:ab"));
-        assert_eq!(s.verify_put("audio/x", &q, hdr, 1_001), Err(SignError::Expired));
-        assert_eq!(s.verify_put("audio/y", &q, hdr, 0), Err(SignError::BadSignature));
+        assert_eq!(
+            (ok.size, ok.sha256, ok.uploader.as_str()),
+            (3, h, "session:ab")
+        );
+        assert_eq!(
+            s.verify_put("audio/x", &q, hdr, 1_001),
+            Err(SignError::Expired)
+        );
+        assert_eq!(
+            s.verify_put("audio/y", &q, hdr, 0),
+            Err(SignError::BadSignature)
+        );
         let mut big = q.clone();
         big.insert("X-Size".into(), "4".into());
-        assert_eq!(s.verify_put("audio/x", &big, hdr, 0), Err(SignError::BadSignature));
+        assert_eq!(
+            s.verify_put("audio/x", &big, hdr, 0),
+            Err(SignError::BadSignature)
+        );
         let other = ContentHash::of(b"abd").to_base64();
-        let wrong_sum = |k: &str| if k == "x-amz-checksum-sha256" { Some(other.clone()) } else { hdr(k) };
-        assert_eq!(s.verify_put("audio/x", &q, wrong_sum, 0), Err(SignError::BadSignature));
-        let no_sum = |k: &str| if k == "x-amz-checksum-sha256" { None } else { hdr(k) };
-        assert!(matches!(s.verify_put("audio/x", &q, no_sum, 0), Err(SignError::HeaderMismatch(_))));
+        let wrong_sum = |k: &str| {
+            if k == "x-amz-checksum-sha256" {
+                Some(other.clone())
+            } else {
+                hdr(k)
+            }
+        };
+        assert_eq!(
+            s.verify_put("audio/x", &q, wrong_sum, 0),
+            Err(SignError::BadSignature)
+        );
+        let no_sum = |k: &str| {
+            if k == "x-amz-checksum-sha256" {
+                None
+            } else {
+                hdr(k)
+            }
+        };
+        assert!(matches!(
+            s.verify_put("audio/x", &q, no_sum, 0),
+            Err(SignError::HeaderMismatch(_))
+        ));
         let other_key = UrlSigner::new("http://127.0.0.1:3000", [8; 32]);
-        assert_eq!(other_key.verify_put("audio/x", &q, hdr, 0), Err(SignError::BadSignature));
+        assert_eq!(
+            other_key.verify_put("audio/x", &q, hdr, 0),
+            Err(SignError::BadSignature)
+        );
     }
 
     #[test]
@@ -205,6 +312,9 @@ mod tests {
         let mut q = query_of(&req.url);
         assert_eq!(s.verify_get("audio/x", &q, 10).unwrap().version, "v1");
         q.insert("X-Version".into(), "v2".into());
-        assert_eq!(s.verify_get("audio/x", &q, 10), Err(SignError::BadSignature));
+        assert_eq!(
+            s.verify_get("audio/x", &q, 10),
+            Err(SignError::BadSignature)
+        );
     }
 }
