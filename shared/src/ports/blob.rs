@@ -117,7 +117,7 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<ContentHash>, StoreError>> + Send;
 
     /// A PUT the client sends itself. Signed: checksum, length, uploader and no-overwrite.
-    fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError>;
+    fn presign_put(&self, req: &PresignPut) -> impl Future<Output = Result<SignedRequest, StoreError>> + Send;
 
     /// A short-lived GET of one exact version.
     fn presign_get(
@@ -126,7 +126,7 @@ pub trait BlobStore: Send + Sync + 'static {
         version: &str,
         content_type: &'static str,
         expires_in: Duration,
-    ) -> Result<SignedRequest, StoreError>;
+    ) -> impl Future<Output = Result<SignedRequest, StoreError>> + Send;
 
     /// Current objects in key order, one page at a time (the reconciler's orphan sweep).
     fn list(

@@ -26,7 +26,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         {
             return Err(not_found());
         }
-        let (url, url_expires_at) = self.download_url(&p.value)?;
+        let (url, url_expires_at) = self.download_url(&p.value).await?;
         Ok(AudioView {
             content_hash: *hash,
             format: p.value.format,

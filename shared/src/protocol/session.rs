@@ -90,7 +90,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             content_type: req.format.content_type(),
             uploader: keys::session_uploader(&rec.id),
             expires_in: self.cfg.session_ttl,
-        })?;
+        })
+        .await?;
         self.cas(|| self.open_step(&rec)).await?;
         Ok(UploadSession {
             session_id: rec.id.clone(),
@@ -260,7 +261,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         done.deduplicated = Some(true);
         txn.put_session(&done, cur.expect())?;
         Ok(if self.commit(txn).await? {
-            Step::Done(self.upload_result(&a, true)?)
+            Step::Done(self.upload_result(&a, true).await?)
         } else {
             Step::Lost
         })
@@ -273,7 +274,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     ) -> Result<UploadResult, DedupError> {
         match self.load_audio(hash).await? {
             Some(p) if p.value.state == AudioState::Active => {
-                self.upload_result(&p.value, deduplicated)
+                self.upload_result(&p.value, deduplicated).await
             }
             _ => Err(DedupError::not_found(
                 "audio_not_found",

@@ -66,7 +66,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     return Ok(Step::Lost);
                 }
                 Ok(Step::Done(
-                    self.upload_result(&a, !created.load(Ordering::SeqCst))?,
+                    self.upload_result(&a, !created.load(Ordering::SeqCst)).await?,
                 ))
             }
             AudioState::Deleting => {
@@ -117,7 +117,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     return Ok(Step::Lost);
                 }
                 Ok(Step::Done(
-                    self.upload_result(&a, !created.load(Ordering::SeqCst))?,
+                    self.upload_result(&a, !created.load(Ordering::SeqCst)).await?,
                 ))
             }
             AudioState::Gone => Ok(Step::Again),
@@ -207,12 +207,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         Ok(actual == Some(*hash))
     }
 
-    pub(super) fn upload_result(
+    pub(super) async fn upload_result(
         &self,
         a: &AudioRecord,
         deduplicated: bool,
     ) -> Result<UploadResult, DedupError> {
-        let (url, url_expires_at) = self.download_url(a)?;
+        let (url, url_expires_at) = self.download_url(a).await?;
         Ok(UploadResult {
             content_hash: a.hash,
             format: a.format,
@@ -224,14 +224,15 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         })
     }
 
-    pub(super) fn download_url(&self, a: &AudioRecord) -> Result<(String, i64), DedupError> {
+    pub(super) async fn download_url(&self, a: &AudioRecord) -> Result<(String, i64), DedupError> {
         let version = a.blob_version.as_deref().unwrap_or_default();
         let signed = self.blobs.presign_get(
             &self.blob_key(&a.hash),
             version,
             a.format.content_type(),
             self.cfg.download_ttl,
-        )?;
+        )
+        .await?;
         Ok((signed.url, signed.expires_at))
     }
 }

@@ -410,7 +410,7 @@ impl BlobStore for FsBlobStore {
         .await
     }
 
-    fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
+    async fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
         let expires_at = self.inner.clock.now_ms() + req.expires_in.as_millis() as i64;
         Ok(self.inner.signer.sign_put(
             &req.key,
@@ -422,7 +422,7 @@ impl BlobStore for FsBlobStore {
         ))
     }
 
-    fn presign_get(
+    async fn presign_get(
         &self,
         key: &str,
         version: &str,

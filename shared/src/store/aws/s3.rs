@@ -1,0 +1,263 @@
+//! `BlobStore` over a versioned, private S3 bucket. Puts are `If-None-Match: *` with the
+//! SHA-256 checksum, so S3 itself refuses a second writer (412) and a corrupted body
+//! (BadDigest). Deletes and reads name one exact `VersionId`. Presigned PUTs sign the
+//! checksum, length, content type, uploader metadata and the no-overwrite condition.
+
+use std::time::Duration;
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ChecksumMode;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use crate::domain::{ContentHash, SignedRequest, StreamingHasher};
+use crate::error::StoreError;
+use crate::ports::{BlobBody, BlobStore, ObjectMeta, ObjectPage, PresignPut, PutOutcome, PutRequest};
+
+const UPLOADER_META: &str = "uploader";
+/// S3 SigV4 allows at most 7 days; we never sign for longer than this.
+const MAX_PRESIGN: Duration = Duration::from_secs(60 * 60);
+
+#[derive(Clone)]
+pub struct S3Blobs {
+    client: Client,
+    bucket: String,
+    /// Only keys under this prefix are listed by the orphan sweep.
+    list_prefix: String,
+}
+
+fn status_of<E, R: HttpStatus>(e: &SdkError<E, R>) -> Option<u16> {
+    match e {
+        SdkError::ServiceError(se) => Some(se.raw().status_code()),
+        _ => None,
+    }
+}
+
+trait HttpStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn backend<E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static>(
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError {
+    let status = status_of(&e);
+    let text = DisplayErrorContext(&e).to_string();
+    match (status, &e) {
+        (Some(500..=599), _) | (_, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => StoreError::Unavailable(text),
+        _ => StoreError::Backend(text.into()),
+    }
+}
+
+fn presign_config(ttl: Duration) -> Result<PresigningConfig, StoreError> {
+    PresigningConfig::expires_in(ttl.min(MAX_PRESIGN)).map_err(StoreError::backend)
+}
+
+fn signed(p: aws_sdk_s3::presigning::PresignedRequest, ttl: Duration, now_ms: i64) -> SignedRequest {
+    SignedRequest {
+        url: p.uri().to_owned(),
+        method: p.method().to_owned(),
+        headers: p.headers().map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned())).collect(),
+        expires_at: now_ms + ttl.min(MAX_PRESIGN).as_millis() as i64,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl S3Blobs {
+    pub fn new(client: Client, bucket: impl Into<String>, list_prefix: impl Into<String>) -> Self {
+        Self { client, bucket: bucket.into(), list_prefix: list_prefix.into() }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Creates the bucket with versioning on (tests against moto; production: the template).
+    pub async fn create_bucket(&self) -> Result<(), StoreError> {
+        self.client.create_bucket().bucket(&self.bucket).send().await.map_err(backend)?;
+        self.client
+            .put_bucket_versioning()
+            .bucket(&self.bucket)
+            .versioning_configuration(
+                aws_sdk_s3::types::VersioningConfiguration::builder()
+                    .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn meta_from_head(
+        key: &str,
+        out: &aws_sdk_s3::operation::head_object::HeadObjectOutput,
+    ) -> Result<ObjectMeta, StoreError> {
+        let version = out.version_id().ok_or_else(|| StoreError::Corrupt {
+            key: key.to_owned(),
+            reason: "object has no version id; is bucket versioning on?".into(),
+        })?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            version: version.to_owned(),
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            sha256: out.checksum_sha256().and_then(|c| ContentHash::from_base64(c).ok()),
+            uploader: out.metadata().and_then(|m| m.get(UPLOADER_META)).cloned(),
+            last_modified: out.last_modified().map_or(0, |t| t.to_millis().unwrap_or(0)),
+        })
+    }
+}
+
+impl BlobStore for S3Blobs {
+    async fn put_if_absent(&self, req: PutRequest) -> Result<PutOutcome, StoreError> {
+        let body = match &req.body {
+            BlobBody::File(p) => ByteStream::from_path(p).await.map_err(StoreError::backend)?,
+            BlobBody::Bytes(b) => ByteStream::from(b.clone()),
+        };
+        let res = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&req.key)
+            .body(body)
+            .content_length(req.size as i64)
+            .content_type(req.content_type)
+            .checksum_sha256(req.sha256.to_base64())
+            .if_none_match("*")
+            .metadata(UPLOADER_META, &req.uploader)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(PutOutcome::Created { version: out.version_id().unwrap_or_default().to_owned() }),
+            // 412: an object exists. 409: a concurrent conditional write; treat as exists and
+            // let the caller `head` (and retry if the other write did not land).
+            Err(e) if matches!(status_of(&e), Some(412 | 409)) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        let res = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Some(Self::meta_from_head(key, &out)?)),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found()) || status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete_version(&self, key: &str, version: &str) -> Result<(), StoreError> {
+        let res = self.client.delete_object().bucket(&self.bucket).key(key).version_id(version).send().await;
+        match res {
+            Ok(_) => Ok(()),
+            // Already gone (or never was): deleting is idempotent.
+            Err(e) if matches!(status_of(&e), Some(404)) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn read_range(&self, key: &str, version: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
+        if length == 0 {
+            return Ok(Some(Bytes::new()));
+        }
+        let res = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .version_id(version)
+            .range(format!("bytes={}-{}", offset, offset + length - 1))
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Some(out.body.collect().await.map_err(StoreError::backend)?.into_bytes())),
+            Err(e) if matches!(status_of(&e), Some(404 | 416 | 400)) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn stream_sha256(&self, key: &str, version: &str) -> Result<Option<ContentHash>, StoreError> {
+        let res = self.client.get_object().bucket(&self.bucket).key(key).version_id(version).send().await;
+        let mut out = match res {
+            Ok(out) => out,
+            Err(e) if matches!(status_of(&e), Some(404 | 400)) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        let mut hasher = StreamingHasher::new();
+        while let Some(chunk) = out.body.try_next().await.map_err(StoreError::backend)? {
+            hasher.update(&chunk);
+        }
+        Ok(Some(hasher.finish().0))
+    }
+
+    async fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
+        // aws-sdk-rust#1103: set only `checksum_sha256`, not `checksum_algorithm`, or the
+        // value is dropped from the signed headers.
+        let p = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&req.key)
+            .content_length(req.size as i64)
+            .content_type(req.content_type)
+            .checksum_sha256(req.sha256.to_base64())
+            .if_none_match("*")
+            .metadata(UPLOADER_META, &req.uploader)
+            .presigned(presign_config(req.expires_in)?)
+            .await
+            .map_err(backend)?;
+        Ok(signed(p, req.expires_in, now_ms()))
+    }
+
+    async fn presign_get(&self, key: &str, version: &str, content_type: &'static str, ttl: Duration) -> Result<SignedRequest, StoreError> {
+        let p = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .version_id(version)
+            .response_content_type(content_type)
+            .presigned(presign_config(ttl)?)
+            .await
+            .map_err(backend)?;
+        Ok(signed(p, ttl, now_ms()))
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<ObjectPage, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.list_prefix)
+            .set_start_after(after.map(str::to_owned))
+            .max_keys(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(backend)?;
+        let mut objects = Vec::new();
+        for o in out.contents() {
+            let Some(key) = o.key() else { continue };
+            if let Some(meta) = self.head(key).await? {
+                objects.push(meta);
+            }
+        }
+        let next = if out.is_truncated().unwrap_or(false) { out.contents().last().and_then(|o| o.key()).map(str::to_owned) } else { None };
+        Ok(ObjectPage { objects, next })
+    }
+}
