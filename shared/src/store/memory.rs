@@ -85,6 +85,7 @@ struct IndexState {
 pub struct MemoryIndex {
     state: Arc<Mutex<IndexState>>,
     hook: Arc<dyn FaultHook>,
+    writes: Arc<AtomicU64>,
 }
 
 impl Default for MemoryIndex {
@@ -98,7 +99,14 @@ impl MemoryIndex {
         Self {
             state: Arc::default(),
             hook,
+            writes: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many transactions have committed so far (lost responses included). A simulation
+    /// compares it between checks to skip re-checking a state that has not changed.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
     }
 
     /// Every item, for invariant checks and before/after comparisons.
@@ -199,6 +207,7 @@ impl TransactionalIndex for MemoryIndex {
                 }
             }
         }
+        self.writes.fetch_add(1, Ordering::SeqCst);
         drop(s);
         if f == Fault::LoseResponse {
             return Err(TxnError::Store(lost(Op::IndexTransact)));
@@ -226,6 +235,7 @@ pub struct MemoryBlobs {
     state: Arc<Mutex<BlobState>>,
     next: Arc<AtomicU64>,
     hook: Arc<dyn FaultHook>,
+    writes: Arc<AtomicU64>,
 }
 
 impl Default for MemoryBlobs {
@@ -240,15 +250,37 @@ impl MemoryBlobs {
             state: Arc::default(),
             next: Arc::new(AtomicU64::new(1)),
             hook,
+            writes: Arc::new(AtomicU64::new(0)),
         }
     }
 
+    /// Takes every queued event, oldest first. The caller decides what reaches the protocol
+    /// (and when, how often, in what order).
     pub fn take_events(&self) -> Vec<BlobEvent> {
         std::mem::take(&mut lock(&self.state).events)
     }
 
+    /// How many events are queued and not yet taken.
+    pub fn pending_events(&self) -> usize {
+        lock(&self.state).events.len()
+    }
+
     pub fn objects(&self) -> Vec<(ObjectMeta, Bytes)> {
         lock(&self.state).objects.values().cloned().collect()
+    }
+
+    /// The current objects' metadata, in key order (what the invariant checkers take).
+    pub fn metas(&self) -> Vec<ObjectMeta> {
+        lock(&self.state)
+            .objects
+            .values()
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// How many objects have been created or deleted so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
     }
 
     /// What a client's signed PUT does: store if absent, as `uploader`, checksum verified.
@@ -279,6 +311,7 @@ impl MemoryBlobs {
             last_modified: 0,
         };
         s.objects.insert(key.to_owned(), (meta, bytes));
+        self.writes.fetch_add(1, Ordering::SeqCst);
         s.events.push(BlobEvent::Created {
             key: key.to_owned(),
             version: version.clone(),
@@ -322,6 +355,7 @@ impl BlobStore for MemoryBlobs {
                 .is_some_and(|(m, _)| m.version == version)
             {
                 s.objects.remove(key);
+                self.writes.fetch_add(1, Ordering::SeqCst);
                 let n = self.next.fetch_add(1, Ordering::SeqCst);
                 s.events.push(BlobEvent::Removed {
                     key: key.to_owned(),
@@ -370,7 +404,7 @@ impl BlobStore for MemoryBlobs {
             .map(|(_, b)| ContentHash::of(b)))
     }
 
-    fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
+    async fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
         Ok(SignedRequest {
             url: format!("mem://{}?uploader={}", req.key, req.uploader),
             method: "PUT".into(),
@@ -379,7 +413,7 @@ impl BlobStore for MemoryBlobs {
         })
     }
 
-    fn presign_get(
+    async fn presign_get(
         &self,
         key: &str,
         version: &str,
