@@ -284,6 +284,20 @@ fn apply_one(conn: &Connection, ops: &[WriteOp]) -> Result<(), TxnError> {
     Ok(())
 }
 
+impl SqliteIndex {
+    /// Every item and the summed counters of partition `counters_pk` (tests and tooling).
+    pub async fn dump(&self, counters_pk: &str) -> Result<(Vec<Item>, BTreeMap<String, i64>), StoreError> {
+        let items = self
+            .read(|c| {
+                let mut stmt = c.prepare(&format!("SELECT {COLS} FROM items ORDER BY pk, sk"))?;
+                let rows = stmt.query_map([], row_item)?;
+                rows.collect()
+            })
+            .await?;
+        Ok((items, self.counters(counters_pk).await?))
+    }
+}
+
 impl TransactionalIndex for SqliteIndex {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
         let key = key.clone();
