@@ -4,6 +4,8 @@
 mod auth;
 mod error;
 mod extract;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 mod openapi;
 mod routes;
 mod spool;

@@ -50,9 +50,17 @@ impl Aws {
         index.create_table().await.expect("create table");
         let blobs = S3Blobs::new(s3, format!("audio-dedup-{unique}"), "prod/audio/");
         blobs.create_bucket().await.expect("create bucket");
-        let cfg = DedupConfig { key_prefix: "prod/".into(), ..DedupConfig::default() };
+        let cfg = DedupConfig {
+            key_prefix: "prod/".into(),
+            ..DedupConfig::default()
+        };
         let d = Dedup::new(blobs.clone(), index.clone(), cfg);
-        Some(Self { d, index, blobs, http: reqwest::Client::new() })
+        Some(Self {
+            d,
+            index,
+            blobs,
+            http: reqwest::Client::new(),
+        })
     }
 }
 
@@ -130,13 +138,36 @@ async fn presigned_put_signs_the_checksum_length_and_no_overwrite() {
     let signed_headers = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("X-Amz-SignedHeaders="))
-        .map(|v| percent_encoding::percent_decode_str(v).decode_utf8().unwrap().into_owned())
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .unwrap()
+                .into_owned()
+        })
         .expect("X-Amz-SignedHeaders");
-    for h in ["x-amz-checksum-sha256", "content-length", "if-none-match", "x-amz-meta-uploader", "content-type"] {
-        assert!(signed_headers.split(';').any(|s| s == h), "{h} not signed: {signed_headers}");
+    for h in [
+        "x-amz-checksum-sha256",
+        "content-length",
+        "if-none-match",
+        "x-amz-meta-uploader",
+        "content-type",
+    ] {
+        assert!(
+            signed_headers.split(';').any(|s| s == h),
+            "{h} not signed: {signed_headers}"
+        );
     }
     assert_eq!(signed.headers["x-amz-checksum-sha256"], hash.to_base64());
     assert!(query.contains("X-Amz-Expires=900"));
-    let get = env.blobs.presign_get("prod/audio/x", "v1", "audio/mpeg", std::time::Duration::from_secs(600)).await.unwrap();
+    let get = env
+        .blobs
+        .presign_get(
+            "prod/audio/x",
+            "v1",
+            "audio/mpeg",
+            std::time::Duration::from_secs(600),
+        )
+        .await
+        .unwrap();
     assert!(get.url.contains("X-Amz-Expires=600") && get.url.contains("versionId=v1"));
 }

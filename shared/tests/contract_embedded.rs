@@ -5,7 +5,9 @@ mod contract;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use audio_dedup_core::ports::{BlobBody, BlobStore, Item, ObjectMeta, PutOutcome, PutRequest, SystemClock};
+use audio_dedup_core::ports::{
+    BlobBody, BlobStore, Item, ObjectMeta, PutOutcome, PutRequest, SystemClock,
+};
 use audio_dedup_core::protocol::keys;
 use audio_dedup_core::store::embedded::{FsBlobStore, SqliteIndex, Synchronous, UrlSigner};
 use audio_dedup_core::{Dedup, DedupConfig, SignedRequest};
@@ -22,10 +24,21 @@ impl Embedded {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let signer = UrlSigner::new("http://127.0.0.1:9", [3; 32]);
-        let blobs = FsBlobStore::open(&dir.path().join("blobs"), signer, None, Arc::new(SystemClock)).unwrap();
+        let blobs = FsBlobStore::open(
+            &dir.path().join("blobs"),
+            signer,
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap();
         let index = SqliteIndex::open(&dir.path().join("index.sqlite"), Synchronous::Full).unwrap();
         let d = Dedup::new(blobs.clone(), index.clone(), DedupConfig::default());
-        Self { d, index, blobs, _dir: dir }
+        Self {
+            d,
+            index,
+            blobs,
+            _dir: dir,
+        }
     }
 }
 
@@ -44,13 +57,28 @@ impl Env for Embedded {
         let q: BTreeMap<String, String> = query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), percent_encoding::percent_decode_str(v).decode_utf8().unwrap().into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8()
+                        .unwrap()
+                        .into_owned(),
+                )
+            })
             .collect();
-        let grant = match self.blobs.signer().verify_put(key, &q, |h| req.headers.get(h).cloned(), 0) {
-            Ok(g) => g,
-            Err(_) => return 403,
-        };
-        if audio_dedup_core::ContentHash::of(&body) != grant.sha256 || body.len() as u64 != grant.size {
+        let grant =
+            match self
+                .blobs
+                .signer()
+                .verify_put(key, &q, |h| req.headers.get(h).cloned(), 0)
+            {
+                Ok(g) => g,
+                Err(_) => return 403,
+            };
+        if audio_dedup_core::ContentHash::of(&body) != grant.sha256
+            || body.len() as u64 != grant.size
+        {
             return 400;
         }
         let put = PutRequest {

@@ -564,3 +564,64 @@ async fn concurrent_uploads_and_reference_churn_keep_counts_exact() {
     h.d.reconcile().await.unwrap();
     h.check();
 }
+
+#[tokio::test]
+async fn an_upload_whose_session_reference_was_removed_is_still_adopted() {
+    let h = harness();
+    let data = Bytes::from_static(b"adopt me anyway");
+    let hash = ContentHash::of(&data);
+    let m1 = PendingReference {
+        kind: ReferenceKind::Message,
+        ref_id: rid("m1"),
+    };
+    let s =
+        h.d.open_session(SessionRequest {
+            owner: user("alice"),
+            hash,
+            size: data.len() as u64,
+            format: AudioFormat::Mp3,
+            reference: Some(m1.clone()),
+        })
+        .await
+        .unwrap();
+    // Meanwhile the same reference is used and removed through a direct upload.
+    h.upload("alice", &data, Some("m1")).await.unwrap();
+    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+        .await
+        .unwrap();
+    // A new session cannot name the removed reference at all.
+    let again = SessionRequest {
+        owner: user("alice"),
+        hash,
+        size: data.len() as u64,
+        format: AudioFormat::Mp3,
+        reference: Some(m1),
+    };
+    assert_eq!(
+        h.d.open_session(again).await.unwrap_err().code(),
+        "reference_removed"
+    );
+    // The first session's PUT lands; its event adopts the object without the dead reference.
+    h.blobs.client_put(
+        &keys::blob_key("", &hash),
+        data,
+        &keys::session_uploader(&s.session_id),
+    );
+    h.deliver_events().await;
+    let r =
+        h.d.complete(CompleteRequest {
+            owner: user("alice"),
+            hash,
+            session_id: s.session_id,
+            proof: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.state, AudioState::Active);
+    assert_eq!(h.d.stats().await.unwrap().total_references, 0);
+    h.check();
+    h.clock.advance(Duration::from_secs(2 * 24 * 3600));
+    h.d.reconcile().await.unwrap();
+    h.check();
+    h.settled();
+}

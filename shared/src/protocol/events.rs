@@ -4,6 +4,7 @@
 //! every decision is made from the current object's exact version (an event for another
 //! version is ignored), never from the event's order.
 
+use super::references::Attach;
 use super::{keys, Dedup, Step};
 use crate::domain::{AudioState, ContentHash, SessionRecord, SessionState};
 use crate::error::DedupError;
@@ -95,8 +96,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 };
                 let mut a = p.value.clone();
                 let mut txn = self.txn();
-                self.plan_attach(&mut txn, &mut a, &s.value.owner, s.value.reference.as_ref())
-                    .await?;
+                self.plan_attach(
+                    &mut txn,
+                    &mut a,
+                    &s.value.owner,
+                    s.value.reference.as_ref(),
+                    Attach::Lenient,
+                )
+                .await?;
                 self.put_or_check_audio(&mut txn, a, &p)?;
                 let mut done = s.value.clone();
                 done.state = SessionState::Completed;
@@ -140,8 +147,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     (AudioState::Active, a.size),
                 );
                 if let Some(s) = &session {
-                    self.plan_attach(&mut txn, &mut a, &s.value.owner, s.value.reference.as_ref())
-                        .await?;
+                    self.plan_attach(
+                        &mut txn,
+                        &mut a,
+                        &s.value.owner,
+                        s.value.reference.as_ref(),
+                        Attach::Lenient,
+                    )
+                    .await?;
                     let mut done = s.value.clone();
                     done.state = SessionState::Completed;
                     done.deduplicated = Some(false);

@@ -16,6 +16,12 @@ use crate::domain::{
 use crate::error::DedupError;
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Attach {
+    Strict,
+    Lenient,
+}
+
 fn view(r: &ReferenceRecord) -> ReferenceView {
     ReferenceView {
         content_hash: r.hash,
@@ -154,12 +160,16 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// Grants `owner` possession of active record `a` and plans the optional reference.
+    /// `Attach::Strict` fails on a conflicting reference (the caller is waiting for the
+    /// answer); `Attach::Lenient` (events, sweeps) skips it, so an upload can always be
+    /// adopted even if its session's reference was removed meanwhile.
     pub(super) async fn plan_attach(
         &self,
         txn: &mut Txn,
         a: &mut AudioRecord,
         owner: &UserId,
         reference: Option<&PendingReference>,
+        mode: Attach,
     ) -> Result<Option<ReferenceView>, DedupError> {
         let key = keys::holder(&a.hash, owner);
         let holder = self.load::<HolderRecord>(&key).await?;
@@ -171,9 +181,32 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             };
             txn.put_holder(&a.hash, &rec, expect_of(holder.as_ref()))?;
         }
+        let Some(wanted) = reference else {
+            return Ok(None);
+        };
+        match self.plan_reference(txn, a, owner, wanted).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e @ DedupError::Conflict { .. }) if mode == Attach::Lenient => {
+                tracing::warn!(hash = %a.hash, %owner, ref_id = %wanted.ref_id, error = %e, "pending reference not attached");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Refuses a reference that can never be attached (removed, or another kind).
+    pub(super) async fn check_reference_usable(
+        &self,
+        hash: &ContentHash,
+        owner: &UserId,
+        reference: Option<&PendingReference>,
+    ) -> Result<(), DedupError> {
         match reference {
-            Some(wanted) => Ok(Some(self.plan_reference(txn, a, owner, wanted).await?)),
-            None => Ok(None),
+            Some(wanted) => self
+                .existing_reference(hash, owner, wanted)
+                .await
+                .map(|_| ()),
+            None => Ok(()),
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::references::Attach;
 use super::{keys, ms, Dedup, Step};
 use crate::domain::{
     AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference,
@@ -67,6 +68,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 format!("size must be between 1 and {MAX_SESSION_SIZE} bytes"),
             ));
         }
+        self.check_reference_usable(&req.hash, &req.owner, req.reference.as_ref())
+            .await?;
         let now = self.now();
         let mut id = [0u8; 16];
         self.entropy.fill(&mut id);
@@ -83,15 +86,17 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             expires_at: now + ms(self.cfg.session_ttl),
             deduplicated: None,
         };
-        let upload = self.blobs.presign_put(&PresignPut {
-            key: self.blob_key(&req.hash),
-            sha256: req.hash,
-            size: req.size,
-            content_type: req.format.content_type(),
-            uploader: keys::session_uploader(&rec.id),
-            expires_in: self.cfg.session_ttl,
-        })
-        .await?;
+        let upload = self
+            .blobs
+            .presign_put(&PresignPut {
+                key: self.blob_key(&req.hash),
+                sha256: req.hash,
+                size: req.size,
+                content_type: req.format.content_type(),
+                uploader: keys::session_uploader(&rec.id),
+                expires_in: self.cfg.session_ttl,
+            })
+            .await?;
         self.cas(|| self.open_step(&rec)).await?;
         Ok(UploadSession {
             session_id: rec.id.clone(),
@@ -249,8 +254,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
         let mut a = p.value.clone();
         let mut txn = self.txn();
-        self.plan_attach(&mut txn, &mut a, &s.owner, s.reference.as_ref())
-            .await?;
+        self.plan_attach(
+            &mut txn,
+            &mut a,
+            &s.owner,
+            s.reference.as_ref(),
+            Attach::Strict,
+        )
+        .await?;
         self.put_or_check_audio(&mut txn, a.clone(), &p)?;
         let sess_key = keys::session(&s.hash, &s.id);
         let Some(cur) = self.load::<SessionRecord>(&sess_key).await? else {

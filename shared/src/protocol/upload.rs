@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::references::Attach;
 use super::{keys, ms, Dedup, Step, Versioned};
 use crate::domain::{
     AudioFormat, AudioRecord, AudioState, ContentHash, PendingReference, UploadResult, UserId,
@@ -59,14 +60,21 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             AudioState::Active => {
                 let mut a = p.value.clone();
                 let mut txn = self.txn();
-                self.plan_attach(&mut txn, &mut a, &up.owner, up.reference.as_ref())
-                    .await?;
+                self.plan_attach(
+                    &mut txn,
+                    &mut a,
+                    &up.owner,
+                    up.reference.as_ref(),
+                    Attach::Strict,
+                )
+                .await?;
                 self.put_or_check_audio(&mut txn, a.clone(), p)?;
                 if !self.commit(txn).await? {
                     return Ok(Step::Lost);
                 }
                 Ok(Step::Done(
-                    self.upload_result(&a, !created.load(Ordering::SeqCst)).await?,
+                    self.upload_result(&a, !created.load(Ordering::SeqCst))
+                        .await?,
                 ))
             }
             AudioState::Deleting => {
@@ -110,14 +118,21 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     Some((AudioState::PendingUpload, 0)),
                     (AudioState::Active, a.size),
                 );
-                self.plan_attach(&mut txn, &mut a, &up.owner, up.reference.as_ref())
-                    .await?;
+                self.plan_attach(
+                    &mut txn,
+                    &mut a,
+                    &up.owner,
+                    up.reference.as_ref(),
+                    Attach::Strict,
+                )
+                .await?;
                 txn.put_audio(&a, Some(p))?;
                 if !self.commit(txn).await? {
                     return Ok(Step::Lost);
                 }
                 Ok(Step::Done(
-                    self.upload_result(&a, !created.load(Ordering::SeqCst)).await?,
+                    self.upload_result(&a, !created.load(Ordering::SeqCst))
+                        .await?,
                 ))
             }
             AudioState::Gone => Ok(Step::Again),
@@ -226,13 +241,15 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 
     pub(super) async fn download_url(&self, a: &AudioRecord) -> Result<(String, i64), DedupError> {
         let version = a.blob_version.as_deref().unwrap_or_default();
-        let signed = self.blobs.presign_get(
-            &self.blob_key(&a.hash),
-            version,
-            a.format.content_type(),
-            self.cfg.download_ttl,
-        )
-        .await?;
+        let signed = self
+            .blobs
+            .presign_get(
+                &self.blob_key(&a.hash),
+                version,
+                a.format.content_type(),
+                self.cfg.download_ttl,
+            )
+            .await?;
         Ok((signed.url, signed.expires_at))
     }
 }

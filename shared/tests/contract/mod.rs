@@ -5,8 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use audio_dedup_core::ports::{BlobBody, BlobEvent, BlobStore, Item, ObjectMeta, TransactionalIndex};
-use audio_dedup_core::protocol::{invariants, keys, proof_for, CompleteRequest, DirectUpload, SessionRequest};
+use audio_dedup_core::ports::{
+    BlobBody, BlobEvent, BlobStore, Item, ObjectMeta, TransactionalIndex,
+};
+use audio_dedup_core::protocol::{
+    invariants, keys, proof_for, CompleteRequest, DirectUpload, SessionRequest,
+};
 use audio_dedup_core::*;
 use bytes::Bytes;
 
@@ -15,8 +19,14 @@ pub trait Env {
     type I: TransactionalIndex;
     fn dedup(&self) -> &Dedup<Self::B, Self::I>;
     /// Sends a signed PUT as a client would; returns the HTTP status.
-    fn client_put(&self, req: &SignedRequest, body: Vec<u8>) -> impl std::future::Future<Output = u16>;
-    fn snapshot(&self) -> impl std::future::Future<Output = (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>)>;
+    fn client_put(
+        &self,
+        req: &SignedRequest,
+        body: Vec<u8>,
+    ) -> impl std::future::Future<Output = u16>;
+    fn snapshot(
+        &self,
+    ) -> impl std::future::Future<Output = (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>)>;
 }
 
 pub fn user(s: &str) -> UserId {
@@ -28,12 +38,19 @@ pub fn rid(s: &str) -> ReferenceId {
 }
 
 pub fn bytes_of(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 pub async fn assert_safe<E: Env>(env: &E) {
     let (items, objects, counters) = env.snapshot().await;
-    let bad = invariants::safety(&items, &objects, &counters, &env.dedup().config().key_prefix);
+    let bad = invariants::safety(
+        &items,
+        &objects,
+        &counters,
+        &env.dedup().config().key_prefix,
+    );
     assert!(bad.is_empty(), "invariants broken: {bad:#?}");
 }
 
@@ -43,7 +60,12 @@ pub async fn assert_settled<E: Env>(env: &E) {
     assert!(bad.is_empty(), "not settled: {bad:#?}");
 }
 
-async fn direct<E: Env>(env: &E, owner: &str, data: &[u8], reference: Option<&str>) -> UploadResult {
+async fn direct<E: Env>(
+    env: &E,
+    owner: &str,
+    data: &[u8],
+    reference: Option<&str>,
+) -> UploadResult {
     env.dedup()
         .upload_direct(DirectUpload {
             owner: user(owner),
@@ -51,7 +73,10 @@ async fn direct<E: Env>(env: &E, owner: &str, data: &[u8], reference: Option<&st
             hash: ContentHash::of(data),
             size: data.len() as u64,
             body: BlobBody::Bytes(Bytes::copy_from_slice(data)),
-            reference: reference.map(|r| PendingReference { kind: ReferenceKind::Message, ref_id: rid(r) }),
+            reference: reference.map(|r| PendingReference {
+                kind: ReferenceKind::Message,
+                ref_id: rid(r),
+            }),
         })
         .await
         .expect("direct upload")
@@ -63,19 +88,36 @@ pub async fn dedup_then_delete_with_last_reference<E: Env>(env: &E) {
     let hash = ContentHash::of(&data);
     assert!(!direct(env, "alice", &data, Some("m1")).await.deduplicated);
     assert!(direct(env, "bob", &data, Some("m2")).await.deduplicated);
-    assert!(direct(env, "bob", &data, Some("m2")).await.deduplicated, "retry is a no-op");
-    d.add_reference(&user("alice"), &hash, &rid("lib"), ReferenceKind::Library).await.unwrap();
-    d.add_reference(&user("alice"), &hash, &rid("lib"), ReferenceKind::Library).await.unwrap();
+    assert!(
+        direct(env, "bob", &data, Some("m2")).await.deduplicated,
+        "retry is a no-op"
+    );
+    d.add_reference(&user("alice"), &hash, &rid("lib"), ReferenceKind::Library)
+        .await
+        .unwrap();
+    d.add_reference(&user("alice"), &hash, &rid("lib"), ReferenceKind::Library)
+        .await
+        .unwrap();
     let s = d.stats().await.unwrap();
-    assert_eq!((s.unique_files, s.total_references, s.stored_bytes), (1, 3, 70_000));
+    assert_eq!(
+        (s.unique_files, s.total_references, s.stored_bytes),
+        (1, 3, 70_000)
+    );
     assert_safe(env).await;
     let key = keys::blob_key(&d.config().key_prefix, &hash);
     for (who, r) in [("alice", "m1"), ("bob", "m2"), ("alice", "lib")] {
         assert!(d.blobs().head(&key).await.unwrap().is_some());
-        d.remove_reference(&user(who), &hash, &rid(r)).await.unwrap();
-        d.remove_reference(&user(who), &hash, &rid(r)).await.unwrap();
+        d.remove_reference(&user(who), &hash, &rid(r))
+            .await
+            .unwrap();
+        d.remove_reference(&user(who), &hash, &rid(r))
+            .await
+            .unwrap();
     }
-    assert!(d.blobs().head(&key).await.unwrap().is_none(), "deleted with the last reference");
+    assert!(
+        d.blobs().head(&key).await.unwrap().is_none(),
+        "deleted with the last reference"
+    );
     assert_eq!(d.stats().await.unwrap().unique_files, 0);
     assert_safe(env).await;
     assert_settled(env).await;
@@ -91,30 +133,74 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
             hash,
             size: data.len() as u64,
             format: AudioFormat::Wav,
-            reference: Some(PendingReference { kind: ReferenceKind::Message, ref_id: rid("m1") }),
+            reference: Some(PendingReference {
+                kind: ReferenceKind::Message,
+                ref_id: rid("m1"),
+            }),
         })
         .await
         .unwrap();
     assert_eq!(s.upload.method, "PUT");
-    let done = CompleteRequest { owner: user("alice"), hash, session_id: s.session_id.clone(), proof: None };
-    assert_eq!(d.complete(done.clone()).await.unwrap_err().code(), "upload_required");
+    let done = CompleteRequest {
+        owner: user("alice"),
+        hash,
+        session_id: s.session_id.clone(),
+        proof: None,
+    };
+    assert_eq!(
+        d.complete(done.clone()).await.unwrap_err().code(),
+        "upload_required"
+    );
     assert_eq!(env.client_put(&s.upload, data.clone()).await, 200);
-    assert_eq!(env.client_put(&s.upload, data.clone()).await, 412, "signed PUTs never overwrite");
+    assert_eq!(
+        env.client_put(&s.upload, data.clone()).await,
+        412,
+        "signed PUTs never overwrite"
+    );
     let r = d.complete(done.clone()).await.unwrap();
-    assert_eq!((r.deduplicated, r.state, r.size), (false, AudioState::Active, 200_000));
+    assert_eq!(
+        (r.deduplicated, r.state, r.size),
+        (false, AudioState::Active, 200_000)
+    );
     assert_eq!(d.complete(done).await.unwrap().content_hash, hash);
     assert_eq!(d.stats().await.unwrap().total_references, 1);
     // Bob claims it by proof, without the bytes.
     let s2 = d
-        .open_session(SessionRequest { owner: user("bob"), hash, size: 200_000, format: AudioFormat::Wav, reference: None })
+        .open_session(SessionRequest {
+            owner: user("bob"),
+            hash,
+            size: 200_000,
+            format: AudioFormat::Wav,
+            reference: None,
+        })
         .await
         .unwrap();
-    let bob = CompleteRequest { owner: user("bob"), hash, session_id: s2.session_id.clone(), proof: None };
-    assert_eq!(d.complete(bob.clone()).await.unwrap_err().code(), "upload_required");
-    let chunks: Vec<&[u8]> =
-        s2.challenge.ranges.iter().map(|r| &data[r.offset as usize..(r.offset + r.length) as usize]).collect();
+    let bob = CompleteRequest {
+        owner: user("bob"),
+        hash,
+        session_id: s2.session_id.clone(),
+        proof: None,
+    };
+    assert_eq!(
+        d.complete(bob.clone()).await.unwrap_err().code(),
+        "upload_required"
+    );
+    let chunks: Vec<&[u8]> = s2
+        .challenge
+        .ranges
+        .iter()
+        .map(|r| &data[r.offset as usize..(r.offset + r.length) as usize])
+        .collect();
     let proof = proof_for(&s2.challenge.nonce, chunks);
-    assert!(d.complete(CompleteRequest { proof: Some(proof), ..bob }).await.unwrap().deduplicated);
+    assert!(
+        d.complete(CompleteRequest {
+            proof: Some(proof),
+            ..bob
+        })
+        .await
+        .unwrap()
+        .deduplicated
+    );
     assert!(d.describe(&user("bob"), &hash).await.is_ok());
     assert_safe(env).await;
 }
@@ -129,18 +215,33 @@ pub async fn created_event_completes_first_and_complete_is_a_noop<E: Env>(env: &
             hash,
             size: 5_000,
             format: AudioFormat::Ogg,
-            reference: Some(PendingReference { kind: ReferenceKind::Library, ref_id: rid("l1") }),
+            reference: Some(PendingReference {
+                kind: ReferenceKind::Library,
+                ref_id: rid("l1"),
+            }),
         })
         .await
         .unwrap();
     assert_eq!(env.client_put(&s.upload, data).await, 200);
     let key = keys::blob_key(&d.config().key_prefix, &hash);
     let meta = d.blobs().head(&key).await.unwrap().expect("stored");
-    let event = BlobEvent::Created { key: key.clone(), version: meta.version.clone(), sequencer: "1".into() };
+    let event = BlobEvent::Created {
+        key: key.clone(),
+        version: meta.version.clone(),
+        sequencer: "1".into(),
+    };
     d.on_blob_event(&event).await.unwrap();
     d.on_blob_event(&event).await.unwrap();
     assert_eq!(d.stats().await.unwrap().total_references, 1);
-    let r = d.complete(CompleteRequest { owner: user("carol"), hash, session_id: s.session_id, proof: None }).await.unwrap();
+    let r = d
+        .complete(CompleteRequest {
+            owner: user("carol"),
+            hash,
+            session_id: s.session_id,
+            proof: None,
+        })
+        .await
+        .unwrap();
     assert!(!r.deduplicated);
     assert_eq!(d.stats().await.unwrap().total_references, 1);
     assert_safe(env).await;
