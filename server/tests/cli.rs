@@ -27,7 +27,14 @@ fn refuses_to_start_without_a_token_table() {
 fn dev_mode_prints_a_token_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = bin()
-        .args(["--dev", "--addr", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .args([
+            "--dev",
+            "--addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env_remove("AUDIO_DEDUP_TOKENS")
         .stdout(Stdio::piped())
@@ -47,8 +54,14 @@ fn dev_mode_prints_a_token_serves_and_stops_on_sigterm() {
             }
         }
     }
-    let (token, addr) = (token.expect("token printed"), addr.expect("listening line logged"));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (token, addr) = (
+        token.expect("token printed"),
+        addr.expect("listening line logged"),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let status = rt.block_on(async {
         let c = reqwest_like_get(&format!("http://{addr}/v1/audio/stats"), Some(&token)).await;
         let unauth = reqwest_like_get(&format!("http://{addr}/v1/audio/stats"), None).await;
@@ -56,7 +69,10 @@ fn dev_mode_prints_a_token_serves_and_stops_on_sigterm() {
     });
     assert_eq!(status, (200, 401));
     assert!(dir.path().join("index.sqlite").exists());
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -74,8 +90,15 @@ async fn reqwest_like_get(url: &str, token: Option<&str>) -> u16 {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
     let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET /{path} HTTP/1.1\r\nhost: {host}\r\n{auth}connection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nhost: {host}\r\n{auth}connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.unwrap();
     let text = String::from_utf8_lossy(&buf);

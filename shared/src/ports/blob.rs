@@ -117,7 +117,10 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<ContentHash>, StoreError>> + Send;
 
     /// A PUT the client sends itself. Signed: checksum, length, uploader and no-overwrite.
-    fn presign_put(&self, req: &PresignPut) -> impl Future<Output = Result<SignedRequest, StoreError>> + Send;
+    fn presign_put(
+        &self,
+        req: &PresignPut,
+    ) -> impl Future<Output = Result<SignedRequest, StoreError>> + Send;
 
     /// A short-lived GET of one exact version.
     fn presign_get(

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, GlobalSecondaryIndex, KeySchemaElement,
-    KeyType, Projection, ProjectionType, Put, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
-    TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -34,25 +34,40 @@ fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn backend<E: std::error::Error + Send + Sync + 'static, R: std::fmt::Debug + Send + Sync + 'static>(
+fn backend<
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+>(
     e: SdkError<E, R>,
 ) -> StoreError
 where
     E: ProvideErrorMetadata,
 {
-    let code = e.as_service_error().and_then(|se| se.code()).unwrap_or_default().to_owned();
+    let code = e
+        .as_service_error()
+        .and_then(|se| se.code())
+        .unwrap_or_default()
+        .to_owned();
     let text = DisplayErrorContext(&e).to_string();
     match code.as_str() {
-        "ThrottlingException" | "ProvisionedThroughputExceededException" | "RequestLimitExceeded"
-        | "InternalServerError" | "ServiceUnavailable" => StoreError::Unavailable(text),
-        _ if matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => StoreError::Unavailable(text),
+        "ThrottlingException"
+        | "ProvisionedThroughputExceededException"
+        | "RequestLimitExceeded"
+        | "InternalServerError"
+        | "ServiceUnavailable" => StoreError::Unavailable(text),
+        _ if matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => {
+            StoreError::Unavailable(text)
+        }
         _ => StoreError::Backend(text.into()),
     }
 }
 
 fn item_from(map: &HashMap<String, AttributeValue>) -> Result<Item, StoreError> {
     let get_s = |k: &str| map.get(k).and_then(|v| v.as_s().ok()).cloned();
-    let corrupt = |why: &str| StoreError::Corrupt { key: format!("{:?}/{:?}", get_s("pk"), get_s("sk")), reason: why.into() };
+    let corrupt = |why: &str| StoreError::Corrupt {
+        key: format!("{:?}/{:?}", get_s("pk"), get_s("sk")),
+        reason: why.into(),
+    };
     let pair = |a: &str, b: &str| get_s(a).zip(get_s(b)).map(|(pk, sk)| Key { pk, sk });
     Ok(Item {
         key: pair("pk", "sk").ok_or_else(|| corrupt("missing key"))?,
@@ -70,7 +85,10 @@ fn item_from(map: &HashMap<String, AttributeValue>) -> Result<Item, StoreError> 
 fn condition(expect: Expect) -> Option<(String, HashMap<String, AttributeValue>)> {
     match expect {
         Expect::Absent => Some(("attribute_not_exists(pk)".into(), HashMap::new())),
-        Expect::Version(v) => Some(("v = :expected_v".into(), HashMap::from([(":expected_v".into(), n(v as i64))]))),
+        Expect::Version(v) => Some((
+            "v = :expected_v".into(),
+            HashMap::from([(":expected_v".into(), n(v as i64))]),
+        )),
         Expect::Any => None,
     }
 }
@@ -81,7 +99,10 @@ fn key_map(k: &Key) -> HashMap<String, AttributeValue> {
 
 impl DynamoIndex {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     pub fn table(&self) -> &str {
@@ -91,29 +112,55 @@ impl DynamoIndex {
     /// Creates the table with both GSIs (tests against moto; production uses the template).
     pub async fn create_table(&self) -> Result<(), StoreError> {
         let attr = |name: &str| {
-            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build()
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
         };
         let ks = |h: &str, r: &str| {
             vec![
-                KeySchemaElement::builder().attribute_name(h).key_type(KeyType::Hash).build(),
-                KeySchemaElement::builder().attribute_name(r).key_type(KeyType::Range).build(),
+                KeySchemaElement::builder()
+                    .attribute_name(h)
+                    .key_type(KeyType::Hash)
+                    .build(),
+                KeySchemaElement::builder()
+                    .attribute_name(r)
+                    .key_type(KeyType::Range)
+                    .build(),
             ]
         };
         let gsi = |name: &str, h: &str, r: &str| -> Result<GlobalSecondaryIndex, StoreError> {
             GlobalSecondaryIndex::builder()
                 .index_name(name)
-                .set_key_schema(Some(ks(h, r).into_iter().collect::<Result<_, _>>().map_err(StoreError::backend)?))
-                .projection(Projection::builder().projection_type(ProjectionType::All).build())
+                .set_key_schema(Some(
+                    ks(h, r)
+                        .into_iter()
+                        .collect::<Result<_, _>>()
+                        .map_err(StoreError::backend)?,
+                ))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
                 .build()
                 .map_err(StoreError::backend)
         };
-        let defs = ["pk", "sk", "opk", "osk", "wpk", "wsk"].map(attr).into_iter().collect::<Result<Vec<_>, _>>();
+        let defs = ["pk", "sk", "opk", "osk", "wpk", "wsk"]
+            .map(attr)
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>();
         self.client
             .create_table()
             .table_name(&self.table)
             .billing_mode(BillingMode::PayPerRequest)
             .set_attribute_definitions(Some(defs.map_err(StoreError::backend)?))
-            .set_key_schema(Some(ks("pk", "sk").into_iter().collect::<Result<_, _>>().map_err(StoreError::backend)?))
+            .set_key_schema(Some(
+                ks("pk", "sk")
+                    .into_iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(StoreError::backend)?,
+            ))
             .global_secondary_indexes(gsi(OWNER_INDEX, "opk", "osk")?)
             .global_secondary_indexes(gsi(WORK_INDEX, "wpk", "wsk")?)
             .send()
@@ -168,7 +215,9 @@ impl DynamoIndex {
                 let mut put = Put::builder()
                     .table_name(&self.table)
                     .set_item(Some(attrs))
-                    .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    );
                 if let Some((expr, values)) = condition(expect) {
                     put = put.condition_expression(expr);
                     if !values.is_empty() {
@@ -178,12 +227,19 @@ impl DynamoIndex {
                 b.put(put.build().map_err(StoreError::backend)?)
             }
             WriteOp::Check { key, expect } => {
-                let (expr, values) = condition(expect).unwrap_or_else(|| ("attribute_exists(pk) OR attribute_not_exists(pk)".into(), HashMap::new()));
+                let (expr, values) = condition(expect).unwrap_or_else(|| {
+                    (
+                        "attribute_exists(pk) OR attribute_not_exists(pk)".into(),
+                        HashMap::new(),
+                    )
+                });
                 let mut c = ConditionCheck::builder()
                     .table_name(&self.table)
                     .set_key(Some(key_map(&key)))
                     .condition_expression(expr)
-                    .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    );
                 if !values.is_empty() {
                     c = c.set_expression_attribute_values(Some(values));
                 }
@@ -231,7 +287,10 @@ impl TransactionalIndex for DynamoIndex {
             IndexName::Owner => (Some(OWNER_INDEX), "opk", "osk"),
             IndexName::Work => (Some(WORK_INDEX), "wpk", "wsk"),
         };
-        let names = HashMap::from([("#p".to_owned(), pk_attr.to_owned()), ("#s".to_owned(), sk_attr.to_owned())]);
+        let names = HashMap::from([
+            ("#p".to_owned(), pk_attr.to_owned()),
+            ("#s".to_owned(), sk_attr.to_owned()),
+        ]);
         let mut values = HashMap::from([(":p".to_owned(), s(&q.pk))]);
         // One sort-key condition in the key expression; the rest filter.
         let mut filters = Vec::new();
@@ -290,8 +349,17 @@ impl TransactionalIndex for DynamoIndex {
     }
 
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TxnError> {
-        let items = ops.into_iter().map(|op| self.write_item(op)).collect::<Result<Vec<_>, _>>()?;
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+        let items = ops
+            .into_iter()
+            .map(|op| self.write_item(op))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 if let Some(se) = e.as_service_error() {
@@ -314,7 +382,9 @@ impl TransactionalIndex for DynamoIndex {
                             }
                         }
                     }
-                    if se.is_transaction_in_progress_exception() || se.code() == Some("TransactionConflictException") {
+                    if se.is_transaction_in_progress_exception()
+                        || se.code() == Some("TransactionConflictException")
+                    {
                         return Err(TxnError::Conflict);
                     }
                 }

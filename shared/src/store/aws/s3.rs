@@ -14,7 +14,9 @@ use bytes::Bytes;
 
 use crate::domain::{ContentHash, SignedRequest, StreamingHasher};
 use crate::error::StoreError;
-use crate::ports::{BlobBody, BlobStore, ObjectMeta, ObjectPage, PresignPut, PutOutcome, PutRequest};
+use crate::ports::{
+    BlobBody, BlobStore, ObjectMeta, ObjectPage, PresignPut, PutOutcome, PutRequest,
+};
 
 const UPLOADER_META: &str = "uploader";
 /// S3 SigV4 allows at most 7 days; we never sign for longer than this.
@@ -51,7 +53,9 @@ fn backend<E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static>(
     let status = status_of(&e);
     let text = DisplayErrorContext(&e).to_string();
     match (status, &e) {
-        (Some(500..=599), _) | (_, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => StoreError::Unavailable(text),
+        (Some(500..=599), _) | (_, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)) => {
+            StoreError::Unavailable(text)
+        }
         _ => StoreError::Backend(text.into()),
     }
 }
@@ -60,22 +64,35 @@ fn presign_config(ttl: Duration) -> Result<PresigningConfig, StoreError> {
     PresigningConfig::expires_in(ttl.min(MAX_PRESIGN)).map_err(StoreError::backend)
 }
 
-fn signed(p: aws_sdk_s3::presigning::PresignedRequest, ttl: Duration, now_ms: i64) -> SignedRequest {
+fn signed(
+    p: aws_sdk_s3::presigning::PresignedRequest,
+    ttl: Duration,
+    now_ms: i64,
+) -> SignedRequest {
     SignedRequest {
         url: p.uri().to_owned(),
         method: p.method().to_owned(),
-        headers: p.headers().map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned())).collect(),
+        headers: p
+            .headers()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .collect(),
         expires_at: now_ms + ttl.min(MAX_PRESIGN).as_millis() as i64,
     }
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl S3Blobs {
     pub fn new(client: Client, bucket: impl Into<String>, list_prefix: impl Into<String>) -> Self {
-        Self { client, bucket: bucket.into(), list_prefix: list_prefix.into() }
+        Self {
+            client,
+            bucket: bucket.into(),
+            list_prefix: list_prefix.into(),
+        }
     }
 
     pub fn bucket(&self) -> &str {
@@ -84,7 +101,12 @@ impl S3Blobs {
 
     /// Creates the bucket with versioning on (tests against moto; production: the template).
     pub async fn create_bucket(&self) -> Result<(), StoreError> {
-        self.client.create_bucket().bucket(&self.bucket).send().await.map_err(backend)?;
+        self.client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(backend)?;
         self.client
             .put_bucket_versioning()
             .bucket(&self.bucket)
@@ -111,9 +133,13 @@ impl S3Blobs {
             key: key.to_owned(),
             version: version.to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
-            sha256: out.checksum_sha256().and_then(|c| ContentHash::from_base64(c).ok()),
+            sha256: out
+                .checksum_sha256()
+                .and_then(|c| ContentHash::from_base64(c).ok()),
             uploader: out.metadata().and_then(|m| m.get(UPLOADER_META)).cloned(),
-            last_modified: out.last_modified().map_or(0, |t| t.to_millis().unwrap_or(0)),
+            last_modified: out
+                .last_modified()
+                .map_or(0, |t| t.to_millis().unwrap_or(0)),
         })
     }
 }
@@ -121,7 +147,9 @@ impl S3Blobs {
 impl BlobStore for S3Blobs {
     async fn put_if_absent(&self, req: PutRequest) -> Result<PutOutcome, StoreError> {
         let body = match &req.body {
-            BlobBody::File(p) => ByteStream::from_path(p).await.map_err(StoreError::backend)?,
+            BlobBody::File(p) => ByteStream::from_path(p)
+                .await
+                .map_err(StoreError::backend)?,
             BlobBody::Bytes(b) => ByteStream::from(b.clone()),
         };
         let res = self
@@ -138,7 +166,9 @@ impl BlobStore for S3Blobs {
             .send()
             .await;
         match res {
-            Ok(out) => Ok(PutOutcome::Created { version: out.version_id().unwrap_or_default().to_owned() }),
+            Ok(out) => Ok(PutOutcome::Created {
+                version: out.version_id().unwrap_or_default().to_owned(),
+            }),
             // 412: an object exists. 409: a concurrent conditional write; treat as exists and
             // let the caller `head` (and retry if the other write did not land).
             Err(e) if matches!(status_of(&e), Some(412 | 409)) => Ok(PutOutcome::AlreadyExists),
@@ -157,13 +187,25 @@ impl BlobStore for S3Blobs {
             .await;
         match res {
             Ok(out) => Ok(Some(Self::meta_from_head(key, &out)?)),
-            Err(e) if e.as_service_error().is_some_and(|se| se.is_not_found()) || status_of(&e) == Some(404) => Ok(None),
+            Err(e)
+                if e.as_service_error().is_some_and(|se| se.is_not_found())
+                    || status_of(&e) == Some(404) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(backend(e)),
         }
     }
 
     async fn delete_version(&self, key: &str, version: &str) -> Result<(), StoreError> {
-        let res = self.client.delete_object().bucket(&self.bucket).key(key).version_id(version).send().await;
+        let res = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .version_id(version)
+            .send()
+            .await;
         match res {
             Ok(_) => Ok(()),
             // Already gone (or never was): deleting is idempotent.
@@ -172,7 +214,13 @@ impl BlobStore for S3Blobs {
         }
     }
 
-    async fn read_range(&self, key: &str, version: &str, offset: u64, length: u64) -> Result<Option<Bytes>, StoreError> {
+    async fn read_range(
+        &self,
+        key: &str,
+        version: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<Option<Bytes>, StoreError> {
         if length == 0 {
             return Ok(Some(Bytes::new()));
         }
@@ -186,14 +234,31 @@ impl BlobStore for S3Blobs {
             .send()
             .await;
         match res {
-            Ok(out) => Ok(Some(out.body.collect().await.map_err(StoreError::backend)?.into_bytes())),
+            Ok(out) => Ok(Some(
+                out.body
+                    .collect()
+                    .await
+                    .map_err(StoreError::backend)?
+                    .into_bytes(),
+            )),
             Err(e) if matches!(status_of(&e), Some(404 | 416 | 400)) => Ok(None),
             Err(e) => Err(backend(e)),
         }
     }
 
-    async fn stream_sha256(&self, key: &str, version: &str) -> Result<Option<ContentHash>, StoreError> {
-        let res = self.client.get_object().bucket(&self.bucket).key(key).version_id(version).send().await;
+    async fn stream_sha256(
+        &self,
+        key: &str,
+        version: &str,
+    ) -> Result<Option<ContentHash>, StoreError> {
+        let res = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .version_id(version)
+            .send()
+            .await;
         let mut out = match res {
             Ok(out) => out,
             Err(e) if matches!(status_of(&e), Some(404 | 400)) => return Ok(None),
@@ -225,7 +290,13 @@ impl BlobStore for S3Blobs {
         Ok(signed(p, req.expires_in, now_ms()))
     }
 
-    async fn presign_get(&self, key: &str, version: &str, content_type: &'static str, ttl: Duration) -> Result<SignedRequest, StoreError> {
+    async fn presign_get(
+        &self,
+        key: &str,
+        version: &str,
+        content_type: &'static str,
+        ttl: Duration,
+    ) -> Result<SignedRequest, StoreError> {
         let p = self
             .client
             .get_object()
@@ -257,7 +328,14 @@ impl BlobStore for S3Blobs {
                 objects.push(meta);
             }
         }
-        let next = if out.is_truncated().unwrap_or(false) { out.contents().last().and_then(|o| o.key()).map(str::to_owned) } else { None };
+        let next = if out.is_truncated().unwrap_or(false) {
+            out.contents()
+                .last()
+                .and_then(|o| o.key())
+                .map(str::to_owned)
+        } else {
+            None
+        };
         Ok(ObjectPage { objects, next })
     }
 }

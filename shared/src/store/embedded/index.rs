@@ -286,7 +286,10 @@ fn apply_one(conn: &Connection, ops: &[WriteOp]) -> Result<(), TxnError> {
 
 impl SqliteIndex {
     /// Every item and the summed counters of partition `counters_pk` (tests and tooling).
-    pub async fn dump(&self, counters_pk: &str) -> Result<(Vec<Item>, BTreeMap<String, i64>), StoreError> {
+    pub async fn dump(
+        &self,
+        counters_pk: &str,
+    ) -> Result<(Vec<Item>, BTreeMap<String, i64>), StoreError> {
         let items = self
             .read(|c| {
                 let mut stmt = c.prepare(&format!("SELECT {COLS} FROM items ORDER BY pk, sk"))?;
