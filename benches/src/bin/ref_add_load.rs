@@ -1,0 +1,601 @@
+//! Reference-add load: the local server in-process on 127.0.0.1:0, one small file uploaded by
+//! one user, then many keep-alive connections each sending `PUT
+//! /v1/audio/{hash}/references/{ref_id}` with unique ref ids, for a bounded time and request
+//! count. Runs `Synchronous::Full` (the production default) and `Synchronous::Normal` side by
+//! side in one process and prints both with their ratio.
+//!
+//! Scenarios: `hot` (the brief: every request adds to the same audio) and `spread` (each
+//! connection adds to its own audio, to show what one hot audio record costs).
+//!
+//! Knobs: `BENCH_SECS` (measured seconds per run, default 10), `BENCH_WARMUP_SECS` (1),
+//! `BENCH_CONNS` (64), `BENCH_MAX_REQUESTS` (per run, 2,000,000), `BENCH_ROUNDS` (1),
+//! `BENCH_SCENARIOS` (`hot,spread`), `BENCH_SERVER_THREADS` (server runtime workers, default
+//! all cores), `BENCH_CLIENT_THREADS` (load generator workers, default 1), `BENCH_TMPDIR`.
+//! Targets (hot, Full): >= 10,000 requests/s and p99 <= 5 ms with zero errors, on 2 cores
+//! shared with the load generator.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+
+use audio_dedup_benches::{
+    call, connect, cpu_by_group, env_f64, env_u64, machine_summary, pass_fail, percentile,
+    thread_cpu, threads_by_group, wait_healthy, Rng,
+};
+use audio_dedup_core::store::embedded::Synchronous;
+use audio_dedup_core::DedupConfig;
+use audio_dedup_server::{ServerConfig, TokenTable};
+
+const TOKEN: &str = "bench-user-a-token-0001";
+const TARGET_RPS: f64 = 10_000.0;
+const TARGET_P99_US: u32 = 5_000;
+const BODY: &[u8] = br#"{"kind":"library"}"#;
+const FILE_SIZE: usize = 4096;
+/// Per-request limit; a request past it counts as a transport error.
+const REQUEST_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct Knobs {
+    secs: f64,
+    warmup_secs: f64,
+    conns: usize,
+    max_requests: u64,
+    server_threads: usize,
+    client_threads: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Scenario {
+    Hot,
+    Spread,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Hot => "hot",
+            Scenario::Spread => "spread",
+        }
+    }
+}
+
+fn sync_name(s: Synchronous) -> &'static str {
+    match s {
+        Synchronous::Full => "Full",
+        Synchronous::Normal => "Normal",
+    }
+}
+
+#[derive(Default)]
+struct WorkerOut {
+    ok: u64,
+    errors: u64,
+    transport_errors: u64,
+    latencies_us: Vec<u32>,
+    samples: Vec<String>,
+}
+
+struct RunResult {
+    scenario: Scenario,
+    sync: Synchronous,
+    elapsed: Duration,
+    ok: u64,
+    errors: u64,
+    transport_errors: u64,
+    sorted_us: Vec<u32>,
+    samples: Vec<String>,
+    cpu: BTreeMap<String, f64>,
+    threads: BTreeMap<String, usize>,
+    refs_expected: u64,
+    refs_counted: Option<u64>,
+}
+
+impl RunResult {
+    fn requests(&self) -> u64 {
+        self.ok + self.errors + self.transport_errors
+    }
+
+    fn rps(&self) -> f64 {
+        self.requests() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn ok_rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn p(&self, q: f64) -> u32 {
+        percentile(&self.sorted_us, q)
+    }
+
+    fn server_cpu(&self) -> f64 {
+        self.cpu.get("srv").copied().unwrap_or(0.0) + self.cpu.get("sqlite").copied().unwrap_or(0.0)
+    }
+
+    fn client_cpu(&self) -> f64 {
+        self.cpu
+            .iter()
+            .filter(|(k, _)| k.as_str() != "srv" && k.as_str() != "sqlite")
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("ref_add_load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<bool, String> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let knobs = Knobs {
+        secs: env_f64("BENCH_SECS", 10.0).clamp(0.5, 300.0),
+        warmup_secs: env_f64("BENCH_WARMUP_SECS", 1.0).clamp(0.0, 60.0),
+        conns: env_u64("BENCH_CONNS", 64).clamp(1, 1024) as usize,
+        max_requests: env_u64("BENCH_MAX_REQUESTS", 2_000_000).clamp(1, 50_000_000),
+        server_threads: env_u64("BENCH_SERVER_THREADS", cores as u64).clamp(1, 64) as usize,
+        client_threads: env_u64("BENCH_CLIENT_THREADS", 1).clamp(1, 64) as usize,
+    };
+    let rounds = env_u64("BENCH_ROUNDS", 1).clamp(1, 20);
+    let scenarios: Vec<Scenario> = std::env::var("BENCH_SCENARIOS")
+        .unwrap_or_else(|_| "hot,spread".into())
+        .split(',')
+        .filter_map(|s| match s.trim() {
+            "hot" => Some(Scenario::Hot),
+            "spread" => Some(Scenario::Spread),
+            "" => None,
+            other => {
+                eprintln!("warning: unknown scenario {other:?} ignored");
+                None
+            }
+        })
+        .collect();
+    if scenarios.is_empty() {
+        return Err("no scenario selected (BENCH_SCENARIOS=hot,spread)".into());
+    }
+
+    println!("== ref_add_load ==");
+    println!("machine: {}", machine_summary());
+    println!(
+        "{} keep-alive connections (hyper 1, HTTP/1.1, loopback), {:.1} s warm-up + {:.1} s measured per run, at most {} requests per run, {rounds} round(s)",
+        knobs.conns, knobs.warmup_secs, knobs.secs, knobs.max_requests
+    );
+    println!(
+        "server: in-process audio_dedup_server::run, {} tokio worker(s); load generator: {} tokio worker(s), same process, same {cores} cores",
+        knobs.server_threads, knobs.client_threads
+    );
+    println!();
+
+    let mut results = Vec::new();
+    for round in 0..rounds {
+        for &scenario in &scenarios {
+            // Alternate the order so drift on a shared machine hits both modes alike.
+            let order = if (round + scenario as u64) % 2 == 0 {
+                [Synchronous::Full, Synchronous::Normal]
+            } else {
+                [Synchronous::Normal, Synchronous::Full]
+            };
+            for sync in order {
+                let r = run_one(&knobs, scenario, sync, round)?;
+                print_row(&r);
+                results.push(r);
+            }
+        }
+    }
+
+    println!();
+    println!("== summary (median over rounds of requests/s; worst p99) ==");
+    let mut ok_all = true;
+    let mut primary: Option<bool> = None;
+    for &scenario in &scenarios {
+        let mut by_sync = BTreeMap::new();
+        for sync in [Synchronous::Full, Synchronous::Normal] {
+            let runs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| r.scenario == scenario && r.sync == sync)
+                .collect();
+            let rps =
+                audio_dedup_benches::median(&runs.iter().map(|r| r.rps()).collect::<Vec<_>>());
+            let p99 = runs.iter().map(|r| r.p(99.0)).max().unwrap_or(0);
+            let errors: u64 = runs.iter().map(|r| r.errors + r.transport_errors).sum();
+            let lost = runs.iter().any(|r| r.refs_counted != Some(r.refs_expected));
+            println!(
+                "{:<6} {:<6}  {:>9.0} req/s  p99 {:>7.2} ms  errors {:>6}  stats consistent: {}",
+                scenario.name(),
+                sync_name(sync),
+                rps,
+                p99 as f64 / 1000.0,
+                errors,
+                !lost
+            );
+            ok_all &= !lost;
+            by_sync.insert(sync_name(sync), (rps, p99, errors));
+            if scenario == Scenario::Hot && sync == Synchronous::Full {
+                primary = Some(rps >= TARGET_RPS && p99 <= TARGET_P99_US && errors == 0);
+            }
+        }
+        if let (Some(f), Some(n)) = (by_sync.get("Full"), by_sync.get("Normal")) {
+            println!(
+                "{:<6} Normal/Full throughput ratio: {:.2}x",
+                scenario.name(),
+                n.0 / f.0.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    if scenarios.contains(&Scenario::Hot) && scenarios.contains(&Scenario::Spread) {
+        for sync in [Synchronous::Full, Synchronous::Normal] {
+            let med = |s: Scenario| {
+                audio_dedup_benches::median(
+                    &results
+                        .iter()
+                        .filter(|r| r.scenario == s && r.sync == sync)
+                        .map(|r| r.rps())
+                        .collect::<Vec<_>>(),
+                )
+            };
+            println!(
+                "{:<6} spread/hot throughput ratio: {:.2}x",
+                sync_name(sync),
+                med(Scenario::Spread) / med(Scenario::Hot).max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    println!();
+    match primary {
+        Some(pass) => {
+            println!(
+                "target (hot, Full): >= {TARGET_RPS:.0} req/s, p99 <= {} ms, 0 errors: {}",
+                TARGET_P99_US / 1000,
+                pass_fail(pass)
+            );
+            ok_all &= pass;
+        }
+        None => println!("target (hot, Full): not measured in this run"),
+    }
+    println!("loadavg at end: {}", audio_dedup_benches::loadavg());
+    Ok(ok_all)
+}
+
+fn print_row(r: &RunResult) {
+    let cpu_total = r.server_cpu() + r.client_cpu();
+    println!(
+        "[{:<6} {:<6}] {:>8} req in {:>5.2} s = {:>8.0} req/s ({:>8.0} ok/s) | p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} max {:>7.2} ms | errors {} (+{} transport)",
+        r.scenario.name(),
+        sync_name(r.sync),
+        r.requests(),
+        r.elapsed.as_secs_f64(),
+        r.rps(),
+        r.ok_rps(),
+        r.p(50.0) as f64 / 1000.0,
+        r.p(95.0) as f64 / 1000.0,
+        r.p(99.0) as f64 / 1000.0,
+        r.p(100.0) as f64 / 1000.0,
+        r.errors,
+        r.transport_errors,
+    );
+    let secs = r.elapsed.as_secs_f64();
+    println!(
+        "                 CPU: server {:.2} cores (srv {:.2}, sqlite-writer {:.2}), load generator {:.2} cores, total {:.2}; server CPU per request {:.1} us => {:.0} req/s per server core",
+        r.server_cpu() / secs,
+        r.cpu.get("srv").copied().unwrap_or(0.0) / secs,
+        r.cpu.get("sqlite").copied().unwrap_or(0.0) / secs,
+        r.client_cpu() / secs,
+        cpu_total / secs,
+        r.server_cpu() * 1e6 / r.requests().max(1) as f64,
+        r.requests() as f64 / r.server_cpu().max(1e-9),
+    );
+    let threads = |g: &str| r.threads.get(g).copied().unwrap_or(0);
+    println!(
+        "                 threads at end: server runtime (workers + blocking pool) {}, sqlite-writer {}, load generator {}; stats.total_references {} (expected {})",
+        threads("srv"),
+        threads("sqlite"),
+        threads("loadgen"),
+        r.refs_counted
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "?".into()),
+        r.refs_expected
+    );
+    for s in &r.samples {
+        println!("                 sample error: {s}");
+    }
+}
+
+fn audio_bytes(seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; FILE_SIZE];
+    Rng::new(seed).fill(&mut v);
+    v
+}
+
+fn run_one(
+    knobs: &Knobs,
+    scenario: Scenario,
+    sync: Synchronous,
+    round: u64,
+) -> Result<RunResult, String> {
+    let dir = match std::env::var_os("BENCH_TMPDIR") {
+        Some(d) => tempfile::Builder::new()
+            .prefix("ref-add-load")
+            .tempdir_in(d),
+        None => tempfile::Builder::new().prefix("ref-add-load").tempdir(),
+    }
+    .map_err(|e| format!("temp dir: {e}"))?;
+    let mut tokens = TokenTable::default();
+    tokens
+        .insert(TOKEN, "user-a", false)
+        .map_err(|e| e.to_string())?;
+    let cfg = ServerConfig {
+        data_dir: dir.path().to_owned(),
+        public_url: None,
+        tokens,
+        dedup: DedupConfig::default(),
+        reconcile_every: Duration::ZERO,
+        sync,
+    };
+
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(knobs.server_threads)
+        .thread_name("srv-rt")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("server runtime: {e}"))?;
+    let listener = server_rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = server_rt.spawn(audio_dedup_server::run(listener, cfg, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(knobs.client_threads)
+        .thread_name("loadgen")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("client runtime: {e}"))?;
+    let outcome = client_rt.block_on(async {
+        let limit =
+            Duration::from_secs_f64(knobs.warmup_secs + knobs.secs) + Duration::from_secs(60);
+        tokio::time::timeout(limit, drive(knobs, addr, scenario, round))
+            .await
+            .map_err(|_| format!("run exceeded {limit:?}"))?
+    });
+    drop(client_rt);
+
+    let _ = stop_tx.send(());
+    let stopped = server_rt.block_on(async {
+        match tokio::time::timeout(Duration::from_secs(10), server).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("server: {e}")),
+            Ok(Err(e)) => Err(format!("server task: {e}")),
+            Err(_) => Err("server did not stop within 10 s".into()),
+        }
+    });
+    server_rt.shutdown_timeout(Duration::from_secs(5));
+    let mut r = outcome?;
+    stopped?;
+    r.sync = sync;
+    Ok(r)
+}
+
+async fn drive(
+    knobs: &Knobs,
+    addr: SocketAddr,
+    scenario: Scenario,
+    round: u64,
+) -> Result<RunResult, String> {
+    wait_healthy(addr, Duration::from_secs(5)).await?;
+    let mut send = connect(addr).await?;
+    let files = match scenario {
+        Scenario::Hot => 1,
+        Scenario::Spread => knobs.conns,
+    };
+    let mut hashes = Vec::with_capacity(files);
+    for i in 0..files {
+        let a = call(
+            &mut send,
+            addr,
+            Method::POST,
+            "/v1/audio?format=mp3",
+            Some(TOKEN),
+            Some("application/octet-stream"),
+            Bytes::from(audio_bytes(1000 + i as u64)),
+            Duration::from_secs(10),
+        )
+        .await?;
+        if a.status != StatusCode::CREATED {
+            return Err(format!("upload answered {}: {}", a.status, a.text()));
+        }
+        let hash = a.json()["content_hash"]
+            .as_str()
+            .ok_or("upload answered no content_hash")?
+            .to_owned();
+        hashes.push(hash);
+    }
+    let hashes = Arc::new(hashes);
+
+    let warm = if knobs.warmup_secs > 0.0 {
+        load(
+            knobs,
+            addr,
+            &hashes,
+            &format!("w{round}"),
+            knobs.warmup_secs,
+        )
+        .await
+    } else {
+        Vec::new()
+    };
+    let warm_ok: u64 = warm.iter().map(|w| w.ok).sum();
+
+    let before = thread_cpu();
+    let start = Instant::now();
+    let outs = load(knobs, addr, &hashes, &format!("m{round}"), knobs.secs).await;
+    let elapsed = start.elapsed();
+    let after = thread_cpu();
+
+    let mut r = RunResult {
+        scenario,
+        sync: Synchronous::Full,
+        elapsed,
+        ok: 0,
+        errors: 0,
+        transport_errors: 0,
+        sorted_us: Vec::new(),
+        samples: Vec::new(),
+        cpu: cpu_by_group(&before, &after),
+        threads: threads_by_group(&after),
+        refs_expected: 0,
+        refs_counted: None,
+    };
+    for o in outs {
+        r.ok += o.ok;
+        r.errors += o.errors;
+        r.transport_errors += o.transport_errors;
+        r.sorted_us.extend(o.latencies_us);
+        for s in o.samples {
+            if r.samples.len() < 5 {
+                r.samples.push(s);
+            }
+        }
+    }
+    r.sorted_us.sort_unstable();
+    r.refs_expected = warm_ok + r.ok;
+
+    // Every acknowledged add must be counted exactly once.
+    let mut send = connect(addr).await?;
+    let stats = call(
+        &mut send,
+        addr,
+        Method::GET,
+        "/v1/audio/stats",
+        Some(TOKEN),
+        None,
+        Bytes::new(),
+        Duration::from_secs(10),
+    )
+    .await?;
+    r.refs_counted = stats.json()["total_references"].as_u64();
+    Ok(r)
+}
+
+/// Runs `conns` connections for `secs` (and at most `max_requests` in all); returns each
+/// connection's figures.
+async fn load(
+    knobs: &Knobs,
+    addr: SocketAddr,
+    hashes: &Arc<Vec<String>>,
+    prefix: &str,
+    secs: f64,
+) -> Vec<WorkerOut> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let budget = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(knobs.conns);
+    for idx in 0..knobs.conns {
+        let hashes = hashes.clone();
+        let budget = budget.clone();
+        let prefix = prefix.to_owned();
+        let max = knobs.max_requests;
+        tasks.push(tokio::spawn(async move {
+            worker(idx, addr, hashes, prefix, deadline, budget, max).await
+        }));
+    }
+    let mut outs = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        match t.await {
+            Ok(o) => outs.push(o),
+            Err(e) => outs.push(WorkerOut {
+                transport_errors: 1,
+                samples: vec![format!("worker task failed: {e}")],
+                ..WorkerOut::default()
+            }),
+        }
+    }
+    outs
+}
+
+async fn worker(
+    idx: usize,
+    addr: SocketAddr,
+    hashes: Arc<Vec<String>>,
+    prefix: String,
+    deadline: Instant,
+    budget: Arc<AtomicU64>,
+    max: u64,
+) -> WorkerOut {
+    const MAX_RECONNECTS: u32 = 5;
+    let mut out = WorkerOut::default();
+    let hash = &hashes[idx % hashes.len()];
+    let mut reconnects = 0;
+    let mut send = match connect(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            out.transport_errors += 1;
+            out.samples.push(e);
+            return out;
+        }
+    };
+    let body = Bytes::from_static(BODY);
+    let mut seq: u64 = 0;
+    while Instant::now() < deadline && budget.fetch_add(1, Ordering::Relaxed) < max {
+        let path = format!("/v1/audio/{hash}/references/{prefix}-{idx}-{seq}");
+        seq += 1;
+        let t0 = Instant::now();
+        let answer = call(
+            &mut send,
+            addr,
+            Method::PUT,
+            &path,
+            Some(TOKEN),
+            Some("application/json"),
+            body.clone(),
+            REQUEST_LIMIT,
+        )
+        .await;
+        let us = u32::try_from(t0.elapsed().as_micros()).unwrap_or(u32::MAX);
+        match answer {
+            Ok(a) if a.status == StatusCode::OK => {
+                out.ok += 1;
+                out.latencies_us.push(us);
+            }
+            Ok(a) => {
+                out.errors += 1;
+                out.latencies_us.push(us);
+                if out.samples.len() < 2 {
+                    out.samples.push(format!("{} {}", a.status, a.text()));
+                }
+            }
+            Err(e) => {
+                out.transport_errors += 1;
+                if out.samples.len() < 2 {
+                    out.samples.push(e);
+                }
+                reconnects += 1;
+                if reconnects > MAX_RECONNECTS {
+                    break;
+                }
+                match connect(addr).await {
+                    Ok(s) => send = s,
+                    Err(e) => {
+                        out.samples.push(e);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,460 @@
+//! Peak RSS of the server process during large uploads through an upload session: open the
+//! session, PUT the bytes to the signed URL with exactly the signed headers (plus
+//! content-length), complete. The server is the real binary in a separate process (so its
+//! RSS is its own), read from `/proc/<pid>/status` (`VmHWM`, the kernel's peak, plus sampled
+//! `VmRSS`). The client streams deterministic pseudo-random bytes and never holds the file.
+//!
+//! Build the server first, in the same profile as this binary:
+//! `cargo build --profile bench -p audio-dedup-server -p audio-dedup-benches`.
+//!
+//! Knobs: `BENCH_RSS_SIZES_MIB` (default `256,1024`), `BENCH_SERVER_BIN` (default: the
+//! `audio-dedup-server` next to this binary), `BENCH_TMPDIR` (server data dirs; default the
+//! system temp dir). Target: server peak RSS < 64 MiB at every size, flat as the file grows.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{Method, Request, StatusCode, Uri};
+
+use audio_dedup_benches::{
+    call, connect, machine_summary, pass_fail, proc_status_kib, require_loopback, wait_healthy,
+    PseudoRandomBody, PseudoRandomSource, MIB,
+};
+use audio_dedup_core::StreamingHasher;
+
+const TARGET_PEAK_KIB: u64 = 64 * 1024;
+const SEED: u64 = 0xA0D1_0000;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("upload_rss: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Measured {
+    size: u64,
+    /// The larger of the kernel's `VmHWM` and the largest sampled `VmRSS` (the kernel
+    /// updates its high-water mark lazily, so a sample can exceed it).
+    peak_kib: u64,
+    idle_kib: u64,
+    hwm_kib: u64,
+    sampled_max_kib: u64,
+    samples: u64,
+    final_kib: u64,
+    hash_secs: f64,
+    put_secs: f64,
+    complete_state: String,
+}
+
+fn kib_to_mib(k: u64) -> f64 {
+    k as f64 / 1024.0
+}
+
+fn run() -> Result<bool, String> {
+    let sizes: Vec<u64> = std::env::var("BENCH_RSS_SIZES_MIB")
+        .unwrap_or_else(|_| "256,1024".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse::<u64>().ok())
+        .map(|m| m.clamp(1, 5 * 1024))
+        .take(8)
+        .collect();
+    if sizes.is_empty() {
+        return Err("BENCH_RSS_SIZES_MIB selects no size".into());
+    }
+    let server_bin = server_binary()?;
+    let modified = std::fs::metadata(&server_bin)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map(|d| format!("built {:.0} min ago", d.as_secs_f64() / 60.0))
+        .unwrap_or_default();
+
+    println!("== upload_rss ==");
+    println!("machine: {}", machine_summary());
+    println!(
+        "server: {} ({modified}), separate process, --sync default (full)",
+        server_bin.display()
+    );
+    println!("sizes: {sizes:?} MiB; one fresh server process and data dir per size");
+    println!();
+
+    let mut results = Vec::new();
+    for &mib in &sizes {
+        let m = measure(&server_bin, mib * MIB)?;
+        println!(
+            "[{:>5} MiB] server peak RSS {:>6.1} MiB (VmHWM {:.1}, sampled max VmRSS {:.1} over {} samples); idle {:.1}, after {:.1} MiB | client hash pass {:.0} MB/s, PUT {:.0} MB/s ({:.1} s), state {}",
+            mib,
+            kib_to_mib(m.peak_kib),
+            kib_to_mib(m.hwm_kib),
+            kib_to_mib(m.sampled_max_kib),
+            m.samples,
+            kib_to_mib(m.idle_kib),
+            kib_to_mib(m.final_kib),
+            m.size as f64 / 1e6 / m.hash_secs,
+            m.size as f64 / 1e6 / m.put_secs,
+            m.put_secs,
+            m.complete_state,
+        );
+        results.push(m);
+    }
+
+    let client_hwm = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(0);
+    println!();
+    println!(
+        "client (this process) peak RSS: {:.1} MiB (streams the body; never holds the file)",
+        kib_to_mib(client_hwm)
+    );
+    let worst = results.iter().map(|m| m.peak_kib).max().unwrap_or(0);
+    if let (Some(first), Some(last)) = (results.first(), results.last()) {
+        if results.len() > 1 {
+            println!(
+                "growth: {} MiB -> {} MiB file ({:.1}x bytes): peak {:.1} -> {:.1} MiB ({:+.1} MiB)",
+                first.size / MIB,
+                last.size / MIB,
+                last.size as f64 / first.size as f64,
+                kib_to_mib(first.peak_kib),
+                kib_to_mib(last.peak_kib),
+                kib_to_mib(last.peak_kib) - kib_to_mib(first.peak_kib),
+            );
+        }
+    }
+    let ok = worst < TARGET_PEAK_KIB && results.iter().all(|m| m.complete_state == "active");
+    println!(
+        "target: server peak RSS < {} MiB at every size: worst {:.1} MiB  {}",
+        TARGET_PEAK_KIB / 1024,
+        kib_to_mib(worst),
+        pass_fail(ok)
+    );
+    println!("loadavg at end: {}", audio_dedup_benches::loadavg());
+    Ok(ok)
+}
+
+fn server_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("BENCH_SERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let candidate = exe
+        .parent()
+        .map(|d| d.join("audio-dedup-server"))
+        .ok_or("no parent dir of this binary")?;
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(format!(
+            "{} not found: build it first (cargo build --profile bench -p audio-dedup-server) or set BENCH_SERVER_BIN",
+            candidate.display()
+        ))
+    }
+}
+
+/// The server process; killed (TERM, then KILL) on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // Graceful first (by pid), then forceful; bounded either way.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn spawn_server(bin: &Path) -> Result<Server, String> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        match try_spawn(bin) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn try_spawn(bin: &Path) -> Result<Server, String> {
+    let dir = match std::env::var_os("BENCH_TMPDIR") {
+        Some(d) => tempfile::Builder::new().prefix("upload-rss").tempdir_in(d),
+        None => tempfile::Builder::new().prefix("upload-rss").tempdir(),
+    }
+    .map_err(|e| format!("temp dir: {e}"))?;
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}")
+        .parse()
+        .map_err(|e| format!("addr: {e}"))?;
+    let data_dir = dir.path().join("data");
+    let stderr = std::fs::File::create(dir.path().join("server.stderr"))
+        .map_err(|e| format!("stderr file: {e}"))?;
+    let mut child = Command::new(bin)
+        .arg("--dev")
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--log-format")
+        .arg("json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let log_path = dir.path().join("server.stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    // Drains stdout (the token line, then JSON logs) to a file so the pipe never fills.
+    std::thread::spawn(move || {
+        let mut log = std::fs::File::create(log_path).ok();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(t) = line.strip_prefix("export TOKEN=") {
+                let _ = tx.send(t.trim().to_owned());
+            }
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
+    let token = match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = std::fs::read_to_string(dir.path().join("server.stderr")).unwrap_or_default();
+            return Err(format!("server printed no token within 10 s: {err}"));
+        }
+    };
+    Ok(Server {
+        child,
+        addr,
+        token,
+        _dir: dir,
+    })
+}
+
+/// SHA-256 of the generated stream, computed in a streaming pass (nothing held whole).
+fn stream_hash(size: u64) -> (String, f64) {
+    let start = Instant::now();
+    let mut src = PseudoRandomSource::new(SEED ^ size, size);
+    let mut h = StreamingHasher::new();
+    while let Some(c) = src.next_chunk() {
+        h.update(&c);
+    }
+    (h.finish().0.to_hex(), start.elapsed().as_secs_f64())
+}
+
+fn measure(bin: &Path, size: u64) -> Result<Measured, String> {
+    let (sha, hash_secs) = stream_hash(size);
+    let mut server = spawn_server(bin)?;
+    let pid = server.pid();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(wait_healthy(server.addr, Duration::from_secs(10)))?;
+    let idle_kib = proc_status_kib(pid, "VmRSS").ok_or("cannot read server VmRSS")?;
+
+    // Samples VmRSS every 5 ms while the upload runs (VmHWM is the kernel's exact peak).
+    let stop = Arc::new(AtomicBool::new(false));
+    let max_seen = Arc::new(AtomicU64::new(idle_kib));
+    let count = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (stop, max_seen, count) = (stop.clone(), max_seen.clone(), count.clone());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(3600) {
+                if let Some(k) = proc_status_kib(pid, "VmRSS") {
+                    max_seen.fetch_max(k, Ordering::Relaxed);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    // At least 10 MB/s, plus a minute: a bound, not an expectation.
+    let limit = Duration::from_secs(60 + size / 10_000_000);
+    let outcome = rt.block_on(async {
+        tokio::time::timeout(limit, upload(&server, &sha, size))
+            .await
+            .map_err(|_| format!("upload of {size} bytes exceeded {limit:?}"))?
+    });
+    // Let deferred work (the blob event pump) settle before the last reading.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let hwm_kib = proc_status_kib(pid, "VmHWM").ok_or("cannot read server VmHWM")?;
+    let final_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    server.stop();
+    let (put_secs, complete_state) = outcome?;
+    let sampled_max_kib = max_seen.load(Ordering::Relaxed);
+    Ok(Measured {
+        size,
+        peak_kib: hwm_kib.max(sampled_max_kib),
+        idle_kib,
+        hwm_kib,
+        sampled_max_kib,
+        samples: count.load(Ordering::Relaxed),
+        final_kib,
+        hash_secs,
+        put_secs,
+        complete_state,
+    })
+}
+
+/// Session, signed PUT, complete. Returns the PUT's duration and the completed state.
+async fn upload(server: &Server, sha: &str, size: u64) -> Result<(f64, String), String> {
+    let addr = server.addr;
+    let token = server.token.as_str();
+    let mut api = connect(addr).await?;
+    let open = call(
+        &mut api,
+        addr,
+        Method::POST,
+        "/v1/audio/uploads",
+        Some(token),
+        Some("application/json"),
+        Bytes::from(
+            serde_json::json!({ "sha256": sha, "size": size, "format": "mp3" }).to_string(),
+        ),
+        Duration::from_secs(10),
+    )
+    .await?;
+    if open.status != StatusCode::CREATED {
+        return Err(format!(
+            "open session answered {}: {}",
+            open.status,
+            open.text()
+        ));
+    }
+    let session = open.json();
+    let session_id = session["session_id"]
+        .as_str()
+        .ok_or("no session_id")?
+        .to_owned();
+    let upload = &session["upload"];
+    let url = upload["url"].as_str().ok_or("no upload.url")?;
+    let method = upload["method"].as_str().unwrap_or("PUT");
+    if method != "PUT" {
+        return Err(format!("upload.method is {method}, expected PUT"));
+    }
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("upload.url {url:?}: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or("upload.url has no authority")?
+        .as_str();
+    let target: SocketAddr = authority
+        .parse()
+        .map_err(|e| format!("upload.url authority {authority:?}: {e}"))?;
+    require_loopback(&target)?;
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .ok_or("upload.url has no path")?;
+
+    let mut req = Request::builder()
+        .method(Method::PUT)
+        .uri(path)
+        .header("host", authority);
+    let mut has_length = false;
+    for (k, v) in upload["headers"].as_object().ok_or("no upload.headers")? {
+        let v = v.as_str().ok_or("non-string signed header")?;
+        has_length |= k.eq_ignore_ascii_case("content-length");
+        req = req.header(k.as_str(), v);
+    }
+    if !has_length {
+        req = req.header("content-length", size.to_string());
+    }
+    let req = req
+        .body(PseudoRandomBody(PseudoRandomSource::new(SEED ^ size, size)))
+        .map_err(|e| format!("request: {e}"))?;
+    let mut blob = connect::<PseudoRandomBody>(target).await?;
+    let start = Instant::now();
+    blob.ready().await.map_err(|e| format!("not ready: {e}"))?;
+    let res = blob
+        .send_request(req)
+        .await
+        .map_err(|e| format!("PUT: {e}"))?;
+    let status = res.status();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("PUT body: {e}"))?
+        .to_bytes();
+    let put_secs = start.elapsed().as_secs_f64();
+    if !status.is_success() {
+        return Err(format!(
+            "PUT answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+
+    // A fresh connection: the first one sat idle through the whole PUT.
+    let mut api = connect(addr).await?;
+    let done = call(
+        &mut api,
+        addr,
+        Method::POST,
+        &format!("/v1/audio/{sha}/complete"),
+        Some(token),
+        Some("application/json"),
+        Bytes::from(serde_json::json!({ "session_id": session_id }).to_string()),
+        Duration::from_secs(60),
+    )
+    .await?;
+    if done.status != StatusCode::OK {
+        return Err(format!(
+            "complete answered {}: {}",
+            done.status,
+            done.text()
+        ));
+    }
+    let state = done.json()["state"].as_str().unwrap_or("?").to_owned();
+    Ok((put_secs, state))
+}
