@@ -1,5 +1,7 @@
 //! In-memory ports with a fault hook: the simulation tests run the real protocol over these
-//! and inject lost responses, crashes (failures before a write), conflicts and yields.
+//! and inject lost responses, crashes (failures before a write), conflicts, yields and slow
+//! calls. Blob events are queued for the simulation to deliver (late, twice, reordered, or
+//! never).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,11 +42,16 @@ pub enum Fault {
     Conflict,
 }
 
-/// Decides faults and scheduling. `yields` lets a simulation interleave tasks from a seed.
+/// Decides faults and scheduling. `yields` lets a simulation interleave tasks from a seed;
+/// `delay` makes one call slow (a long pause in tokio time, so whole flows of other tasks
+/// can run inside its window: a stale read acted on much later).
 pub trait FaultHook: Send + Sync + 'static {
     fn fault(&self, op: Op) -> Fault;
     fn yields(&self, _op: Op) -> u32 {
         0
+    }
+    fn delay(&self, _op: Op) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -62,6 +69,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 async fn gate(hook: &dyn FaultHook, op: Op) -> Result<Fault, StoreError> {
     for _ in 0..hook.yields(op) {
         tokio::task::yield_now().await;
+    }
+    let pause = hook.delay(op);
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
     }
     match hook.fault(op) {
         Fault::FailBefore => Err(StoreError::Unavailable(format!(
@@ -86,6 +97,7 @@ pub struct MemoryIndex {
     state: Arc<Mutex<IndexState>>,
     hook: Arc<dyn FaultHook>,
     writes: Arc<AtomicU64>,
+    bumps: Arc<AtomicU64>,
 }
 
 impl Default for MemoryIndex {
@@ -100,7 +112,13 @@ impl MemoryIndex {
             state: Arc::default(),
             hook,
             writes: Arc::new(AtomicU64::new(0)),
+            bumps: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many committed transactions changed a counter so far.
+    pub fn counter_writes(&self) -> u64 {
+        self.bumps.load(Ordering::SeqCst)
     }
 
     /// How many transactions have committed so far (lost responses included). A simulation
@@ -109,9 +127,31 @@ impl MemoryIndex {
         self.writes.load(Ordering::SeqCst)
     }
 
+    /// The sum of the versions of the items whose key matches `which`. Versions only grow, so
+    /// it changes exactly when one of those items is written: a cheap "did anything I check
+    /// change?" test for simulations.
+    pub fn version_sum(&self, which: impl Fn(&Key) -> bool) -> u64 {
+        lock(&self.state)
+            .items
+            .values()
+            .filter(|i| which(&i.key))
+            .map(|i| i.version)
+            .sum()
+    }
+
     /// Every item, for invariant checks and before/after comparisons.
     pub fn dump(&self) -> Vec<Item> {
         lock(&self.state).items.values().cloned().collect()
+    }
+
+    /// The items `which` selects, in key order (cheaper than `dump` when most are skipped).
+    pub fn dump_matching(&self, mut which: impl FnMut(&Item) -> bool) -> Vec<Item> {
+        lock(&self.state)
+            .items
+            .values()
+            .filter(|i| which(i))
+            .cloned()
+            .collect()
     }
 
     pub fn counter_totals(&self, pk: &str) -> BTreeMap<String, i64> {
@@ -190,6 +230,7 @@ impl TransactionalIndex for MemoryIndex {
                 return Err(TxnError::Rejected { op_index: i });
             }
         }
+        let mut bumped = false;
         for op in ops {
             match op {
                 WriteOp::Put { mut item, expect } => {
@@ -200,6 +241,7 @@ impl TransactionalIndex for MemoryIndex {
                 }
                 WriteOp::Check { .. } => {}
                 WriteOp::Bump { key, deltas } => {
+                    bumped = true;
                     let c = s.counters.entry(key).or_default();
                     for (name, d) in deltas {
                         *c.entry(name.to_owned()).or_insert(0) += d;
@@ -208,6 +250,9 @@ impl TransactionalIndex for MemoryIndex {
             }
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
+        if bumped {
+            self.bumps.fetch_add(1, Ordering::SeqCst);
+        }
         drop(s);
         if f == Fault::LoseResponse {
             return Err(TxnError::Store(lost(Op::IndexTransact)));
