@@ -116,6 +116,18 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 })
             }
             AudioState::PendingUpload | AudioState::Gone => {
+                // `meta` may be stale (read before this record was). Activate only a version
+                // that still exists now: from here on, deleting it needs a write to this
+                // record, which our compare-and-swap would see. (Found by the simulation.)
+                let Some(fresh) = self
+                    .blobs
+                    .head(&meta.key)
+                    .await?
+                    .filter(|m| m.version == meta.version)
+                else {
+                    return Ok(Step::Done(Adoption::Ignored));
+                };
+                let meta = &fresh;
                 let claimed = state == AudioState::PendingUpload || session.is_some();
                 if !claimed || !self.verify_object(hash, meta).await? {
                     return Ok(if self.quarantine(hash, prev.as_ref(), meta).await? {

@@ -81,7 +81,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
         let mut a = p.value.clone();
         let mut txn = self.txn();
-        let v = self.plan_reference(&mut txn, &mut a, owner, wanted).await?;
+        let v = self.plan_new_reference(&mut txn, &mut a, owner, wanted)?;
         self.put_or_check_audio(&mut txn, a, &p)?;
         Ok(if self.commit(txn).await? {
             Step::Done(v)
@@ -126,7 +126,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
     }
 
-    /// Plans a new live reference on active record `a` (which the caller then writes).
+    /// Plans a live reference on active record `a` (which the caller then writes), unless
+    /// one exists already.
     async fn plan_reference(
         &self,
         txn: &mut Txn,
@@ -137,6 +138,17 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         if let Some(existing) = self.existing_reference(&a.hash, owner, wanted).await? {
             return Ok(existing);
         }
+        self.plan_new_reference(txn, a, owner, wanted)
+    }
+
+    /// Plans a reference already checked absent (its `Absent` condition re-checks at commit).
+    fn plan_new_reference(
+        &self,
+        txn: &mut Txn,
+        a: &mut AudioRecord,
+        owner: &UserId,
+        wanted: &PendingReference,
+    ) -> Result<ReferenceView, DedupError> {
         let rec = ReferenceRecord {
             hash: a.hash,
             owner: owner.clone(),

@@ -34,14 +34,10 @@ fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn backend<
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
->(
-    e: SdkError<E, R>,
-) -> StoreError
+fn backend<E, R>(e: SdkError<E, R>) -> StoreError
 where
-    E: ProvideErrorMetadata,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let code = e
         .as_service_error()

@@ -44,6 +44,9 @@ type Reply = oneshot::Sender<Result<(), TxnError>>;
 pub struct SqliteIndex {
     writer: mpsc::Sender<(Vec<WriteOp>, Reply)>,
     readers: Arc<Vec<Mutex<Connection>>>,
+    /// One permit per reader connection: a read waits here (async) rather than parking a
+    /// blocking thread on a busy connection, so load cannot pile up threads.
+    read_permits: Arc<tokio::sync::Semaphore>,
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
@@ -78,6 +81,7 @@ impl SqliteIndex {
         Ok(Self {
             writer: tx,
             readers: Arc::new(readers),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
         })
     }
 
@@ -86,8 +90,15 @@ impl SqliteIndex {
         f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("index closed".into()))?;
         tokio::task::spawn_blocking(move || {
-            // Take any free reader; fall back to waiting on one.
+            let _permit = permit;
+            // Holding a permit, some reader is free; the fallback covers one still being released.
             let guard = readers
                 .iter()
                 .find_map(|m| m.try_lock().ok())
