@@ -87,3 +87,87 @@ where
         .parse()
         .map_err(|e: T::Err| ApiError::bad_request(code, e.to_string()))
 }
+
+/// For an optional JSON field: absent is `None`, but an explicit `null` is refused (the
+/// spec's optional fields are not nullable). Use with `#[serde(default, deserialize_with)]`.
+pub fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// A JSON Schema `integer` that fits a `u64`. JSON Schema counts a number with a zero
+/// fractional part (`70363.0`, `1e3`) as an integer, so those are accepted too.
+pub fn json_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is exactly representable; every integral f64 below it fits a u64.
+            if v.is_finite() && v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v)
+            {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(serde::de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+    d.deserialize_any(V)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    #[derive(Deserialize, Debug)]
+    struct T {
+        #[serde(deserialize_with = "super::json_u64")]
+        n: u64,
+        #[serde(default, deserialize_with = "super::non_null")]
+        o: Option<String>,
+    }
+
+    fn parse(s: &str) -> Result<T, serde_json::Error> {
+        serde_json::from_str(s)
+    }
+
+    #[test]
+    fn integers_in_any_json_spelling_and_no_nulls() {
+        assert_eq!(
+            parse(r#"{"n":5}"#).map(|t| (t.n, t.o)).ok(),
+            Some((5, None))
+        );
+        assert_eq!(parse(r#"{"n":70363.0}"#).map(|t| t.n).ok(), Some(70363));
+        assert_eq!(parse(r#"{"n":1e3}"#).map(|t| t.n).ok(), Some(1000));
+        assert_eq!(
+            parse(r#"{"n":1,"o":"x"}"#).map(|t| t.o).ok(),
+            Some(Some("x".to_owned()))
+        );
+        for bad in [
+            r#"{"n":-1}"#,
+            r#"{"n":1.5}"#,
+            r#"{"n":-0.5}"#,
+            r#"{"n":1e30}"#,
+            r#"{"n":"1"}"#,
+            r#"{"n":null}"#,
+            r#"{"n":1,"o":null}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+}

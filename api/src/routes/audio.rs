@@ -18,7 +18,7 @@ use audio_dedup_core::{
 use super::content_hash;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{parse, JsonBody, RawPath, StrictQuery};
+use crate::extract::{json_u64, non_null, parse, JsonBody, RawPath, StrictQuery};
 use crate::spool::{check_declared_length, spool};
 use crate::{AppState, MAX_DIRECT_UPLOAD};
 
@@ -58,6 +58,24 @@ fn format_of(raw: Option<&str>) -> Result<AudioFormat, ApiError> {
     parse(raw, "unknown_format")
 }
 
+/// `x-amz-checksum-sha256`: canonical base64 of the 32-byte digest, with its one `=` of
+/// padding or without it (43 characters).
+fn checksum(v: &http::HeaderValue) -> Result<ContentHash, ApiError> {
+    let text = v.to_str().ok().map(str::trim);
+    let padded = match text {
+        Some(t) if t.len() == 43 => Some(format!("{t}=")),
+        other => other.map(str::to_owned),
+    };
+    padded
+        .and_then(|t| ContentHash::from_base64(&t).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_checksum",
+                "x-amz-checksum-sha256 must be the base64 of a SHA-256 digest",
+            )
+        })
+}
+
 pub async fn upload_direct<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
@@ -69,17 +87,7 @@ pub async fn upload_direct<B: BlobStore, I: TransactionalIndex>(
     let reference = reference(q.ref_kind.as_deref(), q.ref_id.as_deref())?;
     let claimed = match headers.get("x-amz-checksum-sha256") {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| ContentHash::from_base64(v).ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_checksum",
-                        "x-amz-checksum-sha256 must be the base64 of a SHA-256 digest",
-                    )
-                })?,
-        ),
+        Some(v) => Some(checksum(v)?),
     };
     check_declared_length(&headers, MAX_DIRECT_UPLOAD)?;
     let spooled = spool(body, MAX_DIRECT_UPLOAD, s.cfg.spool_dir.as_deref()).await?;
@@ -118,8 +126,10 @@ pub async fn upload_direct<B: BlobStore, I: TransactionalIndex>(
 #[serde(deny_unknown_fields)]
 pub struct SessionBody {
     sha256: String,
+    #[serde(deserialize_with = "json_u64")]
     size: u64,
     format: String,
+    #[serde(default, deserialize_with = "non_null")]
     reference: Option<ReferenceBody>,
 }
 
@@ -146,6 +156,7 @@ pub async fn open_session<B: BlobStore, I: TransactionalIndex>(
 #[serde(deny_unknown_fields)]
 pub struct CompleteBody {
     session_id: String,
+    #[serde(default, deserialize_with = "non_null")]
     proof: Option<String>,
 }
 
