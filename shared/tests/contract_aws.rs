@@ -170,4 +170,16 @@ async fn presigned_put_signs_the_checksum_length_and_no_overwrite() {
         .await
         .unwrap();
     assert!(get.url.contains("X-Amz-Expires=600") && get.url.contains("versionId=v1"));
+    // Download URLs are capped at 15 minutes whatever the caller asks.
+    let long = env
+        .blobs
+        .presign_get(
+            "prod/audio/x",
+            "v1",
+            "audio/mpeg",
+            std::time::Duration::from_secs(86_400),
+        )
+        .await
+        .unwrap();
+    assert!(long.url.contains("X-Amz-Expires=900"), "{}", long.url);
 }

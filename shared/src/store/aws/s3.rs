@@ -19,8 +19,10 @@ use crate::ports::{
 };
 
 const UPLOADER_META: &str = "uploader";
-/// S3 SigV4 allows at most 7 days; we never sign for longer than this.
+/// S3 SigV4 allows 7 days; uploads are never signed for longer than this.
 const MAX_PRESIGN: Duration = Duration::from_secs(60 * 60);
+/// Download URLs live at most 15 minutes.
+const MAX_PRESIGN_GET: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Clone)]
 pub struct S3Blobs {
@@ -304,10 +306,10 @@ impl BlobStore for S3Blobs {
             .key(key)
             .version_id(version)
             .response_content_type(content_type)
-            .presigned(presign_config(ttl)?)
+            .presigned(presign_config(ttl.min(MAX_PRESIGN_GET))?)
             .await
             .map_err(backend)?;
-        Ok(signed(p, ttl, now_ms()))
+        Ok(signed(p, ttl.min(MAX_PRESIGN_GET), now_ms()))
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<ObjectPage, StoreError> {
