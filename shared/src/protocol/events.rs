@@ -96,19 +96,9 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 };
                 let mut a = p.value.clone();
                 let mut txn = self.txn();
-                self.plan_attach(
-                    &mut txn,
-                    &mut a,
-                    &s.value.owner,
-                    s.value.reference.as_ref(),
-                    Attach::Lenient,
-                )
-                .await?;
+                self.complete_uploading_session(&mut txn, &mut a, &s)
+                    .await?;
                 self.put_or_check_audio(&mut txn, a, &p)?;
-                let mut done = s.value.clone();
-                done.state = SessionState::Completed;
-                done.deduplicated = Some(false);
-                txn.put_session(&done, s.expect())?;
                 Ok(if self.commit(txn).await? {
                     Step::Done(Adoption::AlreadyActive)
                 } else {
@@ -159,18 +149,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     (AudioState::Active, a.size),
                 );
                 if let Some(s) = &session {
-                    self.plan_attach(
-                        &mut txn,
-                        &mut a,
-                        &s.value.owner,
-                        s.value.reference.as_ref(),
-                        Attach::Lenient,
-                    )
-                    .await?;
-                    let mut done = s.value.clone();
-                    done.state = SessionState::Completed;
-                    done.deduplicated = Some(false);
-                    txn.put_session(&done, s.expect())?;
+                    self.complete_uploading_session(&mut txn, &mut a, s).await?;
                 }
                 txn.put_audio(&a, prev.as_ref())?;
                 Ok(if self.commit(txn).await? {
@@ -180,5 +159,28 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 })
             }
         }
+    }
+
+    /// Plans the completion of the session whose PUT stored the object: its owner's grant,
+    /// its reference (leniently: a removed reference must not block adoption), and the
+    /// session marked completed.
+    async fn complete_uploading_session(
+        &self,
+        txn: &mut super::codec::Txn,
+        a: &mut crate::domain::AudioRecord,
+        s: &super::Versioned<SessionRecord>,
+    ) -> Result<(), DedupError> {
+        self.plan_attach(
+            txn,
+            a,
+            &s.value.owner,
+            s.value.reference.as_ref(),
+            Attach::Lenient,
+        )
+        .await?;
+        let mut done = s.value.clone();
+        done.state = SessionState::Completed;
+        done.deduplicated = Some(false);
+        txn.put_session(&done, s.expect())
     }
 }

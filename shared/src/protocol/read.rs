@@ -1,7 +1,7 @@
 //! Reads: one audio's metadata for a caller who holds it.
 
-use super::{keys, Dedup};
-use crate::domain::{AudioState, AudioView, ContentHash, HolderRecord, UserId};
+use super::{keys, Dedup, Versioned};
+use crate::domain::{AudioRecord, AudioState, AudioView, ContentHash, HolderRecord, UserId};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, TransactionalIndex};
 
@@ -13,18 +13,9 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         owner: &UserId,
         hash: &ContentHash,
     ) -> Result<AudioView, DedupError> {
-        let not_found =
-            || DedupError::not_found("audio_not_found", "no such audio for this caller");
-        let Some(p) = self.load_audio(hash).await? else {
-            return Err(not_found());
-        };
-        let holder = self
-            .load::<HolderRecord>(&keys::holder(hash, owner))
-            .await?;
-        if holder.map(|h| h.value.generation) != Some(p.value.generation)
-            || p.value.state != AudioState::Active
-        {
-            return Err(not_found());
+        let p = self.held_audio(owner, hash).await?;
+        if p.value.state != AudioState::Active {
+            return Err(audio_not_found());
         }
         let (url, url_expires_at) = self.download_url(&p.value).await?;
         Ok(AudioView {
@@ -36,4 +27,29 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             url_expires_at,
         })
     }
+
+    /// The audio record, if `owner` proved possession of its current generation; otherwise
+    /// the same 404 as for unknown content, so nothing leaks about other callers' audio.
+    pub(super) async fn held_audio(
+        &self,
+        owner: &UserId,
+        hash: &ContentHash,
+    ) -> Result<Versioned<AudioRecord>, DedupError> {
+        let Some(p) = self.load_audio(hash).await? else {
+            return Err(audio_not_found());
+        };
+        let holder = self
+            .load::<HolderRecord>(&keys::holder(hash, owner))
+            .await?;
+        if holder.map(|h| h.value.generation) != Some(p.value.generation)
+            || p.value.state == AudioState::Gone
+        {
+            return Err(audio_not_found());
+        }
+        Ok(p)
+    }
+}
+
+pub(super) fn audio_not_found() -> DedupError {
+    DedupError::not_found("audio_not_found", "no such audio for this caller")
 }

@@ -54,19 +54,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         hash: &ContentHash,
         wanted: &PendingReference,
     ) -> Result<Step<ReferenceView>, DedupError> {
-        let not_found =
-            || DedupError::not_found("audio_not_found", "no such audio for this caller");
-        let Some(p) = self.load_audio(hash).await? else {
-            return Err(not_found());
-        };
-        let holder = self
-            .load::<HolderRecord>(&keys::holder(hash, owner))
-            .await?;
-        if holder.as_ref().map(|h| h.value.generation) != Some(p.value.generation)
-            || p.value.state == AudioState::Gone
-        {
-            return Err(not_found());
-        }
+        let p = self.held_audio(owner, hash).await?;
         if let Some(existing) = self.existing_reference(hash, owner, wanted).await? {
             return Ok(Step::Done(existing));
         }
