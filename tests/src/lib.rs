@@ -4,7 +4,6 @@
 pub mod spec;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use audio_dedup_core::ports::{Item, Key, ObjectMeta};
@@ -203,10 +202,7 @@ impl StoreDump {
                         key: format!("audio/{hash}"),
                         version: v.to_owned(),
                         size: f.metadata().map(|m| m.len()).unwrap_or(0),
-                        sha256: audio_dedup_core::ContentHash::from_bytes(
-                            hex_to_32(sha).unwrap_or([0; 32]),
-                        )
-                        .into(),
+                        sha256: sha.parse().ok(),
                         uploader: Some(up.to_owned()),
                         last_modified: 0,
                     });
@@ -222,11 +218,6 @@ impl StoreDump {
             files,
         }
     }
-}
-
-fn hex_to_32(s: &str) -> Option<[u8; 32]> {
-    let h: audio_dedup_core::ContentHash = s.parse().ok()?;
-    Some(*h.as_bytes())
 }
 
 /// A response, already checked against the OpenAPI document.
@@ -424,5 +415,3 @@ pub fn audio(seed: u8, len: usize) -> Vec<u8> {
         })
         .collect()
 }
-
-pub type Shared<T> = Arc<T>;

@@ -8,8 +8,6 @@
 //! Race closed: a session that never completes. Its pending claim has a due time; the
 //! reconciler resolves it (adopting an object that did land, or dropping the claim).
 
-use std::time::Duration;
-
 use sha2::{Digest, Sha256};
 
 use super::references::Attach;
@@ -292,9 +290,5 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 "the upload completed, but the audio has since been deleted",
             )),
         }
-    }
-
-    pub fn session_ttl(&self) -> Duration {
-        self.cfg.session_ttl
     }
 }

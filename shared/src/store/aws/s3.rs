@@ -144,6 +144,31 @@ impl S3Blobs {
                 .map_or(0, |t| t.to_millis().unwrap_or(0)),
         })
     }
+
+    /// GET of one exact version (optionally a byte range); `None` if that version is gone.
+    async fn get_version(
+        &self,
+        key: &str,
+        version: &str,
+        range: Option<String>,
+    ) -> Result<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>, StoreError> {
+        let res = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .version_id(version)
+            .set_range(range)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Some(out)),
+            // 404: no such key or version; 400: a version id S3 does not know; 416: a range
+            // past the end of the object.
+            Err(e) if matches!(status_of(&e), Some(404 | 416 | 400)) => Ok(None),
+            Err(e) => Err(backend(e)),
+        }
+    }
 }
 
 impl BlobStore for S3Blobs {
@@ -226,26 +251,12 @@ impl BlobStore for S3Blobs {
         if length == 0 {
             return Ok(Some(Bytes::new()));
         }
-        let res = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .version_id(version)
-            .range(format!("bytes={}-{}", offset, offset + length - 1))
-            .send()
-            .await;
-        match res {
-            Ok(out) => Ok(Some(
-                out.body
-                    .collect()
-                    .await
-                    .map_err(StoreError::backend)?
-                    .into_bytes(),
-            )),
-            Err(e) if matches!(status_of(&e), Some(404 | 416 | 400)) => Ok(None),
-            Err(e) => Err(backend(e)),
-        }
+        let range = format!("bytes={}-{}", offset, offset + length - 1);
+        let Some(out) = self.get_version(key, version, Some(range)).await? else {
+            return Ok(None);
+        };
+        let body = out.body.collect().await.map_err(StoreError::backend)?;
+        Ok(Some(body.into_bytes()))
     }
 
     async fn stream_sha256(
@@ -253,18 +264,8 @@ impl BlobStore for S3Blobs {
         key: &str,
         version: &str,
     ) -> Result<Option<ContentHash>, StoreError> {
-        let res = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .version_id(version)
-            .send()
-            .await;
-        let mut out = match res {
-            Ok(out) => out,
-            Err(e) if matches!(status_of(&e), Some(404 | 400)) => return Ok(None),
-            Err(e) => return Err(backend(e)),
+        let Some(mut out) = self.get_version(key, version, None).await? else {
+            return Ok(None);
         };
         let mut hasher = StreamingHasher::new();
         while let Some(chunk) = out.body.try_next().await.map_err(StoreError::backend)? {
