@@ -26,7 +26,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "body_too_large",
-                        format!("JSON bodies are at most {MAX_JSON_BODY} bytes"),
+                        "the JSON body is larger than this route takes (docs/api.md)",
                     )
                 } else {
                     ApiError::bad_request("unreadable_body", "the request body could not be read")

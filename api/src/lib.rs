@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
@@ -46,6 +46,9 @@ pub enum RouteSet {
     Upload,
     References,
     Stats,
+    /// Threads, messages and snapshots.
+    Threads,
+    Library,
 }
 
 pub fn router<B: BlobStore, I: TransactionalIndex>(
@@ -54,7 +57,7 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
     cfg: ApiConfig,
     set: RouteSet,
 ) -> Router {
-    use routes::{audio, meta, references};
+    use routes::{audio, library, messages, meta, references, threads};
     let state = Arc::new(AppState { dedup, cfg });
     let mut api: Router<Arc<AppState<B, I>>> = Router::new();
     if matches!(set, RouteSet::All | RouteSet::Upload) {
@@ -75,6 +78,35 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
     }
     if matches!(set, RouteSet::All | RouteSet::Stats) {
         api = api.route("/v1/audio/stats", get(meta::stats::<B, I>));
+    }
+    if matches!(set, RouteSet::All | RouteSet::Threads) {
+        api = api
+            .route(
+                "/v1/threads",
+                post(threads::create::<B, I>).get(threads::list::<B, I>),
+            )
+            .route("/v1/threads/{id}", get(threads::get_one::<B, I>))
+            .route(
+                "/v1/threads/{id}/messages",
+                get(messages::list::<B, I>).merge(
+                    post(messages::create::<B, I>)
+                        .layer(DefaultBodyLimit::max(messages::MAX_MESSAGE_BODY)),
+                ),
+            )
+            .route(
+                "/v1/threads/{id}/messages/{message_id}",
+                delete(messages::delete::<B, I>),
+            )
+            .route(
+                "/v1/messages/{message_id}/snapshot",
+                get(messages::snapshot::<B, I>),
+            );
+    }
+    if matches!(set, RouteSet::All | RouteSet::Library) {
+        api = api.route("/v1/library", get(library::list::<B, I>)).route(
+            "/v1/library/{item_id}",
+            put(library::put::<B, I>).delete(library::delete::<B, I>),
+        );
     }
     if set == RouteSet::All {
         api = api.route("/v1/admin/reconcile", post(meta::reconcile::<B, I>));

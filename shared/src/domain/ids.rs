@@ -21,6 +21,9 @@ fn is_safe_id(s: &str, max: usize) -> bool {
 
 macro_rules! safe_id {
     ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal) => {
+        safe_id!($(#[$doc])* $name, $what, $max, |_: &str| false);
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $stored:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
@@ -48,7 +51,13 @@ macro_rules! safe_id {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+                let s = String::deserialize(d)?;
+                // Stored records may hold server-assigned forms no client can send.
+                let stored: fn(&str) -> bool = $stored;
+                if stored(&s) {
+                    return Ok(Self(s));
+                }
+                s.parse().map_err(serde::de::Error::custom)
             }
         }
 
@@ -71,9 +80,64 @@ safe_id!(
     UserId, "user id", 128
 );
 safe_id!(
-    /// A client-chosen id for one reference (a message id, a library item id). Single use.
-    ReferenceId, "reference id", 128
+    /// A client-chosen id for one reference. Single use. The server assigns the ids of the
+    /// references that messages and library items hold (see [`ReferenceId::managed`]).
+    ReferenceId, "reference id", 128, is_managed_ref_id
 );
+safe_id!(
+    /// A thread's id: client-chosen (the idempotency key of its creation) or server-made.
+    ThreadId, "thread id", 128
+);
+safe_id!(
+    /// A message's id, chosen by the client (a UUIDv7): the idempotency key of its creation.
+    MessageId, "message id", 128
+);
+safe_id!(
+    /// A library item's id, chosen by its owner.
+    LibraryItemId, "library item id", 128
+);
+
+/// `<tag>.<id>[.<n>]`: the '.' is outside the client grammar, so the references API can
+/// never name (and so never remove) a reference that a message or library item holds.
+fn is_managed_ref_id(s: &str) -> bool {
+    let mut parts = s.splitn(3, '.');
+    let (Some(tag), Some(id)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    matches!(tag, "m" | "l")
+        && is_safe_id(id, 128)
+        && parts
+            .next()
+            .is_none_or(|n| !n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+impl ReferenceId {
+    /// The reference a message holds on its audio.
+    pub fn of_message(id: &MessageId) -> Self {
+        Self(format!("m.{id}"))
+    }
+
+    /// The reference incarnation `n` of a library item holds (ids are single-use, and an
+    /// item can be deleted and put again).
+    pub fn of_library_item(id: &LibraryItemId, n: u64) -> Self {
+        Self(format!("l.{id}.{n}"))
+    }
+
+    /// Whether a message or library item holds this reference (not the references API).
+    pub fn is_managed(&self) -> bool {
+        is_managed_ref_id(&self.0)
+    }
+}
+
+impl ThreadId {
+    pub fn from_random(bytes: [u8; 16]) -> Self {
+        Self(
+            uuid::Builder::from_random_bytes(bytes)
+                .into_uuid()
+                .to_string(),
+        )
+    }
+}
 safe_id!(
     /// An upload session's id.
     SessionId, "session id", 64
@@ -142,6 +206,23 @@ mod tests {
         ] {
             assert!(good.parse::<ReferenceId>().is_ok());
         }
+    }
+
+    #[test]
+    fn managed_reference_ids_are_stored_but_never_parsed_from_clients() {
+        let m: MessageId = "0190c0de-7a7b".parse().unwrap();
+        let r = ReferenceId::of_message(&m);
+        assert!(r.is_managed());
+        assert!(r.as_str().parse::<ReferenceId>().is_err());
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<ReferenceId>(&json).unwrap(), r);
+        let l = ReferenceId::of_library_item(&"fav".parse().unwrap(), 3);
+        assert_eq!(l.as_str(), "l.fav.3");
+        assert!(serde_json::from_str::<ReferenceId>(&serde_json::to_string(&l).unwrap()).is_ok());
+        for bad in ["x.a", "m.", "m.a/b", "l.a.", "l.a.x", "m..", "m.a.1.2"] {
+            assert!(!is_managed_ref_id(bad), "{bad}");
+        }
+        assert!(!"plain".parse::<ReferenceId>().unwrap().is_managed());
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! Domain types: what the system talks about, each validated at construction.
 
+mod chat;
 mod format;
 mod hash;
 mod ids;
 mod records;
 mod views;
 
+pub use chat::*;
 pub use format::{AudioFormat, UnknownFormat};
 pub use hash::{hash_reader, ContentHash, HashParseError, StreamingHasher};
-pub use ids::{IdParseError, ReferenceId, ReferenceKind, SessionId, UserId};
+pub use ids::{
+    IdParseError, LibraryItemId, MessageId, ReferenceId, ReferenceKind, SessionId, ThreadId, UserId,
+};
 pub use records::*;
 pub use views::*;

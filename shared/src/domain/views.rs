@@ -83,4 +83,5 @@ pub struct ReconcileReport {
     pub unreferenced_deleted: u64,
     pub orphans_deleted: u64,
     pub activated: u64,
+    pub snapshots_purged: u64,
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{keys, ms, Dedup};
 use crate::domain::{
-    AudioRecord, AudioState, HolderRecord, ReferenceRecord, SessionRecord, SessionState,
+    AudioRecord, AudioState, HolderRecord, Millis, ReferenceRecord, SessionRecord, SessionState,
 };
 use crate::error::{DedupError, StoreError};
 use crate::ports::{BlobStore, Expect, Item, Key, TransactionalIndex, TxnError, WriteOp};
@@ -27,7 +27,7 @@ pub(super) fn expect_of<T>(prev: Option<&Versioned<T>>) -> Expect {
     prev.map_or(Expect::Absent, Versioned::expect)
 }
 
-fn decode<T: DeserializeOwned>(item: &Item) -> Result<Versioned<T>, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(item: &Item) -> Result<Versioned<T>, StoreError> {
     let value = serde_json::from_str(&item.body).map_err(|e| StoreError::Corrupt {
         key: item.key.to_string(),
         reason: e.to_string(),
@@ -224,6 +224,27 @@ impl Txn {
     pub fn put_session(&mut self, rec: &SessionRecord, expect: Expect) -> Result<(), DedupError> {
         let due = (rec.state == SessionState::Open).then_some(rec.expires_at + self.slack);
         self.put_json(keys::session(&rec.hash, &rec.id), rec, expect, None, due)
+    }
+
+    /// Writes any other record (threads, messages, logs, library items).
+    pub fn put<T: Serialize>(
+        &mut self,
+        key: Key,
+        value: &T,
+        expect: Expect,
+    ) -> Result<(), DedupError> {
+        self.put_json(key, value, expect, None, None)
+    }
+
+    /// Writes a record the reconciler must visit at `due`.
+    pub fn put_due<T: Serialize>(
+        &mut self,
+        key: Key,
+        value: &T,
+        expect: Expect,
+        due: Millis,
+    ) -> Result<(), DedupError> {
+        self.put_json(key, value, expect, None, Some(due))
     }
 
     pub fn check(&mut self, key: Key, expect: Expect) {

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::keys;
 use crate::domain::{
-    AudioRecord, AudioState, ContentHash, ReferenceRecord, ReferenceState, SessionRecord,
-    SessionState,
+    AudioRecord, AudioState, ContentHash, EntryState, LibraryItemRecord, MessageRecord,
+    ReferenceId, ReferenceRecord, ReferenceState, SessionRecord, SessionState, SnapshotStore,
 };
 use crate::ports::{Item, ObjectMeta};
 
@@ -79,6 +79,7 @@ pub fn safety(
             bad.push(format!("{hash}: {n} live references to no audio record"));
         }
     }
+    bad.extend(holders(items, &objects));
     let total_live: i64 = live.values().map(|n| *n as i64).sum();
     let referenced: i64 = live
         .iter()
@@ -103,13 +104,75 @@ pub fn safety(
     bad
 }
 
+/// Messages and library items hold exactly the references they name: a live holder has its
+/// live reference (so its audio is active, by the checks above), and a live managed
+/// reference has its live holder. A live message's snapshot object exists.
+fn holders(items: &[Item], objects: &HashMap<&str, &ObjectMeta>) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut refs: HashMap<(ContentHash, String, String), bool> = HashMap::new();
+    let mut wanted: Vec<(ContentHash, String, String)> = Vec::new();
+    for item in items {
+        if item.key.sk.starts_with("REF#") {
+            if let Ok(r) = serde_json::from_str::<ReferenceRecord>(&item.body) {
+                if r.ref_id.is_managed() {
+                    refs.insert(
+                        (r.hash, r.owner.to_string(), r.ref_id.to_string()),
+                        r.state == ReferenceState::Live,
+                    );
+                }
+            }
+        } else if item.key.pk.starts_with("MSG#") {
+            match serde_json::from_str::<MessageRecord>(&item.body) {
+                Ok(m) if m.state == EntryState::Live => {
+                    if let Some(a) = m.audio {
+                        let id = ReferenceId::of_message(&m.id).to_string();
+                        wanted.push((a.content_hash, m.author.to_string(), id));
+                    }
+                    if let SnapshotStore::Blob { key, version } = &m.snapshot {
+                        if objects.get(key.as_str()).map(|o| &o.version) != Some(version) {
+                            bad.push(format!("message {}: snapshot object missing", m.id));
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => bad.push(format!("undecodable message {}: {e}", item.key)),
+            }
+        } else if item.key.pk.starts_with("LIB#") && item.key.sk.starts_with("ITEM#") {
+            match serde_json::from_str::<LibraryItemRecord>(&item.body) {
+                Ok(i) if i.state == EntryState::Live => {
+                    let id = ReferenceId::of_library_item(&i.id, i.incarnation).to_string();
+                    wanted.push((i.content_hash, i.owner.to_string(), id));
+                }
+                Ok(_) => {}
+                Err(e) => bad.push(format!("undecodable library item {}: {e}", item.key)),
+            }
+        }
+    }
+    for w in &wanted {
+        if refs.remove(w) != Some(true) {
+            bad.push(format!(
+                "{} holds no live reference {} on {}",
+                w.1, w.2, w.0
+            ));
+        }
+    }
+    for ((hash, owner, id), live) in refs {
+        if live {
+            bad.push(format!(
+                "{owner}: live reference {id} on {hash} with no live holder"
+            ));
+        }
+    }
+    bad
+}
+
 /// Liveness: after faults stop and the reconciler has run with the clock past every due
 /// time, nothing is in flight and nothing is orphaned.
 pub fn settled(items: &[Item], objects: &[ObjectMeta], prefix: &str) -> Vec<String> {
     let mut bad = Vec::new();
     let mut active_versions = HashMap::new();
     for item in items {
-        if item.key.sk == "META" {
+        if item.key.sk == "META" && item.key.pk.starts_with("AUDIO#") {
             if let Ok(a) = serde_json::from_str::<AudioRecord>(&item.body) {
                 match a.state {
                     AudioState::PendingUpload | AudioState::Deleting => {
@@ -125,6 +188,15 @@ pub fn settled(items: &[Item], objects: &[ObjectMeta], prefix: &str) -> Vec<Stri
                         );
                     }
                     AudioState::Gone => {}
+                }
+            }
+        } else if item.key.pk.starts_with("MSG#") {
+            if let Ok(m) = serde_json::from_str::<MessageRecord>(&item.body) {
+                if let SnapshotStore::Blob { key, version } = m.snapshot {
+                    if m.state == EntryState::Deleted {
+                        bad.push(format!("message {}: snapshot not purged", m.id));
+                    }
+                    active_versions.insert(key, version);
                 }
             }
         } else if item.key.sk.starts_with("SESSION#") {

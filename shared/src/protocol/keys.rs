@@ -1,7 +1,9 @@
 //! Where each record lives in the index and in the blob store. One place, so every adapter
 //! and every flow agrees.
 
-use crate::domain::{ContentHash, Millis, ReferenceId, SessionId, UserId};
+use crate::domain::{
+    ContentHash, LibraryItemId, MessageId, Millis, ReferenceId, Seq, SessionId, ThreadId, UserId,
+};
 use crate::ports::Key;
 
 pub const STATS_PK: &str = "STATS";
@@ -35,6 +37,61 @@ pub fn stats_shard(shard: u64) -> Key {
     Key::new(STATS_PK, format!("SHARD#{shard:03}"))
 }
 
+pub fn thread(id: &ThreadId) -> Key {
+    Key::new(format!("THREAD#{id}"), "META")
+}
+
+/// Sort keys of log entries sort by position (zero-padded).
+pub fn log_sk(seq: Seq) -> String {
+    format!("LOG#{seq:020}")
+}
+
+pub fn seq_of_log_sk(sk: &str) -> Option<Seq> {
+    sk.strip_prefix("LOG#")?.parse().ok()
+}
+
+pub fn thread_log_pk(id: &ThreadId) -> String {
+    format!("THREAD#{id}")
+}
+
+pub fn thread_log(id: &ThreadId, seq: Seq) -> Key {
+    Key::new(thread_log_pk(id), log_sk(seq))
+}
+
+/// A message is keyed by its id alone: ids are global idempotency keys, and
+/// `GET /v1/messages/{id}/snapshot` names no thread.
+pub fn message(id: &MessageId) -> Key {
+    Key::new(format!("MSG#{id}"), "META")
+}
+
+pub fn feed_pk(user: &UserId) -> String {
+    format!("FEED#{user}")
+}
+
+pub fn feed_head(user: &UserId) -> Key {
+    Key::new(feed_pk(user), "HEAD")
+}
+
+pub fn feed_entry(user: &UserId, seq: Seq) -> Key {
+    Key::new(feed_pk(user), log_sk(seq))
+}
+
+pub fn library_pk(owner: &UserId) -> String {
+    format!("LIB#{owner}")
+}
+
+pub fn library_head(owner: &UserId) -> Key {
+    Key::new(library_pk(owner), "HEAD")
+}
+
+pub fn library_item(owner: &UserId, id: &LibraryItemId) -> Key {
+    Key::new(library_pk(owner), format!("ITEM#{id}"))
+}
+
+pub fn library_log(owner: &UserId, seq: Seq) -> Key {
+    Key::new(library_pk(owner), log_sk(seq))
+}
+
 /// Work index entry: sorted by due time, unique per item.
 pub fn work(due: Millis, of: &Key) -> Key {
     Key::new(
@@ -59,6 +116,24 @@ pub fn hash_from_blob_key(prefix: &str, key: &str) -> Option<ContentHash> {
         .strip_prefix("audio/")?
         .parse()
         .ok()
+}
+
+/// Blob key for a snapshot too big for an index item: `<prefix>snapshots/<message>-<sha256>`.
+/// One key per (message, content), so two racing creates of one id never share an object.
+pub fn snapshot_blob_key(prefix: &str, id: &MessageId, sha256: &ContentHash) -> String {
+    format!("{prefix}snapshots/{id}-{sha256}")
+}
+
+/// The message a snapshot blob key names, if the key is one of ours.
+pub fn message_from_snapshot_key(prefix: &str, key: &str) -> Option<MessageId> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("snapshots/")?;
+    let (id, hash) = rest.rsplit_once('-')?;
+    hash.parse::<ContentHash>().ok()?;
+    id.parse().ok()
+}
+
+pub fn snapshot_uploader(id: &MessageId) -> String {
+    format!("message:{id}")
 }
 
 pub fn session_uploader(id: &SessionId) -> String {
@@ -87,6 +162,24 @@ mod tests {
             None
         );
         assert_eq!(hash_from_blob_key("prod/", "prod/other/x"), None);
+    }
+
+    #[test]
+    fn snapshot_keys_round_trip() {
+        let h = ContentHash::of(b"{}");
+        let id: MessageId = "0190-a_b".parse().unwrap();
+        let k = snapshot_blob_key("prod/", &id, &h);
+        assert_eq!(message_from_snapshot_key("prod/", &k), Some(id));
+        assert_eq!(
+            message_from_snapshot_key("prod/", &blob_key("prod/", &h)),
+            None
+        );
+        assert_eq!(
+            message_from_snapshot_key("prod/", "prod/snapshots/x-y"),
+            None
+        );
+        assert!(log_sk(9) < log_sk(10));
+        assert_eq!(seq_of_log_sk(&log_sk(42)), Some(42));
     }
 
     #[test]

@@ -6,11 +6,14 @@ mod deletion;
 mod events;
 pub mod invariants;
 pub mod keys;
+mod library;
+mod messages;
 mod read;
 mod reconcile;
 mod references;
 mod session;
 mod stats;
+mod threads;
 mod upload;
 
 use std::sync::Arc;
@@ -18,7 +21,9 @@ use std::time::Duration;
 
 pub use codec::Versioned;
 pub use events::Adoption;
+pub use messages::{NewMessage, SnapshotBody};
 pub use session::{proof_for, CompleteRequest, SessionRequest};
+pub use threads::{parse_cursor, NewThread, DEFAULT_PAGE, MAX_PAGE};
 pub use upload::DirectUpload;
 
 use crate::domain::Millis;
@@ -42,6 +47,12 @@ pub struct DedupConfig {
     /// How long a direct upload may take between claiming the content and activating it.
     pub direct_lease: Duration,
     pub stats_shards: u64,
+    /// Snapshots longer than this (bytes of JSON) go to the blob store, not the index item:
+    /// a DynamoDB item holds 400 KB, the message's other attributes included.
+    pub snapshot_inline_max: usize,
+    /// How long a snapshot object no message records is kept before the sweep deletes it
+    /// (a create puts the object, then commits the message).
+    pub snapshot_grace: Duration,
     /// Compare-and-swap attempts before answering `busy`.
     pub max_attempts: usize,
 }
@@ -57,6 +68,8 @@ impl Default for DedupConfig {
             unreferenced_ttl: Duration::from_secs(24 * 60 * 60),
             direct_lease: Duration::from_secs(5 * 60),
             stats_shards: 16,
+            snapshot_inline_max: 350_000,
+            snapshot_grace: Duration::from_secs(15 * 60),
             max_attempts: 64,
         }
     }

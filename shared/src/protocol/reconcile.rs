@@ -56,6 +56,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         sk: &str,
         report: &mut ReconcileReport,
     ) -> Result<(), DedupError> {
+        if let Some(id) = pk.strip_prefix("MSG#").and_then(|i| i.parse().ok()) {
+            // A deleted message whose snapshot object the delete did not get to.
+            self.purge_snapshot(&id).await?;
+            report.snapshots_purged += 1;
+            return Ok(());
+        }
         let Some(hash) = pk
             .strip_prefix("AUDIO#")
             .and_then(|h| h.parse::<ContentHash>().ok())
@@ -166,6 +172,28 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         })
     }
 
+    /// A snapshot object no message records: a create that failed or died after putting it.
+    /// Deleted once older than the grace, which a create never lets its object reach
+    /// before recording it (see `messages.rs`). A deleted message's object is purged.
+    async fn sweep_snapshot(
+        &self,
+        id: &crate::domain::MessageId,
+        meta: &crate::ports::ObjectMeta,
+    ) -> Result<bool, DedupError> {
+        if let Some(m) = self.snapshot_recorded(id, &meta.key, &meta.version).await? {
+            if m.value.state == crate::domain::EntryState::Deleted {
+                self.purge_snapshot(id).await?;
+                return Ok(true);
+            }
+            return Ok(false);
+        }
+        if self.now() - meta.last_modified < super::ms(self.cfg.snapshot_grace) {
+            return Ok(false);
+        }
+        self.blobs.delete_version(&meta.key, &meta.version).await?;
+        Ok(true)
+    }
+
     /// Objects the index does not account for (a crash after the put, a lost event, a slow
     /// PUT after its session expired) are adopted or deleted.
     async fn sweep_orphans(&self, report: &mut ReconcileReport) -> Result<(), DedupError> {
@@ -173,6 +201,16 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         for _ in 0..MAX_SWEEP_PAGES {
             let page = self.blobs.list(after.as_deref(), BATCH).await?;
             for meta in &page.objects {
+                if let Some(id) = keys::message_from_snapshot_key(&self.cfg.key_prefix, &meta.key) {
+                    match self.sweep_snapshot(&id, meta).await {
+                        Ok(true) => report.orphans_deleted += 1,
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(key = %meta.key, error = %e, "snapshot sweep step failed")
+                        }
+                    }
+                    continue;
+                }
                 let Some(hash) = keys::hash_from_blob_key(&self.cfg.key_prefix, &meta.key) else {
                     continue;
                 };

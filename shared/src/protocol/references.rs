@@ -7,7 +7,7 @@
 //! Race closed: the last reference removed while another is added. Both transactions CAS the
 //! audio record's version; the add re-reads, sees `Deleting`, and answers 409.
 
-use super::codec::{expect_of, Txn};
+use super::codec::{expect_of, Txn, Versioned};
 use super::{keys, ms, Dedup, Step};
 use crate::domain::{
     AudioRecord, AudioState, ContentHash, HolderRecord, PendingReference, ReferenceId,
@@ -229,34 +229,69 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         Ok(())
     }
 
-    async fn remove_step(
+    /// Plans, in a caller's transaction, the reference a message or library item holds on
+    /// audio. The owner must hold the audio (as for the references API) and it must be
+    /// active; the audio record's version is part of the transaction, so a deletion racing
+    /// this write makes one of the two lose and re-read.
+    pub(super) async fn plan_held_reference(
         &self,
+        txn: &mut Txn,
+        owner: &UserId,
+        hash: &ContentHash,
+        wanted: &PendingReference,
+    ) -> Result<(), DedupError> {
+        let p = self.held_audio(owner, hash).await?;
+        if p.value.state != AudioState::Active && !cfg!(feature = "mutation-no-state-check") {
+            return Err(DedupError::conflict(
+                "audio_not_active",
+                format!(
+                    "the audio is {}; only active audio can be attached",
+                    p.value.state.as_str()
+                ),
+            ));
+        }
+        let mut a = p.value.clone();
+        self.plan_new_reference(txn, &mut a, owner, wanted)?;
+        self.put_or_check_audio(txn, a, &p)
+    }
+
+    /// Plans dropping the reference a message or library item holds. Returns whether the
+    /// audio becomes `Deleting`.
+    pub(super) async fn plan_drop_reference(
+        &self,
+        txn: &mut Txn,
         owner: &UserId,
         hash: &ContentHash,
         ref_id: &ReferenceId,
-    ) -> Result<Step<bool>, DedupError> {
-        let Some(r) = self
-            .load::<ReferenceRecord>(&keys::reference(hash, owner, ref_id))
-            .await?
-        else {
-            return Err(DedupError::not_found(
-                "reference_not_found",
-                "no such reference for this caller",
-            ));
-        };
-        if r.value.state == ReferenceState::Removed {
-            return Ok(Step::Done(false));
-        }
-        let Some(p) = self.load_audio(hash).await? else {
+    ) -> Result<bool, DedupError> {
+        let key = keys::reference(hash, owner, ref_id);
+        let Some(r) = self.load::<ReferenceRecord>(&key).await? else {
             return Err(crate::error::StoreError::Corrupt {
-                key: keys::audio(hash).to_string(),
-                reason: "live reference without audio".into(),
+                key: key.to_string(),
+                reason: "a live holder without its reference".into(),
             }
             .into());
         };
+        if r.value.state == ReferenceState::Removed {
+            return Ok(false);
+        }
+        let Some(p) = self.load_audio(hash).await? else {
+            return Err(live_reference_without_audio(hash));
+        };
+        self.plan_remove_reference(txn, &r, &p)
+    }
+
+    /// Plans removing live reference `r` from audio `p`: the reference becomes a tombstone
+    /// and the count drops, both conditioned on the versions read. Returns whether the
+    /// audio becomes `Deleting` (the caller then finishes the deletion after committing).
+    pub(super) fn plan_remove_reference(
+        &self,
+        txn: &mut Txn,
+        r: &Versioned<ReferenceRecord>,
+        p: &Versioned<AudioRecord>,
+    ) -> Result<bool, DedupError> {
         let now = self.now();
         let mut a = p.value.clone();
-        let mut txn = self.txn();
         a.refs = a.refs.saturating_sub(1);
         a.updated_at = now;
         txn.stats.reference(a.size, -1);
@@ -284,10 +319,44 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         removed.state = ReferenceState::Removed;
         removed.removed_at = Some(now);
         txn.put_reference(&removed, r.expect())?;
+        Ok(deleting)
+    }
+
+    async fn remove_step(
+        &self,
+        owner: &UserId,
+        hash: &ContentHash,
+        ref_id: &ReferenceId,
+    ) -> Result<Step<bool>, DedupError> {
+        let Some(r) = self
+            .load::<ReferenceRecord>(&keys::reference(hash, owner, ref_id))
+            .await?
+        else {
+            return Err(DedupError::not_found(
+                "reference_not_found",
+                "no such reference for this caller",
+            ));
+        };
+        if r.value.state == ReferenceState::Removed {
+            return Ok(Step::Done(false));
+        }
+        let Some(p) = self.load_audio(hash).await? else {
+            return Err(live_reference_without_audio(hash));
+        };
+        let mut txn = self.txn();
+        let deleting = self.plan_remove_reference(&mut txn, &r, &p)?;
         Ok(if self.commit(txn).await? {
             Step::Done(deleting)
         } else {
             Step::Lost
         })
     }
+}
+
+pub(super) fn live_reference_without_audio(hash: &ContentHash) -> DedupError {
+    crate::error::StoreError::Corrupt {
+        key: keys::audio(hash).to_string(),
+        reason: "live reference without audio".into(),
+    }
+    .into()
 }

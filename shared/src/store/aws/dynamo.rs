@@ -288,27 +288,38 @@ impl TransactionalIndex for DynamoIndex {
             ("#s".to_owned(), sk_attr.to_owned()),
         ]);
         let mut values = HashMap::from([(":p".to_owned(), s(&q.pk))]);
-        // One sort-key condition in the key expression; the rest filter.
+        // One sort-key condition in the key expression, the rest filter. A cursor (`after`)
+        // goes in the key condition when there is one, so a page starts reading at the
+        // cursor rather than at the start of the partition.
         let mut filters = Vec::new();
-        let key_expr = match (&q.upto, q.sk_prefix.is_empty()) {
-            (Some(upto), _) => {
-                values.insert(":upto".into(), s(upto));
-                if !q.sk_prefix.is_empty() {
-                    values.insert(":pre".into(), s(&q.sk_prefix));
-                    filters.push("begins_with(#s, :pre)");
-                }
-                "#p = :p AND #s <= :upto"
-            }
-            (None, false) => {
-                values.insert(":pre".into(), s(&q.sk_prefix));
-                "#p = :p AND begins_with(#s, :pre)"
-            }
-            (None, true) => "#p = :p",
-        };
-        if let Some(after) = &q.after {
+        let key_expr = if let Some(after) = &q.after {
             values.insert(":after".into(), s(after));
-            filters.push("#s > :after");
-        }
+            if !q.sk_prefix.is_empty() {
+                values.insert(":pre".into(), s(&q.sk_prefix));
+                filters.push("begins_with(#s, :pre)");
+            }
+            if let Some(upto) = &q.upto {
+                values.insert(":upto".into(), s(upto));
+                filters.push("#s <= :upto");
+            }
+            "#p = :p AND #s > :after"
+        } else {
+            match (&q.upto, q.sk_prefix.is_empty()) {
+                (Some(upto), _) => {
+                    values.insert(":upto".into(), s(upto));
+                    if !q.sk_prefix.is_empty() {
+                        values.insert(":pre".into(), s(&q.sk_prefix));
+                        filters.push("begins_with(#s, :pre)");
+                    }
+                    "#p = :p AND #s <= :upto"
+                }
+                (None, false) => {
+                    values.insert(":pre".into(), s(&q.sk_prefix));
+                    "#p = :p AND begins_with(#s, :pre)"
+                }
+                (None, true) => "#p = :p",
+            }
+        };
         let mut out = Vec::new();
         let mut start = None;
         for _ in 0..MAX_QUERY_PAGES {

@@ -333,15 +333,31 @@ impl TransactionalIndex for SqliteIndex {
                 IndexName::Owner => ("owner_pk", "owner_sk"),
                 IndexName::Work => ("work_pk", "work_sk"),
             };
-            let sql = format!(
-                "SELECT {COLS} FROM items WHERE {p} = ?1 AND substr({s}, 1, length(?2)) = ?2
-                 AND (?3 IS NULL OR {s} > ?3) AND (?4 IS NULL OR {s} <= ?4) ORDER BY {s} LIMIT ?5"
-            );
+            // Bounds as ranges on the index (not functions of the column), so SQLite seeks to
+            // the cursor instead of scanning the partition from its start.
+            let mut sql = format!("SELECT {COLS} FROM items WHERE {p} = ?1");
+            let mut args: Vec<String> = vec![q.pk.clone()];
+            let mut bound = |sql: &mut String, op: &str, v: String| {
+                args.push(v);
+                sql.push_str(&format!(" AND {s} {op} ?{}", args.len()));
+            };
+            if !q.sk_prefix.is_empty() {
+                bound(&mut sql, ">=", q.sk_prefix.clone());
+                // Keys are ASCII; U+10FFFF sorts after every one of them (bytewise).
+                bound(&mut sql, "<", format!("{}\u{10FFFF}", q.sk_prefix));
+            }
+            if let Some(after) = &q.after {
+                bound(&mut sql, ">", after.clone());
+            }
+            if let Some(upto) = &q.upto {
+                bound(&mut sql, "<=", upto.clone());
+            }
+            sql.push_str(&format!(
+                " ORDER BY {s} LIMIT {}",
+                q.limit.min(i64::MAX as usize)
+            ));
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![q.pk, q.sk_prefix, q.after, q.upto, q.limit as i64],
-                row_item,
-            )?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_item)?;
             rows.collect()
         })
         .await

@@ -1,0 +1,74 @@
+//! `/v1/library`: the caller's own library only.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::StatusCode;
+use serde::Deserialize;
+
+use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
+use audio_dedup_core::LibraryItemId;
+
+use super::{content_hash, cursor, page_limit, ListQuery};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{parse, JsonBody, RawPath, StrictQuery};
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutBody {
+    content_hash: String,
+    title: String,
+}
+
+pub async fn put<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath(id): RawPath<String>,
+    JsonBody(b): JsonBody<PutBody>,
+) -> Result<Response, ApiError> {
+    let id: LibraryItemId = parse(&id, "invalid_item_id")?;
+    let hash = content_hash(&b.content_hash)?;
+    let (view, created) = s
+        .dedup
+        .put_library_item(&caller.user, &id, &hash, &b.title)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+pub async fn delete<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath(id): RawPath<String>,
+) -> Result<Response, ApiError> {
+    let id: LibraryItemId = parse(&id, "invalid_item_id")?;
+    s.dedup.delete_library_item(&caller.user, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn list<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    StrictQuery(q): StrictQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    if q.after.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "the library takes `since`, not `after`",
+        ));
+    }
+    let since = cursor(q.since.as_deref())?;
+    let page = s
+        .dedup
+        .list_library(&caller.user, since, page_limit(q.limit.as_deref())?)
+        .await?;
+    Ok(Json(page).into_response())
+}

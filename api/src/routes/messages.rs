@@ -1,0 +1,130 @@
+//! `/v1/threads/{id}/messages` and `/v1/messages/{id}/snapshot`: members only; only the
+//! author deletes.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{header, HeaderValue, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
+use audio_dedup_core::protocol::NewMessage;
+use audio_dedup_core::{AudioRender, MessageId, ThreadId, MAX_SNAPSHOT_BYTES};
+
+use super::{cursor, page_limit, ListQuery};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{non_null, parse, JsonBody, RawPath, StrictQuery};
+use crate::AppState;
+
+/// Largest `POST /v1/threads/{id}/messages` body: a full snapshot and the rest.
+pub const MAX_MESSAGE_BODY: usize = MAX_SNAPSHOT_BYTES + 16 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    id: String,
+    snapshot: Box<RawValue>,
+    #[serde(default, deserialize_with = "non_null")]
+    audio: Option<AudioRender>,
+}
+
+pub async fn create<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath(thread): RawPath<String>,
+    JsonBody(b): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
+    let id: MessageId = parse(&b.id, "invalid_message_id")?;
+    if b.snapshot.get() == "null" {
+        return Err(ApiError::bad_request(
+            "invalid_snapshot",
+            "a snapshot is a JSON value other than null",
+        ));
+    }
+    if b.snapshot.get().len() > MAX_SNAPSHOT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "snapshot_too_large",
+            format!("a snapshot is at most {MAX_SNAPSHOT_BYTES} bytes of JSON"),
+        ));
+    }
+    let req = NewMessage {
+        id,
+        snapshot: b.snapshot,
+        audio: b.audio,
+    };
+    let (view, created) = s.dedup.create_message(&caller.user, &thread, req).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+pub async fn list<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath(thread): RawPath<String>,
+    StrictQuery(q): StrictQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
+    if q.since.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "message sync takes `after`, not `since`",
+        ));
+    }
+    let after = cursor(q.after.as_deref())?;
+    let page = s
+        .dedup
+        .list_messages(
+            &caller.user,
+            &thread,
+            after,
+            page_limit(q.limit.as_deref())?,
+        )
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+pub async fn delete<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath((thread, id)): RawPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
+    let id: MessageId = parse(&id, "invalid_message_id")?;
+    s.dedup.delete_message(&caller.user, &thread, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn snapshot<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath(id): RawPath<String>,
+) -> Result<Response, ApiError> {
+    let id: MessageId = parse(&id, "invalid_message_id")?;
+    let body = s.dedup.snapshot(&caller.user, &id).await?;
+    let mut res = (StatusCode::OK, body.json).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // The snapshot's SHA-256: the same value as `snapshot.sha256` in the message.
+    if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", body.sha256)) {
+        h.insert(header::ETAG, tag);
+    }
+    // Immutable for the message's life: a message's snapshot never changes.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    Ok(res)
+}

@@ -1,0 +1,102 @@
+//! `/v1/threads`: create, the caller's feed, one thread. Members only.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::StatusCode;
+use serde::Deserialize;
+
+use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
+use audio_dedup_core::protocol::NewThread;
+use audio_dedup_core::{valid_title, ThreadId, UserId};
+
+use super::{cursor, page_limit, ListQuery};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{non_null, parse, JsonBody, RawPath, StrictQuery};
+use crate::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    #[serde(default, deserialize_with = "non_null")]
+    id: Option<String>,
+    title: String,
+    members: Vec<String>,
+}
+
+pub async fn create<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    JsonBody(b): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    let id =
+        b.id.as_deref()
+            .map(|i| parse::<ThreadId>(i, "invalid_thread_id"))
+            .transpose()?;
+    if !valid_title(&b.title) {
+        return Err(ApiError::bad_request(
+            "invalid_title",
+            "a title is 1 to 200 characters, not blank, without control characters",
+        ));
+    }
+    if b.members.len() > 64 {
+        return Err(ApiError::bad_request(
+            "too_many_members",
+            "a thread has at most 10 members, the caller included",
+        ));
+    }
+    let members = b
+        .members
+        .iter()
+        .map(|m| parse::<UserId>(m, "invalid_member"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (view, created) = s
+        .dedup
+        .create_thread(
+            &caller.user,
+            NewThread {
+                id,
+                title: b.title,
+                members,
+            },
+        )
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+pub async fn list<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    StrictQuery(q): StrictQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let since = cursor(q.since.as_deref())?;
+    if q.after.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "the thread feed takes `since`, not `after`",
+        ));
+    }
+    let page = s
+        .dedup
+        .list_threads(&caller.user, since, page_limit(q.limit.as_deref())?)
+        .await?;
+    Ok(Json(page).into_response())
+}
+
+pub async fn get_one<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath(id): RawPath<String>,
+) -> Result<Response, ApiError> {
+    let id: ThreadId = parse(&id, "invalid_thread_id")?;
+    let t = s.dedup.get_thread(&caller.user, &id).await?;
+    Ok(Json(t).into_response())
+}

@@ -1,0 +1,239 @@
+//! Threads, messages and library items: what the index stores and what the API answers.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{AudioFormat, ContentHash, LibraryItemId, MessageId, Millis, ThreadId, UserId};
+
+/// A position in one change log: a thread's messages, a user's thread feed, a user's
+/// library. Allocated by the transaction that makes the change, from a counter that the
+/// same transaction conditions on, so positions commit in order: once `n` is visible, every
+/// position below `n` is too (docs/protocol.md, "Cursors").
+pub type Seq = u64;
+
+/// Most members a thread may have: creating one writes two items per member in one
+/// transaction (feed head and feed entry), and a transaction holds at most 25 writes.
+pub const MAX_THREAD_MEMBERS: usize = 10;
+pub const MAX_TITLE_LEN: usize = 200;
+/// Largest snapshot a message carries (bytes of its JSON text).
+pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRecord {
+    pub id: ThreadId,
+    pub title: String,
+    pub members: Vec<UserId>,
+    pub created_by: UserId,
+    pub created_at: Millis,
+    /// The last position allocated in this thread's message log.
+    pub last_seq: Seq,
+    pub live_messages: u64,
+    pub updated_at: Millis,
+}
+
+impl ThreadRecord {
+    pub fn is_member(&self, user: &UserId) -> bool {
+        self.members.contains(user)
+    }
+
+    pub fn view(&self) -> ThreadView {
+        ThreadView {
+            id: self.id.clone(),
+            title: self.title.clone(),
+            members: self.members.clone(),
+            created_by: self.created_by.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// The head of a per-user log (thread feed or library): its last allocated position.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogHead {
+    pub last_seq: Seq,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadView {
+    pub id: ThreadId,
+    pub title: String,
+    pub members: Vec<UserId>,
+    pub created_by: UserId,
+    pub created_at: Millis,
+}
+
+/// One entry of a user's thread feed: they became a member of this thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    pub seq: Seq,
+    pub thread: ThreadView,
+}
+
+/// `GET /v1/threads/{id}`: the thread and where its message log stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ThreadDetail {
+    #[serde(flatten)]
+    pub thread: ThreadView,
+    /// The cursor of the newest message change: a client whose cursor equals it is current.
+    pub last_cursor: String,
+    pub message_count: u64,
+}
+
+/// The audio a message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudioRender {
+    pub content_hash: ContentHash,
+    pub format: AudioFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryState {
+    Live,
+    /// Kept as a tombstone: a retried create or delete answers the same, and a sync reader
+    /// learns of the deletion.
+    Deleted,
+}
+
+/// Where a message's snapshot is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "in", rename_all = "snake_case")]
+pub enum SnapshotStore {
+    /// In the message's index item (small snapshots).
+    Inline { json: Box<RawValue> },
+    /// In the blob store: one exact version (snapshots too big for a DynamoDB item).
+    Blob { key: String, version: String },
+    /// The message was deleted and the snapshot with it.
+    Purged,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    pub thread_id: ThreadId,
+    pub author: UserId,
+    pub state: EntryState,
+    /// Position of the creation in the thread's log.
+    pub created_seq: Seq,
+    /// Position of the latest change (the creation, or the deletion).
+    pub seq: Seq,
+    pub created_at: Millis,
+    pub deleted_at: Option<Millis>,
+    pub audio: Option<AudioRender>,
+    pub snapshot_size: u64,
+    pub snapshot_sha256: ContentHash,
+    pub snapshot: SnapshotStore,
+    /// SHA-256 of what the create asked for: a retry must ask for the same.
+    pub fingerprint: ContentHash,
+}
+
+impl MessageRecord {
+    pub fn view(&self) -> MessageView {
+        let live = self.state == EntryState::Live;
+        MessageView {
+            id: self.id.clone(),
+            thread_id: self.thread_id.clone(),
+            author: self.author.clone(),
+            cursor: self.seq.to_string(),
+            created_at: self.created_at,
+            state: self.state,
+            deleted_at: self.deleted_at,
+            audio: if live { self.audio } else { None },
+            snapshot: live.then_some(SnapshotInfo {
+                size: self.snapshot_size,
+                sha256: self.snapshot_sha256,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub size: u64,
+    pub sha256: ContentHash,
+}
+
+/// A message as sync and create answer it; a deleted one is a tombstone (no audio, no
+/// snapshot). Snapshots are fetched on their own (`GET /v1/messages/{id}/snapshot`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub id: MessageId,
+    pub thread_id: ThreadId,
+    pub author: UserId,
+    /// This change's position in the thread's log.
+    pub cursor: String,
+    pub created_at: Millis,
+    pub state: EntryState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioRender>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibraryItemRecord {
+    pub id: LibraryItemId,
+    pub owner: UserId,
+    pub state: EntryState,
+    pub content_hash: ContentHash,
+    pub title: String,
+    /// Bumped each time the item takes a new reference (a new content, or put again after
+    /// a delete): reference ids are single-use.
+    pub incarnation: u64,
+    pub seq: Seq,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub deleted_at: Option<Millis>,
+}
+
+impl LibraryItemRecord {
+    pub fn view(&self) -> LibraryItemView {
+        let live = self.state == EntryState::Live;
+        LibraryItemView {
+            id: self.id.clone(),
+            cursor: self.seq.to_string(),
+            state: self.state,
+            content_hash: live.then_some(self.content_hash),
+            title: live.then(|| self.title.clone()),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deleted_at: self.deleted_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LibraryItemView {
+    pub id: LibraryItemId,
+    pub cursor: String,
+    pub state: EntryState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<ContentHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<Millis>,
+}
+
+/// One page of a change log, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after`/`since` next time: the position of the last item, or the cursor
+    /// given when the page is empty.
+    pub next_cursor: String,
+    pub has_more: bool,
+}
+
+/// A title: 1 to 200 characters, no control characters, not blank.
+pub fn valid_title(title: &str) -> bool {
+    let n = title.chars().count();
+    (1..=MAX_TITLE_LEN).contains(&n)
+        && !title.trim().is_empty()
+        && !title.chars().any(char::is_control)
+}

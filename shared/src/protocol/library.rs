@@ -1,0 +1,203 @@
+//! Each user's library: items that hold a reference to audio, with a change log for sync.
+//!
+//! A put or delete writes the item, the log entry at the next position of the owner's
+//! library log (conditioned on its head), and the reference change, in one transaction.
+//! An item takes a fresh reference id per incarnation (`l.<item>.<n>`), because reference
+//! ids are single-use: an item deleted and put again, or moved to other audio, must not
+//! collide with its old, removed reference.
+
+use super::threads::ahead_cursor;
+use super::{keys, Dedup, Step};
+use crate::domain::{
+    valid_title, ContentHash, EntryState, LibraryItemId, LibraryItemRecord, LibraryItemView,
+    LogHead, Page, PendingReference, ReferenceId, ReferenceKind, Seq, UserId,
+};
+use crate::error::DedupError;
+use crate::ports::{BlobStore, Expect, TransactionalIndex};
+
+fn item_not_found() -> DedupError {
+    DedupError::not_found("library_item_not_found", "no such library item")
+}
+
+impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+    /// Creates or replaces the caller's item. Answers the item and whether it was created
+    /// (no live item had this id). Putting what is already there changes nothing.
+    pub async fn put_library_item(
+        &self,
+        owner: &UserId,
+        id: &LibraryItemId,
+        hash: &ContentHash,
+        title: &str,
+    ) -> Result<(LibraryItemView, bool), DedupError> {
+        if !valid_title(title) {
+            return Err(DedupError::bad_request(
+                "invalid_title",
+                "a title is 1 to 200 characters, not blank, without control characters",
+            ));
+        }
+        let (view, created, deleting) = self
+            .cas(|| self.put_item_step(owner, id, hash, title))
+            .await?;
+        self.finish_after_drop(deleting).await;
+        Ok((view, created))
+    }
+
+    async fn put_item_step(
+        &self,
+        owner: &UserId,
+        id: &LibraryItemId,
+        hash: &ContentHash,
+        title: &str,
+    ) -> Result<Step<(LibraryItemView, bool, Option<ContentHash>)>, DedupError> {
+        let item = self
+            .load::<LibraryItemRecord>(&keys::library_item(owner, id))
+            .await?;
+        let live = item.as_ref().filter(|i| i.value.state == EntryState::Live);
+        if let Some(i) = live {
+            if &i.value.content_hash == hash && i.value.title == title {
+                return Ok(Step::Done((i.value.view(), false, None)));
+            }
+        }
+        let head = self.load::<LogHead>(&keys::library_head(owner)).await?;
+        let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
+        let now = self.now();
+        let mut txn = self.txn();
+        let mut deleting = None;
+        let mut rec = match &item {
+            Some(i) => i.value.clone(),
+            None => LibraryItemRecord {
+                id: id.clone(),
+                owner: owner.clone(),
+                state: EntryState::Deleted,
+                content_hash: *hash,
+                title: String::new(),
+                incarnation: 0,
+                seq: 0,
+                created_at: now,
+                updated_at: now,
+                deleted_at: None,
+            },
+        };
+        let same_audio = live.is_some_and(|i| &i.value.content_hash == hash);
+        if !same_audio {
+            if let Some(old) = live {
+                let old_ref = ReferenceId::of_library_item(id, old.value.incarnation);
+                if self
+                    .plan_drop_reference(&mut txn, owner, &old.value.content_hash, &old_ref)
+                    .await?
+                {
+                    deleting = Some(old.value.content_hash);
+                }
+            }
+            rec.incarnation += 1;
+            let wanted = PendingReference {
+                kind: ReferenceKind::Library,
+                ref_id: ReferenceId::of_library_item(id, rec.incarnation),
+            };
+            self.plan_held_reference(&mut txn, owner, hash, &wanted)
+                .await?;
+        }
+        if live.is_none() {
+            rec.created_at = now;
+        }
+        rec.state = EntryState::Live;
+        rec.content_hash = *hash;
+        rec.title = title.to_owned();
+        rec.seq = seq;
+        rec.updated_at = now;
+        rec.deleted_at = None;
+        let view = rec.view();
+        txn.put(
+            keys::library_item(owner, id),
+            &rec,
+            super::codec::expect_of(item.as_ref()),
+        )?;
+        txn.put(
+            keys::library_head(owner),
+            &LogHead { last_seq: seq },
+            super::codec::expect_of(head.as_ref()),
+        )?;
+        txn.put(keys::library_log(owner, seq), &view, Expect::Absent)?;
+        Ok(if self.commit(txn).await? {
+            Step::Done((view, live.is_none(), deleting))
+        } else {
+            Step::Lost
+        })
+    }
+
+    /// Deletes the caller's item and drops its reference. Idempotent.
+    pub async fn delete_library_item(
+        &self,
+        owner: &UserId,
+        id: &LibraryItemId,
+    ) -> Result<(), DedupError> {
+        let deleting = self.cas(|| self.delete_item_step(owner, id)).await?;
+        self.finish_after_drop(deleting).await;
+        Ok(())
+    }
+
+    async fn delete_item_step(
+        &self,
+        owner: &UserId,
+        id: &LibraryItemId,
+    ) -> Result<Step<Option<ContentHash>>, DedupError> {
+        let Some(item) = self
+            .load::<LibraryItemRecord>(&keys::library_item(owner, id))
+            .await?
+        else {
+            return Err(item_not_found());
+        };
+        if item.value.state == EntryState::Deleted {
+            return Ok(Step::Done(None));
+        }
+        let head = self.load::<LogHead>(&keys::library_head(owner)).await?;
+        let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
+        let now = self.now();
+        let mut txn = self.txn();
+        let old_ref = ReferenceId::of_library_item(id, item.value.incarnation);
+        let deleting = self
+            .plan_drop_reference(&mut txn, owner, &item.value.content_hash, &old_ref)
+            .await?
+            .then_some(item.value.content_hash);
+        let mut rec = item.value.clone();
+        rec.state = EntryState::Deleted;
+        rec.seq = seq;
+        rec.updated_at = now;
+        rec.deleted_at = Some(now);
+        txn.put(keys::library_item(owner, id), &rec, item.expect())?;
+        txn.put(
+            keys::library_head(owner),
+            &LogHead { last_seq: seq },
+            super::codec::expect_of(head.as_ref()),
+        )?;
+        txn.put(keys::library_log(owner, seq), &rec.view(), Expect::Absent)?;
+        Ok(if self.commit(txn).await? {
+            Step::Done(deleting)
+        } else {
+            Step::Lost
+        })
+    }
+
+    /// Changes to the caller's library after position `since`, oldest first.
+    pub async fn list_library(
+        &self,
+        owner: &UserId,
+        since: Seq,
+        limit: usize,
+    ) -> Result<Page<LibraryItemView>, DedupError> {
+        let head = self.load::<LogHead>(&keys::library_head(owner)).await?;
+        if since > head.map_or(0, |h| h.value.last_seq) {
+            return Err(ahead_cursor());
+        }
+        self.read_log(&keys::library_pk(owner), since, limit).await
+    }
+
+    /// Finishes a deletion that a dropped reference started (the reconciler does if not).
+    pub(super) async fn finish_after_drop(&self, deleting: Option<ContentHash>) {
+        if let Some(hash) = deleting {
+            if let Err(e) = self.finish_deletion(&hash).await {
+                tracing::warn!(%hash, error = %e, "deletion left for the reconciler");
+            }
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Messages: created and deleted in one transaction with the audio reference they hold,
+//! ordered in their thread's log.
+//!
+//! Races closed:
+//! - A create racing the deletion of its audio: both write the audio record under its
+//!   version. If the deletion wins, the create re-reads, sees `Deleting`, and answers 409
+//!   having written nothing; if the create wins, the audio has a reference again and the
+//!   removal re-reads and keeps it.
+//! - Two creates in one thread: both condition on the thread's version, from which each
+//!   takes its log position, so positions commit in order (see `threads.rs`).
+//! - A retried create: the message item is written `Absent`; the retry finds it and answers
+//!   it, whatever happened in between (including a delete: it answers the tombstone).
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use super::codec::Versioned;
+use super::threads::ahead_cursor;
+use super::{keys, ms, Dedup, Step};
+use crate::domain::{
+    AudioRender, ContentHash, EntryState, MessageId, MessageRecord, MessageView, Millis, Page,
+    PendingReference, ReferenceId, ReferenceKind, Seq, SnapshotStore, ThreadId, UserId,
+    MAX_SNAPSHOT_BYTES,
+};
+use crate::error::DedupError;
+use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
+
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    /// The snapshot's JSON text, exactly as the client sent it.
+    pub snapshot: Box<RawValue>,
+    pub audio: Option<AudioRender>,
+}
+
+/// A snapshot as `GET /v1/messages/{id}/snapshot` answers it.
+#[derive(Debug, Clone)]
+pub struct SnapshotBody {
+    pub json: Bytes,
+    pub sha256: ContentHash,
+}
+
+/// A snapshot put in the blob store ahead of the transaction that records it.
+#[derive(Debug, Clone)]
+struct Staged {
+    key: String,
+    version: String,
+    /// When the object was written; the sweep may delete unrecorded ones after the grace.
+    written_at: Millis,
+}
+
+fn message_not_found() -> DedupError {
+    DedupError::not_found("message_not_found", "no such message for this caller")
+}
+
+fn fingerprint(
+    thread: &ThreadId,
+    snapshot_sha256: &ContentHash,
+    audio: Option<&AudioRender>,
+) -> ContentHash {
+    let mut h = Sha256::new();
+    h.update(thread.as_str().as_bytes());
+    h.update([0]);
+    h.update(snapshot_sha256.as_bytes());
+    if let Some(a) = audio {
+        h.update([1]);
+        h.update(a.content_hash.as_bytes());
+        h.update(a.format.as_str().as_bytes());
+    }
+    ContentHash::from_bytes(h.finalize().into())
+}
+
+impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+    /// Creates a message (`true`), or answers the one an earlier try with this id created
+    /// (`false`). If it carries audio, the author's reference is added in the same write;
+    /// audio that is not active fails the create with 409 and nothing is written.
+    pub async fn create_message(
+        &self,
+        author: &UserId,
+        thread: &ThreadId,
+        req: NewMessage,
+    ) -> Result<(MessageView, bool), DedupError> {
+        let text = req.snapshot.get().as_bytes();
+        if text.len() > MAX_SNAPSHOT_BYTES {
+            return Err(DedupError::bad_request(
+                "snapshot_too_large",
+                format!("a snapshot is at most {MAX_SNAPSHOT_BYTES} bytes of JSON"),
+            ));
+        }
+        let sha = ContentHash::of(text);
+        let print = fingerprint(thread, &sha, req.audio.as_ref());
+        // Checked before anything is stored: a foreign caller or a retry stores nothing.
+        self.member_thread(author, thread).await?;
+        if let Some(m) = self.load::<MessageRecord>(&keys::message(&req.id)).await? {
+            return replay(author, thread, &m.value, &print).map(|v| (v, false));
+        }
+        let staged = if text.len() > self.cfg.snapshot_inline_max {
+            Some(self.stage_snapshot(&req.id, &sha, text).await?)
+        } else {
+            None
+        };
+        self.cas(|| self.create_step(author, thread, &req, sha, print, staged.as_ref()))
+            .await
+    }
+
+    async fn create_step(
+        &self,
+        author: &UserId,
+        thread: &ThreadId,
+        req: &NewMessage,
+        sha: ContentHash,
+        print: ContentHash,
+        staged: Option<&Staged>,
+    ) -> Result<Step<(MessageView, bool)>, DedupError> {
+        let t = self.member_thread(author, thread).await?;
+        if let Some(m) = self.load::<MessageRecord>(&keys::message(&req.id)).await? {
+            return replay(author, thread, &m.value, &print).map(|v| Step::Done((v, false)));
+        }
+        let mut txn = self.txn();
+        if let Some(render) = &req.audio {
+            let wanted = PendingReference {
+                kind: ReferenceKind::Message,
+                ref_id: ReferenceId::of_message(&req.id),
+            };
+            self.plan_held_reference(&mut txn, author, &render.content_hash, &wanted)
+                .await?;
+        }
+        let now = self.now();
+        let snapshot = match staged {
+            // The sweep deletes unrecorded snapshot objects once the grace has passed; a
+            // create never records one that old (the clocks' skew is far below half of it).
+            Some(s) if now - s.written_at > ms(self.cfg.snapshot_grace) / 2 => {
+                return Err(DedupError::Busy)
+            }
+            Some(s) => SnapshotStore::Blob {
+                key: s.key.clone(),
+                version: s.version.clone(),
+            },
+            None => SnapshotStore::Inline {
+                json: req.snapshot.clone(),
+            },
+        };
+        let seq = t.value.last_seq + 1;
+        let msg = MessageRecord {
+            id: req.id.clone(),
+            thread_id: thread.clone(),
+            author: author.clone(),
+            state: EntryState::Live,
+            created_seq: seq,
+            seq,
+            created_at: now,
+            deleted_at: None,
+            audio: req.audio,
+            snapshot_size: req.snapshot.get().len() as u64,
+            snapshot_sha256: sha,
+            snapshot,
+            fingerprint: print,
+        };
+        let mut th = t.value.clone();
+        th.last_seq = seq;
+        th.live_messages += 1;
+        th.updated_at = now;
+        let view = msg.view();
+        txn.put(keys::thread(thread), &th, t.expect())?;
+        txn.put(keys::message(&msg.id), &msg, Expect::Absent)?;
+        txn.put(keys::thread_log(thread, seq), &view, Expect::Absent)?;
+        Ok(if self.commit(txn).await? {
+            Step::Done((view, true))
+        } else {
+            Step::Lost
+        })
+    }
+
+    /// Puts a big snapshot in the blob store under a key of its own (message and content).
+    async fn stage_snapshot(
+        &self,
+        id: &MessageId,
+        sha: &ContentHash,
+        text: &[u8],
+    ) -> Result<Staged, DedupError> {
+        let key = keys::snapshot_blob_key(&self.cfg.key_prefix, id, sha);
+        let now = self.now();
+        let req = PutRequest {
+            key: key.clone(),
+            body: BlobBody::Bytes(Bytes::copy_from_slice(text)),
+            sha256: *sha,
+            size: text.len() as u64,
+            content_type: "application/json",
+            uploader: keys::snapshot_uploader(id),
+        };
+        match self.blobs.put_if_absent(req).await? {
+            PutOutcome::Created { version } => Ok(Staged {
+                key,
+                version,
+                written_at: now,
+            }),
+            // An earlier try of this same message and content put it; use that one.
+            PutOutcome::AlreadyExists => match self.blobs.head(&key).await? {
+                Some(meta) => Ok(Staged {
+                    key,
+                    version: meta.version,
+                    written_at: meta.last_modified,
+                }),
+                None => Err(DedupError::Busy),
+            },
+        }
+    }
+
+    /// Deletes the author's message. Idempotent: deleting a deleted message answers the
+    /// same. The audio reference goes in the same write; the last one deletes the audio.
+    pub async fn delete_message(
+        &self,
+        caller: &UserId,
+        thread: &ThreadId,
+        id: &MessageId,
+    ) -> Result<(), DedupError> {
+        let (audio_deleting, purge) = self.cas(|| self.delete_step(caller, thread, id)).await?;
+        self.finish_after_drop(audio_deleting).await;
+        if purge {
+            if let Err(e) = self.purge_snapshot(id).await {
+                tracing::warn!(message = %id, error = %e, "snapshot purge left for the reconciler");
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_step(
+        &self,
+        caller: &UserId,
+        thread: &ThreadId,
+        id: &MessageId,
+    ) -> Result<Step<(Option<ContentHash>, bool)>, DedupError> {
+        let Some(m) = self.load::<MessageRecord>(&keys::message(id)).await? else {
+            return Err(message_not_found());
+        };
+        if &m.value.thread_id != thread || &m.value.author != caller {
+            return Err(message_not_found());
+        }
+        if m.value.state == EntryState::Deleted {
+            return Ok(Step::Done((None, false)));
+        }
+        let t = self.member_thread(caller, thread).await?;
+        let mut txn = self.txn();
+        let mut deleting = None;
+        if let Some(render) = &m.value.audio {
+            let ref_id = ReferenceId::of_message(id);
+            if self
+                .plan_drop_reference(&mut txn, caller, &render.content_hash, &ref_id)
+                .await?
+            {
+                deleting = Some(render.content_hash);
+            }
+        }
+        let now = self.now();
+        let seq = t.value.last_seq + 1;
+        let mut th = t.value.clone();
+        th.last_seq = seq;
+        th.live_messages = th.live_messages.saturating_sub(1);
+        th.updated_at = now;
+        let mut gone = m.value.clone();
+        gone.state = EntryState::Deleted;
+        gone.seq = seq;
+        gone.deleted_at = Some(now);
+        let purge = matches!(gone.snapshot, SnapshotStore::Blob { .. });
+        if purge {
+            // The reconciler finishes the purge if this request dies before it does.
+            txn.put_due(keys::message(id), &gone, m.expect(), now)?;
+        } else {
+            gone.snapshot = SnapshotStore::Purged;
+            txn.put(keys::message(id), &gone, m.expect())?;
+        }
+        txn.put(keys::thread(thread), &th, t.expect())?;
+        txn.put(keys::thread_log(thread, seq), &gone.view(), Expect::Absent)?;
+        Ok(if self.commit(txn).await? {
+            Step::Done((deleting, purge))
+        } else {
+            Step::Lost
+        })
+    }
+
+    /// Deletes a deleted message's snapshot object, then records that it is gone.
+    pub(super) async fn purge_snapshot(&self, id: &MessageId) -> Result<(), DedupError> {
+        self.cas(|| self.purge_step(id)).await
+    }
+
+    async fn purge_step(&self, id: &MessageId) -> Result<Step<()>, DedupError> {
+        let Some(m) = self.load::<MessageRecord>(&keys::message(id)).await? else {
+            return Ok(Step::Done(()));
+        };
+        let SnapshotStore::Blob { key, version } = &m.value.snapshot else {
+            return Ok(Step::Done(()));
+        };
+        if m.value.state != EntryState::Deleted {
+            return Ok(Step::Done(()));
+        }
+        self.blobs.delete_version(key, version).await?;
+        let mut purged = m.value.clone();
+        purged.snapshot = SnapshotStore::Purged;
+        let mut txn = self.txn();
+        txn.put(keys::message(id), &purged, m.expect())?;
+        Ok(if self.commit(txn).await? {
+            Step::Done(())
+        } else {
+            Step::Lost
+        })
+    }
+
+    /// Changes to the thread's messages after position `after`: creations, and deletions
+    /// as tombstones, oldest first.
+    pub async fn list_messages(
+        &self,
+        caller: &UserId,
+        thread: &ThreadId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Page<MessageView>, DedupError> {
+        let t = self.member_thread(caller, thread).await?;
+        if after > t.value.last_seq {
+            return Err(ahead_cursor());
+        }
+        self.read_log(&keys::thread_log_pk(thread), after, limit)
+            .await
+    }
+
+    /// A live message's snapshot, for members of its thread.
+    pub async fn snapshot(
+        &self,
+        caller: &UserId,
+        id: &MessageId,
+    ) -> Result<SnapshotBody, DedupError> {
+        let Some(m) = self.load::<MessageRecord>(&keys::message(id)).await? else {
+            return Err(message_not_found());
+        };
+        match self.member_thread(caller, &m.value.thread_id).await {
+            Ok(_) => {}
+            Err(DedupError::NotFound { .. }) => return Err(message_not_found()),
+            Err(e) => return Err(e),
+        }
+        if m.value.state != EntryState::Live {
+            return Err(message_not_found());
+        }
+        let json = match &m.value.snapshot {
+            SnapshotStore::Inline { json } => Bytes::copy_from_slice(json.get().as_bytes()),
+            SnapshotStore::Blob { key, version } => self
+                .blobs
+                .read_range(key, version, 0, m.value.snapshot_size)
+                .await?
+                .ok_or_else(|| crate::error::StoreError::Corrupt {
+                    key: key.clone(),
+                    reason: "a live message's snapshot object is missing".into(),
+                })?,
+            SnapshotStore::Purged => return Err(message_not_found()),
+        };
+        Ok(SnapshotBody {
+            json,
+            sha256: m.value.snapshot_sha256,
+        })
+    }
+
+    /// Whether a snapshot object is recorded by a live message (the orphan sweep's test).
+    pub(super) async fn snapshot_recorded(
+        &self,
+        id: &MessageId,
+        key: &str,
+        version: &str,
+    ) -> Result<Option<Versioned<MessageRecord>>, DedupError> {
+        let m = self.load::<MessageRecord>(&keys::message(id)).await?;
+        Ok(m.filter(|m| {
+            matches!(&m.value.snapshot, SnapshotStore::Blob { key: k, version: v } if k == key && v == version)
+        }))
+    }
+}
+
+fn replay(
+    author: &UserId,
+    thread: &ThreadId,
+    m: &MessageRecord,
+    print: &ContentHash,
+) -> Result<MessageView, DedupError> {
+    if &m.author == author && &m.thread_id == thread && &m.fingerprint == print {
+        Ok(m.view())
+    } else {
+        Err(DedupError::conflict(
+            "message_id_conflict",
+            "a different message exists with this id",
+        ))
+    }
+}

@@ -1,0 +1,232 @@
+//! Threads and each user's thread feed.
+//!
+//! Creating a thread writes, in one transaction, the thread and one feed entry per member
+//! at the next position of that member's feed (whose head the transaction conditions on).
+//! So a member's feed positions commit in order and `GET /v1/threads?since=` never skips a
+//! thread that committed late (docs/protocol.md, "Cursors").
+
+use serde::de::DeserializeOwned;
+
+use super::codec::{expect_of, Versioned};
+use super::{keys, Dedup, Step};
+use crate::domain::{
+    FeedEntry, LogHead, Page, Seq, ThreadDetail, ThreadId, ThreadRecord, ThreadView, UserId,
+    MAX_THREAD_MEMBERS,
+};
+use crate::error::DedupError;
+use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
+
+/// Most entries one page of a log answers.
+pub const MAX_PAGE: usize = 500;
+pub const DEFAULT_PAGE: usize = 100;
+
+#[derive(Debug, Clone)]
+pub struct NewThread {
+    /// The client's id for the thread (its idempotency key), or `None` for a fresh one.
+    pub id: Option<ThreadId>,
+    pub title: String,
+    pub members: Vec<UserId>,
+}
+
+pub(super) fn thread_not_found() -> DedupError {
+    DedupError::not_found("thread_not_found", "no such thread for this caller")
+}
+
+/// A cursor as the API takes it: the decimal position of the last change seen.
+pub fn parse_cursor(raw: Option<&str>) -> Result<Seq, DedupError> {
+    match raw {
+        None => Ok(0),
+        Some(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().map_err(|_| bad_cursor())
+        }
+        Some(_) => Err(bad_cursor()),
+    }
+}
+
+fn bad_cursor() -> DedupError {
+    DedupError::bad_request(
+        "invalid_cursor",
+        "a cursor is the decimal next_cursor of an earlier page",
+    )
+}
+
+pub(super) fn ahead_cursor() -> DedupError {
+    DedupError::bad_request(
+        "invalid_cursor",
+        "the cursor is ahead of this log; it belongs to another thread or user",
+    )
+}
+
+impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+    /// Creates a thread whose members are `members` plus the caller. Retrying with the same
+    /// id and the same title and members answers the same thread (`false`: not created now).
+    pub async fn create_thread(
+        &self,
+        caller: &UserId,
+        req: NewThread,
+    ) -> Result<(ThreadView, bool), DedupError> {
+        let mut members = vec![caller.clone()];
+        for m in req.members {
+            if !members.contains(&m) {
+                members.push(m);
+            }
+        }
+        if members.len() > MAX_THREAD_MEMBERS {
+            return Err(DedupError::bad_request(
+                "too_many_members",
+                format!("a thread has at most {MAX_THREAD_MEMBERS} members, the caller included"),
+            ));
+        }
+        let id = match req.id {
+            Some(id) => id,
+            None => {
+                let mut b = [0u8; 16];
+                self.entropy.fill(&mut b);
+                ThreadId::from_random(b)
+            }
+        };
+        let wanted = ThreadRecord {
+            id,
+            title: req.title,
+            members,
+            created_by: caller.clone(),
+            created_at: 0,
+            last_seq: 0,
+            live_messages: 0,
+            updated_at: 0,
+        };
+        self.cas(|| self.create_thread_step(&wanted)).await
+    }
+
+    async fn create_thread_step(
+        &self,
+        wanted: &ThreadRecord,
+    ) -> Result<Step<(ThreadView, bool)>, DedupError> {
+        if let Some(t) = self.load::<ThreadRecord>(&keys::thread(&wanted.id)).await? {
+            let same = t.value.created_by == wanted.created_by
+                && t.value.title == wanted.title
+                && t.value.members == wanted.members;
+            if same {
+                return Ok(Step::Done((t.value.view(), false)));
+            }
+            return Err(DedupError::conflict(
+                "thread_id_conflict",
+                "a different thread exists with this id",
+            ));
+        }
+        let now = self.now();
+        let rec = ThreadRecord {
+            created_at: now,
+            updated_at: now,
+            ..wanted.clone()
+        };
+        let view = rec.view();
+        let mut txn = self.txn();
+        txn.put(keys::thread(&rec.id), &rec, crate::ports::Expect::Absent)?;
+        for m in &rec.members {
+            let head = self.load::<LogHead>(&keys::feed_head(m)).await?;
+            let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
+            txn.put(
+                keys::feed_head(m),
+                &LogHead { last_seq: seq },
+                expect_of(head.as_ref()),
+            )?;
+            let entry = FeedEntry {
+                seq,
+                thread: view.clone(),
+            };
+            txn.put(
+                keys::feed_entry(m, seq),
+                &entry,
+                crate::ports::Expect::Absent,
+            )?;
+        }
+        Ok(if self.commit(txn).await? {
+            Step::Done((view, true))
+        } else {
+            Step::Lost
+        })
+    }
+
+    /// The caller's feed: threads they became a member of after position `since`.
+    pub async fn list_threads(
+        &self,
+        caller: &UserId,
+        since: Seq,
+        limit: usize,
+    ) -> Result<Page<ThreadView>, DedupError> {
+        let head = self.load::<LogHead>(&keys::feed_head(caller)).await?;
+        if since > head.map_or(0, |h| h.value.last_seq) {
+            return Err(ahead_cursor());
+        }
+        let page: Page<FeedEntry> = self.read_log(&keys::feed_pk(caller), since, limit).await?;
+        Ok(Page {
+            items: page.items.into_iter().map(|e| e.thread).collect(),
+            next_cursor: page.next_cursor,
+            has_more: page.has_more,
+        })
+    }
+
+    pub async fn get_thread(
+        &self,
+        caller: &UserId,
+        id: &ThreadId,
+    ) -> Result<ThreadDetail, DedupError> {
+        let t = self.member_thread(caller, id).await?;
+        Ok(ThreadDetail {
+            thread: t.value.view(),
+            last_cursor: t.value.last_seq.to_string(),
+            message_count: t.value.live_messages,
+        })
+    }
+
+    /// The thread, if the caller is a member; otherwise the same 404 as for no thread.
+    pub(super) async fn member_thread(
+        &self,
+        caller: &UserId,
+        id: &ThreadId,
+    ) -> Result<Versioned<ThreadRecord>, DedupError> {
+        match self.load::<ThreadRecord>(&keys::thread(id)).await? {
+            Some(t) if t.value.is_member(caller) => Ok(t),
+            _ => Err(thread_not_found()),
+        }
+    }
+
+    /// Entries of the log in partition `pk` after position `after`, oldest first. Reads are
+    /// strongly consistent, and positions commit in order, so nothing below the last
+    /// position returned can appear later.
+    pub(super) async fn read_log<T: DeserializeOwned>(
+        &self,
+        pk: &str,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Page<T>, DedupError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let q = Query {
+            index: IndexName::Primary,
+            pk: pk.to_owned(),
+            sk_prefix: "LOG#".into(),
+            after: Some(keys::log_sk(after)),
+            upto: None,
+            limit: limit + 1,
+        };
+        let items = self.index.query(&q).await?;
+        let has_more = items.len() > limit;
+        let mut out = Vec::with_capacity(limit.min(items.len()));
+        let mut next = after;
+        for item in items.into_iter().take(limit) {
+            next = keys::seq_of_log_sk(&item.key.sk).ok_or_else(|| {
+                crate::error::StoreError::Corrupt {
+                    key: item.key.to_string(),
+                    reason: "not a log entry key".into(),
+                }
+            })?;
+            out.push(super::codec::decode::<T>(&item)?.value);
+        }
+        Ok(Page {
+            items: out,
+            next_cursor: next.to_string(),
+            has_more,
+        })
+    }
+}
