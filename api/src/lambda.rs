@@ -69,7 +69,8 @@ pub async fn dedup_from_env() -> Result<Arc<AwsDedup>, EnvError> {
         ..DedupConfig::default()
     };
     let (ddb, s3) = clients_from_env(path_style).await;
-    let blobs = S3Blobs::new(s3, bucket, format!("{prefix}audio/"));
+    // The sweep lists everything under the prefix: audio and snapshot objects.
+    let blobs = S3Blobs::new(s3, bucket, prefix);
     Ok(Arc::new(Dedup::new(
         blobs,
         DynamoIndex::new(ddb, table),

@@ -263,3 +263,101 @@ async fn bad_input_through_api_gateway_is_the_same_4xx_json() {
     }
     assert_eq!(d.stats().await.unwrap().unique_files, 0);
 }
+
+#[tokio::test]
+async fn the_threads_function_creates_a_thread_for_the_jwt_sub_and_lists_its_messages() {
+    let d = dedup();
+    let threads = Fn::new(&d, RouteSet::Threads);
+    let (st, thread) = threads
+        .call(event(
+            "POST",
+            "/v1/threads",
+            "",
+            Some("alice"),
+            Some(br#"{"title":"t","members":["bob"]}"#),
+        ))
+        .await;
+    assert_eq!(st, 201, "{thread}");
+    assert_eq!(
+        (thread["created_by"].as_str(), thread["members"].clone()),
+        (Some("alice"), json!(["alice", "bob"])),
+        "the caller is the JWT's sub: {thread}"
+    );
+    let id = thread["id"].as_str().expect("thread id").to_owned();
+
+    let (st, page) = threads
+        .call(event(
+            "GET",
+            &format!("/v1/threads/{id}/messages"),
+            "",
+            Some("alice"),
+            None,
+        ))
+        .await;
+    assert_eq!(
+        (st, page),
+        (
+            200,
+            json!({ "items": [], "next_cursor": "0", "has_more": false })
+        )
+    );
+
+    // No claims: 401, whatever the route.
+    for (method, path, body) in [
+        (
+            "POST",
+            "/v1/threads".to_owned(),
+            Some(&br#"{"title":"t","members":[]}"#[..]),
+        ),
+        ("GET", format!("/v1/threads/{id}/messages"), None),
+    ] {
+        let (st, body) = threads.call(event(method, &path, "", None, body)).await;
+        assert_eq!(
+            (st, body["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{method} {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_library_function_refuses_unknown_audio_and_serves_only_its_routes() {
+    let d = dedup();
+    let (threads, library) = (
+        Fn::new(&d, RouteSet::Threads),
+        Fn::new(&d, RouteSet::Library),
+    );
+    let unknown = ContentHash::of(b"never uploaded").to_string();
+    let (st, body) = library
+        .call(event(
+            "PUT",
+            "/v1/library/x",
+            "",
+            Some("alice"),
+            Some(
+                json!({ "content_hash": unknown, "title": "song" })
+                    .to_string()
+                    .as_bytes(),
+            ),
+        ))
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (404, Some("audio_not_found")),
+        "{body}"
+    );
+
+    // Each function serves only its own routes.
+    let (st, _) = threads
+        .call(event("GET", "/v1/library", "", Some("alice"), None))
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = library
+        .call(event("GET", "/v1/threads", "", Some("alice"), None))
+        .await;
+    assert_eq!(st, 404);
+    let (st, page) = library
+        .call(event("GET", "/v1/library", "", Some("alice"), None))
+        .await;
+    assert_eq!((st, page["items"].clone()), (200, json!([])));
+}

@@ -6,8 +6,11 @@ mod contract;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
-use audio_dedup_core::ports::{BlobStore, Item, ObjectMeta};
+use audio_dedup_core::ports::{
+    BlobStore, Clock, Item, ManualClock, ObjectMeta, OsEntropy, SystemClock,
+};
 use audio_dedup_core::protocol::keys;
 use audio_dedup_core::store::aws::{DynamoIndex, S3Blobs};
 use audio_dedup_core::{ContentHash, Dedup, DedupConfig, SignedRequest};
@@ -19,6 +22,7 @@ struct Aws {
     d: Dedup<S3Blobs, DynamoIndex>,
     index: DynamoIndex,
     blobs: S3Blobs,
+    clock: Arc<ManualClock>,
     http: reqwest::Client,
 }
 
@@ -48,17 +52,25 @@ impl Aws {
         let unique = format!("{}-{n}", std::process::id());
         let index = DynamoIndex::new(ddb, format!("audio-dedup-{unique}"));
         index.create_table().await.expect("create table");
-        let blobs = S3Blobs::new(s3, format!("audio-dedup-{unique}"), "prod/audio/");
+        let blobs = S3Blobs::new(s3, format!("audio-dedup-{unique}"), "prod/");
         blobs.create_bucket().await.expect("create bucket");
         let cfg = DedupConfig {
             key_prefix: "prod/".into(),
             ..DedupConfig::default()
         };
-        let d = Dedup::new(blobs.clone(), index.clone(), cfg);
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let d = Dedup::with_env(
+            blobs.clone(),
+            index.clone(),
+            cfg,
+            clock.clone(),
+            Arc::new(OsEntropy),
+        );
         Some(Self {
             d,
             index,
             blobs,
+            clock,
             http: reqwest::Client::new(),
         })
     }
@@ -78,6 +90,10 @@ impl Env for Aws {
             r = r.header(k, v);
         }
         r.body(body).send().await.unwrap().status().as_u16()
+    }
+
+    fn advance(&self, by: std::time::Duration) {
+        self.clock.advance(by);
     }
 
     async fn snapshot(&self) -> (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>) {
@@ -182,4 +198,46 @@ async fn presigned_put_signs_the_checksum_length_and_no_overwrite() {
         .await
         .unwrap();
     assert!(long.url.contains("X-Amz-Expires=900"), "{}", long.url);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_hold_audio_and_sync_incrementally() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::messages_hold_audio_and_sync_incrementally(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_on_inactive_audio_fails_and_writes_nothing() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::create_on_inactive_audio_fails_and_writes_nothing(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_snapshots_go_to_the_blob_store() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::big_snapshots_go_to_the_blob_store(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_an_incremental_reader() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::concurrent_writers_and_an_incremental_reader(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_items_hold_references() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::library_items_hold_references(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_racing_audio_deletion() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::create_racing_audio_deletion(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_sweeps_unrecorded_snapshots() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::reconciler_sweeps_unrecorded_snapshots(&env).await;
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use audio_dedup_core::ports::{
-    BlobBody, BlobStore, Item, ObjectMeta, PutOutcome, PutRequest, SystemClock,
+    BlobBody, BlobStore, Clock, Item, ManualClock, ObjectMeta, OsEntropy, PutOutcome, PutRequest,
+    SystemClock,
 };
 use audio_dedup_core::protocol::keys;
 use audio_dedup_core::store::embedded::{FsBlobStore, SqliteIndex, Synchronous, UrlSigner};
@@ -17,6 +18,7 @@ struct Embedded {
     d: Dedup<FsBlobStore, SqliteIndex>,
     index: SqliteIndex,
     blobs: FsBlobStore,
+    clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
@@ -24,19 +26,22 @@ impl Embedded {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let signer = UrlSigner::new("http://127.0.0.1:9", [3; 32]);
-        let blobs = FsBlobStore::open(
-            &dir.path().join("blobs"),
-            signer,
-            None,
-            Arc::new(SystemClock),
-        )
-        .unwrap();
+        let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
+        let blobs =
+            FsBlobStore::open(&dir.path().join("blobs"), signer, None, clock.clone()).unwrap();
         let index = SqliteIndex::open(&dir.path().join("index.sqlite"), Synchronous::Full).unwrap();
-        let d = Dedup::new(blobs.clone(), index.clone(), DedupConfig::default());
+        let d = Dedup::with_env(
+            blobs.clone(),
+            index.clone(),
+            DedupConfig::default(),
+            clock.clone(),
+            Arc::new(OsEntropy),
+        );
         Self {
             d,
             index,
             blobs,
+            clock,
             _dir: dir,
         }
     }
@@ -95,6 +100,10 @@ impl Env for Embedded {
         }
     }
 
+    fn advance(&self, by: std::time::Duration) {
+        self.clock.advance(by);
+    }
+
     async fn snapshot(&self) -> (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>) {
         let (items, counters) = self.index.dump(keys::STATS_PK).await.unwrap();
         let objects = self.blobs.list(None, 10_000).await.unwrap().objects;
@@ -120,4 +129,39 @@ async fn created_event_completes_first_and_complete_is_a_noop() {
 #[tokio::test]
 async fn reconciler_removes_orphans() {
     contract::reconciler_removes_orphans(&Embedded::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_hold_audio_and_sync_incrementally() {
+    contract::chat::messages_hold_audio_and_sync_incrementally(&Embedded::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_on_inactive_audio_fails_and_writes_nothing() {
+    contract::chat::create_on_inactive_audio_fails_and_writes_nothing(&Embedded::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_snapshots_go_to_the_blob_store() {
+    contract::chat::big_snapshots_go_to_the_blob_store(&Embedded::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_an_incremental_reader() {
+    contract::chat::concurrent_writers_and_an_incremental_reader(&Embedded::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_items_hold_references() {
+    contract::chat::library_items_hold_references(&Embedded::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_racing_audio_deletion() {
+    contract::chat::create_racing_audio_deletion(&Embedded::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciler_sweeps_unrecorded_snapshots() {
+    contract::chat::reconciler_sweeps_unrecorded_snapshots(&Embedded::new()).await;
 }

@@ -212,8 +212,7 @@ async fn main() -> std::process::ExitCode {
     }
     let (ddb, s3) = audio_dedup_core::store::aws::clients_from_env(true).await;
     let index = audio_dedup_core::store::aws::DynamoIndex::new(ddb, format!("cold-{suffix}"));
-    let blobs =
-        audio_dedup_core::store::aws::S3Blobs::new(s3, format!("cold-{suffix}"), "prod/audio/");
+    let blobs = audio_dedup_core::store::aws::S3Blobs::new(s3, format!("cold-{suffix}"), "prod/");
     if let Err(e) = index.create_table().await.and(blobs.create_bucket().await) {
         eprintln!("cannot create the stores on moto: {e}");
         return std::process::ExitCode::from(1);

@@ -96,9 +96,10 @@ pub enum EntryState {
     Deleted,
 }
 
-/// Where a message's snapshot is kept.
+/// Where a message's snapshot is kept. Externally tagged: an internally tagged enum
+/// buffers its content, and a `RawValue` cannot be read back from a buffer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "in", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum SnapshotStore {
     /// In the message's index item (small snapshots).
     Inline { json: Box<RawValue> },

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod chat;
+
 use std::collections::BTreeMap;
 
 use audio_dedup_core::ports::{
@@ -27,6 +29,8 @@ pub trait Env {
     fn snapshot(
         &self,
     ) -> impl std::future::Future<Output = (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>)>;
+    /// Moves the protocol's clock forward (it starts at the real time).
+    fn advance(&self, by: std::time::Duration);
 }
 
 pub fn user(s: &str) -> UserId {
@@ -60,7 +64,7 @@ pub async fn assert_settled<E: Env>(env: &E) {
     assert!(bad.is_empty(), "not settled: {bad:#?}");
 }
 
-async fn direct<E: Env>(
+pub async fn direct<E: Env>(
     env: &E,
     owner: &str,
     data: &[u8],

@@ -1,0 +1,13 @@
+//! Lambda `threads`: POST and GET /v1/threads, GET /v1/threads/{id}, GET and POST
+//! /v1/threads/{id}/messages, DELETE /v1/threads/{id}/messages/{message_id},
+//! GET /v1/messages/{message_id}/snapshot.
+//! The handler is the shared API router (audio-dedup-api), restricted to these routes.
+
+use audio_dedup_api::{lambda, RouteSet};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    lambda_http::tracing::init_default_subscriber();
+    let dedup = lambda::dedup_from_env().await?;
+    lambda_http::run(lambda::app(dedup, RouteSet::Threads)).await
+}

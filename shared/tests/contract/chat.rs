@@ -1,0 +1,451 @@
+//! Threads, messages and library over every store: references in the same write, cursors,
+//! idempotent retries, big snapshots, and races with audio deletion.
+
+use std::collections::{BTreeMap, HashSet};
+
+use audio_dedup_core::protocol::{keys, NewMessage, NewThread};
+use audio_dedup_core::*;
+use serde_json::value::RawValue;
+
+use super::{assert_safe, assert_settled, bytes_of, direct, user, Env};
+
+pub fn raw(json: &str) -> Box<RawValue> {
+    RawValue::from_string(json.to_owned()).unwrap()
+}
+
+pub fn mid(s: &str) -> MessageId {
+    s.parse().unwrap()
+}
+
+pub fn msg(id: &str, snapshot: &str, audio: Option<ContentHash>) -> NewMessage {
+    NewMessage {
+        id: mid(id),
+        snapshot: raw(snapshot),
+        audio: audio.map(|h| AudioRender {
+            content_hash: h,
+            format: AudioFormat::Mp3,
+        }),
+    }
+}
+
+pub async fn thread<E: Env>(env: &E, owner: &str, id: &str, members: &[&str]) -> ThreadId {
+    let (t, created) = env
+        .dedup()
+        .create_thread(
+            &user(owner),
+            NewThread {
+                id: Some(id.parse().unwrap()),
+                title: format!("thread {id}"),
+                members: members.iter().map(|m| user(m)).collect(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(created);
+    t.id
+}
+
+/// Uploaded by `owner` with no reference: held, active, deleted after the unreferenced TTL.
+async fn held_audio<E: Env>(env: &E, owner: &str, seed: u8) -> ContentHash {
+    let data = bytes_of(seed, 5_000 + seed as usize);
+    direct(env, owner, &data, None).await.content_hash
+}
+
+async fn audio_refs<E: Env>(env: &E, hash: &ContentHash) -> (AudioState, u64) {
+    let item = env
+        .dedup()
+        .index()
+        .get(&keys::audio(hash))
+        .await
+        .unwrap()
+        .expect("audio record");
+    let a: AudioRecord = serde_json::from_str(&item.body).unwrap();
+    (a.state, a.refs)
+}
+
+use audio_dedup_core::ports::{BlobStore as _, TransactionalIndex as _};
+
+async fn sync_all<E: Env>(
+    env: &E,
+    who: &str,
+    t: &ThreadId,
+    after: u64,
+    limit: usize,
+) -> (Vec<MessageView>, u64) {
+    let d = env.dedup();
+    let mut out = Vec::new();
+    let mut cursor = after;
+    for _ in 0..10_000 {
+        let page = d.list_messages(&user(who), t, cursor, limit).await.unwrap();
+        out.extend(page.items);
+        cursor = page.next_cursor.parse().unwrap();
+        if !page.has_more {
+            break;
+        }
+    }
+    (out, cursor)
+}
+
+pub async fn messages_hold_audio_and_sync_incrementally<E: Env>(env: &E) {
+    let d = env.dedup();
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let audio = held_audio(env, "alice", 1).await;
+    let t = thread(env, "alice", "t1", &["bob"]).await;
+
+    let (m1, created) = d
+        .create_message(&alice, &t, msg("m1", r#"{"bpm":120}"#, Some(audio)))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(audio_refs(env, &audio).await, (AudioState::Active, 1));
+    let (m2, _) = d
+        .create_message(&bob, &t, msg("m2", "[1,2,3]", None))
+        .await
+        .unwrap();
+    assert_eq!((m1.cursor.as_str(), m2.cursor.as_str()), ("1", "2"));
+
+    // A retry, later, answers the same message and adds nothing.
+    let (again, created) = d
+        .create_message(&alice, &t, msg("m1", r#"{"bpm":120}"#, Some(audio)))
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again, m1);
+    assert_eq!(audio_refs(env, &audio).await, (AudioState::Active, 1));
+    // The same id with other content is a conflict, not a silent overwrite.
+    let e = d
+        .create_message(&alice, &t, msg("m1", r#"{"bpm":121}"#, Some(audio)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "message_id_conflict");
+
+    // Members sync from the start; others see no thread at all.
+    let (all, cursor) = sync_all(env, "bob", &t, 0, 1).await;
+    assert_eq!(
+        all.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["m1", "m2"]
+    );
+    assert_eq!(cursor, 2);
+    let e = d.list_messages(&carol, &t, 0, 10).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (404, "thread_not_found"));
+    let e = d
+        .create_message(&carol, &t, msg("m9", "{}", None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 404);
+    assert_eq!(
+        d.snapshot(&carol, &mid("m1")).await.unwrap_err().status(),
+        404
+    );
+    let snap = d.snapshot(&bob, &mid("m1")).await.unwrap();
+    assert_eq!(&snap.json[..], br#"{"bpm":120}"#);
+
+    // Only the author deletes; the delete drops the last reference and so the audio.
+    let e = d.delete_message(&bob, &t, &mid("m1")).await.unwrap_err();
+    assert_eq!(e.code(), "message_not_found");
+    d.delete_message(&alice, &t, &mid("m1")).await.unwrap();
+    d.delete_message(&alice, &t, &mid("m1")).await.unwrap();
+    assert_eq!(audio_refs(env, &audio).await.0, AudioState::Gone);
+    let key = keys::blob_key(&d.config().key_prefix, &audio);
+    assert!(d.blobs().head(&key).await.unwrap().is_none());
+
+    // The incremental read answers just the tombstone.
+    let (delta, cursor) = sync_all(env, "bob", &t, cursor, 100).await;
+    assert_eq!(delta.len(), 1);
+    assert_eq!(
+        (delta[0].id.as_str(), delta[0].state, delta[0].audio),
+        ("m1", EntryState::Deleted, None)
+    );
+    assert_eq!(cursor, 3);
+    assert!(
+        d.list_messages(&bob, &t, 4, 10).await.is_err(),
+        "cursor ahead"
+    );
+    // A late retry of the create cannot resurrect it.
+    let (late, created) = d
+        .create_message(&alice, &t, msg("m1", r#"{"bpm":120}"#, Some(audio)))
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(late.state, EntryState::Deleted);
+    assert_eq!(sync_all(env, "bob", &t, 3, 10).await.0.len(), 0);
+    assert_eq!(d.get_thread(&bob, &t).await.unwrap().message_count, 1);
+    assert_safe(env).await;
+    assert_settled(env).await;
+}
+
+pub async fn create_on_inactive_audio_fails_and_writes_nothing<E: Env>(env: &E) {
+    let d = env.dedup();
+    let alice = user("alice");
+    let audio = held_audio(env, "alice", 2).await;
+    let t = thread(env, "alice", "t2", &[]).await;
+    // Make it go: one library reference, then remove it (the last: deleted at once).
+    d.put_library_item(&alice, &"fav".parse().unwrap(), &audio, "fav")
+        .await
+        .unwrap();
+    d.delete_library_item(&alice, &"fav".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(audio_refs(env, &audio).await.0, AudioState::Gone);
+    let never = held_audio(env, "bob", 3).await;
+    let before = env.snapshot().await.0;
+    let e = d
+        .create_message(&alice, &t, msg("m1", "{}", Some(audio)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), 404, "gone audio is unknown to everyone: {e}");
+    let e = d
+        .create_message(&alice, &t, msg("m1", "{}", Some(never)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "audio_not_found", "alice never held bob's audio");
+    assert_eq!(env.snapshot().await.0, before, "nothing written");
+    assert_safe(env).await;
+}
+
+pub async fn big_snapshots_go_to_the_blob_store<E: Env>(env: &E) {
+    let d = env.dedup();
+    let alice = user("alice");
+    let t = thread(env, "alice", "t3", &[]).await;
+    let big = format!(
+        r#"{{"notes":"{}"}}"#,
+        "a".repeat(d.config().snapshot_inline_max + 1)
+    );
+    let (m, _) = d
+        .create_message(&alice, &t, msg("big", &big, None))
+        .await
+        .unwrap();
+    assert_eq!(m.snapshot.unwrap().size, big.len() as u64);
+    let objects = env.snapshot().await.1;
+    let snaps: Vec<_> = objects
+        .iter()
+        .filter(|o| o.key.contains("snapshots/"))
+        .collect();
+    assert_eq!(snaps.len(), 1, "one snapshot object");
+    let item = d
+        .index()
+        .get(&keys::message(&mid("big")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        item.body.len() < 2_000,
+        "the item holds a pointer, not the snapshot"
+    );
+    assert_eq!(
+        d.snapshot(&alice, &mid("big")).await.unwrap().json,
+        big.as_bytes()
+    );
+    // A retry reuses the stored object.
+    d.create_message(&alice, &t, msg("big", &big, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.snapshot()
+            .await
+            .1
+            .iter()
+            .filter(|o| o.key.contains("snapshots/"))
+            .count(),
+        1
+    );
+    assert_safe(env).await;
+    d.delete_message(&alice, &t, &mid("big")).await.unwrap();
+    assert!(env
+        .snapshot()
+        .await
+        .1
+        .iter()
+        .all(|o| !o.key.contains("snapshots/")));
+    assert_safe(env).await;
+    assert_settled(env).await;
+}
+
+/// Writers create and delete messages concurrently while a reader syncs incrementally:
+/// the reader sees every change exactly once, in cursor order.
+pub async fn concurrent_writers_and_an_incremental_reader<E: Env>(env: &E) {
+    let d = env.dedup();
+    let members = ["w0", "w1", "w2", "w3"];
+    let t = thread(env, "reader", "t4", &members).await;
+    let per_writer = 12;
+    let writers = members.iter().map(|w| {
+        let t = t.clone();
+        async move {
+            for i in 0..per_writer {
+                let id = format!("{w}-{i}");
+                d.create_message(&user(w), &t, msg(&id, &format!("{{\"i\":{i}}}"), None))
+                    .await
+                    .unwrap();
+                if i % 3 == 0 {
+                    d.delete_message(&user(w), &t, &mid(&id)).await.unwrap();
+                }
+            }
+        }
+    });
+    let writers = futures_util::future::join_all(writers);
+    let reader = async {
+        let mut seen = Vec::new();
+        let mut cursor = 0;
+        for _ in 0..150 {
+            let page = d
+                .list_messages(&user("reader"), &t, cursor, 5)
+                .await
+                .unwrap();
+            seen.extend(page.items);
+            cursor = page.next_cursor.parse().unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        (seen, cursor)
+    };
+    let (_, (mut seen, cursor)) = tokio::join!(writers, reader);
+    let (rest, _) = sync_all(env, "reader", &t, cursor, 7).await;
+    seen.extend(rest);
+    let cursors: Vec<u64> = seen.iter().map(|m| m.cursor.parse().unwrap()).collect();
+    let total = members.len() * per_writer + members.len() * per_writer.div_ceil(3);
+    assert_eq!(
+        cursors,
+        (1..=total as u64).collect::<Vec<_>>(),
+        "no gap, no repeat"
+    );
+    let mut states: BTreeMap<&str, Vec<EntryState>> = BTreeMap::new();
+    for m in &seen {
+        states.entry(m.id.as_str()).or_default().push(m.state);
+    }
+    assert_eq!(states.len(), members.len() * per_writer);
+    for (id, s) in states {
+        let i: usize = id.rsplit('-').next().unwrap().parse().unwrap();
+        let want = if i % 3 == 0 {
+            vec![EntryState::Live, EntryState::Deleted]
+        } else {
+            vec![EntryState::Live]
+        };
+        assert_eq!(s, want, "{id}");
+    }
+    assert_safe(env).await;
+}
+
+pub async fn library_items_hold_references<E: Env>(env: &E) {
+    let d = env.dedup();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let a1 = held_audio(env, "alice", 4).await;
+    let a2 = held_audio(env, "alice", 5).await;
+    let fav: LibraryItemId = "fav".parse().unwrap();
+    let (v, created) = d.put_library_item(&alice, &fav, &a1, "Song").await.unwrap();
+    assert!(created);
+    let (same, created) = d.put_library_item(&alice, &fav, &a1, "Song").await.unwrap();
+    assert!(!created);
+    assert_eq!(same, v, "a repeated put changes nothing");
+    d.put_library_item(&alice, &fav, &a1, "Renamed")
+        .await
+        .unwrap();
+    assert_eq!(audio_refs(env, &a1).await, (AudioState::Active, 1));
+    // Moving to other audio drops the old reference (the last: a1 goes).
+    d.put_library_item(&alice, &fav, &a2, "Renamed")
+        .await
+        .unwrap();
+    assert_eq!(audio_refs(env, &a1).await.0, AudioState::Gone);
+    assert_eq!(audio_refs(env, &a2).await, (AudioState::Active, 1));
+    // Bob sees nothing of it and cannot touch it.
+    assert!(d.list_library(&bob, 0, 100).await.unwrap().items.is_empty());
+    let e = d.delete_library_item(&bob, &fav).await.unwrap_err();
+    assert_eq!(e.status(), 404);
+    let e = d
+        .put_library_item(&bob, &fav, &a2, "mine")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "audio_not_found", "bob never held a2");
+    assert_eq!(audio_refs(env, &a2).await, (AudioState::Active, 1));
+    // Delete, delete again, put again (a fresh reference id).
+    d.delete_library_item(&alice, &fav).await.unwrap();
+    d.delete_library_item(&alice, &fav).await.unwrap();
+    assert_eq!(audio_refs(env, &a2).await.0, AudioState::Gone);
+    let a3 = held_audio(env, "alice", 6).await;
+    d.put_library_item(&alice, &fav, &a3, "Back").await.unwrap();
+    assert_eq!(audio_refs(env, &a3).await, (AudioState::Active, 1));
+    let page = d.list_library(&alice, 0, 100).await.unwrap();
+    let log: Vec<(String, EntryState)> = page
+        .items
+        .iter()
+        .map(|i| (i.cursor.clone(), i.state))
+        .collect();
+    assert_eq!(log.len(), 5, "{log:?}");
+    assert_eq!(log[3].1, EntryState::Deleted);
+    let delta = d.list_library(&alice, 4, 100).await.unwrap();
+    assert_eq!(delta.items.len(), 1);
+    assert_eq!(delta.items[0].title.as_deref(), Some("Back"));
+    assert_safe(env).await;
+}
+
+/// A message create racing the removal of its audio's last reference: either the create
+/// fails cleanly (and the audio goes) or the audio stays. Never a message on missing audio.
+pub async fn create_racing_audio_deletion<E: Env>(env: &E) {
+    let d = env.dedup();
+    let alice = user("alice");
+    let t = thread(env, "alice", "t5", &[]).await;
+    let mut outcomes = HashSet::new();
+    for round in 0..12u8 {
+        let audio = held_audio(env, "alice", 40 + round).await;
+        let item: LibraryItemId = format!("i{round}").parse().unwrap();
+        d.put_library_item(&alice, &item, &audio, "x")
+            .await
+            .unwrap();
+        let id = format!("race{round}");
+        let (created, removed) = tokio::join!(
+            d.create_message(&alice, &t, msg(&id, "{}", Some(audio))),
+            d.delete_library_item(&alice, &item),
+        );
+        removed.unwrap();
+        let (state, refs) = audio_refs(env, &audio).await;
+        match created {
+            Ok((m, _)) => {
+                assert_eq!((state, refs), (AudioState::Active, 1), "round {round}");
+                assert_eq!(m.state, EntryState::Live);
+                outcomes.insert("kept");
+            }
+            Err(e) => {
+                assert!(matches!(e.status(), 404 | 409), "round {round}: {e}");
+                assert_eq!(state, AudioState::Gone);
+                assert!(d
+                    .index()
+                    .get(&keys::message(&mid(&id)))
+                    .await
+                    .unwrap()
+                    .is_none());
+                outcomes.insert("refused");
+            }
+        }
+        assert_safe(env).await;
+    }
+    assert!(!outcomes.is_empty());
+}
+
+pub async fn reconciler_sweeps_unrecorded_snapshots<E: Env>(env: &E) {
+    use audio_dedup_core::ports::{BlobBody, PutRequest};
+    let d = env.dedup();
+    let text = b"{\"lost\":true}";
+    let sha = ContentHash::of(text);
+    let key = keys::snapshot_blob_key(&d.config().key_prefix, &mid("lost"), &sha);
+    // A create that died after putting its snapshot: no message records it.
+    d.blobs()
+        .put_if_absent(PutRequest {
+            key: key.clone(),
+            body: BlobBody::Bytes(bytes::Bytes::from_static(text)),
+            sha256: sha,
+            size: text.len() as u64,
+            content_type: "application/json",
+            uploader: "message:lost".into(),
+        })
+        .await
+        .unwrap();
+    let r = d.reconcile().await.unwrap();
+    assert_eq!(
+        r.orphans_deleted, 0,
+        "kept while a create may still record it"
+    );
+    assert!(d.blobs().head(&key).await.unwrap().is_some());
+    env.advance(d.config().snapshot_grace + std::time::Duration::from_secs(1));
+    let r = d.reconcile().await.unwrap();
+    assert_eq!(r.orphans_deleted, 1);
+    assert!(d.blobs().head(&key).await.unwrap().is_none());
+    assert_settled(env).await;
+}
