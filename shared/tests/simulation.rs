@@ -32,7 +32,8 @@ use audio_dedup_core::ports::{
     BlobBody, BlobEvent, Clock, Item, Key, ManualClock, PutOutcome, SeededEntropy,
 };
 use audio_dedup_core::protocol::{
-    invariants, keys, proof_for, Adoption, CompleteRequest, DirectUpload, SessionRequest,
+    invariants, keys, proof_for, Adoption, CompleteRequest, DirectUpload, NewMessage, NewThread,
+    SessionRequest,
 };
 use audio_dedup_core::store::memory::{Fault, FaultHook, MemoryBlobs, MemoryIndex, Op};
 use audio_dedup_core::*;
@@ -203,6 +204,17 @@ enum Action {
         content: usize,
         reference: Ref,
     },
+    /// A message in the shared thread carrying content's audio (its reference is added in
+    /// the same write). Snapshots over 64 bytes go to the blob store.
+    Post {
+        content: usize,
+        msg: u32,
+        snapshot_len: usize,
+    },
+    /// Deletes the client's message (and so its reference).
+    Unpost {
+        msg: u32,
+    },
     /// The same request as step `of` of this client, again (possibly much later).
     Retry {
         of: usize,
@@ -239,6 +251,23 @@ fn ref_id(client: usize, r: Ref) -> ReferenceId {
         .expect("valid reference id")
 }
 
+/// The thread every client posts in; all users are members.
+const THREAD: &str = "sim-thread";
+
+fn message_id(client: usize, msg: u32) -> MessageId {
+    format!("c{client}m{msg}")
+        .parse()
+        .expect("valid message id")
+}
+
+fn snapshot_of(client: usize, msg: u32, len: usize) -> Box<serde_json::value::RawValue> {
+    let json = format!(
+        "{{\"c\":{client},\"m\":{msg},\"pad\":\"{}\"}}",
+        "x".repeat(len)
+    );
+    serde_json::value::RawValue::from_string(json).expect("valid JSON")
+}
+
 fn describe(client: usize, a: &Action) -> String {
     let rf = |r: &Option<Ref>| match r {
         Some(r) => format!(" ref {}/{}", ref_id(client, *r), r.kind.as_str()),
@@ -273,6 +302,15 @@ fn describe(client: usize, a: &Action) -> String {
         Action::Remove { content, reference } => {
             format!("remove_reference C{content} {}", ref_id(client, *reference))
         }
+        Action::Post {
+            content,
+            msg,
+            snapshot_len,
+        } => format!(
+            "create_message {} C{content} snapshot~{snapshot_len}B",
+            message_id(client, *msg)
+        ),
+        Action::Unpost { msg } => format!("delete_message {}", message_id(client, *msg)),
         Action::Retry { of, action } => format!("RETRY of #{of}: {}", describe(client, action)),
     }
 }
@@ -380,6 +418,8 @@ fn client_script(seed: u64, c: usize, n_contents: usize, p: &Params) -> Vec<Step
         }
     };
     let mut live: Vec<(usize, Ref)> = Vec::new();
+    let mut posts: Vec<u32> = Vec::new();
+    let mut next_msg = 0u32;
     let mut touched: Vec<usize> = Vec::new();
     let mut steps: Vec<Step> = Vec::new();
     for _ in 0..n_ops {
@@ -390,11 +430,11 @@ fn client_script(seed: u64, c: usize, n_contents: usize, p: &Params) -> Vec<Step
         } else {
             r.pick(&AudioFormat::ALL)
         };
-        // upload, session, add, remove, retry
+        // upload, session, add, remove, retry, post a message, delete one
         let weights: &[u64] = match p.shape {
-            Shape::Mixed => &[22, 22, 18, 20, 18],
-            Shape::Hot => &[15, 30, 15, 25, 15],
-            Shape::Churn => &[50, 15, 5, 20, 10],
+            Shape::Mixed => &[22, 22, 18, 20, 18, 14, 9],
+            Shape::Hot => &[15, 30, 15, 25, 15, 12, 8],
+            Shape::Churn => &[50, 15, 5, 20, 10, 10, 8],
         };
         let mut kind = r.weighted(weights);
         // Churn drops each reference right after adding it, so counts keep reaching zero.
@@ -418,6 +458,9 @@ fn client_script(seed: u64, c: usize, n_contents: usize, p: &Params) -> Vec<Step
         }
         if kind == 4 && steps.is_empty() {
             kind = 0;
+        }
+        if kind == 6 && posts.is_empty() {
+            kind = 5;
         }
         let action = match kind {
             0 => {
@@ -478,6 +521,26 @@ fn client_script(seed: u64, c: usize, n_contents: usize, p: &Params) -> Vec<Step
                 let (content, reference) = live.swap_remove(at);
                 Action::Remove { content, reference }
             }
+            5 => {
+                let content = if !touched.is_empty() && r.chance(0.85) {
+                    r.pick(&touched)
+                } else {
+                    content
+                };
+                next_msg += 1;
+                posts.push(next_msg);
+                Action::Post {
+                    content,
+                    msg: next_msg,
+                    snapshot_len: r.pick(&[1, 10, 30, 80, 200]),
+                }
+            }
+            6 => {
+                let at = r.below(posts.len() as u64) as usize;
+                Action::Unpost {
+                    msg: posts.swap_remove(at),
+                }
+            }
             _ => {
                 let of = r.below(steps.len() as u64) as usize;
                 let (of, action) = match &steps[of].action {
@@ -497,6 +560,14 @@ fn client_script(seed: u64, c: usize, n_contents: usize, p: &Params) -> Vec<Step
         });
     }
     if p.cleanup {
+        r.shuffle(&mut posts);
+        for msg in posts {
+            steps.push(Step {
+                id: steps.len(),
+                pause_ms: r.pick(&[0, 1, 5]),
+                action: Action::Unpost { msg },
+            });
+        }
         r.shuffle(&mut live);
         for (content, reference) in live {
             steps.push(Step {
@@ -745,7 +816,8 @@ impl Sim {
             last.0 = Some(writes);
             let at = (
                 self.index.version_sum(|k| {
-                    (k.sk == "META" && k.pk.starts_with("AUDIO#")) || k.sk.starts_with("REF#")
+                    (k.sk == "META" && (k.pk.starts_with("AUDIO#") || k.pk.starts_with("MSG#")))
+                        || k.sk.starts_with("REF#")
                 }),
                 self.blobs.writes(),
                 self.index.counter_writes(),
@@ -781,7 +853,7 @@ impl Sim {
         self.index.dump_matching(|i| {
             let k = &i.key;
             if k.sk == "META" {
-                return k.pk.starts_with("AUDIO#");
+                return k.pk.starts_with("AUDIO#") || k.pk.starts_with("MSG#");
             }
             if !k.sk.starts_with("REF#") {
                 return false; // `safety` reads audio records and references only
@@ -1008,6 +1080,36 @@ async fn perform(
             sim.trace.bump("reference.removed");
             Ok("ok".into())
         }
+        Action::Post {
+            content,
+            msg,
+            snapshot_len,
+        } => {
+            let req = NewMessage {
+                id: message_id(c.idx, *msg),
+                snapshot: snapshot_of(c.idx, *msg, *snapshot_len),
+                audio: Some(AudioRender {
+                    content_hash: w.hashes[*content],
+                    format: AudioFormat::ALL[*content % 2],
+                }),
+            };
+            let thread: ThreadId = THREAD.parse().expect("valid thread id");
+            let (v, created) = sim.d.create_message(owner, &thread, req).await?;
+            sim.trace.bump(if created {
+                "message.created"
+            } else {
+                "message.replayed"
+            });
+            Ok(format!("ok cursor={} state={:?}", v.cursor, v.state))
+        }
+        Action::Unpost { msg } => {
+            let thread: ThreadId = THREAD.parse().expect("valid thread id");
+            sim.d
+                .delete_message(owner, &thread, &message_id(c.idx, *msg))
+                .await?;
+            sim.trace.bump("message.deleted");
+            Ok("ok".into())
+        }
         Action::Retry { .. } => unreachable!("retries are unwrapped by the caller"),
     }
 }
@@ -1174,6 +1276,7 @@ async fn reconcile_once(sim: &Sim) {
                 (rep.unreferenced_deleted, "reconcile.unreferenced_deleted"),
                 (rep.orphans_deleted, "reconcile.orphans_deleted"),
                 (rep.activated, "reconcile.activated"),
+                (rep.snapshots_purged, "reconcile.snapshots_purged"),
             ] {
                 if n > 0 {
                     sim.trace.bump(name);
@@ -1306,10 +1409,12 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
         }),
         trace: trace.clone(),
     });
-    let blobs = MemoryBlobs::new(hook.clone());
+    let blobs = MemoryBlobs::new(hook.clone()).with_clock(clock.clone());
     let index = MemoryIndex::new(hook.clone());
     let cfg = DedupConfig {
         deletion_grace: w.params.deletion_grace,
+        // Small, so some snapshots take the blob-store path (with its faults).
+        snapshot_inline_max: 64,
         ..DedupConfig::default()
     };
     let d = Dedup::with_env(
@@ -1346,6 +1451,27 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
             w.params
         )
     });
+
+    // The shared thread, made before anything runs (and without faults).
+    sim.hook.set_faults(false);
+    let mut users: Vec<UserId> = w.clients.iter().map(|c| c.user.clone()).collect();
+    users.sort();
+    users.dedup();
+    let made = sim
+        .d
+        .create_thread(
+            &users[0],
+            NewThread {
+                id: Some(THREAD.parse().expect("valid thread id")),
+                title: "sim".into(),
+                members: users[1..].to_vec(),
+            },
+        )
+        .await;
+    if let Err(e) = made {
+        sim.fail("setup", "creating the shared thread", vec![e.to_string()]);
+    }
+    sim.hook.set_faults(true);
 
     let pump = tokio::spawn(event_pump(sim.clone()));
     let rec = tokio::spawn(reconciler(sim.clone()));
@@ -1798,6 +1924,10 @@ fn workload_exercises_every_flow_and_fault() {
         "session.url_expired",
         "reference.added",
         "reference.removed",
+        "message.created",
+        "message.replayed",
+        "message.deleted",
+        "reconcile.snapshots_purged",
         "client.retry_step",
         "client.retry_after_5xx",
         "client.final_retry",

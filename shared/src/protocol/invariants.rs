@@ -121,7 +121,7 @@ fn holders(items: &[Item], objects: &HashMap<&str, &ObjectMeta>) -> Vec<String> 
                     );
                 }
             }
-        } else if item.key.pk.starts_with("MSG#") {
+        } else if item.key.pk.starts_with("MSG#") && item.key.sk == "META" {
             match serde_json::from_str::<MessageRecord>(&item.body) {
                 Ok(m) if m.state == EntryState::Live => {
                     if let Some(a) = m.audio {
@@ -190,7 +190,7 @@ pub fn settled(items: &[Item], objects: &[ObjectMeta], prefix: &str) -> Vec<Stri
                     AudioState::Gone => {}
                 }
             }
-        } else if item.key.pk.starts_with("MSG#") {
+        } else if item.key.pk.starts_with("MSG#") && item.key.sk == "META" {
             if let Ok(m) = serde_json::from_str::<MessageRecord>(&item.body) {
                 if let SnapshotStore::Blob { key, version } = m.snapshot {
                     if m.state == EntryState::Deleted {

@@ -64,6 +64,12 @@ pub fn message(id: &MessageId) -> Key {
     Key::new(format!("MSG#{id}"), "META")
 }
 
+/// Written by the sweep before it deletes a snapshot object no message records; a create
+/// that would record that object version conditions on its absence.
+pub fn snapshot_fence(id: &MessageId, version: &str) -> Key {
+    Key::new(format!("MSG#{id}"), format!("SWEPT#{version}"))
+}
+
 pub fn feed_pk(user: &UserId) -> String {
     format!("FEED#{user}")
 }

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use super::codec::Versioned;
 use super::threads::ahead_cursor;
 use super::{keys, ms, Dedup, Step};
 use crate::domain::{
@@ -128,15 +127,21 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
         let now = self.now();
         let snapshot = match staged {
-            // The sweep deletes unrecorded snapshot objects once the grace has passed; a
-            // create never records one that old (the clocks' skew is far below half of it).
-            Some(s) if now - s.written_at > ms(self.cfg.snapshot_grace) / 2 => {
-                return Err(DedupError::Busy)
+            Some(s) => {
+                // The sweep may delete an object no message records once it is older than
+                // the grace; it first writes a fence, which this transaction checks. An old
+                // or fenced object is not used: the client retries, and stages it anew.
+                let fence = keys::snapshot_fence(&req.id, &s.version);
+                let old = now - s.written_at > ms(self.cfg.snapshot_grace) / 2;
+                if old || self.index.get(&fence).await?.is_some() {
+                    return Err(DedupError::Busy);
+                }
+                txn.check(fence, Expect::Absent);
+                SnapshotStore::Blob {
+                    key: s.key.clone(),
+                    version: s.version.clone(),
+                }
             }
-            Some(s) => SnapshotStore::Blob {
-                key: s.key.clone(),
-                version: s.version.clone(),
-            },
             None => SnapshotStore::Inline {
                 json: req.snapshot.clone(),
             },
@@ -356,19 +361,6 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             json,
             sha256: m.value.snapshot_sha256,
         })
-    }
-
-    /// Whether a snapshot object is recorded by a live message (the orphan sweep's test).
-    pub(super) async fn snapshot_recorded(
-        &self,
-        id: &MessageId,
-        key: &str,
-        version: &str,
-    ) -> Result<Option<Versioned<MessageRecord>>, DedupError> {
-        let m = self.load::<MessageRecord>(&keys::message(id)).await?;
-        Ok(m.filter(|m| {
-            matches!(&m.value.snapshot, SnapshotStore::Blob { key: k, version: v } if k == key && v == version)
-        }))
     }
 }
 

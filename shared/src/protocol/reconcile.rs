@@ -5,10 +5,17 @@
 use super::events::Adoption;
 use super::{keys, Dedup, Step};
 use crate::domain::{
-    AudioRecord, AudioState, ContentHash, ReconcileReport, SessionRecord, SessionState,
+    AudioRecord, AudioState, ContentHash, EntryState, MessageRecord, ReconcileReport,
+    SessionRecord, SessionState, SnapshotStore,
 };
 use crate::error::DedupError;
-use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
+use crate::ports::{BlobStore, Expect, IndexName, Query, TransactionalIndex};
+
+/// The sweep's fence on one snapshot object version (see `sweep_snapshot`).
+#[derive(serde::Serialize)]
+struct FenceRecord {
+    at: crate::domain::Millis,
+}
 
 const BATCH: usize = 100;
 const MAX_BATCHES: usize = 1000;
@@ -173,22 +180,39 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// A snapshot object no message records: a create that failed or died after putting it.
-    /// Deleted once older than the grace, which a create never lets its object reach
-    /// before recording it (see `messages.rs`). A deleted message's object is purged.
+    /// If its message exists, it never will (a message is created once): delete it. If not,
+    /// wait out the grace, then fence the version in the index (conditioned on the message
+    /// still being absent) before deleting, so a slow create can never commit a message
+    /// that records a deleted object. A deleted message's object is purged.
     async fn sweep_snapshot(
         &self,
         id: &crate::domain::MessageId,
         meta: &crate::ports::ObjectMeta,
     ) -> Result<bool, DedupError> {
-        if let Some(m) = self.snapshot_recorded(id, &meta.key, &meta.version).await? {
-            if m.value.state == crate::domain::EntryState::Deleted {
+        let m = self.load::<MessageRecord>(&keys::message(id)).await?;
+        if let Some(m) = &m {
+            let recorded = matches!(&m.value.snapshot,
+                SnapshotStore::Blob { key, version } if key == &meta.key && version == &meta.version);
+            if recorded {
+                if m.value.state == EntryState::Live {
+                    return Ok(false);
+                }
                 self.purge_snapshot(id).await?;
                 return Ok(true);
             }
-            return Ok(false);
-        }
-        if self.now() - meta.last_modified < super::ms(self.cfg.snapshot_grace) {
-            return Ok(false);
+        } else {
+            if self.now() - meta.last_modified < super::ms(self.cfg.snapshot_grace) {
+                return Ok(false);
+            }
+            let fence = keys::snapshot_fence(id, &meta.version);
+            if self.index.get(&fence).await?.is_none() {
+                let mut txn = self.txn();
+                txn.check(keys::message(id), Expect::Absent);
+                txn.put(fence, &FenceRecord { at: self.now() }, Expect::Absent)?;
+                if !self.commit(txn).await? {
+                    return Ok(false); // a create committed, or another sweep fenced it
+                }
+            }
         }
         self.blobs.delete_version(&meta.key, &meta.version).await?;
         Ok(true)

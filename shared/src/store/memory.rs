@@ -281,6 +281,8 @@ pub struct MemoryBlobs {
     next: Arc<AtomicU64>,
     hook: Arc<dyn FaultHook>,
     writes: Arc<AtomicU64>,
+    /// Stamps `last_modified` (the snapshot sweep's age test); `None` stamps 0.
+    clock: Option<Arc<dyn crate::ports::Clock>>,
 }
 
 impl Default for MemoryBlobs {
@@ -296,7 +298,14 @@ impl MemoryBlobs {
             next: Arc::new(AtomicU64::new(1)),
             hook,
             writes: Arc::new(AtomicU64::new(0)),
+            clock: None,
         }
+    }
+
+    /// Objects carry this clock's time as `last_modified`, as S3 stamps its own.
+    pub fn with_clock(mut self, clock: Arc<dyn crate::ports::Clock>) -> Self {
+        self.clock = Some(clock);
+        self
     }
 
     /// Takes every queued event, oldest first. The caller decides what reaches the protocol
@@ -353,7 +362,7 @@ impl MemoryBlobs {
             size: bytes.len() as u64,
             sha256: Some(sha256),
             uploader,
-            last_modified: 0,
+            last_modified: self.clock.as_ref().map_or(0, |c| c.now_ms()),
         };
         s.objects.insert(key.to_owned(), (meta, bytes));
         self.writes.fetch_add(1, Ordering::SeqCst);
