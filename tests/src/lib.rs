@@ -186,20 +186,23 @@ impl StoreDump {
             .expect("rows");
         let mut objects = Vec::new();
         let mut files = Vec::new();
-        let audio = data_dir.join("blobs/objects/audio");
-        if let Ok(entries) = std::fs::read_dir(&audio) {
+        // Audio (`audio/<sha256>`) and big snapshots (`snapshots/<message>-<sha256>`).
+        for top in ["audio", "snapshots"] {
+            let Ok(entries) = std::fs::read_dir(data_dir.join("blobs/objects").join(top)) else {
+                continue;
+            };
             for e in entries.flatten() {
-                let hash = e.file_name().to_string_lossy().into_owned();
+                let leaf = e.file_name().to_string_lossy().into_owned();
                 for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
                     let name = f.file_name().to_string_lossy().into_owned();
-                    files.push(format!("{hash}/{name}"));
+                    files.push(format!("{top}/{leaf}/{name}"));
                     let mut parts = name.splitn(3, '~');
                     let (Some(v), Some(sha), Some(up)) = (parts.next(), parts.next(), parts.next())
                     else {
                         continue;
                     };
                     objects.push(ObjectMeta {
-                        key: format!("audio/{hash}"),
+                        key: format!("{top}/{leaf}"),
                         version: v.to_owned(),
                         size: f.metadata().map(|m| m.len()).unwrap_or(0),
                         sha256: sha.parse().ok(),

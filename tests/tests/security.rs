@@ -61,6 +61,56 @@ async fn no_or_wrong_token_is_401_on_every_v1_route() {
                 "/v1/admin/reconcile".into(),
                 Body::None,
             ),
+            (
+                Method::POST,
+                "/v1/threads",
+                "/v1/threads".into(),
+                Body::Json(json!({"title": "t", "members": []})),
+            ),
+            (Method::GET, "/v1/threads", "/v1/threads".into(), Body::None),
+            (
+                Method::GET,
+                "/v1/threads/{id}",
+                "/v1/threads/t".into(),
+                Body::None,
+            ),
+            (
+                Method::GET,
+                "/v1/threads/{id}/messages",
+                "/v1/threads/t/messages".into(),
+                Body::None,
+            ),
+            (
+                Method::POST,
+                "/v1/threads/{id}/messages",
+                "/v1/threads/t/messages".into(),
+                Body::Json(json!({"id": "m", "snapshot": {}})),
+            ),
+            (
+                Method::DELETE,
+                "/v1/threads/{id}/messages/{message_id}",
+                "/v1/threads/t/messages/m".into(),
+                Body::None,
+            ),
+            (
+                Method::GET,
+                "/v1/messages/{message_id}/snapshot",
+                "/v1/messages/m/snapshot".into(),
+                Body::None,
+            ),
+            (Method::GET, "/v1/library", "/v1/library".into(), Body::None),
+            (
+                Method::PUT,
+                "/v1/library/{item_id}",
+                "/v1/library/i".into(),
+                Body::Json(json!({"content_hash": H, "title": "t"})),
+            ),
+            (
+                Method::DELETE,
+                "/v1/library/{item_id}",
+                "/v1/library/i".into(),
+                Body::None,
+            ),
         ];
         for (m, t, p, b) in routes {
             let r = c.call(m.clone(), t, &p, b).await;

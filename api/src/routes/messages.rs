@@ -121,10 +121,10 @@ pub async fn snapshot<B: BlobStore, I: TransactionalIndex>(
     if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", body.sha256)) {
         h.insert(header::ETAG, tag);
     }
-    // Immutable for the message's life: a message's snapshot never changes.
+    // A snapshot never changes, but a deleted message's must stop being served soon.
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=31536000, immutable"),
+        HeaderValue::from_static("private, max-age=60"),
     );
     Ok(res)
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::protocol::NewThread;
-use audio_dedup_core::{valid_title, ThreadId, UserId};
+use audio_dedup_core::{valid_title, ThreadId, UserId, MAX_THREAD_MEMBERS};
 
 use super::{cursor, page_limit, ListQuery};
 use crate::auth::Caller;
@@ -42,10 +42,13 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
             "a title is 1 to 200 characters, not blank, without control characters",
         ));
     }
-    if b.members.len() > 64 {
+    if b.members.len() > MAX_THREAD_MEMBERS - 1 {
         return Err(ApiError::bad_request(
             "too_many_members",
-            "a thread has at most 10 members, the caller included",
+            format!(
+                "members lists at most {} users besides the caller (who is always a member)",
+                MAX_THREAD_MEMBERS - 1
+            ),
         ));
     }
     let members = b
@@ -77,13 +80,13 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let since = cursor(q.since.as_deref())?;
     if q.after.is_some() {
         return Err(ApiError::bad_request(
             "invalid_query",
             "the thread feed takes `since`, not `after`",
         ));
     }
+    let since = cursor(q.since.as_deref())?;
     let page = s
         .dedup
         .list_threads(&caller.user, since, page_limit(q.limit.as_deref())?)

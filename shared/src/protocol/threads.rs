@@ -36,8 +36,9 @@ pub(super) fn thread_not_found() -> DedupError {
 pub fn parse_cursor(raw: Option<&str>) -> Result<Seq, DedupError> {
     match raw {
         None => Ok(0),
+        // Past u64: no log is that long, so it is a position of none (410, not 400).
         Some(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().map_err(|_| bad_cursor())
+            Ok(s.parse().unwrap_or(Seq::MAX))
         }
         Some(_) => Err(bad_cursor()),
     }
@@ -50,11 +51,13 @@ fn bad_cursor() -> DedupError {
     )
 }
 
+/// 410, as sync APIs answer an unusable sync token: the client's cursor is not a position
+/// of this log (another thread's, or invented), so it must sync again from the start.
 pub(super) fn ahead_cursor() -> DedupError {
-    DedupError::bad_request(
-        "invalid_cursor",
-        "the cursor is ahead of this log; it belongs to another thread or user",
-    )
+    DedupError::Expired {
+        code: "cursor_unknown",
+        message: "the cursor is not a position of this log; sync again without one".into(),
+    }
 }
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
@@ -65,12 +68,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         caller: &UserId,
         req: NewThread,
     ) -> Result<(ThreadView, bool), DedupError> {
+        // The caller first, then the others sorted: a retry listing them in another order
+        // is the same thread.
+        let mut others: Vec<UserId> = req.members.into_iter().filter(|m| m != caller).collect();
+        others.sort();
+        others.dedup();
         let mut members = vec![caller.clone()];
-        for m in req.members {
-            if !members.contains(&m) {
-                members.push(m);
-            }
-        }
+        members.extend(others);
         if members.len() > MAX_THREAD_MEMBERS {
             return Err(DedupError::bad_request(
                 "too_many_members",

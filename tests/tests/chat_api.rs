@@ -1,0 +1,646 @@
+//! Threads, messages and the library through the HTTP API of the local server (embedded
+//! store): every answer is checked against docs/openapi.yaml by the client.
+
+use audio_dedup_e2e::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn thread_body(id: &str, members: &[&str]) -> Body {
+    Body::Json(json!({ "id": id, "title": format!("thread {id}"), "members": members }))
+}
+
+async fn create_thread(c: &Client, id: &str, members: &[&str]) -> Reply {
+    c.call(
+        Method::POST,
+        "/v1/threads",
+        "/v1/threads",
+        thread_body(id, members),
+    )
+    .await
+}
+
+async fn post(c: &Client, thread: &str, body: Value) -> Reply {
+    c.call(
+        Method::POST,
+        "/v1/threads/{id}/messages",
+        &format!("/v1/threads/{thread}/messages"),
+        Body::Json(body),
+    )
+    .await
+}
+
+async fn sync(c: &Client, thread: &str, after: &str) -> Reply {
+    c.call(
+        Method::GET,
+        "/v1/threads/{id}/messages",
+        &format!("/v1/threads/{thread}/messages?after={after}"),
+        Body::None,
+    )
+    .await
+}
+
+async fn delete_msg(c: &Client, thread: &str, id: &str) -> Reply {
+    c.call(
+        Method::DELETE,
+        "/v1/threads/{id}/messages/{message_id}",
+        &format!("/v1/threads/{thread}/messages/{id}"),
+        Body::None,
+    )
+    .await
+}
+
+async fn snapshot(c: &Client, id: &str) -> Reply {
+    c.call(
+        Method::GET,
+        "/v1/messages/{message_id}/snapshot",
+        &format!("/v1/messages/{id}/snapshot"),
+        Body::None,
+    )
+    .await
+}
+
+async fn put_item(c: &Client, id: &str, hash: &str, title: &str) -> Reply {
+    c.call(
+        Method::PUT,
+        "/v1/library/{item_id}",
+        &format!("/v1/library/{id}"),
+        Body::Json(json!({ "content_hash": hash, "title": title })),
+    )
+    .await
+}
+
+async fn delete_item(c: &Client, id: &str) -> Reply {
+    c.call(
+        Method::DELETE,
+        "/v1/library/{item_id}",
+        &format!("/v1/library/{id}"),
+        Body::None,
+    )
+    .await
+}
+
+fn ids(page: &Value) -> Vec<(String, String)> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_conversation_with_audio_from_create_to_deletion() {
+    let s = TestServer::start().await;
+    let (alice, bob) = (s.client(ALICE), s.client(BOB));
+    assert_eq!(
+        create_thread(&alice, "t1", &["bob"]).await.status,
+        StatusCode::CREATED
+    );
+    // The same create, members in another order: the same thread.
+    assert_eq!(
+        create_thread(&alice, "t1", &["bob", "alice"]).await.status,
+        StatusCode::OK
+    );
+    let feed = bob
+        .call(Method::GET, "/v1/threads", "/v1/threads", Body::None)
+        .await;
+    assert_eq!(feed.body["items"][0]["id"], "t1");
+    assert_eq!(feed.body["items"][0]["members"], json!(["alice", "bob"]));
+
+    let song = audio(1, 20_000);
+    let hash = sha256_hex(&song);
+    assert_eq!(
+        alice.upload(&song, "format=mp3").await.status,
+        StatusCode::CREATED
+    );
+    let m1 = json!({
+        "id": "0190c0de-0001", "snapshot": {"bpm": 120, "tracks": [1, 2]},
+        "audio": {"content_hash": hash, "format": "mp3"}
+    });
+    let r = post(&alice, "t1", m1.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["cursor"], "1");
+    // Retried later: the same message, still one reference.
+    let again = post(&alice, "t1", m1.clone()).await;
+    assert_eq!((again.status, &again.body), (StatusCode::OK, &r.body));
+    assert_eq!(alice.stats().await.body["total_references"], 1);
+
+    let first = sync(&bob, "t1", "0").await;
+    assert_eq!(ids(&first.body), [("0190c0de-0001".into(), "live".into())]);
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    let snap = snapshot(&bob, "0190c0de-0001").await;
+    assert_eq!(snap.body, json!({"bpm": 120, "tracks": [1, 2]}));
+    assert_eq!(
+        snap.headers["etag"].to_str().unwrap(),
+        format!(
+            "\"{}\"",
+            first.body["items"][0]["snapshot"]["sha256"]
+                .as_str()
+                .unwrap()
+        )
+    );
+
+    // Bob answers without audio; an incremental read returns only his message.
+    post(&bob, "t1", json!({"id": "0190c0de-0002", "snapshot": [1]})).await;
+    let delta = sync(&alice, "t1", &cursor).await;
+    assert_eq!(ids(&delta.body), [("0190c0de-0002".into(), "live".into())]);
+
+    // Only the author deletes; deleting the last message holding the audio deletes it.
+    let r = delete_msg(&bob, "t1", "0190c0de-0001").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "message_not_found")
+    );
+    assert_eq!(
+        delete_msg(&alice, "t1", "0190c0de-0001").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        delete_msg(&alice, "t1", "0190c0de-0001").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(alice.describe(&hash).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(alice.stats().await.body["unique_files"], 0);
+    assert!(s.dump().objects.is_empty(), "the audio object is gone");
+    let tail = sync(&bob, "t1", "2").await;
+    assert_eq!(
+        ids(&tail.body),
+        [("0190c0de-0001".into(), "deleted".into())]
+    );
+    assert!(tail.body["items"][0].get("audio").is_none());
+    assert_eq!(
+        snapshot(&bob, "0190c0de-0001").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // A create retried after the delete answers the tombstone; nothing comes back.
+    let late = post(&alice, "t1", m1).await;
+    assert_eq!(
+        (late.status, late.body["state"].as_str()),
+        (StatusCode::OK, Some("deleted"))
+    );
+    assert_eq!(alice.stats().await.body["total_references"], 0);
+    let detail = bob
+        .call(
+            Method::GET,
+            "/v1/threads/{id}",
+            "/v1/threads/t1",
+            Body::None,
+        )
+        .await;
+    assert_eq!(
+        (
+            detail.body["last_cursor"].as_str(),
+            detail.body["message_count"].as_u64()
+        ),
+        (Some("3"), Some(1))
+    );
+    let r = sync(&bob, "t1", "4").await;
+    assert_eq!((r.status, r.code()), (StatusCode::GONE, "cursor_unknown"));
+    s.assert_invariants();
+    s.assert_settled();
+}
+
+#[tokio::test]
+async fn a_message_on_audio_that_is_not_active_is_refused_and_writes_nothing() {
+    let s = TestServer::start().await;
+    let alice = s.client(ALICE);
+    create_thread(&alice, "t1", &[]).await;
+    let song = audio(2, 9_000);
+    let hash = sha256_hex(&song);
+    alice
+        .upload(&song, "format=mp3&ref_kind=library&ref_id=l1")
+        .await;
+    alice.remove_ref(&hash, "l1").await; // the last reference: the audio is deleted
+    let before = s.dump();
+    let r = post(
+        &alice,
+        "t1",
+        json!({"id": "m1", "snapshot": {}, "audio": {"content_hash": hash, "format": "mp3"}}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "audio_not_found")
+    );
+    let r = put_item(&alice, "fav", &hash, "Fav").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "audio_not_found")
+    );
+    assert_eq!(s.dump(), before);
+}
+
+#[tokio::test]
+async fn the_library_holds_its_audio_until_the_item_goes() {
+    let s = TestServer::start().await;
+    let alice = s.client(ALICE);
+    let song = audio(3, 7_000);
+    let hash = sha256_hex(&song);
+    alice.upload(&song, "format=wav").await;
+    let r = put_item(&alice, "fav", &hash, "Favourite").await;
+    assert_eq!(
+        (r.status, r.body["cursor"].as_str()),
+        (StatusCode::CREATED, Some("1"))
+    );
+    assert_eq!(
+        put_item(&alice, "fav", &hash, "Favourite").await.status,
+        StatusCode::OK
+    );
+    put_item(&alice, "fav", &hash, "Renamed").await;
+    let page = alice
+        .call(
+            Method::GET,
+            "/v1/library",
+            "/v1/library?since=1",
+            Body::None,
+        )
+        .await;
+    assert_eq!(page.body["items"][0]["title"], "Renamed");
+    assert_eq!(page.body["next_cursor"], "2");
+    assert_eq!(alice.stats().await.body["total_references"], 1);
+    assert_eq!(
+        delete_item(&alice, "fav").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        delete_item(&alice, "fav").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(alice.stats().await.body["unique_files"], 0);
+    let page = alice
+        .call(
+            Method::GET,
+            "/v1/library",
+            "/v1/library?since=2",
+            Body::None,
+        )
+        .await;
+    assert_eq!(ids(&page.body), [("fav".into(), "deleted".into())]);
+    s.assert_invariants();
+    s.assert_settled();
+}
+
+#[tokio::test]
+async fn a_big_snapshot_is_stored_as_an_object_and_served_byte_for_byte() {
+    let s = TestServer::start().await;
+    let alice = s.client(ALICE);
+    create_thread(&alice, "t1", &[]).await;
+    // 600 KB: more than a DynamoDB item holds, so it goes to the blob store.
+    let text = format!("{{ \"notes\" : \"{}\" }}", "n".repeat(600_000));
+    let body = format!("{{\"id\":\"big\",\"snapshot\":{text}}}");
+    let r = alice
+        .http
+        .post(format!("{}/v1/threads/t1/messages", alice.base))
+        .bearer_auth(ALICE)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert!(s
+        .dump()
+        .objects
+        .iter()
+        .any(|o| o.key.starts_with("snapshots/big-")));
+    let got = alice
+        .http
+        .get(format!("{}/v1/messages/big/snapshot", alice.base))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(
+        got.bytes().await.unwrap(),
+        text.as_bytes(),
+        "exactly the text sent"
+    );
+    s.assert_invariants();
+    assert_eq!(
+        delete_msg(&alice, "t1", "big").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(s.dump().objects.is_empty(), "purged with its message");
+    s.assert_settled();
+}
+
+#[tokio::test]
+async fn foreign_users_get_404_and_change_nothing() {
+    let s = TestServer::start().await;
+    let (alice, bob) = (s.client(ALICE), s.client(BOB));
+    let song = audio(4, 8_000);
+    let hash = sha256_hex(&song);
+    alice.upload(&song, "format=mp3").await;
+    create_thread(&alice, "private", &[]).await;
+    create_thread(&alice, "shared", &["bob"]).await;
+    let with_audio =
+        json!({"id": "a1", "snapshot": {}, "audio": {"content_hash": hash, "format": "mp3"}});
+    assert_eq!(
+        post(&alice, "private", with_audio).await.status,
+        StatusCode::CREATED
+    );
+    post(&alice, "shared", json!({"id": "a2", "snapshot": {"x": 1}})).await;
+    put_item(&alice, "fav", &hash, "Mine").await;
+    let before = s.dump();
+
+    let not_found = |r: Reply, what: &str| {
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{what}: {:?}", r.body);
+    };
+    not_found(
+        bob.call(
+            Method::GET,
+            "/v1/threads/{id}",
+            "/v1/threads/private",
+            Body::None,
+        )
+        .await,
+        "read a thread he is not in",
+    );
+    not_found(
+        sync(&bob, "private", "0").await,
+        "sync a thread he is not in",
+    );
+    not_found(
+        post(&bob, "private", json!({"id": "b1", "snapshot": {}})).await,
+        "post in it",
+    );
+    not_found(delete_msg(&bob, "private", "a1").await, "delete in it");
+    not_found(snapshot(&bob, "a1").await, "read its snapshot");
+    // A member, but not the author.
+    not_found(
+        delete_msg(&bob, "shared", "a2").await,
+        "delete another's message",
+    );
+    // Someone else's message id, named in his own thread.
+    not_found(
+        delete_msg(&bob, "shared", "a1").await,
+        "delete via the wrong thread",
+    );
+    // The library is private.
+    not_found(delete_item(&bob, "fav").await, "delete her item");
+    let r = put_item(&bob, "fav", &hash, "Stolen").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "audio_not_found")
+    );
+    let r = post(
+        &bob,
+        "shared",
+        json!({"id": "b2", "snapshot": {}, "audio": {"content_hash": hash, "format": "mp3"}}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "audio_not_found"),
+        "he never held it"
+    );
+    // Her managed references cannot be named through the references API.
+    let r = bob.remove_ref(&hash, "m.a1").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = alice.remove_ref(&hash, "m.a1").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "not even by their owner");
+    assert_eq!(s.dump(), before, "nothing changed");
+
+    let feed = bob
+        .call(Method::GET, "/v1/threads", "/v1/threads", Body::None)
+        .await;
+    assert_eq!(ids_of_threads(&feed.body), ["shared"]);
+    let lib = bob
+        .call(Method::GET, "/v1/library", "/v1/library", Body::None)
+        .await;
+    assert!(lib.body["items"].as_array().unwrap().is_empty());
+}
+
+fn ids_of_threads(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_input_on_every_new_route_is_a_4xx_and_writes_nothing() {
+    let s = TestServer::start().await;
+    let alice = s.client(ALICE);
+    create_thread(&alice, "t1", &[]).await;
+    post(&alice, "t1", json!({"id": "m1", "snapshot": {}})).await;
+    let before = s.dump();
+    let huge = format!(
+        "{{\"id\":\"m2\",\"snapshot\":\"{}\"}}",
+        "x".repeat(1024 * 1024)
+    );
+    let cases: Vec<(Method, &str, String, Body, u16, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/threads",
+            "/v1/threads".into(),
+            Body::Json(json!({"title": "", "members": []})),
+            400,
+            "invalid_title",
+        ),
+        (
+            Method::POST,
+            "/v1/threads",
+            "/v1/threads".into(),
+            Body::Json(json!({"title": "t", "members": ["../x"]})),
+            400,
+            "invalid_member",
+        ),
+        (
+            Method::POST,
+            "/v1/threads",
+            "/v1/threads".into(),
+            Body::Json(json!({"title": "t", "members": ["a","b","c","d","e","f","g","h","i","j"]})),
+            400,
+            "too_many_members",
+        ),
+        (
+            Method::POST,
+            "/v1/threads",
+            "/v1/threads".into(),
+            Body::Json(json!({"title": "t", "members": [], "admin": true})),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/v1/threads",
+            "/v1/threads".into(),
+            Body::Json(json!({"id": "a/b", "title": "t", "members": []})),
+            400,
+            "invalid_thread_id",
+        ),
+        (
+            Method::GET,
+            "/v1/threads",
+            "/v1/threads?since=-1".into(),
+            Body::None,
+            400,
+            "invalid_cursor",
+        ),
+        (
+            Method::GET,
+            "/v1/threads",
+            "/v1/threads?after=1".into(),
+            Body::None,
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::GET,
+            "/v1/threads",
+            "/v1/threads?limit=100000".into(),
+            Body::None,
+            400,
+            "invalid_limit",
+        ),
+        (
+            Method::GET,
+            "/v1/threads",
+            "/v1/threads?limit=0".into(),
+            Body::None,
+            400,
+            "invalid_limit",
+        ),
+        (
+            Method::GET,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages?after=1.5".into(),
+            Body::None,
+            400,
+            "invalid_cursor",
+        ),
+        (
+            Method::GET,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages?since=0".into(),
+            Body::None,
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::GET,
+            "/v1/threads/{id}",
+            "/v1/threads/..%2F..%2Fetc".into(),
+            Body::None,
+            400,
+            "invalid_thread_id",
+        ),
+        (
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Json(json!({"id": "m2", "snapshot": null})),
+            400,
+            "invalid_snapshot",
+        ),
+        (
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Json(json!({"id": "m2"})),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Json(
+                json!({"id": "m2", "snapshot": {}, "audio": {"content_hash": "x", "format": "mp3"}}),
+            ),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Json(json!({"id": "m2", "snapshot": {}, "extra": 1})),
+            400,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Raw(huge.into_bytes()),
+            413,
+            "snapshot_too_large",
+        ),
+        (
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Json(json!({"id": "m1", "snapshot": {"other": true}})),
+            409,
+            "message_id_conflict",
+        ),
+        (
+            Method::DELETE,
+            "/v1/threads/{id}/messages/{message_id}",
+            "/v1/threads/t1/messages/a.b".into(),
+            Body::None,
+            400,
+            "invalid_message_id",
+        ),
+        (
+            Method::GET,
+            "/v1/messages/{message_id}/snapshot",
+            "/v1/messages/nope/snapshot".into(),
+            Body::None,
+            404,
+            "message_not_found",
+        ),
+        (
+            Method::PUT,
+            "/v1/library/{item_id}",
+            "/v1/library/x".into(),
+            Body::Json(json!({"content_hash": "ABC", "title": "t"})),
+            400,
+            "invalid_hash",
+        ),
+        (
+            Method::PUT,
+            "/v1/library/{item_id}",
+            "/v1/library/x".into(),
+            Body::Json(json!({"content_hash": "0".repeat(64), "title": "\u{0}"})),
+            400,
+            "invalid_title",
+        ),
+        (
+            Method::DELETE,
+            "/v1/library/{item_id}",
+            "/v1/library/never".into(),
+            Body::None,
+            404,
+            "library_item_not_found",
+        ),
+        (
+            Method::GET,
+            "/v1/library",
+            "/v1/library?since=99".into(),
+            Body::None,
+            410,
+            "cursor_unknown",
+        ),
+    ];
+    for (m, template, path, body, status, code) in cases {
+        let r = alice.call(m.clone(), template, &path, body).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (status, code),
+            "{m} {path}: {:?}",
+            r.body
+        );
+    }
+    assert_eq!(s.dump(), before, "nothing written");
+}
