@@ -200,7 +200,7 @@ async fn a_conversation_with_audio_from_create_to_deletion() {
         (Some("3"), Some(1))
     );
     let r = sync(&bob, "t1", "4").await;
-    assert_eq!((r.status, r.code()), (StatusCode::GONE, "cursor_unknown"));
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "cursor_unknown"));
     s.assert_invariants();
     s.assert_settled();
 }
@@ -629,7 +629,7 @@ async fn bad_input_on_every_new_route_is_a_4xx_and_writes_nothing() {
             "/v1/library",
             "/v1/library?since=99".into(),
             Body::None,
-            410,
+            409,
             "cursor_unknown",
         ),
     ];

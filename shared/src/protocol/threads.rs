@@ -36,7 +36,7 @@ pub(super) fn thread_not_found() -> DedupError {
 pub fn parse_cursor(raw: Option<&str>) -> Result<Seq, DedupError> {
     match raw {
         None => Ok(0),
-        // Past u64: no log is that long, so it is a position of none (410, not 400).
+        // Past u64: no log is that long, so it is a position of none (409, not 400).
         Some(s) if !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) => {
             Ok(s.parse().unwrap_or(Seq::MAX))
         }
@@ -51,13 +51,14 @@ fn bad_cursor() -> DedupError {
     )
 }
 
-/// 410, as sync APIs answer an unusable sync token: the client's cursor is not a position
-/// of this log (another thread's, or invented), so it must sync again from the start.
+/// 409: the client's cursor is not a position of this log (another thread's, or invented),
+/// so it conflicts with the log's state; the client syncs again from the start (as sync APIs
+/// answer an expired sync token).
 pub(super) fn ahead_cursor() -> DedupError {
-    DedupError::Expired {
-        code: "cursor_unknown",
-        message: "the cursor is not a position of this log; sync again without one".into(),
-    }
+    DedupError::conflict(
+        "cursor_unknown",
+        "the cursor is not a position of this log; sync again without one",
+    )
 }
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
