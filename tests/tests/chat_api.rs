@@ -200,7 +200,10 @@ async fn a_conversation_with_audio_from_create_to_deletion() {
         (Some("3"), Some(1))
     );
     let r = sync(&bob, "t1", "4").await;
-    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "cursor_unknown"));
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "cursor_unknown")
+    );
     s.assert_invariants();
     s.assert_settled();
 }

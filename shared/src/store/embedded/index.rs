@@ -341,13 +341,16 @@ impl TransactionalIndex for SqliteIndex {
                 args.push(v);
                 sql.push_str(&format!(" AND {s} {op} ?{}", args.len()));
             };
+            // One lower bound only: given two, SQLite seeks with one and filters with the
+            // other, which can mean a scan from the start of the prefix.
+            match &q.after {
+                Some(after) if *after >= q.sk_prefix => bound(&mut sql, ">", after.clone()),
+                _ if !q.sk_prefix.is_empty() => bound(&mut sql, ">=", q.sk_prefix.clone()),
+                _ => {}
+            }
             if !q.sk_prefix.is_empty() {
-                bound(&mut sql, ">=", q.sk_prefix.clone());
                 // Keys are ASCII; U+10FFFF sorts after every one of them (bytewise).
                 bound(&mut sql, "<", format!("{}\u{10FFFF}", q.sk_prefix));
-            }
-            if let Some(after) = &q.after {
-                bound(&mut sql, ">", after.clone());
             }
             if let Some(upto) = &q.upto {
                 bound(&mut sql, "<=", upto.clone());
