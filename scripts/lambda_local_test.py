@@ -186,6 +186,45 @@ st, done = http_call("upload", api_event("POST", f"/v1/audio/{big_digest}/comple
 check(st == 200 and done["state"] == "active", f"complete after the event is a no-op success: {st}")
 st, body = http_call("stats", api_event("GET", "/v1/audio/stats", "", "carol", None))
 check(body["unique_files"] == 1 and body["total_references"] == 1, f"stats after the session: {body}")
+# Threads and messages: a message holding carol's audio, with a snapshot too big for a
+# DynamoDB item (stored in S3), read by a member, deleted by its author only.
+st, t = http_call("threads", api_event("POST", "/v1/threads", "", "carol",
+                                       json.dumps({"id": "jam", "title": "Jam", "members": ["dave"]}).encode()))
+check(st == 201 and t["members"] == ["carol", "dave"], f"thread created: {st} {t}")
+snap = {"notes": "n" * 400_000}
+msg = {"id": "0190c0de-0001", "snapshot": snap, "audio": {"content_hash": big_digest, "format": "wav"}}
+st, m = http_call("threads", api_event("POST", "/v1/threads/jam/messages", "", "carol", json.dumps(msg).encode()))
+check(st == 201 and m["cursor"] == "1", f"message created: {st}")
+st, again = http_call("threads", api_event("POST", "/v1/threads/jam/messages", "", "carol", json.dumps(msg).encode()))
+check(st == 200 and again == m, f"the same create retried answers the same message: {st}")
+snaps = s3.list_object_versions(Bucket=BUCKET, Prefix=f"{PREFIX}snapshots/").get("Versions", [])
+check(len(snaps) == 1, f"the big snapshot is one S3 object: {len(snaps)}")
+st, page = http_call("threads", api_event("GET", "/v1/threads/jam/messages", "after=0", "dave", None))
+check(st == 200 and [i["id"] for i in page["items"]] == ["0190c0de-0001"], f"dave syncs the message: {st}")
+st, got = http_call("threads", api_event("GET", "/v1/messages/0190c0de-0001/snapshot", "", "dave", None))
+check(st == 200 and got == snap, f"dave reads the snapshot from S3: {st}")
+st, _ = http_call("threads", api_event("GET", "/v1/threads/jam/messages", "", "eve", None))
+check(st == 404, f"a non-member gets 404: {st}")
+st, _ = http_call("threads", api_event("DELETE", "/v1/threads/jam/messages/0190c0de-0001", "", "dave", None))
+check(st == 404, f"only the author deletes: {st}")
+# The library: carol's item holds the audio too; dave cannot take it.
+st, item = http_call("library", api_event("PUT", "/v1/library/fav", "", "carol",
+                                          json.dumps({"content_hash": big_digest, "title": "Fav"}).encode()))
+check(st == 201 and item["state"] == "live", f"library item put: {st}")
+st, _ = http_call("library", api_event("PUT", "/v1/library/fav", "", "dave",
+                                       json.dumps({"content_hash": big_digest, "title": "Mine"}).encode()))
+check(st == 404, f"dave never held the audio: {st}")
+st, body = http_call("stats", api_event("GET", "/v1/audio/stats", "", "carol", None))
+check(body["total_references"] == 3, f"session + message + library references: {body}")
+st, _ = http_call("threads", api_event("DELETE", "/v1/threads/jam/messages/0190c0de-0001", "", "carol", None))
+check(st == 204, f"carol deletes her message: {st}")
+check(not s3.list_object_versions(Bucket=BUCKET, Prefix=f"{PREFIX}snapshots/").get("Versions"),
+      "the snapshot object is purged with its message")
+st, _ = http_call("library", api_event("DELETE", "/v1/library/fav", "", "carol", None))
+check(st == 204, f"carol deletes her library item: {st}")
+st, body = http_call("stats", api_event("GET", "/v1/audio/stats", "", "carol", None))
+check(body["total_references"] == 1 and body["unique_files"] == 1, f"the session's reference keeps the audio: {body}")
+
 r = invoke("reconciler", {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}})
 check("error" not in r and "orphans_deleted" in r, f"reconciler pass: {r}")
 
