@@ -11,7 +11,7 @@ use serde::Deserialize;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::LibraryItemId;
 
-use super::{content_hash, cursor, page_limit, ListQuery};
+use super::{content_hash, created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{parse, JsonBody, RawPath, StrictQuery};
@@ -36,12 +36,7 @@ pub async fn put<B: BlobStore, I: TransactionalIndex>(
         .dedup
         .put_library_item(&caller.user, &id, &hash, &b.title)
         .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(view)).into_response())
+    Ok(created_or_ok(created, view))
 }
 
 pub async fn delete<B: BlobStore, I: TransactionalIndex>(
@@ -59,16 +54,7 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    if q.after.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "the library takes `since`, not `after`",
-        ));
-    }
-    let since = cursor(q.since.as_deref())?;
-    let page = s
-        .dedup
-        .list_library(&caller.user, since, page_limit(q.limit.as_deref())?)
-        .await?;
+    let (cursor, limit) = q.page(CursorParam::Since, "the library")?;
+    let page = s.dedup.list_library(&caller.user, cursor, limit).await?;
     Ok(Json(page).into_response())
 }

@@ -14,7 +14,7 @@ use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::protocol::NewMessage;
 use audio_dedup_core::{AudioRender, MessageId, ThreadId, MAX_SNAPSHOT_BYTES};
 
-use super::{cursor, page_limit, ListQuery};
+use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{non_null, parse, JsonBody, RawPath, StrictQuery};
@@ -59,12 +59,7 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
         audio: b.audio,
     };
     let (view, created) = s.dedup.create_message(&caller.user, &thread, req).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(view)).into_response())
+    Ok(created_or_ok(created, view))
 }
 
 pub async fn list<B: BlobStore, I: TransactionalIndex>(
@@ -74,21 +69,10 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
-    if q.since.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "message sync takes `after`, not `since`",
-        ));
-    }
-    let after = cursor(q.after.as_deref())?;
+    let (cursor, limit) = q.page(CursorParam::After, "message sync")?;
     let page = s
         .dedup
-        .list_messages(
-            &caller.user,
-            &thread,
-            after,
-            page_limit(q.limit.as_deref())?,
-        )
+        .list_messages(&caller.user, &thread, cursor, limit)
         .await?;
     Ok(Json(page).into_response())
 }

@@ -9,6 +9,8 @@ pub mod threads;
 
 use audio_dedup_core::protocol::{parse_cursor, DEFAULT_PAGE, MAX_PAGE};
 use audio_dedup_core::{ContentHash, Seq};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -28,8 +30,41 @@ pub struct ListQuery {
     limit: Option<String>,
 }
 
-pub(crate) fn cursor(raw: Option<&str>) -> Result<Seq, ApiError> {
-    Ok(parse_cursor(raw)?)
+/// Which name a log's cursor goes by on its route.
+#[derive(Clone, Copy)]
+pub(crate) enum CursorParam {
+    Since,
+    After,
+}
+
+impl ListQuery {
+    /// The cursor (under the route's name; the other is refused) and the page size.
+    pub(crate) fn page(&self, name: CursorParam, log: &str) -> Result<(Seq, usize), ApiError> {
+        let (wanted, other, value) = match name {
+            CursorParam::Since => ("since", &self.after, &self.since),
+            CursorParam::After => ("after", &self.since, &self.after),
+        };
+        if other.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("{log} takes `{wanted}` as its cursor"),
+            ));
+        }
+        Ok((
+            parse_cursor(value.as_deref())?,
+            page_limit(self.limit.as_deref())?,
+        ))
+    }
+}
+
+/// 201 with the body when the request created it, 200 when it was already there.
+pub(crate) fn created_or_ok<T: serde::Serialize>(created: bool, body: T) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 pub(crate) fn page_limit(raw: Option<&str>) -> Result<usize, ApiError> {

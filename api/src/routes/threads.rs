@@ -5,14 +5,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http::StatusCode;
 use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::protocol::NewThread;
 use audio_dedup_core::{valid_title, ThreadId, UserId, MAX_THREAD_MEMBERS};
 
-use super::{cursor, page_limit, ListQuery};
+use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{non_null, parse, JsonBody, RawPath, StrictQuery};
@@ -67,12 +66,7 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
             },
         )
         .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(view)).into_response())
+    Ok(created_or_ok(created, view))
 }
 
 pub async fn list<B: BlobStore, I: TransactionalIndex>(
@@ -80,17 +74,8 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    if q.after.is_some() {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "the thread feed takes `since`, not `after`",
-        ));
-    }
-    let since = cursor(q.since.as_deref())?;
-    let page = s
-        .dedup
-        .list_threads(&caller.user, since, page_limit(q.limit.as_deref())?)
-        .await?;
+    let (cursor, limit) = q.page(CursorParam::Since, "the thread feed")?;
+    let page = s.dedup.list_threads(&caller.user, cursor, limit).await?;
     Ok(Json(page).into_response())
 }
 
