@@ -220,3 +220,40 @@ async fn spec_states_the_body_and_reference_rules_the_server_enforces() {
     let r = alice.add_ref(&sha256_hex(b"abc"), "m1", "message").await;
     assert_eq!(r.status, StatusCode::OK, "the upload attached m1");
 }
+
+/// Opening a session whose reference can never be attached answers 409 at once. Found as
+/// "undocumented status code": the spec listed no 409 for `POST /v1/audio/uploads`.
+#[tokio::test]
+async fn a_session_with_an_unusable_reference_is_a_documented_409() {
+    let s = TestServer::start().await;
+    let alice = s.client(ALICE);
+    let song = audio(21, 3_000);
+    let hash = sha256_hex(&song);
+    alice
+        .upload(&song, "format=ogg&ref_kind=library&ref_id=0")
+        .await;
+    let open = |kind: &'static str, ref_id: &'static str| {
+        let alice = alice.clone();
+        let hash = hash.clone();
+        async move {
+            alice
+                .open_session(json!({
+                    "sha256": hash, "size": 3_000, "format": "ogg",
+                    "reference": {"kind": kind, "ref_id": ref_id}
+                }))
+                .await
+        }
+    };
+    let r = open("message", "0").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "reference_kind_mismatch")
+    );
+    alice.remove_ref(&hash, "0").await;
+    alice.upload(&song, "format=ogg").await;
+    let r = open("library", "0").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "reference_removed")
+    );
+}
