@@ -1,13 +1,13 @@
 //! What the protocol answers. The HTTP layer serialises these as they are.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     AudioFormat, AudioState, ByteRange, ContentHash, Millis, ReferenceId, ReferenceKind, SessionId,
 };
 
 /// A request the client must send to move bytes (presigned S3 URL or the local emulation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedRequest {
     pub url: String,
     pub method: String,
@@ -16,7 +16,7 @@ pub struct SignedRequest {
     pub expires_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadResult {
     pub content_hash: ContentHash,
     pub format: AudioFormat,
@@ -28,7 +28,7 @@ pub struct UploadResult {
     pub state: AudioState,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChallengeView {
     pub nonce: String,
     pub ranges: Vec<ByteRange>,
@@ -36,7 +36,7 @@ pub struct ChallengeView {
 
 /// The answer to opening an upload session. Its shape is the same whether or not the content
 /// already exists, so it tells a caller without the bytes nothing.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadSession {
     pub session_id: SessionId,
     pub content_hash: ContentHash,
@@ -45,7 +45,7 @@ pub struct UploadSession {
     pub expires_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AudioView {
     pub content_hash: ContentHash,
     pub format: AudioFormat,
@@ -55,7 +55,7 @@ pub struct AudioView {
     pub url_expires_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReferenceView {
     pub content_hash: ContentHash,
     pub ref_id: ReferenceId,
@@ -63,7 +63,7 @@ pub struct ReferenceView {
     pub created_at: Millis,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub unique_files: i64,
     pub stored_bytes: i64,
@@ -75,7 +75,7 @@ pub struct Stats {
     pub deleting: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReconcileReport {
     pub deletions_finished: u64,
     pub pending_resolved: u64,

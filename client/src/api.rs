@@ -1,0 +1,340 @@
+//! The HTTP API, typed. Every answer is classified (`ApiError`), and every outcome flips the
+//! client's online flag: a request that got no answer means offline, any answer means online.
+//! There are no OS connectivity hooks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use audio_dedup_core::{
+    AudioFormat, AudioRender, AudioView, ContentHash, LibraryItemView, MessageId, MessageView,
+    Page, ReferenceKind, SessionId, Stats, ThreadDetail, ThreadId, ThreadView, UploadResult,
+    UploadSession,
+};
+
+use crate::error::ApiError;
+use crate::updates::{Update, Updates};
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    online: Arc<AtomicBool>,
+    updates: Updates,
+}
+
+#[derive(Serialize)]
+struct NewMessageBody<'a> {
+    id: &'a MessageId,
+    snapshot: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audio: Option<&'a AudioRender>,
+}
+
+/// `ThreadDetail` as the wire has it (the core type is flattened for serialising only).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ThreadInfo {
+    #[serde(flatten)]
+    pub thread: ThreadView,
+    pub last_cursor: String,
+    pub message_count: u64,
+}
+
+impl From<ThreadInfo> for ThreadDetail {
+    fn from(t: ThreadInfo) -> Self {
+        ThreadDetail {
+            thread: t.thread,
+            last_cursor: t.last_cursor,
+            message_count: t.message_count,
+        }
+    }
+}
+
+fn retry_after(r: &Response) -> Option<Duration> {
+    let v = r
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+impl Api {
+    pub fn new(
+        base: &str,
+        token: &str,
+        timeout: Duration,
+        updates: Updates,
+    ) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| ApiError::Protocol(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            online: Arc::new(AtomicBool::new(true)),
+            updates,
+        })
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::SeqCst)
+    }
+
+    fn set_online(&self, online: bool) {
+        if self.online.swap(online, Ordering::SeqCst) != online {
+            self.updates.send(Update::Connectivity { online });
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends, classifies the answer, and returns the response of a 2xx.
+    pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
+        let res = match rb.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.set_online(false);
+                return Err(ApiError::Offline(e.to_string()));
+            }
+        };
+        self.set_online(true);
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let after = retry_after(&res);
+        let body: serde_json::Value = res.json().await.unwrap_or_default();
+        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+        let s = status.as_u16();
+        if status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
+            Err(ApiError::Retryable {
+                status: s,
+                code,
+                retry_after: after,
+            })
+        } else {
+            Err(ApiError::Rejected {
+                status: s,
+                code,
+                message,
+            })
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        rb: RequestBuilder,
+    ) -> Result<(StatusCode, T), ApiError> {
+        let res = self.send(rb).await?;
+        let status = res.status();
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|e| ApiError::Offline(format!("reading the answer: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map(|v| (status, v))
+            .map_err(|e| ApiError::Protocol(e.to_string()))
+    }
+
+    // Threads ---------------------------------------------------------------------------
+
+    pub async fn create_thread(
+        &self,
+        id: Option<&ThreadId>,
+        title: &str,
+        members: &[String],
+    ) -> Result<ThreadView, ApiError> {
+        let body = serde_json::json!({ "id": id, "title": title, "members": members });
+        let body = if id.is_none() {
+            serde_json::json!({ "title": title, "members": members })
+        } else {
+            body
+        };
+        Ok(self
+            .json(self.req(Method::POST, "/v1/threads").json(&body))
+            .await?
+            .1)
+    }
+
+    pub async fn list_threads(
+        &self,
+        since: &str,
+        limit: usize,
+    ) -> Result<Page<ThreadView>, ApiError> {
+        let path = format!("/v1/threads?since={since}&limit={limit}");
+        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+    }
+
+    pub async fn get_thread(&self, id: &ThreadId) -> Result<ThreadInfo, ApiError> {
+        Ok(self
+            .json(self.req(Method::GET, &format!("/v1/threads/{id}")))
+            .await?
+            .1)
+    }
+
+    // Messages --------------------------------------------------------------------------
+
+    pub async fn list_messages(
+        &self,
+        thread: &ThreadId,
+        after: &str,
+        limit: usize,
+    ) -> Result<Page<MessageView>, ApiError> {
+        let path = format!("/v1/threads/{thread}/messages?after={after}&limit={limit}");
+        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+    }
+
+    /// Creates (or, for an id the server has, answers) a message. Idempotent by `id`.
+    pub async fn create_message(
+        &self,
+        thread: &ThreadId,
+        id: &MessageId,
+        snapshot: &RawValue,
+        audio: Option<&AudioRender>,
+    ) -> Result<MessageView, ApiError> {
+        let body = NewMessageBody {
+            id,
+            snapshot,
+            audio,
+        };
+        let rb = self
+            .req(Method::POST, &format!("/v1/threads/{thread}/messages"))
+            .json(&body);
+        Ok(self.json(rb).await?.1)
+    }
+
+    pub async fn delete_message(&self, thread: &ThreadId, id: &MessageId) -> Result<(), ApiError> {
+        self.send(self.req(
+            Method::DELETE,
+            &format!("/v1/threads/{thread}/messages/{id}"),
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn snapshot(&self, id: &MessageId) -> Result<Bytes, ApiError> {
+        let res = self
+            .send(self.req(Method::GET, &format!("/v1/messages/{id}/snapshot")))
+            .await?;
+        res.bytes()
+            .await
+            .map_err(|e| ApiError::Offline(format!("reading the snapshot: {e}")))
+    }
+
+    // Library ---------------------------------------------------------------------------
+
+    pub async fn put_library_item(
+        &self,
+        id: &str,
+        hash: &ContentHash,
+        title: &str,
+    ) -> Result<LibraryItemView, ApiError> {
+        let body = serde_json::json!({ "content_hash": hash, "title": title });
+        Ok(self
+            .json(
+                self.req(Method::PUT, &format!("/v1/library/{id}"))
+                    .json(&body),
+            )
+            .await?
+            .1)
+    }
+
+    pub async fn delete_library_item(&self, id: &str) -> Result<(), ApiError> {
+        self.send(self.req(Method::DELETE, &format!("/v1/library/{id}")))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn list_library(
+        &self,
+        since: &str,
+        limit: usize,
+    ) -> Result<Page<LibraryItemView>, ApiError> {
+        let path = format!("/v1/library?since={since}&limit={limit}");
+        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+    }
+
+    // Audio -----------------------------------------------------------------------------
+
+    pub async fn open_session(
+        &self,
+        hash: &ContentHash,
+        size: u64,
+        format: AudioFormat,
+        reference: Option<(ReferenceKind, &str)>,
+    ) -> Result<UploadSession, ApiError> {
+        let mut body = serde_json::json!({ "sha256": hash, "size": size, "format": format });
+        if let Some((kind, ref_id)) = reference {
+            body["reference"] = serde_json::json!({ "kind": kind, "ref_id": ref_id });
+        }
+        Ok(self
+            .json(self.req(Method::POST, "/v1/audio/uploads").json(&body))
+            .await?
+            .1)
+    }
+
+    pub async fn complete(
+        &self,
+        hash: &ContentHash,
+        session: &SessionId,
+        proof: Option<&str>,
+    ) -> Result<UploadResult, ApiError> {
+        let mut body = serde_json::json!({ "session_id": session });
+        if let Some(p) = proof {
+            body["proof"] = serde_json::json!(p);
+        }
+        Ok(self
+            .json(
+                self.req(Method::POST, &format!("/v1/audio/{hash}/complete"))
+                    .json(&body),
+            )
+            .await?
+            .1)
+    }
+
+    pub async fn describe(&self, hash: &ContentHash) -> Result<AudioView, ApiError> {
+        Ok(self
+            .json(self.req(Method::GET, &format!("/v1/audio/{hash}")))
+            .await?
+            .1)
+    }
+
+    pub async fn stats(&self) -> Result<Stats, ApiError> {
+        Ok(self.json(self.req(Method::GET, "/v1/audio/stats")).await?.1)
+    }
+
+    /// A request to a URL the server signed (no bearer token: the signature is the grant).
+    pub async fn send_signed(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
+        self.send(rb).await
+    }
+}

@@ -1,0 +1,61 @@
+//! Every number the seed fixes, as a default that the app can change.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use audio_dedup_core::ports::{Clock, SystemClock};
+
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The API's base URL, e.g. `http://127.0.0.1:3000` or the API Gateway URL.
+    pub base_url: String,
+    /// Bearer token (the local server's token table, or a JWT on AWS).
+    pub token: String,
+    /// Where the cache lives: `cache.sqlite` and `audio/`.
+    pub data_dir: PathBuf,
+    /// Threads are synced in the background when the last sync is older than this (60 s).
+    pub thread_sync_interval: Duration,
+    /// Snapshots kept, exactly (30).
+    pub snapshot_capacity: usize,
+    /// Audio cache bound in bytes (1 GiB), enforced on every insert.
+    pub audio_max_bytes: u64,
+    /// Cached audio older than this (since it was fetched) is evicted (30 days).
+    pub audio_max_age: Duration,
+    /// Retries after the first attempt of a queued operation (3), with delays
+    /// `retry_base * 2^n` (1 s, 2 s, 4 s), each scaled by a jitter factor in [0.5, 1.5).
+    pub max_retries: u32,
+    pub retry_base: Duration,
+    /// Whether retry delays get jitter (tests turn it off to check delays exactly).
+    pub retry_jitter: bool,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ClientConfig {
+    pub fn new(
+        base_url: impl Into<String>,
+        token: impl Into<String>,
+        data_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            token: token.into(),
+            data_dir: data_dir.into(),
+            thread_sync_interval: Duration::from_secs(60),
+            snapshot_capacity: 30,
+            audio_max_bytes: 1 << 30,
+            audio_max_age: Duration::from_secs(30 * 24 * 3600),
+            max_retries: 3,
+            retry_base: Duration::from_secs(1),
+            retry_jitter: true,
+            request_timeout: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+}

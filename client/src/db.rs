@@ -1,0 +1,256 @@
+//! The cache database: one SQLite file in WAL mode for metadata, messages, threads, sync
+//! state, LRU bookkeeping and the queue. One file, so an operation can leave the queue in
+//! the same transaction that records the server's acknowledgement.
+//!
+//! Durability per transaction: writes that touch the queue commit with
+//! `synchronous=FULL` (an acknowledged enqueue survives power loss); cache-only writes with
+//! `NORMAL` (in WAL mode: consistent, and made durable by the next FULL commit or checkpoint).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+
+use crate::error::ClientError;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS threads (
+    id TEXT PRIMARY KEY,
+    json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    thread_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    -- The server's log position of the message's latest change; NULL while only local.
+    seq INTEGER,
+    -- Order of local creation, so unsent messages sort after the synced ones, in order.
+    local_order INTEGER NOT NULL,
+    -- sending | sent | failed
+    send_state TEXT NOT NULL,
+    -- live | deleted
+    state TEXT NOT NULL,
+    -- The message as the server answers it (or as created locally).
+    json TEXT NOT NULL,
+    -- While unsent: what to send ({snapshot, audio}); NULL once the server has it.
+    draft TEXT,
+    error TEXT,
+    PRIMARY KEY (thread_id, id)
+);
+CREATE INDEX IF NOT EXISTS messages_by_position ON messages (thread_id, seq, local_order);
+CREATE TABLE IF NOT EXISTS sync_state (
+    scope TEXT PRIMARY KEY,
+    cursor TEXT,
+    last_sync_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    message_id TEXT PRIMARY KEY,
+    json BLOB NOT NULL,
+    last_access INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_access ON snapshots (last_access);
+CREATE TABLE IF NOT EXISTS audio (
+    hash TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    fetched_ms INTEGER NOT NULL,
+    last_access INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audio_by_access ON audio (last_access);
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- Operations run in order within a lane (a thread, `library`, `uploads`); lanes are
+    -- independent, so one stuck operation never blocks another thread.
+    lane TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    -- Another operation that must succeed first (upload, then the message that uses it).
+    depends_on INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_due_ms INTEGER NOT NULL,
+    -- pending | failed
+    state TEXT NOT NULL,
+    last_error TEXT,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_by_lane ON queue (lane, id);
+"#;
+
+/// Bumped when the layout changes; an older file is rebuilt from the server (the queue is
+/// carried over).
+const SCHEMA_VERSION: &str = "1";
+
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+/// What opening found.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// Set when the file was unreadable and moved aside.
+    pub moved_to: Option<PathBuf>,
+    /// Queued operations carried over from the unreadable file.
+    pub salvaged: usize,
+}
+
+fn configure(c: &Connection) -> rusqlite::Result<()> {
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    configure(&c)?;
+    c.execute_batch(SCHEMA)?;
+    let version: Option<String> = c
+        .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })
+        .ok();
+    match version.as_deref() {
+        None => {
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?1)",
+                [SCHEMA_VERSION],
+            )?;
+        }
+        Some(SCHEMA_VERSION) => {}
+        Some(_) => return Err(rusqlite::Error::InvalidQuery),
+    }
+    // Cheap structural check of the pages SQLite touches first; a torn or foreign file
+    // fails here (or in the statements above) rather than on a later read.
+    let ok: String = c.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+    if ok != "ok" {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    Ok(c)
+}
+
+/// The queue rows of an unreadable cache file, as far as they can be read.
+fn salvage_queue(
+    path: &Path,
+) -> Vec<(
+    String,
+    String,
+    String,
+    Option<i64>,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    i64,
+)> {
+    let Ok(c) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = c.prepare(
+        "SELECT lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms, id FROM queue ORDER BY id",
+    ) else {
+        return Vec::new();
+    };
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+        ))
+    });
+    match rows {
+        Ok(rows) => rows.filter_map(Result::ok).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the cache. An unreadable file is moved aside to
+    /// `cache.sqlite.corrupt-<ms>` and a fresh one is built; the queue rows that can still be
+    /// read are carried over, so queued operations are never dropped silently.
+    pub fn open(dir: &Path, now_ms: i64) -> Result<(Self, Opened), ClientError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("cache.sqlite");
+        let mut opened = Opened::default();
+        let conn = match open_checked(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cache unreadable; rebuilding");
+                let aside = dir.join(format!("cache.sqlite.corrupt-{now_ms}"));
+                std::fs::rename(&path, &aside)?;
+                for ext in ["-wal", "-shm"] {
+                    let side = dir.join(format!("cache.sqlite{ext}"));
+                    if side.exists() {
+                        let _ = std::fs::rename(
+                            &side,
+                            dir.join(format!("cache.sqlite.corrupt-{now_ms}{ext}")),
+                        );
+                    }
+                }
+                let rows = salvage_queue(&aside);
+                let c = open_checked(&path).map_err(ClientError::Db)?;
+                {
+                    let tx = c.unchecked_transaction().map_err(ClientError::Db)?;
+                    for r in &rows {
+                        tx.execute(
+                            "INSERT INTO queue (lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                            rusqlite::params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8],
+                        )
+                        .map_err(ClientError::Db)?;
+                    }
+                    tx.commit().map_err(ClientError::Db)?;
+                }
+                opened.moved_to = Some(aside);
+                opened.salvaged = rows.len();
+                c
+            }
+        };
+        Ok((
+            Self {
+                conn: Arc::new(Mutex::new(conn)),
+                path,
+            },
+            opened,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one transaction. `durable`: commit with `synchronous=FULL` (anything that
+    /// touches the queue); otherwise `NORMAL`.
+    pub fn write<T>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, ClientError> {
+        let mut c = self.lock();
+        c.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+        let tx = c.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs a read.
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, ClientError> {
+        let c = self.lock();
+        Ok(f(&c)?)
+    }
+}

@@ -1,0 +1,81 @@
+//! Errors the client reports. Request failures are classified once, here, into what the
+//! queue retries and what it does not.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// No answer: connection refused, reset, timed out. Retryable; flips the client offline.
+    #[error("offline: {0}")]
+    Offline(String),
+    /// 5xx, 408 or 429: retry later (after `retry_after` when the server said so).
+    #[error("temporarily refused ({status} {code})")]
+    Retryable {
+        status: u16,
+        code: String,
+        retry_after: Option<Duration>,
+    },
+    /// Any other 4xx: retrying the same request cannot succeed.
+    #[error("refused ({status} {code}): {message}")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// A 2xx the client could not read.
+    #[error("unexpected answer: {0}")]
+    Protocol(String),
+}
+
+impl ApiError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Offline(_) | Self::Retryable { .. })
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Retryable { status, .. } | Self::Rejected { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Retryable { code, .. } | Self::Rejected { code, .. } => code,
+            Self::Offline(_) => "offline",
+            Self::Protocol(_) => "protocol",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("cache database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Downloaded or local bytes do not hash to the expected content.
+    #[error("content does not match its hash {0}")]
+    HashMismatch(String),
+}
+
+impl ClientError {
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            Self::Api(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<serde_json::Error> for ClientError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Invalid(format!("JSON: {e}"))
+    }
+}

@@ -1,0 +1,118 @@
+//! audio-dedup client: offline-first caches for a chat-like music app, over this project's
+//! API (the local server, or the same API on AWS).
+//!
+//! One [`Client`] per signed-in user. Everything it caches lives under one folder: the
+//! SQLite file `cache.sqlite` (threads, messages, snapshots, sync state, LRU bookkeeping and
+//! the offline queue) and `audio/<sha256>` files. See `docs/client.md` for the layout and why
+//! it differs from the seed's JSON files.
+//!
+//! - Threads: [`Client::threads`] answers from the cache at once and syncs in the background
+//!   when the last sync is older than 60 s ([`Client::sync_threads`] forces it).
+//! - Messages: [`Client::messages`], [`Client::sync_messages`] (incremental, by cursor),
+//!   [`Client::send_message`] and [`Client::delete_message`] (optimistic, queued).
+//! - Snapshots: [`Client::snapshot`] (LRU of 30, exact).
+//! - Audio: [`Client::playable_path`] (size-bounded LRU, 1 GiB).
+//! - The offline queue: [`Client::process_queue`], [`Client::pending_count`],
+//!   [`Client::clear_queue`], [`Client::retry_failed`], [`Client::discard_failed`].
+//! - Uploads: [`Client::upload_audio`] hashes the file before anything leaves the device.
+//! - Updates for the UI: [`Client::subscribe`].
+//! - Monitoring and maintenance: [`Client::cache_stats`], [`Client::clear_all`].
+
+pub mod api;
+mod audio;
+pub mod config;
+mod db;
+pub mod error;
+mod maintenance;
+mod messages;
+mod queue;
+mod snapshots;
+mod threads;
+pub mod updates;
+mod upload;
+
+use std::path::PathBuf;
+
+pub use audio::Progress;
+pub use config::ClientConfig;
+pub use error::{ApiError, ClientError};
+pub use maintenance::CacheStats;
+pub use messages::LocalMessage;
+pub use messages::{Attachment, SyncReport};
+pub use queue::{QueueEntry, QueueReport, QueueState, QueuedOp};
+pub use updates::{Direction, SendState, Update};
+pub use upload::UploadOutcome;
+
+use api::Api;
+use db::Db;
+use updates::Updates;
+
+/// The client. Cheap to clone; clones share the cache and the update stream.
+#[derive(Clone)]
+pub struct Client {
+    cfg: ClientConfig,
+    db: Db,
+    api: Api,
+    updates: Updates,
+    audio: audio::AudioState,
+    recovered: Option<(PathBuf, usize)>,
+    /// One queue pass at a time (the app and a background task may both ask).
+    queue_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Client {
+    /// Opens the cache under `cfg.data_dir` (creating it). An unreadable cache file is moved
+    /// aside and rebuilt, carrying over the queued operations it can still read; see
+    /// [`Client::recovered`].
+    pub fn open(cfg: ClientConfig) -> Result<Self, ClientError> {
+        let updates = Updates::default();
+        let (db, opened) = Db::open(&cfg.data_dir, cfg.now_ms())?;
+        let api = Api::new(
+            &cfg.base_url,
+            &cfg.token,
+            cfg.request_timeout,
+            updates.clone(),
+        )?;
+        let audio = audio::AudioState::new(&cfg.data_dir)?;
+        let recovered = opened.moved_to.map(|p| (p, opened.salvaged));
+        if let Some((p, n)) = &recovered {
+            updates.send(Update::CacheRecovered {
+                salvaged: *n,
+                moved_to: p.display().to_string(),
+            });
+        }
+        Ok(Self {
+            cfg,
+            db,
+            api,
+            updates,
+            audio,
+            recovered,
+            queue_lock: Default::default(),
+        })
+    }
+
+    /// Where an unreadable cache was moved, and how many queued operations were carried over,
+    /// if opening had to rebuild it.
+    pub fn recovered(&self) -> Option<(&std::path::Path, usize)> {
+        self.recovered.as_ref().map(|(p, n)| (p.as_path(), *n))
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Update> {
+        self.updates.subscribe()
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    /// Whether the last request got an answer. Flipped by requests only.
+    pub fn is_online(&self) -> bool {
+        self.api.is_online()
+    }
+
+    /// The typed API, for calls the caches do not wrap.
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+}

@@ -1,0 +1,576 @@
+//! Messages: read from the cache at once, synced incrementally by the server's cursor, and
+//! created or deleted optimistically through the queue.
+
+use std::path::Path;
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use audio_dedup_core::{
+    AudioFormat, AudioRender, ContentHash, EntryState, MessageId, MessageView, SnapshotInfo,
+    ThreadId,
+};
+
+use crate::error::{ApiError, ClientError};
+use crate::queue::{enqueue, QueuedOp};
+use crate::updates::{SendState, Update};
+use crate::Client;
+
+/// Page size of sync reads.
+const SYNC_PAGE: usize = 500;
+/// Most pages one sync reads (500,000 changes); the next sync continues from the cursor.
+const MAX_SYNC_PAGES: usize = 1_000;
+
+/// A message as this device knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalMessage {
+    pub id: MessageId,
+    pub thread_id: ThreadId,
+    /// `None` until the server has answered (the author is the caller).
+    pub author: Option<String>,
+    /// The server's position of the message's latest change; `None` while only local.
+    pub cursor: Option<u64>,
+    pub created_at: i64,
+    pub send_state: SendState,
+    pub audio: Option<AudioRender>,
+    /// Size and SHA-256 of the snapshot (fetch it with `Client::snapshot`).
+    pub snapshot: Option<SnapshotInfo>,
+    /// Why it failed, when `send_state` is `Failed`.
+    pub error: Option<String>,
+}
+
+/// Audio to attach to a new message.
+#[derive(Debug, Clone)]
+pub enum Attachment {
+    /// Already on the server (uploaded earlier).
+    Uploaded(AudioRender),
+    /// A local file: hashed now, uploaded by the queue before the message is sent.
+    File {
+        path: std::path::PathBuf,
+        format: AudioFormat,
+    },
+}
+
+/// What an unsent message will send.
+#[derive(Serialize, Deserialize)]
+struct Draft {
+    snapshot: Box<RawValue>,
+    audio: Option<AudioRender>,
+}
+
+/// What one sync brought.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub new: usize,
+    pub deleted: usize,
+    /// Requests made (pages read).
+    pub requests: usize,
+}
+
+fn send_state(s: &str) -> SendState {
+    match s {
+        "sent" => SendState::Sent,
+        "failed" => SendState::Failed,
+        _ => SendState::Sending,
+    }
+}
+
+fn scope(thread: &ThreadId) -> String {
+    format!("messages:{thread}")
+}
+
+impl Client {
+    /// The thread's live messages from the cache, oldest first (unsent ones last, in the
+    /// order they were written). Never touches the network.
+    pub fn messages(&self, thread: &ThreadId) -> Result<Vec<LocalMessage>, ClientError> {
+        self.db.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, seq, send_state, json, error FROM messages
+                 WHERE thread_id = ?1 AND state = 'live'
+                 ORDER BY seq IS NULL, seq, local_order",
+            )?;
+            let rows = stmt.query_map([thread.as_str()], |r| {
+                let id: String = r.get(0)?;
+                let seq: Option<i64> = r.get(1)?;
+                let st: String = r.get(2)?;
+                let json: String = r.get(3)?;
+                let error: Option<String> = r.get(4)?;
+                Ok((id, seq, st, json, error))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, seq, st, json, error) = row?;
+                let v: MessageView = serde_json::from_str(&json).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        3,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?;
+                let Ok(id) = id.parse() else { continue };
+                out.push(LocalMessage {
+                    id,
+                    thread_id: thread.clone(),
+                    author: seq.map(|_| v.author.to_string()),
+                    cursor: seq.map(|s| s as u64),
+                    created_at: v.created_at,
+                    send_state: send_state(&st),
+                    audio: v.audio,
+                    snapshot: v.snapshot,
+                    error,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The cached messages at once; a sync runs in the background and its changes arrive
+    /// on the update stream (`MessagesSynced`, then read `messages` again).
+    pub fn load_messages(&self, thread: &ThreadId) -> Result<Vec<LocalMessage>, ClientError> {
+        let cached = self.messages(thread)?;
+        let me = self.clone();
+        let t = thread.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.sync_messages(&t).await {
+                tracing::debug!(thread = %t, error = %e, "background message sync failed");
+            }
+        });
+        Ok(cached)
+    }
+
+    /// Fetches only the changes after the stored cursor (new messages and deletions) and
+    /// merges them by id. Each page and the cursor commit together, so a crash mid-sync
+    /// never skips or repeats a change. A cursor the server no longer recognises
+    /// (`409 cursor_unknown`) restarts the sync from the beginning.
+    pub async fn sync_messages(&self, thread: &ThreadId) -> Result<SyncReport, ClientError> {
+        let mut report = SyncReport::default();
+        let mut cursor = self.cursor(&scope(thread))?.unwrap_or_else(|| "0".into());
+        for _ in 0..MAX_SYNC_PAGES {
+            report.requests += 1;
+            let page = match self.api.list_messages(thread, &cursor, SYNC_PAGE).await {
+                Ok(p) => p,
+                Err(ApiError::Rejected { code, .. })
+                    if code == "cursor_unknown" && cursor != "0" =>
+                {
+                    cursor = "0".into();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let now = self.cfg.now_ms();
+            let (new, deleted) = self.db.write(false, |tx| {
+                let mut counts = (0, 0);
+                for m in &page.items {
+                    if merge(tx, m)? {
+                        counts.0 += 1;
+                    } else {
+                        counts.1 += 1;
+                    }
+                }
+                set_cursor(tx, &scope(thread), &page.next_cursor, now)?;
+                Ok(counts)
+            })?;
+            report.new += new;
+            report.deleted += deleted;
+            cursor = page.next_cursor;
+            if !page.has_more {
+                break;
+            }
+        }
+        if report.new + report.deleted > 0 {
+            self.updates.send(Update::MessagesSynced {
+                thread_id: thread.clone(),
+                new: report.new,
+                deleted: report.deleted,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Writes a message now (it shows as `sending` at once) and queues it. With a local
+    /// file, the file is hashed here and an upload runs before the message, in the same
+    /// lane. Then the thread's queue is processed; offline, the message simply stays queued.
+    pub async fn send_message(
+        &self,
+        thread: &ThreadId,
+        snapshot: &serde_json::Value,
+        audio: Option<Attachment>,
+    ) -> Result<LocalMessage, ClientError> {
+        if snapshot.is_null() {
+            return Err(ClientError::Invalid(
+                "a snapshot is a JSON value other than null".into(),
+            ));
+        }
+        let snapshot = RawValue::from_string(serde_json::to_string(snapshot)?)?;
+        let id: MessageId = uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .map_err(|e| ClientError::Invalid(format!("{e}")))?;
+        let (render, upload) = match audio {
+            None => (None, None),
+            Some(Attachment::Uploaded(r)) => (Some(r), None),
+            Some(Attachment::File { path, format }) => {
+                let hash = hash_file(&path).await?;
+                let render = AudioRender {
+                    content_hash: hash,
+                    format,
+                };
+                (Some(render), Some((path, hash, format)))
+            }
+        };
+        let now = self.cfg.now_ms();
+        let view = MessageView {
+            id: id.clone(),
+            thread_id: thread.clone(),
+            author: "me"
+                .parse()
+                .map_err(|e| ClientError::Invalid(format!("{e}")))?,
+            cursor: String::new(),
+            created_at: now,
+            state: EntryState::Live,
+            deleted_at: None,
+            audio: render,
+            snapshot: Some(SnapshotInfo {
+                size: snapshot.get().len() as u64,
+                sha256: ContentHash::of(snapshot.get().as_bytes()),
+            }),
+        };
+        let draft = Draft {
+            snapshot: snapshot.clone(),
+            audio: render,
+        };
+        let lane = thread.to_string();
+        self.db.write(true, |tx| {
+            let order: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(local_order), 0) + 1 FROM messages WHERE thread_id = ?1",
+                [thread.as_str()],
+                |r| r.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft)
+                 VALUES (?1, ?2, NULL, ?3, 'sending', 'live', ?4, ?5)",
+                params![
+                    thread.as_str(),
+                    id.as_str(),
+                    order,
+                    serde_json::to_string(&view).unwrap_or_default(),
+                    serde_json::to_string(&draft).unwrap_or_default()
+                ],
+            )?;
+            // The snapshot is known locally: keep it, so showing it needs no download.
+            crate::snapshots::remember(tx, &id, snapshot.get().as_bytes(), now)?;
+            let dep = match &upload {
+                Some((path, hash, format)) => Some(enqueue(
+                    tx,
+                    &lane,
+                    &QueuedOp::UploadAudio {
+                        path: path.display().to_string(),
+                        content_hash: *hash,
+                        format: *format,
+                    },
+                    None,
+                    now,
+                )?),
+                None => None,
+            };
+            enqueue(
+                tx,
+                &lane,
+                &QueuedOp::CreateMessage {
+                    thread_id: thread.clone(),
+                    message_id: id.clone(),
+                },
+                dep,
+                now,
+            )?;
+            Ok(())
+        })?;
+        self.updates.send(Update::Message {
+            thread_id: thread.clone(),
+            message_id: id.clone(),
+            state: SendState::Sending,
+            error: None,
+        });
+        self.announce_queue();
+        let _ = self.process_lane(&lane).await;
+        self.local_message(thread, &id)?
+            .ok_or_else(|| ClientError::NotFound(format!("message {id}")))
+    }
+
+    /// Deletes a message optimistically. A message whose create never left the device is
+    /// cancelled with it: both disappear, no request is made.
+    pub async fn delete_message(
+        &self,
+        thread: &ThreadId,
+        id: &MessageId,
+    ) -> Result<(), ClientError> {
+        let now = self.cfg.now_ms();
+        let lane = thread.to_string();
+        let _turn = self.queue_lock.lock().await;
+        let create = QueuedOp::CreateMessage {
+            thread_id: thread.clone(),
+            message_id: id.clone(),
+        };
+        let payload = serde_json::to_string(&create)?;
+        let cancelled = self.db.write(true, |tx| {
+            let exists: Option<Option<i64>> = tx
+                .query_row(
+                    "SELECT seq FROM messages WHERE thread_id = ?1 AND id = ?2 AND state = 'live'",
+                    params![thread.as_str(), id.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(seq) = exists else {
+                return Ok(None);
+            };
+            let queued: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM queue WHERE payload = ?1",
+                    [&payload],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let (None, Some(op)) = (seq, queued) {
+                // Never sent: cancel the create (and an upload only it needed).
+                let dep: Option<i64> = tx.query_row("SELECT depends_on FROM queue WHERE id = ?1", [op], |r| r.get(0))?;
+                tx.execute("DELETE FROM queue WHERE id = ?1", [op])?;
+                if let Some(d) = dep {
+                    tx.execute(
+                        "DELETE FROM queue WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM queue WHERE depends_on = ?1)",
+                        [d],
+                    )?;
+                }
+                tx.execute(
+                    "DELETE FROM messages WHERE thread_id = ?1 AND id = ?2",
+                    params![thread.as_str(), id.as_str()],
+                )?;
+                return Ok(Some(true));
+            }
+            tx.execute(
+                "UPDATE messages SET state = 'deleted', send_state = 'sending', error = NULL
+                 WHERE thread_id = ?1 AND id = ?2",
+                params![thread.as_str(), id.as_str()],
+            )?;
+            enqueue(
+                tx,
+                &lane,
+                &QueuedOp::DeleteMessage {
+                    thread_id: thread.clone(),
+                    message_id: id.clone(),
+                },
+                None,
+                now,
+            )?;
+            Ok(Some(false))
+        })?;
+        drop(_turn);
+        match cancelled {
+            None => return Err(ClientError::NotFound(format!("message {id}"))),
+            Some(true) => {
+                self.updates.send(Update::MessageRemoved {
+                    thread_id: thread.clone(),
+                    message_id: id.clone(),
+                });
+                self.announce_queue();
+                return Ok(());
+            }
+            Some(false) => {}
+        }
+        self.updates.send(Update::MessageRemoved {
+            thread_id: thread.clone(),
+            message_id: id.clone(),
+        });
+        self.announce_queue();
+        let _ = self.process_lane(&lane).await;
+        Ok(())
+    }
+
+    /// One message from the cache, whatever its state.
+    pub fn local_message(
+        &self,
+        thread: &ThreadId,
+        id: &MessageId,
+    ) -> Result<Option<LocalMessage>, ClientError> {
+        let all = self.db.read(|c| {
+            c.query_row(
+                "SELECT seq, send_state, json, error FROM messages WHERE thread_id = ?1 AND id = ?2",
+                params![thread.as_str(), id.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<i64>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )
+            .optional()
+        })?;
+        let Some((seq, st, json, error)) = all else {
+            return Ok(None);
+        };
+        let v: MessageView = serde_json::from_str(&json)?;
+        Ok(Some(LocalMessage {
+            id: id.clone(),
+            thread_id: thread.clone(),
+            author: seq.map(|_| v.author.to_string()),
+            cursor: seq.map(|s| s as u64),
+            created_at: v.created_at,
+            send_state: send_state(&st),
+            audio: v.audio,
+            snapshot: v.snapshot,
+            error,
+        }))
+    }
+
+    /// Sends a queued create. The server answers the same message for a retry (the id is
+    /// the idempotency key), so a lost response costs nothing but the retry.
+    pub(crate) async fn send_create(
+        &self,
+        thread: &ThreadId,
+        id: &MessageId,
+    ) -> Result<Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>, ClientError> {
+        let draft: Option<String> = self.db.read(|c| {
+            c.query_row(
+                "SELECT draft FROM messages WHERE thread_id = ?1 AND id = ?2",
+                params![thread.as_str(), id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })?;
+        let Some(draft) = draft else {
+            // Already recorded as sent (a previous pass acknowledged it): nothing to send.
+            return Ok(Box::new(|_| Ok(())));
+        };
+        let d: Draft = serde_json::from_str(&draft)?;
+        let v = self
+            .api
+            .create_message(thread, id, &d.snapshot, d.audio.as_ref())
+            .await?;
+        let (t, m) = (thread.clone(), id.clone());
+        self.updates.send(Update::Message {
+            thread_id: t.clone(),
+            message_id: m.clone(),
+            state: SendState::Sent,
+            error: None,
+        });
+        Ok(Box::new(move |tx| {
+            let seq: Option<i64> = v.cursor.parse().ok();
+            tx.execute(
+                "UPDATE messages SET seq = ?3, send_state = 'sent', json = ?4, draft = NULL, error = NULL,
+                        state = CASE WHEN state = 'deleted' OR ?5 = 'deleted' THEN 'deleted' ELSE 'live' END
+                 WHERE thread_id = ?1 AND id = ?2",
+                params![
+                    t.as_str(),
+                    m.as_str(),
+                    seq,
+                    serde_json::to_string(&v).unwrap_or_default(),
+                    if v.state == EntryState::Deleted { "deleted" } else { "live" }
+                ],
+            )?;
+            Ok(())
+        }))
+    }
+
+    pub(crate) async fn send_delete(
+        &self,
+        thread: &ThreadId,
+        id: &MessageId,
+    ) -> Result<Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>, ClientError> {
+        match self.api.delete_message(thread, id).await {
+            Ok(()) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (t, m) = (thread.clone(), id.clone());
+        Ok(Box::new(move |tx| {
+            tx.execute(
+                "UPDATE messages SET send_state = 'sent', error = NULL WHERE thread_id = ?1 AND id = ?2",
+                params![t.as_str(), m.as_str()],
+            )?;
+            Ok(())
+        }))
+    }
+
+    pub(crate) fn cursor(&self, scope: &str) -> Result<Option<String>, ClientError> {
+        self.db.read(|c| {
+            c.query_row(
+                "SELECT cursor FROM sync_state WHERE scope = ?1",
+                [scope],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
+    }
+
+    /// When `scope` was last synced (ms since the epoch).
+    pub fn last_sync(&self, scope: &str) -> Result<Option<i64>, ClientError> {
+        self.db.read(|c| {
+            c.query_row(
+                "SELECT last_sync_ms FROM sync_state WHERE scope = ?1",
+                [scope],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+        })
+    }
+}
+
+/// Records the cursor and time of a sync, in the transaction that applied its page.
+pub(crate) fn set_cursor(
+    tx: &Transaction<'_>,
+    scope: &str,
+    cursor: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO sync_state (scope, cursor, last_sync_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (scope) DO UPDATE SET cursor = ?2, last_sync_ms = ?3",
+        params![scope, cursor, now_ms],
+    )?;
+    Ok(())
+}
+
+/// Merges one change from the server by id; `true` for a live message, `false` for a
+/// tombstone. A local deletion not yet sent stays deleted; a local unsent create with the
+/// same id is the same message (the server has it now).
+fn merge(tx: &Transaction<'_>, m: &MessageView) -> rusqlite::Result<bool> {
+    let seq: Option<i64> = m.cursor.parse().ok();
+    let json = serde_json::to_string(m).unwrap_or_default();
+    let live = m.state == EntryState::Live;
+    let order: i64 = seq.unwrap_or(0);
+    tx.execute(
+        "INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft)
+         VALUES (?1, ?2, ?3, ?4, 'sent', ?5, ?6, NULL)
+         ON CONFLICT (thread_id, id) DO UPDATE SET
+            seq = ?3,
+            json = ?6,
+            state = CASE WHEN messages.state = 'deleted' THEN 'deleted' ELSE ?5 END,
+            send_state = CASE WHEN messages.send_state = 'sending' AND messages.state = 'deleted' AND ?5 = 'live'
+                              THEN 'sending' ELSE 'sent' END,
+            draft = CASE WHEN messages.state = 'deleted' AND ?5 = 'live' THEN messages.draft ELSE NULL END",
+        params![
+            m.thread_id.as_str(),
+            m.id.as_str(),
+            seq,
+            order,
+            if live { "live" } else { "deleted" },
+            json
+        ],
+    )?;
+    Ok(live)
+}
+
+/// Streams a file through SHA-256 (never the whole file in memory).
+pub(crate) async fn hash_file(path: &Path) -> Result<ContentHash, ClientError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<ContentHash, ClientError> {
+        let f = std::fs::File::open(&path)?;
+        Ok(audio_dedup_core::hash_reader(f)?.0)
+    })
+    .await
+    .map_err(|e| ClientError::Invalid(format!("hashing task: {e}")))?
+}

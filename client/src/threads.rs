@@ -1,0 +1,114 @@
+//! Threads: answered from the cache at once; synced from the server in the background when
+//! the last sync is older than `thread_sync_interval` (60 s), or when forced. The server's
+//! data wins.
+
+use audio_dedup_core::{ThreadId, ThreadView};
+use rusqlite::params;
+
+use crate::api::ThreadInfo;
+use crate::error::{ApiError, ClientError};
+use crate::messages::set_cursor;
+use crate::updates::Update;
+use crate::Client;
+
+const SCOPE: &str = "threads";
+const PAGE: usize = 500;
+const MAX_PAGES: usize = 1_000;
+
+impl Client {
+    /// The cached threads, at once. If the last sync is older than the interval, a sync
+    /// starts in the background; its result arrives as `Update::ThreadsChanged`.
+    pub fn threads(&self) -> Result<Vec<ThreadView>, ClientError> {
+        let cached = self.cached_threads()?;
+        if self.threads_stale()? {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.sync_threads().await {
+                    tracing::debug!(error = %e, "background thread sync failed");
+                }
+            });
+        }
+        Ok(cached)
+    }
+
+    /// Whether the last thread sync is older than the interval (or never happened).
+    pub fn threads_stale(&self) -> Result<bool, ClientError> {
+        let last = self.last_sync(SCOPE)?;
+        let interval = self.cfg.thread_sync_interval.as_millis() as i64;
+        Ok(last.is_none_or(|t| self.cfg.now_ms() - t >= interval))
+    }
+
+    pub fn cached_threads(&self) -> Result<Vec<ThreadView>, ClientError> {
+        self.db.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT json FROM threads ORDER BY rowid")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for j in rows {
+                if let Ok(t) = serde_json::from_str(&j?) {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Syncs the thread list now: the feed after the stored cursor.
+    pub async fn sync_threads(&self) -> Result<usize, ClientError> {
+        let mut cursor = self.cursor(SCOPE)?.unwrap_or_else(|| "0".into());
+        let mut changed = 0;
+        for _ in 0..MAX_PAGES {
+            let page = match self.api.list_threads(&cursor, PAGE).await {
+                Ok(p) => p,
+                Err(ApiError::Rejected { code, .. })
+                    if code == "cursor_unknown" && cursor != "0" =>
+                {
+                    cursor = "0".into();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let now = self.cfg.now_ms();
+            self.db.write(false, |tx| {
+                for t in &page.items {
+                    tx.execute(
+                        "INSERT INTO threads (id, json) VALUES (?1, ?2)
+                         ON CONFLICT (id) DO UPDATE SET json = ?2",
+                        params![t.id.as_str(), serde_json::to_string(t).unwrap_or_default()],
+                    )?;
+                }
+                set_cursor(tx, SCOPE, &page.next_cursor, now)
+            })?;
+            changed += page.items.len();
+            cursor = page.next_cursor;
+            if !page.has_more {
+                break;
+            }
+        }
+        if changed > 0 {
+            self.updates.send(Update::ThreadsChanged { count: changed });
+        }
+        Ok(changed)
+    }
+
+    /// Creates a thread on the server (online only) and caches it.
+    pub async fn create_thread(
+        &self,
+        id: Option<&ThreadId>,
+        title: &str,
+        members: &[String],
+    ) -> Result<ThreadView, ClientError> {
+        let t = self.api.create_thread(id, title, members).await?;
+        self.db.write(false, |tx| {
+            tx.execute(
+                "INSERT INTO threads (id, json) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET json = ?2",
+                params![t.id.as_str(), serde_json::to_string(&t).unwrap_or_default()],
+            )
+        })?;
+        Ok(t)
+    }
+
+    /// The thread as the server has it now, with its newest cursor.
+    pub async fn thread_info(&self, id: &ThreadId) -> Result<ThreadInfo, ClientError> {
+        Ok(self.api.get_thread(id).await?)
+    }
+}

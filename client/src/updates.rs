@@ -1,0 +1,88 @@
+//! The typed stream of changes the UI listens to.
+
+use audio_dedup_core::{ContentHash, MessageId, ThreadId};
+use tokio::sync::broadcast;
+
+/// Where a message stands on this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendState {
+    /// Shown at once; queued or being sent.
+    Sending,
+    /// Acknowledged by the server.
+    Sent,
+    /// Refused for good (4xx) or out of retries; `retry` or `discard` it.
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Upload,
+    Download,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// A local message changed state (optimistic create or delete, ack, failure, rollback).
+    Message {
+        thread_id: ThreadId,
+        message_id: MessageId,
+        state: SendState,
+        error: Option<String>,
+    },
+    /// A local message was rolled back (discarded after failing, or cancelled unsent).
+    MessageRemoved {
+        thread_id: ThreadId,
+        message_id: MessageId,
+    },
+    /// A sync brought changes from the server.
+    MessagesSynced {
+        thread_id: ThreadId,
+        new: usize,
+        deleted: usize,
+    },
+    ThreadsChanged {
+        count: usize,
+    },
+    /// The queue's size changed.
+    Queue {
+        pending: usize,
+        failed: usize,
+    },
+    /// Bytes moved for one transfer.
+    Transfer {
+        hash: ContentHash,
+        direction: Direction,
+        done: u64,
+        total: u64,
+    },
+    /// Requests started failing (offline) or succeeding again (online).
+    Connectivity {
+        online: bool,
+    },
+    /// The cache file was unreadable: moved aside and rebuilt; `salvaged` queued operations
+    /// were carried over.
+    CacheRecovered {
+        salvaged: usize,
+        moved_to: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct Updates(broadcast::Sender<Update>);
+
+impl Default for Updates {
+    fn default() -> Self {
+        Self(broadcast::channel(1024).0)
+    }
+}
+
+impl Updates {
+    pub fn send(&self, u: Update) {
+        // No listener is fine: the UI may not be subscribed yet.
+        let _ = self.0.send(u);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Update> {
+        self.0.subscribe()
+    }
+}
