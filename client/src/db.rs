@@ -171,6 +171,48 @@ fn salvage_queue(
     }
 }
 
+type UnsentRow = (
+    String,
+    String,
+    Option<i64>,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// Messages not yet acknowledged (unsent creates, pending deletions) of an unreadable file.
+fn salvage_unsent(path: &Path) -> Vec<UnsentRow> {
+    let Ok(c) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = c.prepare(
+        "SELECT thread_id, id, seq, local_order, send_state, state, json, draft, error
+         FROM messages WHERE send_state != 'sent'",
+    ) else {
+        return Vec::new();
+    };
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+        ))
+    });
+    match rows {
+        Ok(rows) => rows.filter_map(Result::ok).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 impl Db {
     /// Opens (or creates) the cache. An unreadable file is moved aside to
     /// `cache.sqlite.corrupt-<ms>` and a fresh one is built; the queue rows that can still be
@@ -195,9 +237,20 @@ impl Db {
                     }
                 }
                 let rows = salvage_queue(&aside);
+                let unsent = salvage_unsent(&aside);
                 let c = open_checked(&path).map_err(ClientError::Db)?;
                 {
                     let tx = c.unchecked_transaction().map_err(ClientError::Db)?;
+                    // The messages the queue will send (or delete): without them a queued
+                    // create would have nothing to send.
+                    for m in &unsent {
+                        tx.execute(
+                            "INSERT OR IGNORE INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft, error)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                            rusqlite::params![m.0, m.1, m.2, m.3, m.4, m.5, m.6, m.7, m.8],
+                        )
+                        .map_err(ClientError::Db)?;
+                    }
                     for r in &rows {
                         tx.execute(
                             "INSERT INTO queue (lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms)

@@ -1,16 +1,328 @@
-//! Monitoring and maintenance. (Being written.)
+//! Monitoring and maintenance: what the cache holds ([`Client::cache_stats`]) and the logout
+//! wipe ([`Client::clear_all`]).
+
+use std::path::Path;
+
+use crate::error::ClientError;
+use crate::updates::Update;
+use crate::Client;
 
 /// What the cache holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheStats {
     pub threads: u64,
+    /// Live messages (tombstones and pending deletions not counted).
     pub messages: u64,
+    /// Live messages not yet acknowledged by the server (`sending` or `failed`).
+    pub unsent_messages: u64,
     pub snapshots: u64,
     pub snapshot_bytes: u64,
+    /// Audio files the `audio` table knows of, and their bytes.
     pub audio_files: u64,
     pub audio_bytes: u64,
     pub pending_operations: u64,
     pub failed_operations: u64,
-    /// Last sync time (ms since the epoch) per scope (`threads`, `messages:<thread>`, ...).
+    /// Last sync time (ms since the epoch) per scope (`threads`, `messages:<thread>`, ...),
+    /// sorted by scope.
     pub last_syncs: Vec<(String, i64)>,
+    /// Size of the cache database on disk (`cache.sqlite` and its WAL).
+    pub database_bytes: u64,
+}
+
+fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Deletes everything inside `dir` (files and folders); a missing `dir` is fine.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let res = if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match res {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Counts and sizes of everything cached, read from the database (the audio folder is
+    /// not scanned: the `audio` table is its index).
+    pub fn cache_stats(&self) -> Result<CacheStats, ClientError> {
+        let mut s = self.db.read(|c| {
+            let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
+            let (snapshots, snapshot_bytes) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length(json)), 0) FROM snapshots",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            let (audio_files, audio_bytes) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM audio",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            let mut stmt = c.prepare(
+                "SELECT scope, last_sync_ms FROM sync_state
+                 WHERE last_sync_ms IS NOT NULL ORDER BY scope",
+            )?;
+            let last_syncs = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(CacheStats {
+                threads: count("SELECT COUNT(*) FROM threads")? as u64,
+                messages: count("SELECT COUNT(*) FROM messages WHERE state = 'live'")? as u64,
+                unsent_messages: count(
+                    "SELECT COUNT(*) FROM messages WHERE state = 'live' AND send_state <> 'sent'",
+                )? as u64,
+                snapshots: snapshots as u64,
+                snapshot_bytes: snapshot_bytes as u64,
+                audio_files: audio_files as u64,
+                audio_bytes: audio_bytes as u64,
+                pending_operations: count("SELECT COUNT(*) FROM queue WHERE state = 'pending'")?
+                    as u64,
+                failed_operations: count("SELECT COUNT(*) FROM queue WHERE state = 'failed'")?
+                    as u64,
+                last_syncs,
+                database_bytes: 0,
+            })
+        })?;
+        let db = self.db.path();
+        let wal = db.with_file_name("cache.sqlite-wal");
+        s.database_bytes = file_len(db) + file_len(&wal);
+        Ok(s)
+    }
+
+    /// For logout: removes every cache and the whole queue, so the next user of the device
+    /// never sees the previous user's data nor sends their operations.
+    ///
+    /// In one durable transaction it deletes every row of `threads`, `messages`,
+    /// `sync_state`, `snapshots`, `audio` and `queue`; then it empties the audio folder
+    /// (a missing folder is fine) and recreates it, deletes the copies of an unreadable
+    /// cache that opening moved aside (they hold the previous user's data and queue), and
+    /// compacts the database so deleted rows do not linger in free pages. Announces
+    /// `Update::Queue { pending: 0, failed: 0 }`.
+    ///
+    /// An operation already on the wire when this runs may still reach the server (it was
+    /// sent with this client's token); nothing queued is sent afterwards.
+    pub fn clear_all(&self) -> Result<(), ClientError> {
+        self.db.write(true, |tx| {
+            tx.execute_batch(
+                "DELETE FROM threads;
+                 DELETE FROM messages;
+                 DELETE FROM sync_state;
+                 DELETE FROM snapshots;
+                 DELETE FROM audio;
+                 DELETE FROM queue;",
+            )
+        })?;
+        self.updates.send(Update::Queue {
+            pending: 0,
+            failed: 0,
+        });
+        empty_dir(&self.audio.dir)?;
+        std::fs::create_dir_all(&self.audio.dir)?;
+        if let Ok(entries) = std::fs::read_dir(&self.cfg.data_dir) {
+            for e in entries.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with("cache.sqlite.corrupt-")
+                {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
+        }
+        // Best effort: the rows are gone already; this only returns their pages to the
+        // file system and drops the old contents from the WAL.
+        if let Err(e) = self.db.read(|c| {
+            c.execute_batch("VACUUM;")?;
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        }) {
+            tracing::warn!(error = %e, "compacting the cache after clear_all failed");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use audio_dedup_core::store::embedded::Synchronous;
+    use audio_dedup_core::{DedupConfig, ThreadId};
+    use audio_dedup_server::{ServerConfig, TokenTable};
+
+    use crate::{Client, ClientConfig, Update};
+
+    const TOKEN: &str = "maint-alice-token-000001";
+
+    /// A loopback port nothing listens on (bound, then released).
+    fn closed_port() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        drop(l);
+        format!("http://{addr}")
+    }
+
+    fn config(base: &str, dir: &std::path::Path) -> ClientConfig {
+        let mut cfg = ClientConfig::new(base, TOKEN, dir);
+        cfg.retry_jitter = false;
+        cfg.request_timeout = Duration::from_secs(5);
+        cfg
+    }
+
+    async fn server() -> (String, tempfile::TempDir, tokio::sync::oneshot::Sender<()>) {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut tokens = TokenTable::default();
+        tokens.insert(TOKEN, "alice", false).expect("token");
+        let cfg = ServerConfig {
+            data_dir: dir.path().to_owned(),
+            public_url: None,
+            tokens,
+            dedup: DedupConfig::default(),
+            reconcile_every: Duration::ZERO,
+            sync: Synchronous::Normal,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (base, dir, tx)
+    }
+
+    #[tokio::test]
+    async fn clear_all_empties_every_cache_and_the_queue_is_never_sent() {
+        let (base, _srv_dir, _stop) = server().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let thread: ThreadId = "jam".parse().expect("thread id");
+
+        // Online: the thread exists on the server and in the cache.
+        let online = Client::open(config(&base, dir.path())).expect("open");
+        online
+            .create_thread(Some(&thread), "Jam", &[])
+            .await
+            .expect("create thread");
+        online.sync_threads().await.expect("sync threads");
+        drop(online);
+
+        // Offline: two messages queued, a cached audio file, a leftover corrupt copy.
+        let offline = Client::open(config(&closed_port(), dir.path())).expect("open");
+        for bpm in [100, 120] {
+            let m = offline
+                .send_message(&thread, &serde_json::json!({ "bpm": bpm }), None)
+                .await
+                .expect("send offline");
+            assert_eq!(m.send_state, crate::SendState::Sending);
+        }
+        let hash = audio_dedup_core::ContentHash::of(b"tune");
+        std::fs::write(offline.audio.dir.join(hash.to_string()), b"tune").expect("audio file");
+        std::fs::create_dir_all(offline.audio.dir.join("partial")).expect("subdir");
+        std::fs::write(offline.audio.dir.join("partial/x.tmp"), b"xx").expect("temp file");
+        offline
+            .db
+            .write(false, |tx| {
+                tx.execute(
+                    "INSERT INTO audio (hash, size, fetched_ms, last_access) VALUES (?1, 4, 1, 1)",
+                    [hash.to_string()],
+                )
+            })
+            .expect("audio row");
+        let corrupt = dir.path().join("cache.sqlite.corrupt-1");
+        std::fs::write(&corrupt, b"old").expect("corrupt copy");
+
+        let s = offline.cache_stats().expect("stats");
+        assert_eq!(s.threads, 1);
+        assert_eq!(s.messages, 2);
+        assert_eq!(s.unsent_messages, 2);
+        assert_eq!(s.snapshots, 2);
+        assert!(s.snapshot_bytes > 0);
+        assert_eq!((s.audio_files, s.audio_bytes), (1, 4));
+        assert_eq!((s.pending_operations, s.failed_operations), (2, 0));
+        assert_eq!(
+            s.last_syncs
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>(),
+            ["threads"]
+        );
+        assert!(s.database_bytes > 0);
+
+        let mut updates = offline.subscribe();
+        offline.clear_all().expect("clear_all");
+        assert_eq!(
+            updates.try_recv().expect("an update"),
+            Update::Queue {
+                pending: 0,
+                failed: 0
+            }
+        );
+        let s = offline.cache_stats().expect("stats");
+        assert_eq!(
+            s,
+            crate::CacheStats {
+                database_bytes: s.database_bytes,
+                ..Default::default()
+            }
+        );
+        assert!(offline.queue().expect("queue").is_empty());
+        assert!(offline.messages(&thread).expect("messages").is_empty());
+        assert!(offline.cached_threads().expect("threads").is_empty());
+        assert!(offline.audio.dir.is_dir());
+        assert_eq!(
+            std::fs::read_dir(&offline.audio.dir)
+                .expect("audio dir")
+                .count(),
+            0
+        );
+        assert!(!corrupt.exists());
+
+        // A missing audio folder is fine, and is recreated.
+        std::fs::remove_dir_all(&offline.audio.dir).expect("remove audio dir");
+        offline
+            .clear_all()
+            .expect("clear_all without an audio folder");
+        assert!(offline.audio.dir.is_dir());
+        drop(offline);
+
+        // The next session, online: nothing of the previous one is sent.
+        let next = Client::open(config(&base, dir.path())).expect("reopen");
+        assert_eq!(next.pending_count().expect("pending"), 0);
+        let report = next.process_queue().await.expect("process");
+        assert_eq!(report, crate::QueueReport::default());
+        let page = next
+            .api()
+            .list_messages(&thread, "0", 100)
+            .await
+            .expect("list");
+        assert!(page.items.is_empty(), "queued messages reached the server");
+        next.sync_messages(&thread).await.expect("sync");
+        assert!(next.messages(&thread).expect("messages").is_empty());
+    }
 }

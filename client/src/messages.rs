@@ -431,15 +431,20 @@ impl Client {
         thread: &ThreadId,
         id: &MessageId,
     ) -> Result<Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>, ClientError> {
-        let draft: Option<String> = self.db.read(|c| {
+        let row: Option<Option<String>> = self.db.read(|c| {
             c.query_row(
                 "SELECT draft FROM messages WHERE thread_id = ?1 AND id = ?2",
                 params![thread.as_str(), id.as_str()],
                 |r| r.get(0),
             )
             .optional()
-            .map(Option::flatten)
         })?;
+        let Some(draft) = row else {
+            // Fails the operation visibly rather than dropping it.
+            return Err(ClientError::NotFound(format!(
+                "message {id} is queued but its content is no longer in the cache"
+            )));
+        };
         let Some(draft) = draft else {
             // Already recorded as sent (a previous pass acknowledged it): nothing to send.
             return Ok(Box::new(|_| Ok(())));

@@ -1,0 +1,188 @@
+//! The `audio-dedup` binary, run as a user would: offline against a closed port, and online
+//! against the local server in-process.
+
+use std::path::Path;
+use std::time::Duration;
+
+use audio_dedup_core::store::embedded::Synchronous;
+use audio_dedup_core::DedupConfig;
+use audio_dedup_server::{ServerConfig, TokenTable};
+
+const TOKEN: &str = "cli-alice-token-00000001";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn cli(server: &str, data: &Path, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_audio-dedup"))
+        .env_remove("AUDIO_DEDUP_URL")
+        .env_remove("AUDIO_DEDUP_CLIENT_DIR")
+        .env("AUDIO_DEDUP_TOKEN", TOKEN)
+        .arg("--server")
+        .arg(server)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .await
+        .expect("run the binary");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !run.stderr.contains("panicked"),
+        "the binary panicked: {}",
+        run.stderr
+    );
+    run
+}
+
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn offline_send_is_queued_listed_and_cleared() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("client");
+    let snap = dir.path().join("snap.json");
+    std::fs::write(&snap, br#"{"bpm":120,"key":"C minor"}"#).expect("snapshot");
+    let url = closed_port();
+    let snap_arg = snap.to_string_lossy().into_owned();
+
+    let r = cli(&url, &data, &["send", "jam", "--snapshot", &snap_arg]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.trim_end().ends_with(" sending"), "{}", r.stdout);
+
+    let r = cli(&url, &data, &["queue", "list"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("1 queued operations"), "{}", r.stdout);
+    assert!(r.stdout.contains("create_message"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("pending [jam] attempts 1"),
+        "{}",
+        r.stdout
+    );
+
+    let r = cli(&url, &data, &["messages", "jam"]).await;
+    assert_eq!(r.code, 0, "offline is a warning: {}", r.stderr);
+    assert!(r.stdout.contains("sending"), "{}", r.stdout);
+    assert!(r.stderr.contains("warning"), "{}", r.stderr);
+
+    let r = cli(&url, &data, &["cache", "stats"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for row in [
+        ["messages", "1"],
+        ["unsent", "messages", "1"],
+        ["pending", "operations", "1"],
+    ] {
+        let found = r.stdout.lines().any(|l| l.split_whitespace().eq(row));
+        assert!(found, "{row:?} in {}", r.stdout);
+    }
+
+    let r = cli(&url, &data, &["cache", "clear"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = cli(&url, &data, &["queue", "list"]).await;
+    assert!(r.stdout.starts_with("0 queued operations"), "{}", r.stdout);
+
+    // Errors: exit 1 with `error: ...`, never a panic.
+    let r = cli(&url, &data, &["stats"]).await;
+    assert_eq!(
+        r.code, 0,
+        "offline server stats are a warning: {}",
+        r.stderr
+    );
+    let r = cli(&url, &data, &["send", "jam", "--snapshot", "/nonexistent"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.starts_with("error: "), "{}", r.stderr);
+    let r = cli(&url, &data, &["upload", &snap_arg]).await;
+    assert_eq!(r.code, 1, "no format for .json: {}", r.stderr);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_audio-dedup"))
+        .env_remove("AUDIO_DEDUP_TOKEN")
+        .args(["--data-dir", &data.to_string_lossy(), "cache", "stats"])
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: a token is required"));
+}
+
+#[tokio::test]
+async fn online_send_and_sync() {
+    let srv = tempfile::tempdir().expect("dir");
+    let mut tokens = TokenTable::default();
+    tokens.insert(TOKEN, "alice", false).expect("token");
+    let cfg = ServerConfig {
+        data_dir: srv.path().to_owned(),
+        public_url: None,
+        tokens,
+        dedup: DedupConfig::default(),
+        reconcile_every: Duration::ZERO,
+        sync: Synchronous::Normal,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let mut created = false;
+    for _ in 0..200 {
+        if let Ok(r) = http
+            .post(format!("{url}/v1/threads"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"id": "jam", "title": "Jam", "members": []}))
+            .send()
+            .await
+        {
+            assert_eq!(r.status().as_u16(), 201);
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(created, "server did not start");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("client");
+    let snap = dir.path().join("snap.json");
+    std::fs::write(&snap, br#"{"bpm":90}"#).expect("snapshot");
+    let snap_arg = snap.to_string_lossy().into_owned();
+
+    let r = cli(&url, &data, &["threads"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("jam  \"Jam\"  by alice"), "{}", r.stdout);
+
+    let r = cli(&url, &data, &["send", "jam", "--snapshot", &snap_arg]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.trim_end().ends_with(" sent"), "{}", r.stdout);
+
+    let other = tempfile::tempdir().expect("dir");
+    let r = cli(&url, other.path(), &["messages", "jam"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("synced: 1 new, 0 deleted"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("alice"), "{}", r.stdout);
+
+    let r = cli(&url, &data, &["messages", "nope"]).await;
+    assert_eq!(r.code, 1, "an unknown thread is an error: {}", r.stdout);
+    assert!(r.stderr.contains("thread_not_found"), "{}", r.stderr);
+
+    let r = cli(&url, &data, &["stats"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("dedup ratio"), "{}", r.stdout);
+}

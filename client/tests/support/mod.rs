@@ -1,0 +1,266 @@
+//! The local server in-process on a loopback port that survives restarts (so a client can
+//! see it go away and come back), and a recording proxy that can lose responses.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use audio_dedup_core::store::embedded::Synchronous;
+use audio_dedup_core::DedupConfig;
+use audio_dedup_server::{ServerConfig, TokenTable};
+
+pub const ALICE: &str = "client-alice-token-00001";
+pub const BOB: &str = "client-bob-token-0000002";
+
+pub struct Server {
+    pub addr: SocketAddr,
+    data: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts on `addr` (port 0: any), over `data` (kept across restarts).
+    pub async fn start(data: &Path, addr: SocketAddr) -> Self {
+        let mut tokens = TokenTable::default();
+        tokens.insert(ALICE, "alice", false).expect("token");
+        tokens.insert(BOB, "bob", false).expect("token");
+        let cfg = ServerConfig {
+            data_dir: data.to_owned(),
+            public_url: None,
+            tokens,
+            dedup: DedupConfig::default(),
+            reconcile_every: Duration::ZERO,
+            sync: Synchronous::Normal,
+        };
+        let mut listener = None;
+        for _ in 0..100 {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let listener = listener.expect("bind the server port");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = audio_dedup_server::run(listener, cfg, async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        let s = Self {
+            addr,
+            data: data.to_owned(),
+            stop: Some(tx),
+            task: Some(task),
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    async fn wait_ready(&self) {
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http
+                .get(format!("http://{}/healthz", self.addr))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("server not ready");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it; the port is free again once this returns.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let again = Server::start(&self.data, self.addr).await;
+        *self = again;
+    }
+
+    /// Direct HTTP calls, as another device would make them.
+    pub async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut rb = reqwest::Client::new()
+            .request(method, format!("{}{}", self.url(), path))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let r = rb.send().await.expect("request");
+        let status = r.status().as_u16();
+        let v = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, v)
+    }
+
+    /// Every message change in the thread, from the start, as the server has them.
+    pub async fn messages(&self, token: &str, thread: &str) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut cursor = "0".to_owned();
+        for _ in 0..1000 {
+            let (s, v) = self
+                .call(
+                    token,
+                    reqwest::Method::GET,
+                    &format!("/v1/threads/{thread}/messages?after={cursor}&limit=500"),
+                    None,
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            out.extend(v["items"].as_array().cloned().unwrap_or_default());
+            cursor = v["next_cursor"].as_str().unwrap_or("0").to_owned();
+            if v["has_more"] != true {
+                break;
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A reverse proxy in front of the server that records each request line and can hold back
+/// the answers of the next `lose` requests matching a prefix past the client's timeout (the
+/// server commits; the client never hears back).
+#[derive(Clone, Default)]
+pub struct Proxy {
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub lose: Arc<AtomicUsize>,
+    pub lose_prefix: Arc<Mutex<String>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: String, hold: Duration) -> (Self, SocketAddr) {
+        let p = Proxy::default();
+        let state = p.clone();
+        let http = reqwest::Client::new();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let state = state.clone();
+            let http = http.clone();
+            let upstream = upstream.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let line = format!(
+                    "{} {}",
+                    parts.method,
+                    parts.uri.path_and_query().map_or("", |p| p.as_str())
+                );
+                state
+                    .log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line.clone());
+                let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
+                    .await
+                    .unwrap_or_default();
+                let mut rb = http.request(
+                    parts.method.clone(),
+                    format!(
+                        "{upstream}{}",
+                        parts.uri.path_and_query().map_or("", |p| p.as_str())
+                    ),
+                );
+                for (k, v) in &parts.headers {
+                    if k != "host" {
+                        rb = rb.header(k, v);
+                    }
+                }
+                let res = rb.body(bytes).send().await;
+                let prefix = state
+                    .lose_prefix
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if !prefix.is_empty()
+                    && line.starts_with(&prefix)
+                    && state.lose.load(Ordering::SeqCst) > 0
+                {
+                    state.lose.fetch_sub(1, Ordering::SeqCst);
+                    tokio::time::sleep(hold).await;
+                }
+                match res {
+                    Ok(r) => {
+                        let status = r.status();
+                        let headers = r.headers().clone();
+                        let body = r.bytes().await.unwrap_or_default();
+                        let mut out = axum::response::Response::new(axum::body::Body::from(body));
+                        *out.status_mut() = status;
+                        for (k, v) in &headers {
+                            if k != "transfer-encoding" && k != "content-length" {
+                                out.headers_mut().insert(k, v.clone());
+                            }
+                        }
+                        out
+                    }
+                    Err(_) => {
+                        let mut out = axum::response::Response::new(axum::body::Body::empty());
+                        *out.status_mut() = http::StatusCode::BAD_GATEWAY;
+                        out
+                    }
+                }
+            }
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app).await;
+        });
+        (p, addr)
+    }
+
+    pub fn lose_next(&self, n: usize, prefix: &str) {
+        *self.lose_prefix.lock().unwrap_or_else(|e| e.into_inner()) = prefix.to_owned();
+        self.lose.store(n, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn clear(&self) {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
