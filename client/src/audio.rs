@@ -510,6 +510,7 @@ impl Client {
                     .is_ok_and(|h| pins.contains_key(&h))
             };
             let mut victims = Vec::new();
+            let mut chosen = std::collections::HashSet::new();
             let mut total: i64 =
                 c.query_row("SELECT COALESCE(SUM(size), 0) FROM audio", [], |r| r.get(0))?;
             let mut stmt = c.prepare(
@@ -520,6 +521,7 @@ impl Client {
                 let (h, size): (String, i64) = (r.get(0)?, r.get(1)?);
                 if !pinned(&h) {
                     total -= size;
+                    chosen.insert(h.clone());
                     victims.push(h);
                 }
             }
@@ -531,7 +533,7 @@ impl Client {
                         break;
                     }
                     let (h, size): (String, i64) = (r.get(0)?, r.get(1)?);
-                    if !pinned(&h) && !victims.contains(&h) {
+                    if !pinned(&h) && !chosen.contains(&h) {
                         total -= size;
                         victims.push(h);
                     }

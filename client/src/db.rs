@@ -130,20 +130,10 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
+type QueueRow = (String, String, String, Option<i64>, i64, i64, String, Option<String>, i64);
+
 /// The queue rows of an unreadable cache file, as far as they can be read.
-fn salvage_queue(
-    path: &Path,
-) -> Vec<(
-    String,
-    String,
-    String,
-    Option<i64>,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    i64,
-)> {
+fn salvage_queue(path: &Path) -> Vec<QueueRow> {
     let Ok(c) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
         return Vec::new();
     };

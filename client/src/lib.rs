@@ -33,7 +33,7 @@ mod upload;
 
 use std::path::PathBuf;
 
-pub use audio::Progress;
+pub use audio::{AudioHandle, AudioSource, Progress};
 pub use config::ClientConfig;
 pub use error::{ApiError, ClientError};
 pub use maintenance::CacheStats;

@@ -13,7 +13,7 @@ use audio_dedup_core::{
 };
 
 use crate::error::{ApiError, ClientError};
-use crate::queue::{enqueue, QueuedOp};
+use crate::queue::{enqueue, QueuedOp, RecordAck};
 use crate::updates::{SendState, Update};
 use crate::Client;
 
@@ -430,7 +430,7 @@ impl Client {
         &self,
         thread: &ThreadId,
         id: &MessageId,
-    ) -> Result<Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>, ClientError> {
+    ) -> Result<RecordAck, ClientError> {
         let row: Option<Option<String>> = self.db.read(|c| {
             c.query_row(
                 "SELECT draft FROM messages WHERE thread_id = ?1 AND id = ?2",
@@ -447,7 +447,7 @@ impl Client {
         };
         let Some(draft) = draft else {
             // Already recorded as sent (a previous pass acknowledged it): nothing to send.
-            return Ok(Box::new(|_| Ok(())));
+            return Ok(Box::new(|_: &Transaction<'_>| Ok(())));
         };
         let d: Draft = serde_json::from_str(&draft)?;
         let v = self
@@ -483,7 +483,7 @@ impl Client {
         &self,
         thread: &ThreadId,
         id: &MessageId,
-    ) -> Result<Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>, ClientError> {
+    ) -> Result<RecordAck, ClientError> {
         match self.api.delete_message(thread, id).await {
             Ok(()) => {}
             Err(e) => return Err(e.into()),

@@ -142,10 +142,16 @@ pub(crate) fn enqueue(
     Ok(tx.last_insert_rowid())
 }
 
+/// Records a server's acknowledgement, inside the transaction that dequeues the operation.
+pub(crate) type RecordAck = Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>;
+
+fn nothing_to_record() -> RecordAck {
+    Box::new(|_| Ok(()))
+}
+
 /// The outcome of running one operation against the server.
 pub(crate) enum Ran {
-    /// Acknowledged; the closure records the acknowledgement in the dequeuing transaction.
-    Acked(Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send>),
+    Acked(RecordAck),
     Err(ClientError),
 }
 
@@ -466,11 +472,7 @@ impl Client {
             } => self
                 .upload_queued(std::path::Path::new(path), *content_hash, *format)
                 .await
-                .map(
-                    |_| -> Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send> {
-                        Box::new(|_| Ok(()))
-                    },
-                ),
+                .map(|_| nothing_to_record()),
             QueuedOp::PutLibraryItem {
                 item_id,
                 content_hash,
@@ -480,20 +482,11 @@ impl Client {
                 .put_library_item(item_id, content_hash, title)
                 .await
                 .map_err(ClientError::from)
-                .map(
-                    |_| -> Box<dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send> {
-                        Box::new(|_| Ok(()))
-                    },
-                ),
+                .map(|_| nothing_to_record()),
             QueuedOp::DeleteLibraryItem { item_id } => {
                 match self.api.delete_library_item(item_id).await {
                     // Already gone: the delete's goal holds.
-                    Ok(()) | Err(ApiError::Rejected { status: 404, .. }) => {
-                        Ok(Box::new(|_: &Transaction<'_>| Ok(()))
-                            as Box<
-                                dyn FnOnce(&Transaction<'_>) -> rusqlite::Result<()> + Send,
-                            >)
-                    }
+                    Ok(()) | Err(ApiError::Rejected { status: 404, .. }) => Ok(nothing_to_record()),
                     Err(err) => Err(err.into()),
                 }
             }

@@ -79,12 +79,11 @@ async fn offline_send_is_queued_listed_and_cleared() {
 
     let r = cli(&url, &data, &["cache", "stats"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    for row in [
-        ["messages", "1"],
-        ["unsent", "messages", "1"],
-        ["pending", "operations", "1"],
-    ] {
-        let found = r.stdout.lines().any(|l| l.split_whitespace().eq(row));
+    for row in ["messages 1", "unsent messages 1", "pending operations 1"] {
+        let found = r
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().eq(row.split(' ')));
         assert!(found, "{row:?} in {}", r.stdout);
     }
 
@@ -181,6 +180,33 @@ async fn online_send_and_sync() {
     let r = cli(&url, &data, &["messages", "nope"]).await;
     assert_eq!(r.code, 1, "an unknown thread is an error: {}", r.stdout);
     assert!(r.stderr.contains("thread_not_found"), "{}", r.stderr);
+
+    // Audio: upload twice (the second sends nothing), attach, download elsewhere.
+    let song = dir.path().join("song.mp3");
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    std::fs::write(&song, &bytes).expect("song");
+    let song_arg = song.to_string_lossy().into_owned();
+    let r = cli(&url, &data, &["upload", &song_arg]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let hash = r.stdout.lines().next().unwrap_or_default().to_owned();
+    assert_eq!(hash.len(), 64, "{}", r.stdout);
+    assert!(r.stdout.contains("uploaded 300000 B"), "{}", r.stdout);
+    let r = cli(&url, &data, &["upload", &song_arg, "--format", "mp3"]).await;
+    assert!(r.stdout.contains("deduplicated"), "{}", r.stdout);
+    let args = ["send", "jam", "--snapshot", &snap_arg, "--audio", &song_arg];
+    let r = cli(&url, &data, &args).await;
+    assert!(
+        r.stdout.trim_end().ends_with(" sent"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let copy = dir.path().join("copy.mp3");
+    let copy_arg = copy.to_string_lossy().into_owned();
+    let args = ["download", &hash, "--out", &copy_arg];
+    let r = cli(&url, other.path(), &args).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&copy).expect("copy"), bytes);
 
     let r = cli(&url, &data, &["stats"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);

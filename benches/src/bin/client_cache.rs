@@ -341,6 +341,16 @@ async fn run() -> Result<bool, String> {
             .map(|v| v.len())
             .map_err(err)
     })?;
+    // Where messages() spends: parsing each row's stored JSON (the server's MessageView).
+    let texts: Vec<String> = msgs.iter().map(|m| m.to_string()).collect();
+    let parse_only = Samples::time(reps_for(n_msgs), || {
+        let mut n = 0;
+        for t in &texts {
+            let v: audio_dedup_core::MessageView = serde_json::from_str(t).map_err(err)?;
+            n += v.created_at as usize & 1;
+        }
+        Ok(n)
+    })?;
 
     // Scaling.
     let mut scaled = Vec::new();
@@ -436,6 +446,12 @@ async fn run() -> Result<bool, String> {
         "{}",
         seed_read.line(&format!(
             "  seed: read + parse thread JSON, {n_msgs} messages"
+        ))
+    );
+    println!(
+        "{}",
+        parse_only.line(&format!(
+            "  of messages(): JSON parse of {n_msgs} rows alone"
         ))
     );
     lines.push((

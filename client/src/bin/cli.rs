@@ -37,6 +37,7 @@ struct Cli {
 enum Cmd {
     /// Upload an audio file (hashed first; nothing is sent if the server has it).
     Upload {
+        /// The audio file.
         file: PathBuf,
         /// mp3, wav, m4a, ogg, opus or flac; inferred from the extension if omitted.
         #[arg(long)]
@@ -44,6 +45,7 @@ enum Cmd {
     },
     /// Fetch audio into the cache (or find it there) and print its path.
     Download {
+        /// The content's SHA-256 (64 hex digits).
         hash: ContentHash,
         #[arg(long, default_value = "mp3")]
         format: AudioFormat,
@@ -56,7 +58,10 @@ enum Cmd {
     /// Cached threads, then a sync.
     Threads,
     /// A thread's cached messages, then a sync.
-    Messages { thread: ThreadId },
+    Messages {
+        /// The thread's id.
+        thread: ThreadId,
+    },
     /// Send a message (queued if offline).
     Send(SendArgs),
     /// The offline queue.
@@ -73,6 +78,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct SendArgs {
+    /// The thread's id.
     thread: ThreadId,
     /// A JSON file: the message's snapshot.
     #[arg(long)]
@@ -223,12 +229,8 @@ fn progress(pb: &ProgressBar) -> impl Fn(u64, u64) + Send + Sync + '_ {
     }
 }
 
-fn state(s: SendState) -> &'static str {
-    match s {
-        SendState::Sending => "sending",
-        SendState::Sent => "sent",
-        SendState::Failed => "failed",
-    }
+fn state(s: SendState) -> String {
+    format!("{s:?}").to_lowercase()
 }
 
 async fn run(cli: Cli) -> Res {
