@@ -30,6 +30,13 @@ CREATE TABLE IF NOT EXISTS messages (
     send_state TEXT NOT NULL,
     -- live | deleted
     state TEXT NOT NULL,
+    -- What lists show, as columns: reading 10,000 messages must not parse 10,000 JSON texts.
+    author TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    audio_hash BLOB,
+    audio_format TEXT,
+    snapshot_size INTEGER,
+    snapshot_sha BLOB,
     -- The message as the server answers it (or as created locally).
     json TEXT NOT NULL,
     -- While unsent: what to send ({snapshot, audio}); NULL once the server has it.
@@ -37,7 +44,8 @@ CREATE TABLE IF NOT EXISTS messages (
     error TEXT,
     PRIMARY KEY (thread_id, id)
 );
-CREATE INDEX IF NOT EXISTS messages_by_position ON messages (thread_id, seq, local_order);
+CREATE INDEX IF NOT EXISTS messages_by_position ON messages (thread_id, seq);
+CREATE INDEX IF NOT EXISTS messages_by_local_order ON messages (thread_id, local_order);
 CREATE TABLE IF NOT EXISTS sync_state (
     scope TEXT PRIMARY KEY,
     cursor TEXT,
@@ -121,16 +129,25 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
         Some(SCHEMA_VERSION) => {}
         Some(_) => return Err(rusqlite::Error::InvalidQuery),
     }
-    // Cheap structural check of the pages SQLite touches first; a torn or foreign file
-    // fails here (or in the statements above) rather than on a later read.
-    let ok: String = c.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
-    if ok != "ok" {
-        return Err(rusqlite::Error::InvalidQuery);
-    }
+    // No integrity scan here (it reads every page, so cold opens would grow with the cache):
+    // a foreign or torn header fails the statements above; damage deeper in the file shows
+    // up as errors on the reads that meet it, which `Client::open` callers see as errors,
+    // never as a crash.
     Ok(c)
 }
 
-type QueueRow = (String, String, String, Option<i64>, i64, i64, String, Option<String>, i64);
+type QueueRow = (
+    String,
+    String,
+    String,
+    Option<i64>,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    i64,
+    i64,
+);
 
 /// The queue rows of an unreadable cache file, as far as they can be read.
 fn salvage_queue(path: &Path) -> Vec<QueueRow> {
@@ -153,6 +170,7 @@ fn salvage_queue(path: &Path) -> Vec<QueueRow> {
             r.get(6)?,
             r.get(7)?,
             r.get(8)?,
+            r.get(9)?,
         ))
     });
     match rows {
@@ -171,6 +189,12 @@ type UnsentRow = (
     String,
     Option<String>,
     Option<String>,
+    String,
+    i64,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<i64>,
+    Option<Vec<u8>>,
 );
 
 /// Messages not yet acknowledged (unsent creates, pending deletions) of an unreadable file.
@@ -179,7 +203,8 @@ fn salvage_unsent(path: &Path) -> Vec<UnsentRow> {
         return Vec::new();
     };
     let Ok(mut stmt) = c.prepare(
-        "SELECT thread_id, id, seq, local_order, send_state, state, json, draft, error
+        "SELECT thread_id, id, seq, local_order, send_state, state, json, draft, error,
+                author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha
          FROM messages WHERE send_state != 'sent'",
     ) else {
         return Vec::new();
@@ -195,6 +220,12 @@ fn salvage_unsent(path: &Path) -> Vec<UnsentRow> {
             r.get(6)?,
             r.get(7)?,
             r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+            r.get(14)?,
         ))
     });
     match rows {
@@ -235,17 +266,19 @@ impl Db {
                     // create would have nothing to send.
                     for m in &unsent {
                         tx.execute(
-                            "INSERT OR IGNORE INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft, error)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                            rusqlite::params![m.0, m.1, m.2, m.3, m.4, m.5, m.6, m.7, m.8],
+                            "INSERT OR IGNORE INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft, error,
+                                 author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                            rusqlite::params![m.0, m.1, m.2, m.3, m.4, m.5, m.6, m.7, m.8, m.9, m.10, m.11, m.12, m.13, m.14],
                         )
                         .map_err(ClientError::Db)?;
                     }
                     for r in &rows {
+                        // The same ids: `depends_on` names them.
                         tx.execute(
-                            "INSERT INTO queue (lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                            rusqlite::params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8],
+                            "INSERT INTO queue (lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms, id)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                            rusqlite::params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9],
                         )
                         .map_err(ClientError::Db)?;
                     }

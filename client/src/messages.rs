@@ -85,41 +85,17 @@ impl Client {
     /// order they were written). Never touches the network.
     pub fn messages(&self, thread: &ThreadId) -> Result<Vec<LocalMessage>, ClientError> {
         self.db.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, seq, send_state, json, error FROM messages
-                 WHERE thread_id = ?1 AND state = 'live'
-                 ORDER BY seq IS NULL, seq, local_order",
-            )?;
-            let rows = stmt.query_map([thread.as_str()], |r| {
-                let id: String = r.get(0)?;
-                let seq: Option<i64> = r.get(1)?;
-                let st: String = r.get(2)?;
-                let json: String = r.get(3)?;
-                let error: Option<String> = r.get(4)?;
-                Ok((id, seq, st, json, error))
-            })?;
+            // Two index-ordered reads (synced by position, then unsent by local order)
+            // rather than one sort over the whole thread.
             let mut out = Vec::new();
-            for row in rows {
-                let (id, seq, st, json, error) = row?;
-                let v: MessageView = serde_json::from_str(&json).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        3,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
-                })?;
-                let Ok(id) = id.parse() else { continue };
-                out.push(LocalMessage {
-                    id,
-                    thread_id: thread.clone(),
-                    author: seq.map(|_| v.author.to_string()),
-                    cursor: seq.map(|s| s as u64),
-                    created_at: v.created_at,
-                    send_state: send_state(&st),
-                    audio: v.audio,
-                    snapshot: v.snapshot,
-                    error,
-                });
+            for sql in [SYNCED, UNSENT] {
+                let mut stmt = c.prepare_cached(sql)?;
+                let rows = stmt.query_map([thread.as_str()], |r| local_row(r, thread))?;
+                for row in rows {
+                    if let Some(m) = row? {
+                        out.push(m);
+                    }
+                }
             }
             Ok(out)
         })
@@ -247,15 +223,23 @@ impl Client {
                 [thread.as_str()],
                 |r| r.get(0),
             )?;
+            let k = cols(&view);
             tx.execute(
-                "INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft)
-                 VALUES (?1, ?2, NULL, ?3, 'sending', 'live', ?4, ?5)",
+                "INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft,
+                                       author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha)
+                 VALUES (?1, ?2, NULL, ?3, 'sending', 'live', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     thread.as_str(),
                     id.as_str(),
                     order,
                     serde_json::to_string(&view).unwrap_or_default(),
-                    serde_json::to_string(&draft).unwrap_or_default()
+                    serde_json::to_string(&draft).unwrap_or_default(),
+                    k.author,
+                    k.created_at,
+                    k.audio_hash,
+                    k.audio_format,
+                    k.snapshot_size,
+                    k.snapshot_sha
                 ],
             )?;
             // The snapshot is known locally: keep it, so showing it needs no download.
@@ -286,6 +270,8 @@ impl Client {
             )?;
             Ok(())
         })?;
+        // Outside the durable transaction: the LRU bound, then the send.
+        self.evict_snapshots()?;
         self.updates.send(Update::Message {
             thread_id: thread.clone(),
             message_id: id.clone(),
@@ -392,36 +378,15 @@ impl Client {
         thread: &ThreadId,
         id: &MessageId,
     ) -> Result<Option<LocalMessage>, ClientError> {
-        let all = self.db.read(|c| {
+        let m = self.db.read(|c| {
             c.query_row(
-                "SELECT seq, send_state, json, error FROM messages WHERE thread_id = ?1 AND id = ?2",
+                &format!("SELECT {LIST_COLS} FROM messages WHERE thread_id = ?1 AND id = ?2"),
                 params![thread.as_str(), id.as_str()],
-                |r| {
-                    Ok((
-                        r.get::<_, Option<i64>>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    ))
-                },
+                |r| local_row(r, thread),
             )
             .optional()
         })?;
-        let Some((seq, st, json, error)) = all else {
-            return Ok(None);
-        };
-        let v: MessageView = serde_json::from_str(&json)?;
-        Ok(Some(LocalMessage {
-            id: id.clone(),
-            thread_id: thread.clone(),
-            author: seq.map(|_| v.author.to_string()),
-            cursor: seq.map(|s| s as u64),
-            created_at: v.created_at,
-            send_state: send_state(&st),
-            audio: v.audio,
-            snapshot: v.snapshot,
-            error,
-        }))
+        Ok(m.flatten())
     }
 
     /// Sends a queued create. The server answers the same message for a retry (the id is
@@ -465,14 +430,17 @@ impl Client {
             let seq: Option<i64> = v.cursor.parse().ok();
             tx.execute(
                 "UPDATE messages SET seq = ?3, send_state = 'sent', json = ?4, draft = NULL, error = NULL,
-                        state = CASE WHEN state = 'deleted' OR ?5 = 'deleted' THEN 'deleted' ELSE 'live' END
+                        state = CASE WHEN state = 'deleted' OR ?5 = 'deleted' THEN 'deleted' ELSE 'live' END,
+                        author = ?6, created_at = ?7
                  WHERE thread_id = ?1 AND id = ?2",
                 params![
                     t.as_str(),
                     m.as_str(),
                     seq,
                     serde_json::to_string(&v).unwrap_or_default(),
-                    if v.state == EntryState::Deleted { "deleted" } else { "live" }
+                    if v.state == EntryState::Deleted { "deleted" } else { "live" },
+                    v.author.as_str(),
+                    v.created_at
                 ],
             )?;
             Ok(())
@@ -547,23 +515,37 @@ fn merge(tx: &Transaction<'_>, m: &MessageView) -> rusqlite::Result<bool> {
     let json = serde_json::to_string(m).unwrap_or_default();
     let live = m.state == EntryState::Live;
     let order: i64 = seq.unwrap_or(0);
+    let k = cols(m);
+    // A deletion this device has queued stays deleted (and still sending) until acknowledged.
     tx.execute(
-        "INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft)
-         VALUES (?1, ?2, ?3, ?4, 'sent', ?5, ?6, NULL)
+        "INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft,
+                               author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha)
+         VALUES (?1, ?2, ?3, ?4, 'sent', ?5, ?6, NULL, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (thread_id, id) DO UPDATE SET
             seq = ?3,
             json = ?6,
+            author = ?7, created_at = ?8,
+            audio_hash = COALESCE(?9, messages.audio_hash),
+            audio_format = COALESCE(?10, messages.audio_format),
+            snapshot_size = COALESCE(?11, messages.snapshot_size),
+            snapshot_sha = COALESCE(?12, messages.snapshot_sha),
             state = CASE WHEN messages.state = 'deleted' THEN 'deleted' ELSE ?5 END,
             send_state = CASE WHEN messages.send_state = 'sending' AND messages.state = 'deleted' AND ?5 = 'live'
                               THEN 'sending' ELSE 'sent' END,
-            draft = CASE WHEN messages.state = 'deleted' AND ?5 = 'live' THEN messages.draft ELSE NULL END",
+            draft = NULL",
         params![
             m.thread_id.as_str(),
             m.id.as_str(),
             seq,
             order,
             if live { "live" } else { "deleted" },
-            json
+            json,
+            k.author,
+            k.created_at,
+            k.audio_hash,
+            k.audio_format,
+            k.snapshot_size,
+            k.snapshot_sha
         ],
     )?;
     Ok(live)
@@ -578,4 +560,72 @@ pub(crate) async fn hash_file(path: &Path) -> Result<ContentHash, ClientError> {
     })
     .await
     .map_err(|e| ClientError::Invalid(format!("hashing task: {e}")))?
+}
+
+const LIST_COLS: &str =
+    "id, seq, send_state, error, author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha";
+
+const SYNCED: &str = "SELECT id, seq, send_state, error, author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha
+     FROM messages WHERE thread_id = ?1 AND seq IS NOT NULL AND state = 'live' ORDER BY seq";
+
+const UNSENT: &str = "SELECT id, seq, send_state, error, author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha
+     FROM messages WHERE thread_id = ?1 AND seq IS NULL AND state = 'live' ORDER BY local_order";
+
+fn hash_col(v: Option<Vec<u8>>) -> Option<ContentHash> {
+    let b: [u8; 32] = v?.try_into().ok()?;
+    Some(ContentHash::from_bytes(b))
+}
+
+/// A message row as `LocalMessage` (`None` for a row whose id no longer parses).
+fn local_row(r: &rusqlite::Row<'_>, thread: &ThreadId) -> rusqlite::Result<Option<LocalMessage>> {
+    let id: String = r.get(0)?;
+    let Ok(id) = id.parse() else { return Ok(None) };
+    let seq: Option<i64> = r.get(1)?;
+    let st: String = r.get(2)?;
+    let audio = match (hash_col(r.get(6)?), r.get::<_, Option<String>>(7)?) {
+        (Some(content_hash), Some(f)) => f.parse().ok().map(|format| AudioRender {
+            content_hash,
+            format,
+        }),
+        _ => None,
+    };
+    let snapshot = match (r.get::<_, Option<i64>>(8)?, hash_col(r.get(9)?)) {
+        (Some(size), Some(sha256)) => Some(SnapshotInfo {
+            size: size as u64,
+            sha256,
+        }),
+        _ => None,
+    };
+    Ok(Some(LocalMessage {
+        id,
+        thread_id: thread.clone(),
+        author: seq.and_then(|_| r.get::<_, String>(4).ok()),
+        cursor: seq.map(|s| s as u64),
+        created_at: r.get(5)?,
+        send_state: send_state(&st),
+        audio,
+        snapshot,
+        error: r.get(3)?,
+    }))
+}
+
+/// The listed fields of a view, as the columns store them.
+struct Cols {
+    author: String,
+    created_at: i64,
+    audio_hash: Option<Vec<u8>>,
+    audio_format: Option<&'static str>,
+    snapshot_size: Option<i64>,
+    snapshot_sha: Option<Vec<u8>>,
+}
+
+fn cols(v: &MessageView) -> Cols {
+    Cols {
+        author: v.author.to_string(),
+        created_at: v.created_at,
+        audio_hash: v.audio.map(|a| a.content_hash.as_bytes().to_vec()),
+        audio_format: v.audio.map(|a| a.format.as_str()),
+        snapshot_size: v.snapshot.map(|s| s.size as i64),
+        snapshot_sha: v.snapshot.map(|s| s.sha256.as_bytes().to_vec()),
+    }
 }
