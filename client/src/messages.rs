@@ -164,6 +164,21 @@ impl Client {
         Ok(report)
     }
 
+    /// Merges messages received outside a sync (a push, another device's answer) into the
+    /// cache by id, as a sync would, without moving the sync cursor (the next sync may bring
+    /// them again; merging is idempotent). Returns how many are live.
+    pub fn merge_messages(&self, views: &[MessageView]) -> Result<usize, ClientError> {
+        self.db.write(false, |tx| {
+            let mut live = 0;
+            for m in views {
+                if merge(tx, m)? {
+                    live += 1;
+                }
+            }
+            Ok(live)
+        })
+    }
+
     /// Writes a message now (it shows as `sending` at once) and queues it. With a local
     /// file, the file is hashed here and an upload runs before the message, in the same
     /// lane. Then the thread's queue is processed; offline, the message simply stays queued.
