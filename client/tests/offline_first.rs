@@ -570,3 +570,63 @@ async fn clear_all_on_logout_drops_the_previous_users_queue() {
     assert_eq!(c.process_queue().await.unwrap().sent, 0);
     assert!(s.messages(ALICE, "t1").await.is_empty());
 }
+
+/// 429 and 503 are retried, no sooner than `Retry-After`; 408 too; a 4xx is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_only_408_429_5xx_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("server"), "127.0.0.1:0".parse().unwrap()).await;
+    make_thread(&s, ALICE, "t1", &[]).await;
+    let (proxy, paddr) = Proxy::start(s.url(), Duration::ZERO).await;
+    let clk = clock();
+    let c = Client::open(config(
+        &format!("http://{paddr}"),
+        ALICE,
+        &dir.path().join("client"),
+        &clk,
+    ))
+    .unwrap();
+    proxy.refuse_next(1, 429, Some(7));
+    let m = c.send_message(&tid("t1"), &json!({}), None).await.unwrap();
+    assert_eq!(
+        m.send_state,
+        SendState::Sending,
+        "{:?} {:?}",
+        proxy.requests(),
+        c.queue()
+    );
+    let q = c.queue().unwrap();
+    assert_eq!(
+        (q[0].attempts, q[0].next_due_ms - clk.now_ms()),
+        (1, 7_000),
+        "Retry-After (7 s) over the 1 s backoff"
+    );
+    assert!(c.is_online(), "an answer, even a 429, means online");
+    clk.advance(Duration::from_secs(7));
+    proxy.refuse_next(1, 408, None);
+    c.process_queue().await.unwrap();
+    let q = c.queue().unwrap();
+    assert_eq!(
+        (q[0].attempts, q[0].next_due_ms - clk.now_ms()),
+        (2, 2_000),
+        "408: retried on the schedule"
+    );
+    clk.advance(Duration::from_secs(2));
+    proxy.refuse_next(1, 503, Some(1));
+    c.process_queue().await.unwrap();
+    assert_eq!(
+        c.queue().unwrap()[0].next_due_ms - clk.now_ms(),
+        4_000,
+        "the longer of backoff and Retry-After"
+    );
+    clk.advance(Duration::from_secs(4));
+    assert_eq!(c.process_queue().await.unwrap().sent, 1);
+    // A 4xx other than 408/429 fails at once, no retry.
+    proxy.refuse_next(1, 422, None);
+    let bad = c
+        .send_message(&tid("t1"), &json!({"n": 2}), None)
+        .await
+        .unwrap();
+    assert_eq!(bad.send_state, SendState::Failed);
+    assert_eq!(c.queue().unwrap()[0].state, QueueState::Failed);
+}

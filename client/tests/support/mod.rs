@@ -162,6 +162,9 @@ pub struct Proxy {
     pub log: Arc<Mutex<Vec<String>>>,
     pub lose: Arc<AtomicUsize>,
     pub lose_prefix: Arc<Mutex<String>>,
+    /// Answer the next requests with this status and `Retry-After` (seconds) instead of
+    /// forwarding them: (count, status, retry_after).
+    pub refuse: Arc<Mutex<(usize, u16, Option<u64>)>>,
 }
 
 impl Proxy {
@@ -185,6 +188,21 @@ impl Proxy {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(line.clone());
+                {
+                    let mut r = state.refuse.lock().unwrap_or_else(|e| e.into_inner());
+                    if r.0 > 0 {
+                        r.0 -= 1;
+                        let mut out = axum::response::Response::new(axum::body::Body::from(
+                            r#"{"error":{"code":"busy","message":"slow down"}}"#,
+                        ));
+                        *out.status_mut() = http::StatusCode::from_u16(r.1)
+                            .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE);
+                        if let Some(secs) = r.2 {
+                            out.headers_mut().insert("retry-after", secs.into());
+                        }
+                        return out;
+                    }
+                }
                 let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
                     .await
                     .unwrap_or_default();
@@ -248,6 +266,10 @@ impl Proxy {
     pub fn lose_next(&self, n: usize, prefix: &str) {
         *self.lose_prefix.lock().unwrap_or_else(|e| e.into_inner()) = prefix.to_owned();
         self.lose.store(n, Ordering::SeqCst);
+    }
+
+    pub fn refuse_next(&self, n: usize, status: u16, retry_after: Option<u64>) {
+        *self.refuse.lock().unwrap_or_else(|e| e.into_inner()) = (n, status, retry_after);
     }
 
     pub fn requests(&self) -> Vec<String> {
