@@ -2,84 +2,41 @@
 //! port): the recorded file played in place, downloads with progress and hash checks, the
 //! exact size-bounded LRU, pins, the age bound, and cached audio outliving the server's copy.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use audio_dedup_client::{Client, ClientConfig, ClientError, Direction, Update};
 use audio_dedup_core::ports::ManualClock;
-use audio_dedup_core::store::embedded::Synchronous;
-use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, DedupConfig};
-use audio_dedup_server::{ServerConfig, TokenTable};
+use audio_dedup_core::{AudioFormat, AudioRender, ContentHash};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ALICE: &str = "alice-token-0000000001";
+use support::ALICE;
 
+/// The local server over a data folder of its own (started by `support`).
 struct Server {
     base: String,
+    inner: support::Server,
     _dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<Result<(), audio_dedup_server::ServerError>>>,
 }
 
 impl Server {
+    #[allow(dead_code)]
     async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(h) = self.handle.take() {
-            let done = tokio::time::timeout(Duration::from_secs(10), h).await;
-            assert!(done.is_ok(), "the server did not stop in 10 s");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.inner.stop().await;
     }
 }
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut tokens = TokenTable::default();
-    tokens.insert(ALICE, "alice", false).expect("token");
-    let cfg = ServerConfig {
-        data_dir: dir.path().to_owned(),
-        public_url: None,
-        tokens,
-        dedup: DedupConfig::default(),
-        reconcile_every: Duration::ZERO,
-        sync: Synchronous::Normal,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
-        let _ = rx.await;
-    }));
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Server {
-                base,
-                _dir: dir,
-                shutdown: Some(tx),
-                handle: Some(handle),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let inner = support::Server::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    Server {
+        base: inner.url(),
+        inner,
+        _dir: dir,
     }
-    panic!("the server did not become ready in 2 s");
 }
 
 fn config(base: &str, dir: &Path) -> ClientConfig {

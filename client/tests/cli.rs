@@ -2,13 +2,10 @@
 //! against the local server in-process.
 
 use std::path::Path;
-use std::time::Duration;
 
-use audio_dedup_core::store::embedded::Synchronous;
-use audio_dedup_core::DedupConfig;
-use audio_dedup_server::{ServerConfig, TokenTable};
+mod support;
 
-const TOKEN: &str = "cli-alice-token-00000001";
+const TOKEN: &str = support::ALICE;
 
 struct Run {
     code: i32,
@@ -117,41 +114,17 @@ async fn offline_send_is_queued_listed_and_cleared() {
 #[tokio::test]
 async fn online_send_and_sync() {
     let srv = tempfile::tempdir().expect("dir");
-    let mut tokens = TokenTable::default();
-    tokens.insert(TOKEN, "alice", false).expect("token");
-    let cfg = ServerConfig {
-        data_dir: srv.path().to_owned(),
-        public_url: None,
-        tokens,
-        dedup: DedupConfig::default(),
-        reconcile_every: Duration::ZERO,
-        sync: Synchronous::Normal,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (_stop, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
-        let _ = rx.await;
-    }));
-    let http = reqwest::Client::new();
-    let mut created = false;
-    for _ in 0..200 {
-        if let Ok(r) = http
-            .post(format!("{url}/v1/threads"))
-            .bearer_auth(TOKEN)
-            .json(&serde_json::json!({"id": "jam", "title": "Jam", "members": []}))
-            .send()
-            .await
-        {
-            assert_eq!(r.status().as_u16(), 201);
-            created = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(created, "server did not start");
+    let server = support::Server::start(srv.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let url = server.url();
+    let (status, _) = server
+        .call(
+            TOKEN,
+            reqwest::Method::POST,
+            "/v1/threads",
+            Some(serde_json::json!({"id": "jam", "title": "Jam", "members": []})),
+        )
+        .await;
+    assert_eq!(status, 201);
 
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("client");

@@ -2,70 +2,39 @@
 //! port): hash first, claim by proof when the content exists (no audio byte sent), otherwise
 //! a streamed PUT to the signed URL with progress.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use audio_dedup_client::{Client, ClientConfig, ClientError, Direction, Update};
-use audio_dedup_core::store::embedded::Synchronous;
-use audio_dedup_core::{AudioFormat, ContentHash, DedupConfig};
-use audio_dedup_server::{ServerConfig, TokenTable};
+use audio_dedup_core::{AudioFormat, ContentHash};
 
-const ALICE: &str = "alice-token-0000000001";
-const BOB: &str = "bob-token-00000000000002";
+use support::{ALICE, BOB};
 
+/// The local server over a data folder of its own (started by `support`).
 struct Server {
     base: String,
+    inner: support::Server,
     _dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+impl Server {
+    #[allow(dead_code)]
+    async fn stop(mut self) {
+        self.inner.stop().await;
     }
 }
 
 async fn start() -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut tokens = TokenTable::default();
-    tokens.insert(ALICE, "alice", false).expect("token");
-    tokens.insert(BOB, "bob", false).expect("token");
-    let cfg = ServerConfig {
-        data_dir: dir.path().to_owned(),
-        public_url: None,
-        tokens,
-        dedup: DedupConfig::default(),
-        reconcile_every: Duration::ZERO,
-        sync: Synchronous::Normal,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
-        let _ = rx.await;
-    }));
-    let http = reqwest::Client::new();
-    for _ in 0..200 {
-        if http
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Server {
-                base,
-                _dir: dir,
-                shutdown: Some(tx),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let inner = support::Server::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    Server {
+        base: inner.url(),
+        inner,
+        _dir: dir,
     }
-    panic!("the server did not become ready in 2 s");
 }
 
 fn client(server: &Server, token: &str, dir: &Path) -> Client {
