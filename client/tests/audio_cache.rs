@@ -13,31 +13,7 @@ use audio_dedup_core::ports::ManualClock;
 use audio_dedup_core::{AudioFormat, AudioRender, ContentHash};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::ALICE;
-
-/// The local server over a data folder of its own (started by `support`).
-struct Server {
-    base: String,
-    inner: support::Server,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    #[allow(dead_code)]
-    async fn stop(mut self) {
-        self.inner.stop().await;
-    }
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let inner = support::Server::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
-    Server {
-        base: inner.url(),
-        inner,
-        _dir: dir,
-    }
-}
+use support::{TempServer, ALICE};
 
 fn config(base: &str, dir: &Path) -> ClientConfig {
     let mut cfg = ClientConfig::new(base, ALICE, dir);
@@ -76,7 +52,12 @@ fn render(bytes: &[u8]) -> AudioRender {
 }
 
 /// Uploads `bytes` as Alice (through a client of its own) and returns its render.
-async fn uploaded(server: &Server, dir: &Path, seed: u64, len: usize) -> (AudioRender, Vec<u8>) {
+async fn uploaded(
+    server: &TempServer,
+    dir: &Path,
+    seed: u64,
+    len: usize,
+) -> (AudioRender, Vec<u8>) {
     let bytes = audio(seed, len);
     let path = dir.join(format!("upload-{seed}.mp3"));
     std::fs::write(&path, &bytes).expect("write");
@@ -142,7 +123,7 @@ async fn the_recorded_file_is_played_in_place_without_a_request() {
 
 #[tokio::test]
 async fn a_recorded_file_that_changed_is_not_played_the_content_is_downloaded() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let work = tempfile::tempdir().expect("temp dir");
     let (r, bytes) = uploaded(&server, work.path(), 2, 200_000).await;
     let recorded = work.path().join("take.mp3");
@@ -167,7 +148,7 @@ async fn a_recorded_file_that_changed_is_not_played_the_content_is_downloaded() 
 
 #[tokio::test]
 async fn a_download_reports_progress_to_the_total_and_is_cached() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let work = tempfile::tempdir().expect("temp dir");
     let (r, bytes) = uploaded(&server, work.path(), 3, 2_000_000).await;
     let total = bytes.len() as u64;
@@ -304,7 +285,7 @@ async fn bytes_that_do_not_match_the_hash_are_discarded() {
 
 #[tokio::test]
 async fn the_size_bound_holds_exactly_least_recently_used_first() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let work = tempfile::tempdir().expect("temp dir");
     let mut files = Vec::new();
     for seed in 10..15 {
@@ -368,7 +349,7 @@ async fn the_size_bound_holds_exactly_least_recently_used_first() {
 
 #[tokio::test]
 async fn a_file_in_use_is_never_evicted_or_cleared() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let work = tempfile::tempdir().expect("temp dir");
     let mut files = Vec::new();
     for seed in 20..24 {
@@ -419,7 +400,7 @@ async fn a_file_in_use_is_never_evicted_or_cleared() {
 
 #[tokio::test]
 async fn cached_audio_outlives_the_servers_copy() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let work = tempfile::tempdir().expect("temp dir");
     let (r, bytes) = uploaded(&server, work.path(), 30, 150_000).await;
     let cache = work.path().join("cache");
@@ -477,7 +458,7 @@ async fn cached_audio_outlives_the_servers_copy() {
 
 #[tokio::test]
 async fn a_cached_file_that_vanished_is_fetched_again() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let work = tempfile::tempdir().expect("temp dir");
     let (r, bytes) = uploaded(&server, work.path(), 40, 50_000).await;
     let cache = work.path().join("cache");
@@ -497,7 +478,7 @@ async fn a_cached_file_that_vanished_is_fetched_again() {
 
 #[tokio::test]
 async fn entries_past_the_max_age_are_evicted() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let work = tempfile::tempdir().expect("temp dir");
     let mut files = Vec::new();
     for seed in 50..53 {

@@ -11,33 +11,9 @@ use std::time::Duration;
 use audio_dedup_client::{Client, ClientConfig, ClientError, Direction, Update};
 use audio_dedup_core::{AudioFormat, ContentHash};
 
-use support::{ALICE, BOB};
+use support::{TempServer, ALICE, BOB};
 
-/// The local server over a data folder of its own (started by `support`).
-struct Server {
-    base: String,
-    inner: support::Server,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    #[allow(dead_code)]
-    async fn stop(mut self) {
-        self.inner.stop().await;
-    }
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let inner = support::Server::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
-    Server {
-        base: inner.url(),
-        inner,
-        _dir: dir,
-    }
-}
-
-fn client(server: &Server, token: &str, dir: &Path) -> Client {
+fn client(server: &TempServer, token: &str, dir: &Path) -> Client {
     let mut cfg = ClientConfig::new(&server.base, token, dir);
     cfg.request_timeout = Duration::from_secs(20);
     Client::open(cfg).expect("open client")
@@ -79,7 +55,7 @@ fn upload_updates(rx: &mut tokio::sync::broadcast::Receiver<Update>) -> Vec<(u64
     out
 }
 
-async fn stats(server: &Server, token: &str) -> serde_json::Value {
+async fn stats(server: &TempServer, token: &str) -> serde_json::Value {
     reqwest::Client::new()
         .get(format!("{}/v1/audio/stats", server.base))
         .bearer_auth(token)
@@ -93,7 +69,7 @@ async fn stats(server: &Server, token: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn the_same_file_twice_sends_its_bytes_once() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let alice = client(&server, ALICE, &dir.path().join("cache"));
     let song = audio(1, 1_500_000);
@@ -152,7 +128,7 @@ async fn the_same_file_twice_sends_its_bytes_once() {
 
 #[tokio::test]
 async fn another_user_with_the_same_content_claims_it_by_proof() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let alice = client(&server, ALICE, &dir.path().join("alice"));
     let bob = client(&server, BOB, &dir.path().join("bob"));
@@ -196,7 +172,7 @@ async fn another_user_with_the_same_content_claims_it_by_proof() {
 #[tokio::test]
 async fn a_file_that_differs_from_the_claimed_hash_is_sent_not_proved() {
     // Bob has different bytes of the same length as Alice's: his own hash, his own upload.
-    let server = start().await;
+    let server = TempServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let alice = client(&server, ALICE, &dir.path().join("alice"));
     let bob = client(&server, BOB, &dir.path().join("bob"));
@@ -216,7 +192,7 @@ async fn a_file_that_differs_from_the_claimed_hash_is_sent_not_proved() {
 
 #[tokio::test]
 async fn errors_are_classified() {
-    let server = start().await;
+    let server = TempServer::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let alice = client(&server, ALICE, &dir.path().join("alice"));
     let missing = alice

@@ -154,6 +154,29 @@ impl Drop for Server {
     }
 }
 
+/// The server over a temporary data folder of its own, removed with it.
+pub struct TempServer {
+    pub base: String,
+    pub inner: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl TempServer {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inner = Server::start(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+        Self {
+            base: inner.url(),
+            inner,
+            _dir: dir,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.inner.stop().await;
+    }
+}
+
 /// A reverse proxy in front of the server that records each request line and can hold back
 /// the answers of the next `lose` requests matching a prefix past the client's timeout (the
 /// server commits; the client never hears back).
