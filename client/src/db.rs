@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Transaction};
 
 use crate::error::ClientError;
@@ -136,98 +137,32 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
-type QueueRow = (
-    String,
-    String,
-    String,
-    Option<i64>,
-    i64,
-    i64,
-    String,
-    Option<String>,
-    i64,
-    i64,
-);
+/// What is carried over from an unreadable cache file: the queue (with its ids, which
+/// `depends_on` names), and the messages not yet acknowledged (unsent creates, pending
+/// deletions), without which a queued create would have nothing to send.
+const SALVAGED: [(&str, &str, &str); 2] = [
+    (
+        "messages",
+        "thread_id, id, seq, local_order, send_state, state, json, draft, error, author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha",
+        "WHERE send_state != 'sent'",
+    ),
+    (
+        "queue",
+        "id, lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms",
+        "ORDER BY id",
+    ),
+];
 
-/// The queue rows of an unreadable cache file, as far as they can be read.
-fn salvage_queue(path: &Path) -> Vec<QueueRow> {
+/// The rows of `table` (columns `cols`) an unreadable file still yields, read-only.
+fn salvage(path: &Path, table: &str, cols: &str, tail: &str) -> Vec<Vec<Value>> {
     let Ok(c) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
         return Vec::new();
     };
-    let Ok(mut stmt) = c.prepare(
-        "SELECT lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms, id FROM queue ORDER BY id",
-    ) else {
+    let Ok(mut stmt) = c.prepare(&format!("SELECT {cols} FROM {table} {tail}")) else {
         return Vec::new();
     };
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-            r.get(8)?,
-            r.get(9)?,
-        ))
-    });
-    match rows {
-        Ok(rows) => rows.filter_map(Result::ok).collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-type UnsentRow = (
-    String,
-    String,
-    Option<i64>,
-    i64,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    i64,
-    Option<Vec<u8>>,
-    Option<String>,
-    Option<i64>,
-    Option<Vec<u8>>,
-);
-
-/// Messages not yet acknowledged (unsent creates, pending deletions) of an unreadable file.
-fn salvage_unsent(path: &Path) -> Vec<UnsentRow> {
-    let Ok(c) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
-        return Vec::new();
-    };
-    let Ok(mut stmt) = c.prepare(
-        "SELECT thread_id, id, seq, local_order, send_state, state, json, draft, error,
-                author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha
-         FROM messages WHERE send_state != 'sent'",
-    ) else {
-        return Vec::new();
-    };
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-            r.get(8)?,
-            r.get(9)?,
-            r.get(10)?,
-            r.get(11)?,
-            r.get(12)?,
-            r.get(13)?,
-            r.get(14)?,
-        ))
-    });
+    let n = stmt.column_count();
+    let rows = stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect());
     match rows {
         Ok(rows) => rows.filter_map(Result::ok).collect(),
         Err(_) => Vec::new(),
@@ -257,35 +192,25 @@ impl Db {
                         );
                     }
                 }
-                let rows = salvage_queue(&aside);
-                let unsent = salvage_unsent(&aside);
                 let c = open_checked(&path).map_err(ClientError::Db)?;
                 {
                     let tx = c.unchecked_transaction().map_err(ClientError::Db)?;
-                    // The messages the queue will send (or delete): without them a queued
-                    // create would have nothing to send.
-                    for m in &unsent {
-                        tx.execute(
-                            "INSERT OR IGNORE INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft, error,
-                                 author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                            rusqlite::params![m.0, m.1, m.2, m.3, m.4, m.5, m.6, m.7, m.8, m.9, m.10, m.11, m.12, m.13, m.14],
-                        )
-                        .map_err(ClientError::Db)?;
-                    }
-                    for r in &rows {
-                        // The same ids: `depends_on` names them.
-                        tx.execute(
-                            "INSERT INTO queue (lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms, id)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                            rusqlite::params![r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9],
-                        )
-                        .map_err(ClientError::Db)?;
+                    for (table, cols, tail) in SALVAGED {
+                        let rows = salvage(&aside, table, cols, tail);
+                        let marks = vec!["?"; cols.split(',').count()].join(", ");
+                        let sql =
+                            format!("INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})");
+                        for r in &rows {
+                            tx.execute(&sql, rusqlite::params_from_iter(r))
+                                .map_err(ClientError::Db)?;
+                        }
+                        if table == "queue" {
+                            opened.salvaged = rows.len();
+                        }
                     }
                     tx.commit().map_err(ClientError::Db)?;
                 }
                 opened.moved_to = Some(aside);
-                opened.salvaged = rows.len();
                 c
             }
         };
