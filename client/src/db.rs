@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_position ON messages (thread_id, seq);
 CREATE INDEX IF NOT EXISTS messages_by_local_order ON messages (thread_id, local_order);
+-- Message ids are global: a snapshot is fetched by message id alone.
+CREATE INDEX IF NOT EXISTS messages_by_id ON messages (id);
 CREATE TABLE IF NOT EXISTS sync_state (
     scope TEXT PRIMARY KEY,
     cursor TEXT,

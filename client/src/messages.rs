@@ -586,7 +586,7 @@ const SYNCED: &str = "SELECT id, seq, send_state, error, author, created_at, aud
 const UNSENT: &str = "SELECT id, seq, send_state, error, author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha
      FROM messages WHERE thread_id = ?1 AND seq IS NULL AND state = 'live' ORDER BY local_order";
 
-fn hash_col(v: Option<Vec<u8>>) -> Option<ContentHash> {
+pub(crate) fn hash_col(v: Option<Vec<u8>>) -> Option<ContentHash> {
     let b: [u8; 32] = v?.try_into().ok()?;
     Some(ContentHash::from_bytes(b))
 }

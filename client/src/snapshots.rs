@@ -71,19 +71,18 @@ impl Client {
         Ok(body)
     }
 
-    /// The snapshot's SHA-256 as the cached message states it.
+    /// The snapshot's SHA-256 as the cached message states it (message ids are global, so
+    /// the lookup is by id alone, through its index).
     fn snapshot_sha(&self, id: &MessageId) -> Result<Option<ContentHash>, ClientError> {
-        let json: Option<String> = self.db.read(|c| {
+        let sha: Option<Option<Vec<u8>>> = self.db.read(|c| {
             c.query_row(
-                "SELECT json FROM messages WHERE id = ?1",
+                "SELECT snapshot_sha FROM messages WHERE id = ?1",
                 [id.as_str()],
                 |r| r.get(0),
             )
             .optional()
         })?;
-        Ok(json
-            .and_then(|j| serde_json::from_str::<audio_dedup_core::MessageView>(&j).ok())
-            .and_then(|v| v.snapshot.map(|s| s.sha256)))
+        Ok(crate::messages::hash_col(sha.flatten()))
     }
 
     /// Keeps the `snapshot_capacity` most recently used snapshots, exactly.
