@@ -21,6 +21,19 @@ impl StoreError {
     pub fn backend(e: impl StdError + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(e))
     }
+
+    /// The same error, for a second caller: same variant, the source kept as text.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::Unavailable(m) => Self::Unavailable(m.clone()),
+            Self::Io(e) => Self::Io(std::io::Error::new(e.kind(), e.to_string())),
+            Self::Corrupt { key, reason } => Self::Corrupt {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+            Self::Backend(e) => Self::Backend(e.to_string().into()),
+        }
+    }
 }
 
 /// Every failure the protocol reports.
@@ -64,6 +77,23 @@ impl DedupError {
         Self::Conflict {
             code,
             message: message.into(),
+        }
+    }
+
+    /// The same error for another caller (a batch's shared failure): same variant, status
+    /// and code; a store error's source is carried as its text.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::BadRequest { code, message } => Self::bad_request(code, message.clone()),
+            Self::NotFound { code, message } => Self::not_found(code, message.clone()),
+            Self::Conflict { code, message } => Self::conflict(code, message.clone()),
+            Self::UploadRequired => Self::UploadRequired,
+            Self::Expired { code, message } => Self::Expired {
+                code,
+                message: message.clone(),
+            },
+            Self::Busy => Self::Busy,
+            Self::Store(e) => Self::Store(e.duplicate()),
         }
     }
 

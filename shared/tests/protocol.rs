@@ -625,3 +625,202 @@ async fn an_upload_whose_session_reference_was_removed_is_still_adopted() {
     h.check();
     h.settled();
 }
+
+/// Makes every index transaction take `pause` (tokio time), so concurrent adds queue up
+/// behind a running batch.
+struct SlowCommits {
+    pause: Duration,
+}
+impl FaultHook for SlowCommits {
+    fn fault(&self, _: Op) -> Fault {
+        Fault::None
+    }
+    fn delay(&self, op: Op) -> Duration {
+        if op == Op::IndexTransact {
+            self.pause
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+fn slow_harness(max_add_batch: usize) -> Harness {
+    harness_with(
+        DedupConfig {
+            max_add_batch,
+            ..DedupConfig::default()
+        },
+        Arc::new(SlowCommits {
+            pause: Duration::from_millis(10),
+        }),
+    )
+}
+
+/// Spawns one add per `(owner, ref_id, kind)` at once and returns the answers in order.
+async fn add_all(
+    h: &Harness,
+    hash: ContentHash,
+    adds: Vec<(&str, String, ReferenceKind)>,
+) -> Vec<Result<ReferenceView, DedupError>> {
+    let tasks: Vec<_> = adds
+        .into_iter()
+        .map(|(owner, r, kind)| {
+            let d = h.d.clone();
+            let (owner, r) = (user(owner), rid(&r));
+            tokio::spawn(async move { d.add_reference(&owner, &hash, &r, kind).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        // Paused time jumps ahead when every task waits: a stranded add fails, not hangs.
+        let answer = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("an add was stranded in its batch queue");
+        out.push(answer.unwrap());
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_adds_to_one_audio_commit_in_batches() {
+    let mut writes = Vec::new();
+    for batch in [1, 20] {
+        let h = slow_harness(batch);
+        let hash = ContentHash::of(b"popular");
+        h.upload("alice", b"popular", None).await.unwrap();
+        let before = h.index.writes();
+        let adds = (0..50)
+            .map(|i| ("alice", format!("r{i}"), ReferenceKind::Library))
+            .collect();
+        for (i, a) in add_all(&h, hash, adds).await.into_iter().enumerate() {
+            let v = a.unwrap();
+            assert_eq!(
+                (v.ref_id.as_str(), v.content_hash),
+                (&*format!("r{i}"), hash)
+            );
+        }
+        writes.push(h.index.writes() - before);
+        assert_eq!(h.d.stats().await.unwrap().total_references, 50);
+        h.check();
+    }
+    // One transaction per add without batching; with it, the first add commits alone and
+    // the 49 that queued behind it go in batches of at most 20.
+    assert_eq!(writes, vec![50, 4]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_answers_each_add_on_its_own() {
+    let h = slow_harness(20);
+    let hash = ContentHash::of(b"shared");
+    h.upload("alice", b"shared", Some("m1")).await.unwrap();
+    h.upload("bob", b"shared", None).await.unwrap();
+    let answers = add_all(
+        &h,
+        hash,
+        vec![
+            ("alice", "first".into(), ReferenceKind::Library), // leads alone
+            ("alice", "a1".into(), ReferenceKind::Library),
+            ("alice", "a1".into(), ReferenceKind::Library), // same add twice in one queue
+            ("alice", "m1".into(), ReferenceKind::Message), // exists: same answer
+            ("alice", "m1".into(), ReferenceKind::Library), // exists with another kind
+            ("mallory", "x".into(), ReferenceKind::Library), // never proved possession
+            ("bob", "b1".into(), ReferenceKind::Message),
+        ],
+    )
+    .await;
+    let codes: Vec<_> = answers
+        .iter()
+        .map(|a| match a {
+            Ok(v) => format!("ok {}", v.ref_id),
+            Err(e) => format!("{} {}", e.status(), e.code()),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "ok first",
+            "ok a1",
+            "ok a1",
+            "ok m1",
+            "409 reference_kind_mismatch",
+            "404 audio_not_found",
+            "ok b1"
+        ]
+    );
+    // m1, first, a1 (once) and b1.
+    assert_eq!(h.d.stats().await.unwrap().total_references, 4);
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn adds_queued_behind_a_deletion_answer_not_active() {
+    let h = slow_harness(20);
+    let hash = ContentHash::of(b"going");
+    h.upload("alice", b"going", Some("m1")).await.unwrap();
+    let remove = {
+        let d = h.d.clone();
+        tokio::spawn(async move { d.remove_reference(&user("alice"), &hash, &rid("m1")).await })
+    };
+    tokio::task::yield_now().await;
+    let answers = add_all(
+        &h,
+        hash,
+        (0..5)
+            .map(|i| ("alice", format!("late{i}"), ReferenceKind::Library))
+            .collect(),
+    )
+    .await;
+    remove.await.unwrap().unwrap();
+    // The removal committed first; the batch read the audio active, lost its commit, read
+    // again and found it deleting or gone: every add is refused, none holds a reference.
+    for a in answers {
+        let e = a.unwrap_err();
+        assert!(
+            matches!(e.code(), "audio_not_active" | "audio_not_found"),
+            "{e:?}"
+        );
+    }
+    assert_eq!(h.d.stats().await.unwrap().total_references, 0);
+    assert_eq!(h.object_count(), 0);
+    h.check();
+    h.d.reconcile().await.unwrap();
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_batch_leader_strands_no_one() {
+    let h = slow_harness(20);
+    let hash = ContentHash::of(b"cancel");
+    h.upload("alice", b"cancel", None).await.unwrap();
+    // The leader's commit takes 10 ms; it is dropped after 1 ms, mid-commit.
+    let leader = {
+        let d = h.d.clone();
+        tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_millis(1),
+                d.add_reference(&user("alice"), &hash, &rid("lead"), ReferenceKind::Library),
+            )
+            .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let answers = add_all(
+        &h,
+        hash,
+        (0..30)
+            .map(|i| ("alice", format!("w{i}"), ReferenceKind::Library))
+            .collect(),
+    )
+    .await;
+    assert!(leader.await.unwrap().is_err(), "the leader timed out");
+    for a in answers {
+        a.unwrap();
+    }
+    // The queue for this audio was handed on, not left behind: a later add still completes,
+    // and the retried leader's add counts once whether or not its commit landed.
+    h.d.add_reference(&user("alice"), &hash, &rid("lead"), ReferenceKind::Library)
+        .await
+        .unwrap();
+    assert_eq!(h.d.stats().await.unwrap().total_references, 31);
+    h.check();
+}

@@ -1,18 +1,20 @@
 //! Reference-add load: the local server in-process on 127.0.0.1:0, one small file uploaded by
 //! one user, then many keep-alive connections each sending `PUT
 //! /v1/audio/{hash}/references/{ref_id}` with unique ref ids, for a bounded time and request
-//! count. Runs `Synchronous::Full` (the production default) and `Synchronous::Normal` side by
-//! side in one process and prints both with their ratio.
+//! count. Runs `Synchronous::Full` (the production default) and `Synchronous::Normal`, each
+//! with reference adds batched per audio (the default, `max_add_batch` 20) and unbatched
+//! (`max_add_batch` 1), side by side in one process, and prints them with their ratios.
 //!
 //! Scenarios: `hot` (the brief: every request adds to the same audio) and `spread` (each
 //! connection adds to its own audio, to show what one hot audio record costs).
 //!
 //! Knobs: `BENCH_SECS` (measured seconds per run, default 10), `BENCH_WARMUP_SECS` (1),
 //! `BENCH_CONNS` (64), `BENCH_MAX_REQUESTS` (per run, 2,000,000), `BENCH_ROUNDS` (1),
-//! `BENCH_SCENARIOS` (`hot,spread`), `BENCH_SERVER_THREADS` (server runtime workers, default
+//! `BENCH_SCENARIOS` (`hot,spread`), `BENCH_SYNCS` (`full,normal`), `BENCH_ADD_BATCH`
+//! (`max_add_batch` values, `20,1`), `BENCH_SERVER_THREADS` (server runtime workers, default
 //! all cores), `BENCH_CLIENT_THREADS` (load generator workers, default 1), `BENCH_TMPDIR`.
-//! Targets (hot, Full): >= 10,000 requests/s and p99 <= 5 ms with zero errors, on 2 cores
-//! shared with the load generator.
+//! Targets (hot, Full, batched): >= 10,000 requests/s and p99 <= 5 ms with zero errors, on 2
+//! cores shared with the load generator.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +39,8 @@ const TARGET_RPS: f64 = 10_000.0;
 const TARGET_P99_US: u32 = 5_000;
 const BODY: &[u8] = br#"{"kind":"library"}"#;
 const FILE_SIZE: usize = 4096;
+/// The server's default `max_add_batch`.
+const DEFAULT_BATCH: usize = 20;
 /// Per-request limit; a request past it counts as a transport error.
 const REQUEST_LIMIT: Duration = Duration::from_secs(10);
 
@@ -84,6 +88,7 @@ struct WorkerOut {
 struct RunResult {
     scenario: Scenario,
     sync: Synchronous,
+    batch: usize,
     elapsed: Duration,
     ok: u64,
     errors: u64,
@@ -166,6 +171,28 @@ fn run() -> Result<bool, String> {
     if scenarios.is_empty() {
         return Err("no scenario selected (BENCH_SCENARIOS=hot,spread)".into());
     }
+    let syncs: Vec<Synchronous> = std::env::var("BENCH_SYNCS")
+        .unwrap_or_else(|_| "full,normal".into())
+        .split(',')
+        .filter_map(|s| match s.trim().to_ascii_lowercase().as_str() {
+            "full" => Some(Synchronous::Full),
+            "normal" => Some(Synchronous::Normal),
+            "" => None,
+            other => {
+                eprintln!("warning: unknown sync mode {other:?} ignored");
+                None
+            }
+        })
+        .collect();
+    let batches: Vec<usize> = std::env::var("BENCH_ADD_BATCH")
+        .unwrap_or_else(|_| format!("{DEFAULT_BATCH},1"))
+        .split(',')
+        .filter_map(|s| s.trim().parse::<usize>().ok())
+        .filter(|&b| b >= 1)
+        .collect();
+    if syncs.is_empty() || batches.is_empty() {
+        return Err("no mode selected (BENCH_SYNCS=full,normal, BENCH_ADD_BATCH=20,1)".into());
+    }
 
     println!("== ref_add_load ==");
     println!("machine: {}", machine_summary());
@@ -180,16 +207,19 @@ fn run() -> Result<bool, String> {
     println!();
 
     let mut results = Vec::new();
+    let modes: Vec<(Synchronous, usize)> = syncs
+        .iter()
+        .flat_map(|&s| batches.iter().map(move |&b| (s, b)))
+        .collect();
     for round in 0..rounds {
         for &scenario in &scenarios {
-            // Alternate the order so drift on a shared machine hits both modes alike.
-            let order = if (round + scenario as u64) % 2 == 0 {
-                [Synchronous::Full, Synchronous::Normal]
-            } else {
-                [Synchronous::Normal, Synchronous::Full]
-            };
-            for sync in order {
-                let r = run_one(&knobs, scenario, sync, round)?;
+            // Alternate the order so drift on a shared machine hits every mode alike.
+            let mut order = modes.clone();
+            if (round + scenario as u64) % 2 == 1 {
+                order.reverse();
+            }
+            for (sync, batch) in order {
+                let r = run_one(&knobs, scenario, sync, batch, round)?;
                 print_row(&r);
                 results.push(r);
             }
@@ -200,56 +230,75 @@ fn run() -> Result<bool, String> {
     println!("== summary (median over rounds of requests/s; worst p99) ==");
     let mut ok_all = true;
     let mut primary: Option<bool> = None;
+    let median_of = |scenario: Scenario, sync: Synchronous, batch: usize| {
+        let runs: Vec<&RunResult> = results
+            .iter()
+            .filter(|r| r.scenario == scenario && r.sync == sync && r.batch == batch)
+            .collect();
+        let rps = audio_dedup_benches::median(&runs.iter().map(|r| r.rps()).collect::<Vec<_>>());
+        let p99 = runs.iter().map(|r| r.p(99.0)).max().unwrap_or(0);
+        let errors: u64 = runs.iter().map(|r| r.errors + r.transport_errors).sum();
+        let consistent = runs.iter().all(|r| r.refs_counted == Some(r.refs_expected));
+        (rps, p99, errors, consistent)
+    };
+    let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
     for &scenario in &scenarios {
-        let mut by_sync = BTreeMap::new();
-        for sync in [Synchronous::Full, Synchronous::Normal] {
-            let runs: Vec<&RunResult> = results
-                .iter()
-                .filter(|r| r.scenario == scenario && r.sync == sync)
-                .collect();
-            let rps =
-                audio_dedup_benches::median(&runs.iter().map(|r| r.rps()).collect::<Vec<_>>());
-            let p99 = runs.iter().map(|r| r.p(99.0)).max().unwrap_or(0);
-            let errors: u64 = runs.iter().map(|r| r.errors + r.transport_errors).sum();
-            let lost = runs.iter().any(|r| r.refs_counted != Some(r.refs_expected));
+        for &(sync, batch) in &modes {
+            let (rps, p99, errors, consistent) = median_of(scenario, sync, batch);
             println!(
-                "{:<6} {:<6}  {:>9.0} req/s  p99 {:>7.2} ms  errors {:>6}  stats consistent: {}",
+                "{:<6} {:<6} batch {:>2}  {:>9.0} req/s  p99 {:>7.2} ms  errors {:>6}  stats consistent: {}",
                 scenario.name(),
                 sync_name(sync),
+                batch,
                 rps,
                 p99 as f64 / 1000.0,
                 errors,
-                !lost
+                consistent
             );
-            ok_all &= !lost;
-            by_sync.insert(sync_name(sync), (rps, p99, errors));
-            if scenario == Scenario::Hot && sync == Synchronous::Full {
+            ok_all &= consistent;
+            if scenario == Scenario::Hot && sync == Synchronous::Full && batch == DEFAULT_BATCH {
                 primary = Some(rps >= TARGET_RPS && p99 <= TARGET_P99_US && errors == 0);
             }
         }
-        if let (Some(f), Some(n)) = (by_sync.get("Full"), by_sync.get("Normal")) {
-            println!(
-                "{:<6} Normal/Full throughput ratio: {:.2}x",
-                scenario.name(),
-                n.0 / f.0.max(f64::MIN_POSITIVE)
-            );
+        for &batch in &batches {
+            if syncs.len() == 2 {
+                println!(
+                    "{:<6} batch {:>2}  Normal/Full throughput ratio: {:.2}x",
+                    scenario.name(),
+                    batch,
+                    ratio(
+                        median_of(scenario, Synchronous::Normal, batch).0,
+                        median_of(scenario, Synchronous::Full, batch).0
+                    )
+                );
+            }
+        }
+        for &sync in &syncs {
+            for &batch in batches.iter().filter(|&&b| b != 1) {
+                if batches.contains(&1) {
+                    println!(
+                        "{:<6} {:<6}  batch {batch} / batch 1 throughput ratio: {:.2}x",
+                        scenario.name(),
+                        sync_name(sync),
+                        ratio(
+                            median_of(scenario, sync, batch).0,
+                            median_of(scenario, sync, 1).0
+                        )
+                    );
+                }
+            }
         }
     }
     if scenarios.contains(&Scenario::Hot) && scenarios.contains(&Scenario::Spread) {
-        for sync in [Synchronous::Full, Synchronous::Normal] {
-            let med = |s: Scenario| {
-                audio_dedup_benches::median(
-                    &results
-                        .iter()
-                        .filter(|r| r.scenario == s && r.sync == sync)
-                        .map(|r| r.rps())
-                        .collect::<Vec<_>>(),
-                )
-            };
+        for &(sync, batch) in &modes {
             println!(
-                "{:<6} spread/hot throughput ratio: {:.2}x",
+                "{:<6} batch {:>2}  spread/hot throughput ratio: {:.2}x",
                 sync_name(sync),
-                med(Scenario::Spread) / med(Scenario::Hot).max(f64::MIN_POSITIVE)
+                batch,
+                ratio(
+                    median_of(Scenario::Spread, sync, batch).0,
+                    median_of(Scenario::Hot, sync, batch).0
+                )
             );
         }
     }
@@ -257,13 +306,13 @@ fn run() -> Result<bool, String> {
     match primary {
         Some(pass) => {
             println!(
-                "target (hot, Full): >= {TARGET_RPS:.0} req/s, p99 <= {} ms, 0 errors: {}",
+                "target (hot, Full, batch {DEFAULT_BATCH}): >= {TARGET_RPS:.0} req/s, p99 <= {} ms, 0 errors: {}",
                 TARGET_P99_US / 1000,
                 pass_fail(pass)
             );
             ok_all &= pass;
         }
-        None => println!("target (hot, Full): not measured in this run"),
+        None => println!("target (hot, Full, batch {DEFAULT_BATCH}): not measured in this run"),
     }
     println!("loadavg at end: {}", audio_dedup_benches::loadavg());
     Ok(ok_all)
@@ -272,9 +321,10 @@ fn run() -> Result<bool, String> {
 fn print_row(r: &RunResult) {
     let cpu_total = r.server_cpu() + r.client_cpu();
     println!(
-        "[{:<6} {:<6}] {:>8} req in {:>5.2} s = {:>8.0} req/s ({:>8.0} ok/s) | p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} max {:>7.2} ms | errors {} (+{} transport)",
+        "[{:<6} {:<6} b{:<2}] {:>8} req in {:>5.2} s = {:>8.0} req/s ({:>8.0} ok/s) | p50 {:>6.2} p95 {:>6.2} p99 {:>6.2} max {:>7.2} ms | errors {} (+{} transport)",
         r.scenario.name(),
         sync_name(r.sync),
+        r.batch,
         r.requests(),
         r.elapsed.as_secs_f64(),
         r.rps(),
@@ -323,6 +373,7 @@ fn run_one(
     knobs: &Knobs,
     scenario: Scenario,
     sync: Synchronous,
+    batch: usize,
     round: u64,
 ) -> Result<RunResult, String> {
     let dir = match std::env::var_os("BENCH_TMPDIR") {
@@ -340,7 +391,10 @@ fn run_one(
         data_dir: dir.path().to_owned(),
         public_url: None,
         tokens,
-        dedup: DedupConfig::default(),
+        dedup: DedupConfig {
+            max_add_batch: batch,
+            ..DedupConfig::default()
+        },
         reconcile_every: Duration::ZERO,
         sync,
     };
@@ -388,6 +442,7 @@ fn run_one(
     let mut r = outcome?;
     stopped?;
     r.sync = sync;
+    r.batch = batch;
     Ok(r)
 }
 
@@ -450,6 +505,7 @@ async fn drive(
     let mut r = RunResult {
         scenario,
         sync: Synchronous::Full,
+        batch: DEFAULT_BATCH,
         elapsed,
         ok: 0,
         errors: 0,

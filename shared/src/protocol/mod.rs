@@ -2,6 +2,7 @@
 //! invariants and races; each flow's module says which it closes.
 
 mod codec;
+mod combine;
 mod deletion;
 mod events;
 pub mod invariants;
@@ -26,9 +27,11 @@ pub use session::{proof_for, CompleteRequest, SessionRequest};
 pub use threads::{parse_cursor, NewThread, DEFAULT_PAGE, MAX_PAGE};
 pub use upload::DirectUpload;
 
-use crate::domain::Millis;
+use crate::domain::{ContentHash, Millis};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, Clock, Entropy, OsEntropy, SystemClock, TransactionalIndex};
+use combine::Combiner;
+use references::{AddAnswer, AddRequest};
 
 #[derive(Debug, Clone)]
 pub struct DedupConfig {
@@ -55,6 +58,9 @@ pub struct DedupConfig {
     pub snapshot_grace: Duration,
     /// Compare-and-swap attempts before answering `busy`.
     pub max_attempts: usize,
+    /// Most reference adds to one audio committed in one transaction (1: no batching).
+    /// With the audio record and a stats shard, a batch stays within the index's 25 ops.
+    pub max_add_batch: usize,
 }
 
 impl Default for DedupConfig {
@@ -71,9 +77,13 @@ impl Default for DedupConfig {
             snapshot_inline_max: 350_000,
             snapshot_grace: Duration::from_secs(15 * 60),
             max_attempts: 64,
+            max_add_batch: 20,
         }
     }
 }
+
+/// A batch's reference puts, its audio record and one stats shard fit in 25 index ops.
+const MAX_ADD_BATCH: usize = 23;
 
 /// The protocol over one blob store and one index.
 pub struct Dedup<B, I> {
@@ -82,6 +92,8 @@ pub struct Dedup<B, I> {
     cfg: DedupConfig,
     clock: Arc<dyn Clock>,
     entropy: Arc<dyn Entropy>,
+    /// Reference adds waiting to join a batch, by audio.
+    adds: Arc<Combiner<ContentHash, AddRequest, AddAnswer>>,
 }
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
@@ -105,9 +117,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         Self {
             blobs,
             index,
-            cfg,
+            cfg: DedupConfig {
+                max_add_batch: cfg.max_add_batch.clamp(1, MAX_ADD_BATCH),
+                ..cfg
+            },
             clock,
             entropy,
+            adds: Arc::default(),
         }
     }
 
@@ -127,7 +143,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         self.clock.now_ms()
     }
 
-    fn blob_key(&self, hash: &crate::domain::ContentHash) -> String {
+    fn blob_key(&self, hash: &ContentHash) -> String {
         keys::blob_key(&self.cfg.key_prefix, hash)
     }
 

@@ -38,15 +38,23 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let Some(p) = self.load_audio(hash).await? else {
             return Err(audio_not_found());
         };
+        self.check_holds(owner, &p.value).await?;
+        Ok(p)
+    }
+
+    /// Whether `owner` proved possession of audio `a`'s current generation (404 if not).
+    pub(super) async fn check_holds(
+        &self,
+        owner: &UserId,
+        a: &AudioRecord,
+    ) -> Result<(), DedupError> {
         let holder = self
-            .load::<HolderRecord>(&keys::holder(hash, owner))
+            .load::<HolderRecord>(&keys::holder(&a.hash, owner))
             .await?;
-        if holder.map(|h| h.value.generation) != Some(p.value.generation)
-            || p.value.state == AudioState::Gone
-        {
+        if holder.map(|h| h.value.generation) != Some(a.generation) || a.state == AudioState::Gone {
             return Err(audio_not_found());
         }
-        Ok(p)
+        Ok(())
     }
 }
 

@@ -5,9 +5,17 @@
 //! same, and a late retried PUT cannot resurrect them.
 //!
 //! Race closed: the last reference removed while another is added. Both transactions CAS the
-//! audio record's version; the add re-reads, sees `Deleting`, and answers 409.
+//! audio record's version; the add re-reads, sees `Deleting`, and answers 409. Concurrent adds
+//! to one audio are batched in-process (`combine`), so they do not lose to each other.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures_util::future::join_all;
 
 use super::codec::{expect_of, Txn, Versioned};
+use super::combine::Turn;
+use super::read::audio_not_found;
 use super::{keys, ms, Dedup, Step};
 use crate::domain::{
     AudioRecord, AudioState, ContentHash, HolderRecord, PendingReference, ReferenceId,
@@ -15,6 +23,33 @@ use crate::domain::{
 };
 use crate::error::DedupError;
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
+
+/// One reference add waiting in a batch.
+#[derive(Debug, Clone)]
+pub(super) struct AddRequest {
+    owner: UserId,
+    wanted: PendingReference,
+    /// What the request read before it queued, so the batch need not read it again.
+    seen: Arc<Seen>,
+}
+
+/// Reads an add makes while an earlier batch on its audio commits. Each stays valid for the
+/// batch: a holder's generation is never taken back; a reference found live or removed was
+/// so during the request; a reference found absent is written `Absent`, so if it appeared
+/// since, the commit fails and the retry reads afresh.
+#[derive(Debug)]
+struct Seen {
+    holder_generation: Option<u64>,
+    reference: Result<Option<ReferenceView>, DedupError>,
+}
+
+impl AddRequest {
+    fn same_reference(&self, other: &Self) -> bool {
+        self.owner == other.owner && self.wanted.ref_id == other.wanted.ref_id
+    }
+}
+
+pub(super) type AddAnswer = Result<ReferenceView, DedupError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Attach {
@@ -34,6 +69,9 @@ fn view(r: &ReferenceRecord) -> ReferenceView {
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// Adds a reference owned by `owner`. Requires that `owner` proved possession of the
     /// content in its current generation; otherwise answers 404, as for unknown content.
+    ///
+    /// Concurrent adds to one audio in this process commit together (see `combine`): one
+    /// leader runs a batch of up to `max_add_batch` of them as one transaction.
     pub async fn add_reference(
         &self,
         owner: &UserId,
@@ -45,34 +83,108 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             kind,
             ref_id: ref_id.clone(),
         };
-        self.cas(|| self.add_step(owner, hash, &wanted)).await
+        let holder_key = keys::holder(hash, owner);
+        let (holder, reference) = tokio::join!(
+            self.load::<HolderRecord>(&holder_key),
+            self.existing_reference(hash, owner, &wanted)
+        );
+        let me = AddRequest {
+            owner: owner.clone(),
+            wanted,
+            seen: Arc::new(Seen {
+                holder_generation: holder?.map(|h| h.value.generation),
+                reference,
+            }),
+        };
+        let lead = match self.adds.join(*hash, &me).await {
+            Turn::Done(answer) => return answer,
+            Turn::Lead(lead) => lead,
+        };
+        let mut batch = vec![me];
+        // One request per reference key in a batch: a second add of the same reference
+        // waits for the next batch, where it finds the first one's record.
+        let others = lead.take(&mut batch, self.cfg.max_add_batch.max(1), |chosen, r| {
+            !chosen.iter().any(|c| c.same_reference(r))
+        });
+        let first = AtomicBool::new(true);
+        let attempt = || self.add_batch_step(hash, &batch, first.swap(false, Ordering::Relaxed));
+        let mut answers = match self.cas(attempt).await {
+            Ok(answers) => answers,
+            Err(e) => batch.iter().map(|_| Err(e.duplicate())).collect(),
+        };
+        let mine = answers.remove(0);
+        for (taken, answer) in others.into_iter().zip(answers) {
+            taken.send(answer);
+        }
+        drop(lead);
+        mine
     }
 
-    async fn add_step(
+    /// One attempt at a batch of adds to one audio: every request is answered on its own
+    /// (404, 409, or its existing reference); the new ones commit in one transaction that
+    /// expects the audio record's version, so a racing deletion makes the batch re-read.
+    async fn add_batch_step(
         &self,
-        owner: &UserId,
         hash: &ContentHash,
-        wanted: &PendingReference,
-    ) -> Result<Step<ReferenceView>, DedupError> {
-        let p = self.held_audio(owner, hash).await?;
-        if let Some(existing) = self.existing_reference(hash, owner, wanted).await? {
-            return Ok(Step::Done(existing));
+        batch: &[AddRequest],
+        use_seen: bool,
+    ) -> Result<Step<Vec<AddAnswer>>, DedupError> {
+        let Some(p) = self.load_audio(hash).await? else {
+            return Ok(Step::Done(
+                batch.iter().map(|_| Err(audio_not_found())).collect(),
+            ));
+        };
+        let checks = join_all(batch.iter().map(|r| async {
+            let seen = &r.seen;
+            if use_seen
+                && seen.holder_generation == Some(p.value.generation)
+                && p.value.state != AudioState::Gone
+            {
+                return match &seen.reference {
+                    Ok(existing) => Ok(existing.clone()),
+                    Err(e) => Err(e.duplicate()),
+                };
+            }
+            self.check_holds(&r.owner, &p.value).await?;
+            self.existing_reference(hash, &r.owner, &r.wanted).await
+        }))
+        .await;
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut new = Vec::new();
+        for (i, check) in checks.into_iter().enumerate() {
+            match check {
+                Ok(Some(existing)) => answers.push(Ok(existing)),
+                Err(e) => answers.push(Err(e)),
+                Ok(None) => {
+                    new.push(i);
+                    answers.push(Err(DedupError::Busy)); // replaced below
+                }
+            }
+        }
+        if new.is_empty() {
+            return Ok(Step::Done(answers));
         }
         if p.value.state != AudioState::Active && !cfg!(feature = "mutation-no-state-check") {
-            return Err(DedupError::conflict(
-                "audio_not_active",
-                format!(
-                    "the audio is {}; a reference can only be added to active audio",
-                    p.value.state.as_str()
-                ),
-            ));
+            for &i in &new {
+                answers[i] = Err(DedupError::conflict(
+                    "audio_not_active",
+                    format!(
+                        "the audio is {}; a reference can only be added to active audio",
+                        p.value.state.as_str()
+                    ),
+                ));
+            }
+            return Ok(Step::Done(answers));
         }
         let mut a = p.value.clone();
         let mut txn = self.txn();
-        let v = self.plan_new_reference(&mut txn, &mut a, owner, wanted)?;
+        for &i in &new {
+            let r = &batch[i];
+            answers[i] = Ok(self.plan_new_reference(&mut txn, &mut a, &r.owner, &r.wanted)?);
+        }
         self.put_or_check_audio(&mut txn, a, &p)?;
         Ok(if self.commit(txn).await? {
-            Step::Done(v)
+            Step::Done(answers)
         } else {
             Step::Lost
         })
