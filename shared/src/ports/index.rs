@@ -40,6 +40,9 @@ pub struct Item {
     pub work_key: Option<Key>,
 }
 
+/// Most ops in one transaction (DynamoDB allowed 25 when the port was written; it is 100 now).
+pub const MAX_TRANSACTION_OPS: usize = 25;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
     /// The item must not exist.
@@ -101,7 +104,7 @@ pub trait TransactionalIndex: Send + Sync + 'static {
 
     fn query(&self, query: &Query) -> impl Future<Output = Result<Vec<Item>, StoreError>> + Send;
 
-    /// All-or-nothing. At most 25 ops, no two on the same key.
+    /// All-or-nothing. At most `MAX_TRANSACTION_OPS` ops, no two on the same key.
     fn transact(&self, ops: Vec<WriteOp>) -> impl Future<Output = Result<(), TxnError>> + Send;
 
     /// Sums of each counter over every item in partition `pk`.

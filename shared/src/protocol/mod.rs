@@ -82,8 +82,8 @@ impl Default for DedupConfig {
     }
 }
 
-/// A batch's reference puts, its audio record and one stats shard fit in 25 index ops.
-const MAX_ADD_BATCH: usize = 23;
+/// A batch's reference puts, its audio record and one stats shard fit in one transaction.
+const MAX_ADD_BATCH: usize = crate::ports::MAX_TRANSACTION_OPS - 2;
 
 /// The protocol over one blob store and one index.
 pub struct Dedup<B, I> {

@@ -62,6 +62,26 @@ impl FaultHook for NoFaults {
     }
 }
 
+/// DynamoDB refuses a transaction over the size limit or with two ops on one item. This
+/// store serves only tests, and a protocol change that broke either rule would pass here
+/// and fail on AWS, so it panics: the simulation reports a panicking client as a failure.
+fn check_contract(ops: &[WriteOp]) {
+    assert!(
+        ops.len() <= crate::ports::MAX_TRANSACTION_OPS,
+        "a transaction of {} ops (at most {})",
+        ops.len(),
+        crate::ports::MAX_TRANSACTION_OPS
+    );
+    let mut keys = std::collections::HashSet::new();
+    for op in ops {
+        let key = match op {
+            WriteOp::Put { item, .. } => &item.key,
+            WriteOp::Check { key, .. } | WriteOp::Bump { key, .. } => key,
+        };
+        assert!(keys.insert(key), "two ops on {key} in one transaction");
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -219,6 +239,7 @@ impl TransactionalIndex for MemoryIndex {
         if f == Fault::Conflict {
             return Err(TxnError::Conflict);
         }
+        check_contract(&ops);
         let mut s = lock(&self.state);
         for (i, op) in ops.iter().enumerate() {
             let ok = match op {
@@ -496,5 +517,42 @@ impl BlobStore for MemoryBlobs {
             .then(|| objects.last().map(|m| m.key.clone()))
             .flatten();
         Ok(ObjectPage { objects, next })
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::*;
+    use crate::ports::{Expect, Key, TransactionalIndex, WriteOp};
+
+    fn check(key: &str) -> WriteOp {
+        WriteOp::Check {
+            key: Key::new("P", key),
+            expect: Expect::Absent,
+        }
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "two ops on P/a")]
+    async fn two_ops_on_one_key_are_refused_as_dynamodb_does() {
+        let index = MemoryIndex::new(Arc::new(NoFaults));
+        let _ = index
+            .transact(vec![check("a"), check("b"), check("a")])
+            .await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a transaction of 26 ops")]
+    async fn oversized_transactions_are_refused() {
+        let index = MemoryIndex::new(Arc::new(NoFaults));
+        let ops = (0..26).map(|i| check(&i.to_string())).collect();
+        let _ = index.transact(ops).await;
+    }
+
+    #[tokio::test]
+    async fn a_full_transaction_of_distinct_keys_commits() {
+        let index = MemoryIndex::new(Arc::new(NoFaults));
+        let ops = (0..25).map(|i| check(&i.to_string())).collect();
+        assert!(index.transact(ops).await.is_ok());
     }
 }
