@@ -58,7 +58,8 @@ pub struct DedupConfig {
     pub snapshot_grace: Duration,
     /// Compare-and-swap attempts before answering `busy`.
     pub max_attempts: usize,
-    /// Most reference adds to one audio committed in one transaction (1: no batching).
+    /// Most reference adds to one audio committed in one transaction (1: one per
+    /// transaction; adds to one audio still take turns rather than race).
     /// With the audio record and a stats shard, a batch stays within the index's 25 ops.
     pub max_add_batch: usize,
 }
