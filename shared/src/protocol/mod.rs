@@ -60,7 +60,7 @@ pub struct DedupConfig {
     pub max_attempts: usize,
     /// Most reference adds to one audio committed in one transaction (1: one per
     /// transaction; adds to one audio still take turns rather than race).
-    /// With the audio record and a stats shard, a batch stays within the index's 25 ops.
+    /// Clamped to 1..=`MAX_ADD_BATCH`, so a batch fits in one index transaction.
     pub max_add_batch: usize,
 }
 

@@ -103,7 +103,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let mut batch = vec![me];
         // One request per reference key in a batch: a second add of the same reference
         // waits for the next batch, where it finds the first one's record.
-        let others = lead.take(&mut batch, self.cfg.max_add_batch.max(1), |chosen, r| {
+        let others = lead.take(&mut batch, self.cfg.max_add_batch, |chosen, r| {
             !chosen.iter().any(|c| c.same_reference(r))
         });
         let first = AtomicBool::new(true);
