@@ -98,6 +98,10 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
                 delete(messages::delete::<B, I>),
             )
             .route(
+                "/v1/threads/{id}/messages/{message_id}/audio",
+                get(messages::audio::<B, I>),
+            )
+            .route(
                 "/v1/messages/{message_id}/snapshot",
                 get(messages::snapshot::<B, I>),
             );

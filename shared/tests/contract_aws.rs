@@ -241,3 +241,9 @@ async fn reconciler_sweeps_unrecorded_snapshots() {
     let Some(env) = Aws::new().await else { return };
     contract::chat::reconciler_sweeps_unrecorded_snapshots(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reach_audio_through_messages() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::members_reach_audio_through_messages(&env).await;
+}

@@ -165,3 +165,8 @@ async fn create_racing_audio_deletion() {
 async fn reconciler_sweeps_unrecorded_snapshots() {
     contract::chat::reconciler_sweeps_unrecorded_snapshots(&Embedded::new()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reach_audio_through_messages() {
+    contract::chat::members_reach_audio_through_messages(&Embedded::new()).await;
+}

@@ -1088,10 +1088,10 @@ async fn perform(
             let req = NewMessage {
                 id: message_id(c.idx, *msg),
                 snapshot: snapshot_of(c.idx, *msg, *snapshot_len),
-                audio: Some(AudioRender {
+                audio: Some(MessageAudio::Render(AudioRender {
                     content_hash: w.hashes[*content],
                     format: AudioFormat::ALL[*content % 2],
-                }),
+                })),
             };
             let thread: ThreadId = THREAD.parse().expect("valid thread id");
             let (v, created) = sim.d.create_message(owner, &thread, req).await?;

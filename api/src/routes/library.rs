@@ -9,18 +9,22 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::LibraryItemId;
+use audio_dedup_core::{AudioSource, LibraryItemId, MessageId};
 
 use super::{content_hash, created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{parse, JsonBody, RawPath, StrictQuery};
+use crate::extract::{non_null, parse, JsonBody, RawPath, StrictQuery};
 use crate::AppState;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutBody {
-    content_hash: String,
+    #[serde(default, deserialize_with = "non_null")]
+    content_hash: Option<String>,
+    /// Save the audio of a message the caller can see, instead of audio they hold.
+    #[serde(default, deserialize_with = "non_null")]
+    from_message: Option<String>,
     title: String,
 }
 
@@ -31,10 +35,17 @@ pub async fn put<B: BlobStore, I: TransactionalIndex>(
     JsonBody(b): JsonBody<PutBody>,
 ) -> Result<Response, ApiError> {
     let id: LibraryItemId = parse(&id, "invalid_item_id")?;
-    let hash = content_hash(&b.content_hash)?;
+    let hash = b.content_hash.as_deref().map(content_hash).transpose()?;
+    let from: Option<MessageId> = b
+        .from_message
+        .as_deref()
+        .map(|m| parse(m, "invalid_message_id"))
+        .transpose()?;
+    let source = AudioSource::one_of(hash, from)
+        .map_err(|reason| ApiError::bad_request("invalid_audio", reason))?;
     let (view, created) = s
         .dedup
-        .put_library_item(&caller.user, &id, &hash, &b.title)
+        .put_library_item(&caller.user, &id, &source, &b.title)
         .await?;
     Ok(created_or_ok(created, view))
 }

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::protocol::NewMessage;
-use audio_dedup_core::{AudioRender, MessageId, ThreadId, MAX_SNAPSHOT_BYTES};
+use audio_dedup_core::{MessageAudio, MessageId, ThreadId, MAX_SNAPSHOT_BYTES};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -29,7 +29,7 @@ pub struct CreateBody {
     id: String,
     snapshot: Box<RawValue>,
     #[serde(default, deserialize_with = "non_null")]
-    audio: Option<AudioRender>,
+    audio: Option<MessageAudio>,
 }
 
 pub async fn create<B: BlobStore, I: TransactionalIndex>(
@@ -86,6 +86,18 @@ pub async fn delete<B: BlobStore, I: TransactionalIndex>(
     let id: MessageId = parse(&id, "invalid_message_id")?;
     s.dedup.delete_message(&caller.user, &thread, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The audio of a live message, for any member of its thread (the message is the grant).
+pub async fn audio<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    RawPath((thread, id)): RawPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
+    let id: MessageId = parse(&id, "invalid_message_id")?;
+    let view = s.dedup.message_audio(&caller.user, &thread, &id).await?;
+    Ok(Json(view).into_response())
 }
 
 pub async fn snapshot<B: BlobStore, I: TransactionalIndex>(

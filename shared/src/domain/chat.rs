@@ -238,3 +238,91 @@ pub fn valid_title(title: &str) -> bool {
         && !title.trim().is_empty()
         && !title.chars().any(char::is_control)
 }
+
+/// The audio a new message carries, as the author names it: audio they hold, or the audio
+/// of a live message they can see (forwarding it; see [`AudioSource::Message`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "AudioChoiceWire", into = "AudioChoiceWire")]
+pub enum MessageAudio {
+    Render(AudioRender),
+    FromMessage(MessageId),
+}
+
+impl MessageAudio {
+    pub fn source(&self) -> AudioSource {
+        match self {
+            Self::Render(r) => AudioSource::Held(r.content_hash),
+            Self::FromMessage(m) => AudioSource::Message(m.clone()),
+        }
+    }
+}
+
+/// Where the right to reference audio comes from. Possession is proven by upload or by
+/// challenge (`Held`: the caller is a holder), or by membership of a thread where the audio
+/// was posted (`Message`: a live message with audio, in a thread the caller belongs to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioSource {
+    Held(ContentHash),
+    Message(MessageId),
+}
+
+impl AudioSource {
+    /// Exactly one of the two, as a library put names them.
+    pub fn one_of(
+        content_hash: Option<ContentHash>,
+        from_message: Option<MessageId>,
+    ) -> Result<Self, &'static str> {
+        match (content_hash, from_message) {
+            (Some(h), None) => Ok(Self::Held(h)),
+            (None, Some(m)) => Ok(Self::Message(m)),
+            _ => Err("name the audio by exactly one of `content_hash` and `from_message`"),
+        }
+    }
+}
+
+/// Both choices on the wire: `{content_hash[, format]}` or `{from_message}`, never both.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AudioChoiceWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_hash: Option<ContentHash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<super::AudioFormat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from_message: Option<MessageId>,
+}
+
+const MESSAGE_AUDIO_SHAPE: &str =
+    "audio is either {\"content_hash\", \"format\"} or {\"from_message\"}";
+
+impl TryFrom<AudioChoiceWire> for MessageAudio {
+    type Error = &'static str;
+
+    fn try_from(w: AudioChoiceWire) -> Result<Self, Self::Error> {
+        match (w.content_hash, w.format, w.from_message) {
+            (Some(content_hash), Some(format), None) => Ok(Self::Render(AudioRender {
+                content_hash,
+                format,
+            })),
+            (None, None, Some(m)) => Ok(Self::FromMessage(m)),
+            _ => Err(MESSAGE_AUDIO_SHAPE),
+        }
+    }
+}
+
+impl From<MessageAudio> for AudioChoiceWire {
+    fn from(a: MessageAudio) -> Self {
+        match a {
+            MessageAudio::Render(r) => Self {
+                content_hash: Some(r.content_hash),
+                format: Some(r.format),
+                from_message: None,
+            },
+            MessageAudio::FromMessage(m) => Self {
+                content_hash: None,
+                format: None,
+                from_message: Some(m),
+            },
+        }
+    }
+}

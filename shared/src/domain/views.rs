@@ -63,14 +63,28 @@ pub struct ReferenceView {
     pub created_at: Millis,
 }
 
+/// `GET /v1/audio/stats`. The deduplication figures are over stored files that at least one
+/// reference holds, so `deduplication_ratio >= 1` and `bytes_saved >= 0`; stored files no
+/// reference holds (waiting out their grace or upload lease before deletion) are counted
+/// apart, in `unreferenced_*`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
+    /// Stored files that at least one reference holds.
     pub unique_files: i64,
+    /// Their bytes, each file counted once.
     pub stored_bytes: i64,
     pub total_references: i64,
+    /// Bytes the references would take if each held its own copy.
     pub referenced_bytes: i64,
+    /// `referenced_bytes / stored_bytes` (1.0 when nothing is stored).
     pub deduplication_ratio: f64,
+    /// `referenced_bytes - stored_bytes`.
     pub bytes_saved: i64,
+    /// Stored files no reference holds, due for deletion after their grace period.
+    #[serde(default)]
+    pub unreferenced_files: i64,
+    #[serde(default)]
+    pub unreferenced_bytes: i64,
     pub pending_uploads: i64,
     pub deleting: i64,
 }

@@ -90,6 +90,9 @@ pub(super) struct StatsDelta {
     pub referenced_bytes: i64,
     pub pending: i64,
     pub deleting: i64,
+    /// Active files no reference holds (waiting out their grace or lease), and their bytes.
+    pub unreferenced_files: i64,
+    pub unreferenced_bytes: i64,
 }
 
 impl StatsDelta {
@@ -105,6 +108,8 @@ impl StatsDelta {
             ("referenced_bytes", self.referenced_bytes),
             ("pending", self.pending),
             ("deleting", self.deleting),
+            ("unreferenced_files", self.unreferenced_files),
+            ("unreferenced_bytes", self.unreferenced_bytes),
         ]
         .into_iter()
         .filter(|(_, v)| *v != 0)
@@ -128,6 +133,18 @@ impl StatsDelta {
             }
             AudioState::Deleting => self.deleting += sign,
             AudioState::Gone => {}
+        }
+    }
+
+    /// Counts an audio record entering or leaving "active with no reference", from the
+    /// record before and after the write, so no flow has to remember to.
+    fn unreferenced(&mut self, before: Option<&AudioRecord>, after: &AudioRecord) {
+        let unreferenced = |a: &AudioRecord| a.state == AudioState::Active && a.refs == 0;
+        for (a, sign) in before.map(|b| (b, -1)).into_iter().chain([(after, 1)]) {
+            if unreferenced(a) {
+                self.unreferenced_files += sign;
+                self.unreferenced_bytes += sign * a.size as i64;
+            }
         }
     }
 
@@ -180,14 +197,17 @@ impl Txn {
         rec: &AudioRecord,
         prev: Option<&Versioned<AudioRecord>>,
     ) -> Result<(), DedupError> {
-        self.put_audio_expecting(rec, expect_of(prev))
+        self.put_audio_expecting(rec, prev.map(|p| &p.value), expect_of(prev))
     }
 
+    /// Writes an audio record that was `before`, under condition `expect`.
     pub fn put_audio_expecting(
         &mut self,
         rec: &AudioRecord,
+        before: Option<&AudioRecord>,
         expect: Expect,
     ) -> Result<(), DedupError> {
+        self.stats.unreferenced(before, rec);
         let due = match rec.state {
             AudioState::PendingUpload => rec.due_at,
             AudioState::Active if rec.refs == 0 => rec.due_at,

@@ -38,6 +38,7 @@ pub fn safety(
         }
     }
     let (mut active, mut stored, mut pending, mut deleting) = (0i64, 0i64, 0i64, 0i64);
+    let (mut unreferenced, mut unreferenced_bytes) = (0i64, 0i64);
     for (hash, a) in &audio {
         let n = live.get(hash).copied().unwrap_or(0);
         if a.refs != n {
@@ -47,6 +48,10 @@ pub fn safety(
             AudioState::Active => {
                 active += 1;
                 stored += a.size as i64;
+                if n == 0 {
+                    unreferenced += 1;
+                    unreferenced_bytes += a.size as i64;
+                }
                 let key = keys::blob_key(prefix, hash);
                 match (objects.get(key.as_str()), &a.blob_version) {
                     (Some(o), Some(v)) if &o.version == v => {
@@ -93,6 +98,8 @@ pub fn safety(
         ("referenced_bytes", referenced),
         ("pending", pending),
         ("deleting", deleting),
+        ("unreferenced_files", unreferenced),
+        ("unreferenced_bytes", unreferenced_bytes),
     ] {
         if c(name) != want {
             bad.push(format!(

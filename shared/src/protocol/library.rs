@@ -9,8 +9,8 @@
 use super::threads::ahead_cursor;
 use super::{keys, Dedup, Step};
 use crate::domain::{
-    valid_title, ContentHash, EntryState, LibraryItemId, LibraryItemRecord, LibraryItemView,
-    LogHead, Page, PendingReference, ReferenceId, ReferenceKind, Seq, UserId,
+    valid_title, AudioSource, ContentHash, EntryState, LibraryItemId, LibraryItemRecord,
+    LibraryItemView, LogHead, Page, PendingReference, ReferenceId, ReferenceKind, Seq, UserId,
 };
 use crate::error::DedupError;
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
@@ -26,7 +26,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         &self,
         owner: &UserId,
         id: &LibraryItemId,
-        hash: &ContentHash,
+        source: &AudioSource,
         title: &str,
     ) -> Result<(LibraryItemView, bool), DedupError> {
         if !valid_title(title) {
@@ -36,7 +36,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             ));
         }
         let (view, created, deleting) = self
-            .cas(|| self.put_item_step(owner, id, hash, title))
+            .cas(|| self.put_item_step(owner, id, source, title))
             .await?;
         self.finish_after_drop(deleting).await;
         Ok((view, created))
@@ -46,9 +46,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         &self,
         owner: &UserId,
         id: &LibraryItemId,
-        hash: &ContentHash,
+        source: &AudioSource,
         title: &str,
     ) -> Result<Step<(LibraryItemView, bool, Option<ContentHash>)>, DedupError> {
+        let (source, _) = self.resolve_source(owner, source).await?;
+        let hash = &source.hash;
         let item = self
             .load::<LibraryItemRecord>(&keys::library_item(owner, id))
             .await?;
@@ -94,7 +96,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 kind: ReferenceKind::Library,
                 ref_id: ReferenceId::of_library_item(id, rec.incarnation),
             };
-            self.plan_held_reference(&mut txn, owner, hash, &wanted)
+            self.plan_sourced_reference(&mut txn, owner, &source, &wanted)
                 .await?;
         }
         if live.is_none() {

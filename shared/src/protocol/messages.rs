@@ -15,10 +15,11 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::message_audio::message_not_found;
 use super::threads::ahead_cursor;
 use super::{keys, ms, Dedup, Step};
 use crate::domain::{
-    AudioRender, ContentHash, EntryState, MessageId, MessageRecord, MessageView, Millis, Page,
+    ContentHash, EntryState, MessageAudio, MessageId, MessageRecord, MessageView, Millis, Page,
     PendingReference, ReferenceId, ReferenceKind, Seq, SnapshotStore, ThreadId, UserId,
     MAX_SNAPSHOT_BYTES,
 };
@@ -30,7 +31,7 @@ pub struct NewMessage {
     pub id: MessageId,
     /// The snapshot's JSON text, exactly as the client sent it.
     pub snapshot: Box<RawValue>,
-    pub audio: Option<AudioRender>,
+    pub audio: Option<MessageAudio>,
 }
 
 /// A snapshot as `GET /v1/messages/{id}/snapshot` answers it.
@@ -49,23 +50,26 @@ struct Staged {
     written_at: Millis,
 }
 
-fn message_not_found() -> DedupError {
-    DedupError::not_found("message_not_found", "no such message for this caller")
-}
-
 fn fingerprint(
     thread: &ThreadId,
     snapshot_sha256: &ContentHash,
-    audio: Option<&AudioRender>,
+    audio: Option<&MessageAudio>,
 ) -> ContentHash {
     let mut h = Sha256::new();
     h.update(thread.as_str().as_bytes());
     h.update([0]);
     h.update(snapshot_sha256.as_bytes());
-    if let Some(a) = audio {
-        h.update([1]);
-        h.update(a.content_hash.as_bytes());
-        h.update(a.format.as_str().as_bytes());
+    match audio {
+        Some(MessageAudio::Render(a)) => {
+            h.update([1]);
+            h.update(a.content_hash.as_bytes());
+            h.update(a.format.as_str().as_bytes());
+        }
+        Some(MessageAudio::FromMessage(m)) => {
+            h.update([2]);
+            h.update(m.as_str().as_bytes());
+        }
+        None => {}
     }
     ContentHash::from_bytes(h.finalize().into())
 }
@@ -117,13 +121,19 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             return replay(author, thread, &m.value, &print).map(|v| Step::Done((v, false)));
         }
         let mut txn = self.txn();
-        if let Some(render) = &req.audio {
+        let mut audio = None;
+        if let Some(choice) = &req.audio {
+            let (source, via) = self.resolve_source(author, &choice.source()).await?;
             let wanted = PendingReference {
                 kind: ReferenceKind::Message,
                 ref_id: ReferenceId::of_message(&req.id),
             };
-            self.plan_held_reference(&mut txn, author, &render.content_hash, &wanted)
+            self.plan_sourced_reference(&mut txn, author, &source, &wanted)
                 .await?;
+            audio = match (choice, via) {
+                (MessageAudio::Render(r), _) => Some(*r),
+                (MessageAudio::FromMessage(_), render) => render,
+            };
         }
         let now = self.now();
         let snapshot = match staged {
@@ -156,7 +166,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             seq,
             created_at: now,
             deleted_at: None,
-            audio: req.audio,
+            audio,
             snapshot_size: req.snapshot.get().len() as u64,
             snapshot_sha256: sha,
             snapshot,

@@ -8,6 +8,7 @@ mod events;
 pub mod invariants;
 pub mod keys;
 mod library;
+mod message_audio;
 mod messages;
 mod read;
 mod reconcile;

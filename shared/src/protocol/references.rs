@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 
-use super::codec::{expect_of, Txn, Versioned};
+use super::codec::{Txn, Versioned};
 use super::combine::Turn;
 use super::read::audio_not_found;
 use super::{keys, ms, Dedup, Step};
@@ -242,7 +242,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// Plans a reference already checked absent (its `Absent` condition re-checks at commit).
-    fn plan_new_reference(
+    pub(super) fn plan_new_reference(
         &self,
         txn: &mut Txn,
         a: &mut AudioRecord,
@@ -283,16 +283,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         reference: Option<&PendingReference>,
         mode: Attach,
     ) -> Result<Option<ReferenceView>, DedupError> {
-        let key = keys::holder(&a.hash, owner);
-        let holder = self.load::<HolderRecord>(&key).await?;
-        if holder.as_ref().map(|h| h.value.generation) != Some(a.generation) {
-            let rec = HolderRecord {
-                owner: owner.clone(),
-                generation: a.generation,
-                granted_at: self.now(),
-            };
-            txn.put_holder(&a.hash, &rec, expect_of(holder.as_ref()))?;
-        }
+        self.grant_holder(txn, a, owner).await?;
         let Some(wanted) = reference else {
             return Ok(None);
         };
@@ -426,7 +417,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         } else {
             p.expect()
         };
-        txn.put_audio_expecting(&a, expect)?;
+        txn.put_audio_expecting(&a, Some(&p.value), expect)?;
         let mut removed = r.value.clone();
         removed.state = ReferenceState::Removed;
         removed.removed_at = Some(now);

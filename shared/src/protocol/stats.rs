@@ -10,11 +10,16 @@ use crate::ports::{BlobStore, TransactionalIndex};
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     pub async fn stats(&self) -> Result<Stats, DedupError> {
         let c = self.index.counters(keys::STATS_PK).await?;
-        let get = |k: &str| c.get(k).copied().unwrap_or(0);
-        let stored = get("stored_bytes");
-        let referenced = get("referenced_bytes");
+        // Counters of a store written before a counter existed start at 0: never below it.
+        let get = |k: &str| c.get(k).copied().unwrap_or(0).max(0);
+        let unreferenced_files = get("unreferenced_files").min(get("active_files"));
+        let unreferenced_bytes = get("unreferenced_bytes").min(get("stored_bytes"));
+        // Every file counted here has a reference, so referenced >= stored; the `max` only
+        // matters on a store whose unreferenced counters started after its first files.
+        let stored = get("stored_bytes") - unreferenced_bytes;
+        let referenced = get("referenced_bytes").max(stored);
         Ok(Stats {
-            unique_files: get("active_files"),
+            unique_files: get("active_files") - unreferenced_files,
             stored_bytes: stored,
             total_references: get("live_refs"),
             referenced_bytes: referenced,
@@ -24,6 +29,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 1.0
             },
             bytes_saved: referenced - stored,
+            unreferenced_files,
+            unreferenced_bytes,
             pending_uploads: get("pending"),
             deleting: get("deleting"),
         })

@@ -21,9 +21,11 @@ pub fn msg(id: &str, snapshot: &str, audio: Option<ContentHash>) -> NewMessage {
     NewMessage {
         id: mid(id),
         snapshot: raw(snapshot),
-        audio: audio.map(|h| AudioRender {
-            content_hash: h,
-            format: AudioFormat::Mp3,
+        audio: audio.map(|h| {
+            MessageAudio::Render(AudioRender {
+                content_hash: h,
+                format: AudioFormat::Mp3,
+            })
         }),
     }
 }
@@ -180,9 +182,14 @@ pub async fn create_on_inactive_audio_fails_and_writes_nothing<E: Env>(env: &E) 
     let audio = held_audio(env, "alice", 2).await;
     let t = thread(env, "alice", "t2", &[]).await;
     // Make it go: one library reference, then remove it (the last: deleted at once).
-    d.put_library_item(&alice, &"fav".parse().unwrap(), &audio, "fav")
-        .await
-        .unwrap();
+    d.put_library_item(
+        &alice,
+        &"fav".parse().unwrap(),
+        &AudioSource::Held(audio),
+        "fav",
+    )
+    .await
+    .unwrap();
     d.delete_library_item(&alice, &"fav".parse().unwrap())
         .await
         .unwrap();
@@ -330,17 +337,23 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
     let a1 = held_audio(env, "alice", 4).await;
     let a2 = held_audio(env, "alice", 5).await;
     let fav: LibraryItemId = "fav".parse().unwrap();
-    let (v, created) = d.put_library_item(&alice, &fav, &a1, "Song").await.unwrap();
+    let (v, created) = d
+        .put_library_item(&alice, &fav, &AudioSource::Held(a1), "Song")
+        .await
+        .unwrap();
     assert!(created);
-    let (same, created) = d.put_library_item(&alice, &fav, &a1, "Song").await.unwrap();
+    let (same, created) = d
+        .put_library_item(&alice, &fav, &AudioSource::Held(a1), "Song")
+        .await
+        .unwrap();
     assert!(!created);
     assert_eq!(same, v, "a repeated put changes nothing");
-    d.put_library_item(&alice, &fav, &a1, "Renamed")
+    d.put_library_item(&alice, &fav, &AudioSource::Held(a1), "Renamed")
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &a1).await, (AudioState::Active, 1));
     // Moving to other audio drops the old reference (the last: a1 goes).
-    d.put_library_item(&alice, &fav, &a2, "Renamed")
+    d.put_library_item(&alice, &fav, &AudioSource::Held(a2), "Renamed")
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &a1).await.0, AudioState::Gone);
@@ -350,7 +363,7 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
     let e = d.delete_library_item(&bob, &fav).await.unwrap_err();
     assert_eq!(e.status(), 404);
     let e = d
-        .put_library_item(&bob, &fav, &a2, "mine")
+        .put_library_item(&bob, &fav, &AudioSource::Held(a2), "mine")
         .await
         .unwrap_err();
     assert_eq!(e.code(), "audio_not_found", "bob never held a2");
@@ -360,7 +373,9 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
     d.delete_library_item(&alice, &fav).await.unwrap();
     assert_eq!(audio_refs(env, &a2).await.0, AudioState::Gone);
     let a3 = held_audio(env, "alice", 6).await;
-    d.put_library_item(&alice, &fav, &a3, "Back").await.unwrap();
+    d.put_library_item(&alice, &fav, &AudioSource::Held(a3), "Back")
+        .await
+        .unwrap();
     assert_eq!(audio_refs(env, &a3).await, (AudioState::Active, 1));
     let page = d.list_library(&alice, 0, 100).await.unwrap();
     let log: Vec<(String, EntryState)> = page
@@ -386,7 +401,7 @@ pub async fn create_racing_audio_deletion<E: Env>(env: &E) {
     for round in 0..12u8 {
         let audio = held_audio(env, "alice", 40 + round).await;
         let item: LibraryItemId = format!("i{round}").parse().unwrap();
-        d.put_library_item(&alice, &item, &audio, "x")
+        d.put_library_item(&alice, &item, &AudioSource::Held(audio), "x")
             .await
             .unwrap();
         let id = format!("race{round}");
@@ -448,4 +463,156 @@ pub async fn reconciler_sweeps_unrecorded_snapshots<E: Env>(env: &E) {
     assert_eq!(r.orphans_deleted, 1);
     assert!(d.blobs().head(&key).await.unwrap().is_none());
     assert_settled(env).await;
+}
+
+/// A member plays, forwards and saves audio someone else posted; the grant is the message,
+/// and it opens nothing else. Every refusal is the same 404 and writes nothing.
+pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
+    let d = env.dedup();
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let track = held_audio(env, "alice", 21).await;
+    let other = held_audio(env, "alice", 22).await;
+    let duo = thread(env, "alice", "duo", &["bob"]).await;
+    let side = thread(env, "bob", "side", &["carol"]).await;
+    d.create_message(&alice, &duo, msg("m-track", "{}", Some(track)))
+        .await
+        .unwrap();
+    d.create_message(&alice, &duo, msg("m-text", "{}", None))
+        .await
+        .unwrap();
+
+    // Bob never uploaded it: the audio route is closed, the message route open.
+    assert_eq!(d.describe(&bob, &track).await.unwrap_err().status(), 404);
+    let v = d.message_audio(&bob, &duo, &mid("m-track")).await.unwrap();
+    assert_eq!(v.content_hash, track);
+    assert!(!v.url.is_empty());
+    assert_eq!(
+        d.describe(&bob, &track).await.unwrap_err().status(),
+        404,
+        "playing grants nothing"
+    );
+
+    // Refusals: a non-member, the wrong thread, no audio, unknown. Same code, no writes.
+    let before = env.snapshot().await;
+    let refusals = [
+        (&carol, &duo, "m-track"),
+        (&bob, &side, "m-track"),
+        (&bob, &duo, "m-text"),
+        (&bob, &duo, "m-unknown"),
+    ];
+    for (who, t, m) in refusals {
+        let e = d.message_audio(who, t, &mid(m)).await.unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (404, "message_not_found"),
+            "{who} {t} {m}"
+        );
+    }
+    // Carol cannot reuse what she cannot see, nor name audio by hash.
+    let e = d
+        .put_library_item(
+            &carol,
+            &"x".parse().unwrap(),
+            &AudioSource::Message(mid("m-track")),
+            "x",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "message_not_found");
+    let e = d
+        .put_library_item(
+            &carol,
+            &"x".parse().unwrap(),
+            &AudioSource::Held(track),
+            "x",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "audio_not_found");
+    let forward = |id: &str, from: &str| NewMessage {
+        id: mid(id),
+        snapshot: raw("{}"),
+        audio: Some(MessageAudio::FromMessage(mid(from))),
+    };
+    let e = d
+        .create_message(&carol, &side, forward("c-fwd", "m-track"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "message_not_found");
+    let e = d
+        .create_message(&bob, &side, forward("b-fwd0", "m-text"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        "message_not_found",
+        "a message without audio grants nothing"
+    );
+    let after = env.snapshot().await;
+    assert_eq!(before.0, after.0, "refusals wrote nothing");
+    assert_eq!(before.2, after.2);
+
+    // Bob forwards it to another thread: the new message holds its own reference.
+    let (fwd, created) = d
+        .create_message(&bob, &side, forward("b-fwd", "m-track"))
+        .await
+        .unwrap();
+    assert!(created);
+    let render = fwd.audio.expect("a forward carries the audio");
+    assert_eq!(render.content_hash, track);
+    assert_eq!(render.format, AudioFormat::Mp3);
+    assert_eq!(audio_refs(env, &track).await, (AudioState::Active, 2));
+    let (again, created) = d
+        .create_message(&bob, &side, forward("b-fwd", "m-track"))
+        .await
+        .unwrap();
+    assert!(!created, "a retried forward answers the first");
+    assert_eq!(again, fwd);
+    // Reusing it made Bob a holder of this generation (he could play it anyway).
+    assert_eq!(d.describe(&bob, &track).await.unwrap().content_hash, track);
+    // The grant opens only that message's audio.
+    assert_eq!(d.describe(&bob, &other).await.unwrap_err().status(), 404);
+    // Carol sees Bob's forward, and may play it.
+    let v = d.message_audio(&carol, &side, &mid("b-fwd")).await.unwrap();
+    assert_eq!(v.content_hash, track);
+
+    // Bob saves Alice's original to his library.
+    let fav: LibraryItemId = "from-alice".parse().unwrap();
+    let (item, created) = d
+        .put_library_item(
+            &bob,
+            &fav,
+            &AudioSource::Message(mid("m-track")),
+            "Alice's take",
+        )
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(item.content_hash, Some(track));
+    assert_eq!(audio_refs(env, &track).await, (AudioState::Active, 3));
+
+    // Alice deletes her message: it grants no more, and Bob's reuses keep the audio.
+    d.delete_message(&alice, &duo, &mid("m-track"))
+        .await
+        .unwrap();
+    let e = d
+        .message_audio(&bob, &duo, &mid("m-track"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "message_not_found");
+    let e = d
+        .put_library_item(
+            &bob,
+            &"late".parse().unwrap(),
+            &AudioSource::Message(mid("m-track")),
+            "late",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "message_not_found");
+    assert_eq!(audio_refs(env, &track).await, (AudioState::Active, 2));
+    d.delete_message(&bob, &side, &mid("b-fwd")).await.unwrap();
+    d.delete_library_item(&bob, &fav).await.unwrap();
+    assert_eq!(audio_refs(env, &track).await.0, AudioState::Gone);
+    assert_safe(env).await;
 }
