@@ -17,6 +17,8 @@ use serde_json::Value;
 pub const ALICE: &str = "alice-token-0000000001";
 pub const BOB: &str = "bob-token-00000000000002";
 pub const ADMIN: &str = "admin-token-000000000003";
+/// A third user, in none of the others' threads unless a test adds her.
+pub const CAROL: &str = "carol-token-0000000000004";
 
 pub struct TestServer {
     pub base: String,
@@ -36,6 +38,7 @@ impl TestServer {
         tokens.insert(ALICE, "alice", false).expect("token");
         tokens.insert(BOB, "bob", false).expect("token");
         tokens.insert(ADMIN, "root", true).expect("token");
+        tokens.insert(CAROL, "carol", false).expect("token");
         let cfg = ServerConfig {
             data_dir: dir.path().to_owned(),
             public_url: None,

@@ -647,3 +647,264 @@ async fn bad_input_on_every_new_route_is_a_4xx_and_writes_nothing() {
     }
     assert_eq!(s.dump(), before, "nothing written");
 }
+
+async fn message_audio(c: &Client, thread: &str, id: &str) -> Reply {
+    c.call(
+        Method::GET,
+        "/v1/threads/{id}/messages/{message_id}/audio",
+        &format!("/v1/threads/{thread}/messages/{id}/audio"),
+        Body::None,
+    )
+    .await
+}
+
+async fn save_from(c: &Client, id: &str, message: &str, title: &str) -> Reply {
+    c.call(
+        Method::PUT,
+        "/v1/library/{item_id}",
+        &format!("/v1/library/{id}"),
+        Body::Json(json!({ "from_message": message, "title": title })),
+    )
+    .await
+}
+
+/// Fetches a signed download URL; answers the bytes after checking their SHA-256.
+async fn download_verified(url: &str, hash: &str) -> Vec<u8> {
+    let res = reqwest::get(url).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = res.bytes().await.unwrap().to_vec();
+    assert_eq!(
+        sha256_hex(&bytes),
+        hash,
+        "downloaded bytes hash to the content"
+    );
+    bytes
+}
+
+#[tokio::test]
+async fn a_member_plays_forwards_and_saves_a_track_someone_else_sent() {
+    let s = TestServer::start().await;
+    let (alice, bob, carol) = (s.client(ALICE), s.client(BOB), s.client(CAROL));
+    let song = audio(9, 30_000);
+    let hash = sha256_hex(&song);
+    alice.upload(&song, "format=ogg").await;
+    create_thread(&alice, "duo", &["bob"]).await;
+    create_thread(&bob, "side", &[]).await;
+    let sent =
+        json!({"id": "m-song", "snapshot": {}, "audio": {"content_hash": hash, "format": "ogg"}});
+    assert_eq!(post(&alice, "duo", sent).await.status, StatusCode::CREATED);
+    post(
+        &alice,
+        "duo",
+        json!({"id": "m-words", "snapshot": {"t": "hi"}}),
+    )
+    .await;
+
+    // Bob never uploaded it: the audio route stays closed to him, the message route opens.
+    assert_eq!(bob.describe(&hash).await.status, StatusCode::NOT_FOUND);
+    let before = s.dump();
+    let r = message_audio(&bob, "duo", "m-song").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(
+        (
+            r.body["content_hash"].as_str(),
+            r.body["format"].as_str(),
+            r.body["size"].as_u64()
+        ),
+        (Some(hash.as_str()), Some("ogg"), Some(30_000))
+    );
+    let url = r.body["url"].as_str().unwrap();
+    assert_eq!(download_verified(url, &hash).await, song);
+    let part = reqwest::Client::new()
+        .get(url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &song[100..200]);
+    assert_eq!(
+        bob.describe(&hash).await.status,
+        StatusCode::NOT_FOUND,
+        "playing grants nothing"
+    );
+
+    // Carol, in neither thread, and every other miss: the same 404, nothing written.
+    let misses = [
+        (&carol, "duo", "m-song"),
+        (&bob, "side", "m-song"),
+        (&bob, "duo", "m-words"),
+        (&bob, "duo", "m-nope"),
+        (&bob, "nope", "m-song"),
+    ];
+    for (who, t, m) in misses {
+        let r = message_audio(who, t, m).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::NOT_FOUND, "message_not_found"),
+            "{t}/{m}"
+        );
+    }
+    let r = save_from(&carol, "grab", "m-song", "mine now").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::NOT_FOUND, "message_not_found")
+    );
+    let r = post(
+        &carol,
+        "side",
+        json!({"id": "c1", "snapshot": {}, "audio": {"from_message": "m-song"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "not in that thread either");
+    assert_eq!(carol.describe(&hash).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(s.dump(), before, "reads and refusals changed nothing");
+
+    // Bob forwards it to his own thread, and saves it to his library.
+    let r = post(
+        &bob,
+        "side",
+        json!({"id": "b-fwd", "snapshot": {}, "audio": {"from_message": "m-song"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(
+        r.body["audio"],
+        json!({"content_hash": hash, "format": "ogg"})
+    );
+    let r = save_from(&bob, "alices-song", "m-song", "Alice's song").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["content_hash"], json!(hash));
+    let st = alice.stats().await.body;
+    assert_eq!(
+        (st["unique_files"].as_i64(), st["total_references"].as_i64()),
+        (Some(1), Some(3))
+    );
+    assert_eq!(st["deduplication_ratio"].as_f64(), Some(3.0));
+    assert_eq!(st["bytes_saved"].as_i64(), Some(60_000));
+
+    // Alice deletes her message: it grants nothing more, Bob's copies keep the audio.
+    assert_eq!(
+        delete_msg(&alice, "duo", "m-song").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        message_audio(&bob, "duo", "m-song").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        save_from(&bob, "again", "m-song", "x").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let d = bob.describe(&hash).await;
+    assert_eq!(d.status, StatusCode::OK, "saving made Bob a holder");
+    download_verified(d.body["url"].as_str().unwrap(), &hash).await;
+    assert!(s.blob_dir(&hash).exists());
+
+    // His last copies go: so does the file, and the stats say so.
+    delete_msg(&bob, "side", "b-fwd").await;
+    assert_eq!(
+        delete_item(&bob, "alices-song").await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        !s.blob_dir(&hash).exists(),
+        "the last reference deleted the file"
+    );
+    let st = alice.stats().await.body;
+    assert_eq!(
+        (st["unique_files"].as_i64(), st["total_references"].as_i64()),
+        (Some(0), Some(0))
+    );
+    s.assert_invariants();
+}
+
+#[tokio::test]
+async fn stats_count_unreferenced_files_apart_and_never_go_negative() {
+    let s = TestServer::start().await;
+    let alice = s.client(ALICE);
+    let song = audio(12, 50_000);
+    let hash = sha256_hex(&song);
+    // Uploaded with no reference: stored, but waiting for deletion.
+    alice.upload(&song, "format=mp3").await;
+    let st = alice.stats().await.body;
+    assert_eq!(st["unique_files"], 0);
+    assert_eq!(st["stored_bytes"], 0);
+    assert_eq!(st["bytes_saved"], 0);
+    assert_eq!(st["deduplication_ratio"], 1.0);
+    assert_eq!(
+        (
+            st["unreferenced_files"].as_i64(),
+            st["unreferenced_bytes"].as_i64()
+        ),
+        (Some(1), Some(50_000))
+    );
+    // Two references: the duplicate saves one copy.
+    alice.add_ref(&hash, "r1", "library").await;
+    alice.add_ref(&hash, "r2", "library").await;
+    let st = alice.stats().await.body;
+    assert_eq!(
+        (
+            st["unique_files"].as_i64(),
+            st["unreferenced_files"].as_i64()
+        ),
+        (Some(1), Some(0))
+    );
+    assert_eq!(st["bytes_saved"], 50_000);
+    assert!(st["deduplication_ratio"].as_f64().unwrap() > 1.0);
+    s.assert_invariants();
+}
+
+#[tokio::test]
+async fn reuse_needs_exactly_one_audio_source() {
+    let s = TestServer::start().await;
+    let alice = s.client(ALICE);
+    create_thread(&alice, "t", &[]).await;
+    let h = "0".repeat(64);
+    let before = s.dump();
+    for body in [
+        json!({"title": "x"}),
+        json!({"content_hash": h, "from_message": "m1", "title": "x"}),
+    ] {
+        let r = alice
+            .call(
+                Method::PUT,
+                "/v1/library/{item_id}",
+                "/v1/library/i",
+                Body::Json(body),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, "invalid_audio")
+        );
+    }
+    let r = save_from(&alice, "i", "not a valid id!", "x").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "invalid_message_id")
+    );
+    for audio in [
+        json!({"content_hash": h, "format": "mp3", "from_message": "m1"}),
+        json!({"content_hash": h}),
+        json!({"from_message": "m1", "format": "mp3"}),
+        json!({}),
+    ] {
+        let r = post(
+            &alice,
+            "t",
+            json!({"id": "m2", "snapshot": {}, "audio": audio}),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{audio}");
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("from_message"),
+            "{:?}",
+            r.body
+        );
+    }
+    assert_eq!(s.dump(), before);
+}

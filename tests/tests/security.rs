@@ -94,6 +94,12 @@ async fn no_or_wrong_token_is_401_on_every_v1_route() {
             ),
             (
                 Method::GET,
+                "/v1/threads/{id}/messages/{message_id}/audio",
+                "/v1/threads/t/messages/m/audio".into(),
+                Body::None,
+            ),
+            (
+                Method::GET,
                 "/v1/messages/{message_id}/snapshot",
                 "/v1/messages/m/snapshot".into(),
                 Body::None,
