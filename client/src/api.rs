@@ -13,9 +13,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use audio_dedup_core::{
-    AudioFormat, AudioRender, AudioView, ContentHash, LibraryItemView, MessageId, MessageView,
-    Page, ReferenceKind, SessionId, Stats, ThreadDetail, ThreadId, ThreadView, UploadResult,
-    UploadSession,
+    AudioFormat, AudioRender, AudioView, ContentHash, LibraryItemId, LibraryItemView, MessageId,
+    MessageView, Page, ReferenceKind, SessionId, Stats, ThreadDetail, ThreadId, ThreadView,
+    UploadResult, UploadSession,
 };
 
 use crate::error::ApiError;
@@ -28,6 +28,28 @@ pub struct Api {
     token: String,
     online: Arc<AtomicBool>,
     updates: Updates,
+    /// Notified when requests get answers again (the background sender wakes on it).
+    back_online: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// The audio of a new message or library item, as the wire names it: audio the caller holds
+/// (`{"content_hash", "format"}`), or the audio of a message they can see
+/// (`{"from_message"}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioChoice {
+    Render(AudioRender),
+    FromMessage(MessageId),
+}
+
+impl AudioChoice {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Self::Render(r) => {
+                serde_json::json!({ "content_hash": r.content_hash, "format": r.format })
+            }
+            Self::FromMessage(m) => serde_json::json!({ "from_message": m }),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -35,7 +57,14 @@ struct NewMessageBody<'a> {
     id: &'a MessageId,
     snapshot: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
-    audio: Option<&'a AudioRender>,
+    audio: Option<serde_json::Value>,
+}
+
+/// Where a library item's audio comes from, on the wire.
+#[derive(Debug, Clone, Copy)]
+pub enum LibrarySource<'a> {
+    Hash(&'a ContentHash),
+    Message(&'a MessageId),
 }
 
 /// `ThreadDetail` as the wire has it (the core type is flattened for serialising only).
@@ -91,7 +120,14 @@ impl Api {
             token: token.to_owned(),
             online: Arc::new(AtomicBool::new(true)),
             updates,
+            back_online: None,
         })
+    }
+
+    /// Notifies `n` whenever a request gets an answer after requests had failed.
+    pub(crate) fn with_back_online(mut self, n: Arc<tokio::sync::Notify>) -> Self {
+        self.back_online = Some(n);
+        self
     }
 
     pub fn is_online(&self) -> bool {
@@ -101,6 +137,9 @@ impl Api {
     fn set_online(&self, online: bool) {
         if self.online.swap(online, Ordering::SeqCst) != online {
             self.updates.send(Update::Connectivity { online });
+            if let (true, Some(n)) = (online, &self.back_online) {
+                n.notify_one();
+            }
         }
     }
 
@@ -220,12 +259,12 @@ impl Api {
         thread: &ThreadId,
         id: &MessageId,
         snapshot: &RawValue,
-        audio: Option<&AudioRender>,
+        audio: Option<&AudioChoice>,
     ) -> Result<MessageView, ApiError> {
         let body = NewMessageBody {
             id,
             snapshot,
-            audio,
+            audio: audio.map(AudioChoice::json),
         };
         let rb = self
             .req(Method::POST, &format!("/v1/threads/{thread}/messages"))
@@ -242,6 +281,17 @@ impl Api {
         .map(|_| ())
     }
 
+    /// A short-lived URL for a message's audio, for any member of its thread (404
+    /// `message_not_found` for anyone else, and for messages without audio).
+    pub async fn message_audio(
+        &self,
+        thread: &ThreadId,
+        id: &MessageId,
+    ) -> Result<AudioView, ApiError> {
+        let path = format!("/v1/threads/{thread}/messages/{id}/audio");
+        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+    }
+
     pub async fn snapshot(&self, id: &MessageId) -> Result<Bytes, ApiError> {
         let res = self
             .send(self.req(Method::GET, &format!("/v1/messages/{id}/snapshot")))
@@ -253,13 +303,18 @@ impl Api {
 
     // Library ---------------------------------------------------------------------------
 
+    /// Puts a library item: audio the caller holds (by hash), or saved from a message they
+    /// can see (which makes them a holder of its audio).
     pub async fn put_library_item(
         &self,
-        id: &str,
-        hash: &ContentHash,
+        id: &LibraryItemId,
+        audio: LibrarySource<'_>,
         title: &str,
     ) -> Result<LibraryItemView, ApiError> {
-        let body = serde_json::json!({ "content_hash": hash, "title": title });
+        let body = match audio {
+            LibrarySource::Hash(h) => serde_json::json!({ "content_hash": h, "title": title }),
+            LibrarySource::Message(m) => serde_json::json!({ "from_message": m, "title": title }),
+        };
         Ok(self
             .json(
                 self.req(Method::PUT, &format!("/v1/library/{id}"))
@@ -269,7 +324,7 @@ impl Api {
             .1)
     }
 
-    pub async fn delete_library_item(&self, id: &str) -> Result<(), ApiError> {
+    pub async fn delete_library_item(&self, id: &LibraryItemId) -> Result<(), ApiError> {
         self.send(self.req(Method::DELETE, &format!("/v1/library/{id}")))
             .await
             .map(|_| ())

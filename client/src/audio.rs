@@ -4,7 +4,10 @@
 //! - [`Client::playable_path`] answers, in order: the just-recorded local file when it still
 //!   hashes to the content (no copy); the cached `audio/<sha256>`; or a download, streamed to
 //!   `audio/<sha256>.part` while hashing, checked (size and SHA-256), fsynced, renamed into
-//!   place and the folder fsynced, then recorded.
+//!   place and the folder fsynced, then recorded. A download asks `GET /v1/audio/{hash}`
+//!   (the caller holds the content); refused (a recipient does not), it goes through a
+//!   cached message carrying it. [`Client::message_audio`] goes through the message route
+//!   directly (any member of the thread), [`Client::library_audio`] by the item's hash.
 //! - Bounds, enforced on every insert (and by [`Client::evict_audio`]): entries fetched more
 //!   than `audio_max_age` ago go, then the least recently used go until the total is at most
 //!   `audio_max_bytes`. Recency is a counter in SQLite (like the snapshots'), bumped on every
@@ -28,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use audio_dedup_core::{AudioRender, ContentHash, StreamingHasher};
+use audio_dedup_core::{AudioRender, AudioView, ContentHash, MessageId, StreamingHasher, ThreadId};
 use futures_util::StreamExt;
 use rusqlite::{params, OptionalExtension};
 use tokio::io::AsyncWriteExt;
@@ -106,6 +109,16 @@ impl Drop for Turn {
             turns.remove(&self.hash);
         }
     }
+}
+
+/// Where a missing file is downloaded from.
+enum Origin<'a> {
+    /// `GET /v1/audio/{hash}` (the caller holds it), else a cached message carrying it.
+    Hash,
+    /// The message route, for any member of the thread.
+    Message(&'a ThreadId, &'a MessageId),
+    /// Already described (a signed URL in hand).
+    Described(AudioView),
 }
 
 /// Where a playable file came from.
@@ -344,6 +357,54 @@ impl Client {
                 ),
             }
         }
+        self.cached_or_fetched(hash, Origin::Hash, progress).await
+    }
+
+    /// A playable file for a message's audio, for any member of its thread: the cache (by
+    /// the content hash the cached message states: Alice's and Bob's copies of one track
+    /// are one file), or a download through the message
+    /// (`GET /v1/threads/{thread}/messages/{message}/audio`), verified by hash.
+    pub async fn message_audio(
+        &self,
+        thread: &ThreadId,
+        message: &MessageId,
+        progress: Option<Progress<'_>>,
+    ) -> Result<AudioHandle, ClientError> {
+        let known = self
+            .local_message(thread, message)?
+            .and_then(|m| m.audio)
+            .map(|r| r.content_hash);
+        match known {
+            Some(hash) => {
+                self.cached_or_fetched(hash, Origin::Message(thread, message), progress)
+                    .await
+            }
+            None => {
+                let view = self.api.message_audio(thread, message).await?;
+                let hash = view.content_hash;
+                self.cached_or_fetched(hash, Origin::Described(view), progress)
+                    .await
+            }
+        }
+    }
+
+    /// A playable file for content the caller holds (`GET /v1/audio/{hash}`), or that a
+    /// cached message carries; the cache first.
+    pub async fn audio_by_hash(
+        &self,
+        hash: ContentHash,
+        progress: Option<Progress<'_>>,
+    ) -> Result<AudioHandle, ClientError> {
+        self.cached_or_fetched(hash, Origin::Hash, progress).await
+    }
+
+    /// The cached file, or a download from `origin`; pinned while the handle lives.
+    async fn cached_or_fetched(
+        &self,
+        hash: ContentHash,
+        origin: Origin<'_>,
+        progress: Option<Progress<'_>>,
+    ) -> Result<AudioHandle, ClientError> {
         // Pin first: from here on, eviction leaves this hash alone.
         let mut handle = AudioHandle::new(
             &self.audio.pins,
@@ -358,9 +419,48 @@ impl Client {
             Lookup::Damaged => remove_if_present(&self.audio.path_of(&hash))?,
             Lookup::Miss => {}
         }
-        self.download(&hash, progress).await?;
+        let view = match origin {
+            Origin::Described(v) => v,
+            Origin::Message(t, m) => self.api.message_audio(t, m).await?,
+            Origin::Hash => self.describe_any(&hash).await?,
+        };
+        self.download(&hash, view, progress).await?;
         handle.source = AudioSource::Download;
         Ok(handle)
+    }
+
+    /// `GET /v1/audio/{hash}`; refused (the caller does not hold it: a recipient), then
+    /// through a cached live message that carries it, which any member may read.
+    async fn describe_any(&self, hash: &ContentHash) -> Result<AudioView, ClientError> {
+        let refused = match self.api.describe(hash).await {
+            Ok(v) => return Ok(v),
+            Err(
+                e @ ApiError::Rejected {
+                    status: 403 | 404, ..
+                },
+            ) => e,
+            Err(e) => return Err(e.into()),
+        };
+        let key = hash.as_bytes().to_vec();
+        let carriers: Vec<(String, String)> = self.db.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT thread_id, id FROM messages
+                 WHERE audio_hash = ?1 AND state = 'live' AND seq IS NOT NULL LIMIT 5",
+            )?;
+            let rows = stmt.query_map([key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })?;
+        for (t, m) in carriers {
+            let (Ok(t), Ok(m)) = (t.parse::<ThreadId>(), m.parse::<MessageId>()) else {
+                continue;
+            };
+            match self.api.message_audio(&t, &m).await {
+                Ok(v) => return Ok(v),
+                Err(ApiError::Rejected { status: 404, .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(refused.into())
     }
 
     /// Looks a hash up in the table; a hit becomes the most recently used. A row whose file
@@ -402,13 +502,14 @@ impl Client {
             .saturating_add(Duration::from_secs(size / (64 * 1024)))
     }
 
-    /// Downloads `hash` into the cache. The caller holds the hash's pin and writer turn.
+    /// Downloads `hash` from the URL `view` signed into the cache. The caller holds the
+    /// hash's pin and writer turn.
     async fn download(
         &self,
         hash: &ContentHash,
+        view: AudioView,
         progress: Option<Progress<'_>>,
     ) -> Result<(), ClientError> {
-        let view = self.api.describe(hash).await?;
         if view.content_hash != *hash {
             return Err(ApiError::Protocol(format!(
                 "asked for {hash}, the server described {}",
@@ -472,6 +573,10 @@ impl Client {
         size: u64,
         path_of_temp: &Path,
     ) -> Result<PathBuf, ClientError> {
+        // After logout nothing of the previous user is written back.
+        if self.db.is_closed() {
+            return Err(ClientError::Closed);
+        }
         let dest = self.audio.path_of(hash);
         std::fs::rename(path_of_temp, &dest)?;
         sync_dir(&self.audio.dir)?;

@@ -30,6 +30,11 @@ pub struct ClientConfig {
     pub retry_jitter: bool,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// Start the background sender with the client (true): it drains the queue on its own,
+    /// waking when an operation falls due, after each enqueue, and when requests succeed
+    /// again. Needs a tokio runtime at `Client::open`; without one it is not started (see
+    /// `Client::start_background_sender`). One-shot tools and exact-timing tests turn it off.
+    pub background_sender: bool,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -51,6 +56,7 @@ impl ClientConfig {
             retry_base: Duration::from_secs(1),
             retry_jitter: true,
             request_timeout: Duration::from_secs(30),
+            background_sender: true,
             clock: Arc::new(SystemClock),
         }
     }

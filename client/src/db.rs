@@ -7,6 +7,7 @@
 //! `NORMAL` (in WAL mode: consistent, and made durable by the next FULL commit or checkpoint).
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::types::Value;
@@ -81,19 +82,55 @@ CREATE TABLE IF NOT EXISTS queue (
     -- pending | failed
     state TEXT NOT NULL,
     last_error TEXT,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    -- Set when the server asked for a pause (Retry-After): no attempt before it, not even
+    -- from `process_queue`, which skips the backoff (`next_due_ms`) but not this.
+    retry_after_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS queue_by_lane ON queue (lane, id);
+CREATE TABLE IF NOT EXISTS library (
+    id TEXT PRIMARY KEY,
+    -- The server's log position of the item's latest change; NULL while only local.
+    seq INTEGER,
+    -- sending | sent | failed
+    send_state TEXT NOT NULL,
+    -- live | deleted
+    state TEXT NOT NULL,
+    title TEXT,
+    audio_hash TEXT,
+    -- Known when the audio came from a local file or a message; the server does not say.
+    audio_format TEXT,
+    -- Set while the item names another person's message (saved from it) and is unsent.
+    source_message TEXT,
+    updated_at INTEGER NOT NULL,
+    -- Order of local writes, so lists are stable: synced items by position, unsent after.
+    local_order INTEGER NOT NULL,
+    error TEXT
+);
 "#;
 
-/// Bumped when the layout changes; an older file is rebuilt from the server (the queue is
-/// carried over).
-const SCHEMA_VERSION: &str = "1";
+/// Layout changes since version 1, applied in order by `open_checked` to an older file
+/// (`SCHEMA` has already created the tables that are new).
+const MIGRATIONS: [(&str, &str); 1] = [(
+    "1",
+    // Why an operation waits: an explicit Retry-After is kept apart from the backoff, so
+    // `process_queue` can skip the backoff and still honour the server. Lanes get a prefix,
+    // so a thread named `library` is not the library's lane.
+    "ALTER TABLE queue ADD COLUMN retry_after_ms INTEGER;
+     UPDATE queue SET lane = 'thread:' || lane;",
+)];
+
+/// Bumped when the layout changes; an older file is migrated (`MIGRATIONS`), an unknown one
+/// rebuilt from the server (the queue is carried over).
+const SCHEMA_VERSION: &str = "2";
 
 #[derive(Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Set by `clear_all`: every later write is refused, so nothing of the previous user
+    /// is written back after the wipe (a pass or download that was in flight).
+    closed: Arc<AtomicBool>,
 }
 
 /// What opening found.
@@ -130,7 +167,20 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
             )?;
         }
         Some(SCHEMA_VERSION) => {}
-        Some(_) => return Err(rusqlite::Error::InvalidQuery),
+        Some(v) => {
+            let Some(at) = MIGRATIONS.iter().position(|(from, _)| *from == v) else {
+                return Err(rusqlite::Error::InvalidQuery);
+            };
+            let tx = c.unchecked_transaction()?;
+            for (_, sql) in &MIGRATIONS[at..] {
+                tx.execute_batch(sql)?;
+            }
+            tx.execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'schema'",
+                [SCHEMA_VERSION],
+            )?;
+            tx.commit()?;
+        }
     }
     // No integrity scan here (it reads every page, so cold opens would grow with the cache):
     // a foreign or torn header fails the statements above; damage deeper in the file shows
@@ -141,26 +191,36 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
 
 /// What is carried over from an unreadable cache file: the queue (with its ids, which
 /// `depends_on` names), and the messages not yet acknowledged (unsent creates, pending
-/// deletions), without which a queued create would have nothing to send.
-const SALVAGED: [(&str, &str, &str); 2] = [
+/// deletions), without which a queued create would have nothing to send. Library items need
+/// nothing: their queued operations carry everything they send.
+///
+/// (table, columns written, what is read for them, tail). Only columns every layout has are
+/// read, so a file of an older layout yields its rows too; its lanes get their prefix.
+const SALVAGED: [(&str, &str, &str, &str); 2] = [
     (
         "messages",
-        "thread_id, id, seq, local_order, send_state, state, json, draft, error, author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha",
+        MESSAGE_COLS,
+        MESSAGE_COLS,
         "WHERE send_state != 'sent'",
     ),
     (
         "queue",
         "id, lane, kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms",
+        "id, CASE WHEN lane = 'library' OR instr(lane, ':') > 0 THEN lane ELSE 'thread:' || lane END,
+         kind, payload, depends_on, attempts, next_due_ms, state, last_error, created_ms",
         "ORDER BY id",
     ),
 ];
 
-/// The rows of `table` (columns `cols`) an unreadable file still yields, read-only.
-fn salvage(path: &Path, table: &str, cols: &str, tail: &str) -> Vec<Vec<Value>> {
+const MESSAGE_COLS: &str = "thread_id, id, seq, local_order, send_state, state, json, draft, error, author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha";
+
+/// The rows an unreadable file still yields for `SELECT {select} FROM {table} {tail}`,
+/// read-only.
+fn salvage(path: &Path, table: &str, select: &str, tail: &str) -> Vec<Vec<Value>> {
     let Ok(c) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
         return Vec::new();
     };
-    let Ok(mut stmt) = c.prepare(&format!("SELECT {cols} FROM {table} {tail}")) else {
+    let Ok(mut stmt) = c.prepare(&format!("SELECT {select} FROM {table} {tail}")) else {
         return Vec::new();
     };
     let n = stmt.column_count();
@@ -197,8 +257,8 @@ impl Db {
                 let c = open_checked(&path).map_err(ClientError::Db)?;
                 {
                     let tx = c.unchecked_transaction().map_err(ClientError::Db)?;
-                    for (table, cols, tail) in SALVAGED {
-                        let rows = salvage(&aside, table, cols, tail);
+                    for (table, cols, select, tail) in SALVAGED {
+                        let rows = salvage(&aside, table, select, tail);
                         let marks = vec!["?"; cols.split(',').count()].join(", ");
                         let sql =
                             format!("INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})");
@@ -220,6 +280,7 @@ impl Db {
             Self {
                 conn: Arc::new(Mutex::new(conn)),
                 path,
+                closed: Arc::default(),
             },
             opened,
         ))
@@ -233,14 +294,44 @@ impl Db {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Refuses every later write but `wipe`'s.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
     /// Runs `f` in one transaction. `durable`: commit with `synchronous=FULL` (anything that
-    /// touches the queue); otherwise `NORMAL`.
+    /// touches the queue); otherwise `NORMAL`. Refused once closed.
     pub fn write<T>(
         &self,
         durable: bool,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, ClientError> {
         let mut c = self.lock();
+        // Checked under the connection's lock: `wipe` takes it too, so no write lands after it.
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        Self::commit(&mut c, durable, f)
+    }
+
+    /// A durable write that runs even when closed: the logout wipe.
+    pub fn wipe<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, ClientError> {
+        let mut c = self.lock();
+        Self::commit(&mut c, true, f)
+    }
+
+    fn commit<T>(
+        c: &mut Connection,
+        durable: bool,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, ClientError> {
         c.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         let tx = c.transaction()?;
         let out = f(&tx)?;

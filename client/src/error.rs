@@ -63,6 +63,9 @@ pub enum ClientError {
     /// Downloaded or local bytes do not hash to the expected content.
     #[error("content does not match its hash {0}")]
     HashMismatch(String),
+    /// `clear_all` (logout) ran: this client writes and sends nothing more. Open a new one.
+    #[error("the client was cleared (logout); open a new one")]
+    Closed,
 }
 
 impl ClientError {

@@ -12,8 +12,13 @@
 //!   [`Client::send_message`] and [`Client::delete_message`] (optimistic, queued).
 //! - Snapshots: [`Client::snapshot`] (LRU of 30, exact).
 //! - Audio: [`Client::playable_path`] (size-bounded LRU, 1 GiB).
-//! - The offline queue: [`Client::process_queue`], [`Client::pending_count`],
-//!   [`Client::clear_queue`], [`Client::retry_failed`], [`Client::discard_failed`].
+//! - Library: [`Client::library`], [`Client::sync_library`], [`Client::put_library_item`]
+//!   and [`Client::delete_library_item`] (optimistic, queued), [`Client::library_audio`].
+//! - Shared audio: [`Client::message_audio`] plays a message's audio for any member.
+//! - The offline queue: a background sender drains it on its own
+//!   ([`ClientConfig::background_sender`]); [`Client::process_queue`] sends everything now
+//!   (when connectivity returns); [`Client::pending_count`], [`Client::clear_queue`],
+//!   [`Client::retry_failed`], [`Client::discard_failed`].
 //! - Uploads: [`Client::upload_audio`] hashes the file before anything leaves the device.
 //! - Updates for the UI: [`Client::subscribe`].
 //! - Monitoring and maintenance: [`Client::cache_stats`], [`Client::clear_all`].
@@ -23,9 +28,11 @@ mod audio;
 pub mod config;
 mod db;
 pub mod error;
+mod library;
 mod maintenance;
 mod messages;
 mod queue;
+mod sender;
 mod snapshots;
 mod threads;
 pub mod updates;
@@ -33,13 +40,15 @@ mod upload;
 
 use std::path::PathBuf;
 
+pub use api::AudioChoice;
 pub use audio::{AudioHandle, AudioSource, Progress};
 pub use config::ClientConfig;
 pub use error::{ApiError, ClientError};
+pub use library::{LibraryAudio, LibraryItem};
 pub use maintenance::CacheStats;
 pub use messages::LocalMessage;
 pub use messages::{Attachment, SyncReport};
-pub use queue::{QueueEntry, QueueReport, QueueState, QueuedOp};
+pub use queue::{Lane, QueueEntry, QueueParseError, QueueReport, QueueState, QueuedOp};
 pub use updates::{Direction, SendState, Update};
 pub use upload::UploadOutcome;
 
@@ -58,21 +67,26 @@ pub struct Client {
     recovered: Option<(PathBuf, usize)>,
     /// One queue pass at a time (the app and a background task may both ask).
     queue_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    bg: sender::Background,
 }
 
 impl Client {
     /// Opens the cache under `cfg.data_dir` (creating it). An unreadable cache file is moved
     /// aside and rebuilt, carrying over the queued operations it can still read; see
-    /// [`Client::recovered`].
+    /// [`Client::recovered`]. Starts the background sender when
+    /// `cfg.background_sender` is set and a tokio runtime is running (outside one it is not
+    /// started; call [`Client::start_background_sender`] from inside one).
     pub fn open(cfg: ClientConfig) -> Result<Self, ClientError> {
         let updates = Updates::default();
         let (db, opened) = Db::open(&cfg.data_dir, cfg.now_ms())?;
+        let bg = sender::Background::new();
         let api = Api::new(
             &cfg.base_url,
             &cfg.token,
             cfg.request_timeout,
             updates.clone(),
-        )?;
+        )?
+        .with_back_online(bg.waker());
         let audio = audio::AudioState::new(&cfg.data_dir)?;
         let recovered = opened.moved_to.map(|p| (p, opened.salvaged));
         if let Some((p, n)) = &recovered {
@@ -81,7 +95,7 @@ impl Client {
                 moved_to: p.display().to_string(),
             });
         }
-        Ok(Self {
+        let client = Self {
             cfg,
             db,
             api,
@@ -89,7 +103,12 @@ impl Client {
             audio,
             recovered,
             queue_lock: Default::default(),
-        })
+            bg,
+        };
+        if client.cfg.background_sender {
+            client.start_background_sender();
+        }
+        Ok(client)
     }
 
     /// Where an unreadable cache was moved, and how many queued operations were carried over,

@@ -107,20 +107,28 @@ impl Client {
     /// For logout: removes every cache and the whole queue, so the next user of the device
     /// never sees the previous user's data nor sends their operations.
     ///
-    /// In one durable transaction it deletes every row of `threads`, `messages`,
-    /// `sync_state`, `snapshots`, `audio` and `queue`; then it empties the audio folder
-    /// (a missing folder is fine) and recreates it, deletes the copies of an unreadable
-    /// cache that opening moved aside (they hold the previous user's data and queue), and
-    /// compacts the database so deleted rows do not linger in free pages. Announces
-    /// `Update::Queue { pending: 0, failed: 0 }`.
+    /// First it closes this client: the background sender stops, every later write is
+    /// refused ([`ClientError::Closed`]) and no queued operation is sent any more; it waits
+    /// for a queue pass in flight to finish the operation it is sending. Then, in one durable
+    /// transaction, it deletes every row of `threads`, `messages`, `library`, `sync_state`,
+    /// `snapshots`, `audio` and `queue`; empties the audio folder (a missing folder is fine)
+    /// and recreates it, deletes the copies of an unreadable cache that opening moved aside
+    /// (they hold the previous user's data and queue), and compacts the database so deleted
+    /// rows do not linger in free pages. Announces `Update::Queue { pending: 0, failed: 0 }`.
     ///
     /// An operation already on the wire when this runs may still reach the server (it was
-    /// sent with this client's token); nothing queued is sent afterwards.
-    pub fn clear_all(&self) -> Result<(), ClientError> {
-        self.db.write(true, |tx| {
+    /// sent with this client's token); nothing is sent or written afterwards. Reads still
+    /// work; the next user opens a new `Client`.
+    pub async fn clear_all(&self) -> Result<(), ClientError> {
+        self.db.close();
+        self.bg.stop();
+        // A pass in flight checks the flag before each operation: it ends after this one.
+        let _turn = self.queue_lock.lock().await;
+        self.db.wipe(|tx| {
             tx.execute_batch(
                 "DELETE FROM threads;
                  DELETE FROM messages;
+                 DELETE FROM library;
                  DELETE FROM sync_state;
                  DELETE FROM snapshots;
                  DELETE FROM audio;
@@ -143,6 +151,7 @@ impl Client {
                 }
             }
         }
+        drop(_turn);
         // Best effort: the rows are gone already; this only returns their pages to the
         // file system and drops the old contents from the WAL.
         if let Err(e) = self.db.read(|c| {
@@ -275,7 +284,7 @@ mod tests {
         assert!(s.database_bytes > 0);
 
         let mut updates = offline.subscribe();
-        offline.clear_all().expect("clear_all");
+        offline.clear_all().await.expect("clear_all");
         assert_eq!(
             updates.try_recv().expect("an update"),
             Update::Queue {
@@ -307,6 +316,7 @@ mod tests {
         std::fs::remove_dir_all(&offline.audio.dir).expect("remove audio dir");
         offline
             .clear_all()
+            .await
             .expect("clear_all without an audio folder");
         assert!(offline.audio.dir.is_dir());
         drop(offline);

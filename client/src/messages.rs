@@ -12,8 +12,9 @@ use audio_dedup_core::{
     ThreadId,
 };
 
+use crate::api::AudioChoice;
 use crate::error::{ApiError, ClientError};
-use crate::queue::{enqueue, QueuedOp, RecordAck};
+use crate::queue::{enqueue, Lane, QueuedOp, RecordAck};
 use crate::updates::{SendState, Update};
 use crate::Client;
 
@@ -50,6 +51,9 @@ pub enum Attachment {
         path: std::path::PathBuf,
         format: AudioFormat,
     },
+    /// Forward the audio of another message the caller can see (no upload; the server
+    /// checks membership). The local row shows the source's audio when it is cached.
+    FromMessage(MessageId),
 }
 
 /// What an unsent message will send.
@@ -57,6 +61,9 @@ pub enum Attachment {
 struct Draft {
     snapshot: Box<RawValue>,
     audio: Option<AudioRender>,
+    /// Forwarded from this message (then `audio` is only what the row shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from_message: Option<MessageId>,
 }
 
 /// What one sync brought.
@@ -68,7 +75,7 @@ pub struct SyncReport {
     pub requests: usize,
 }
 
-fn send_state(s: &str) -> SendState {
+pub(crate) fn send_state(s: &str) -> SendState {
     match s {
         "sent" => SendState::Sent,
         "failed" => SendState::Failed,
@@ -198,6 +205,7 @@ impl Client {
             .to_string()
             .parse()
             .map_err(|e| ClientError::Invalid(format!("{e}")))?;
+        let mut from_message = None;
         let (render, upload) = match audio {
             None => (None, None),
             Some(Attachment::Uploaded(r)) => (Some(r), None),
@@ -208,6 +216,11 @@ impl Client {
                     format,
                 };
                 (Some(render), Some((path, hash, format)))
+            }
+            Some(Attachment::FromMessage(source)) => {
+                let render = self.cached_render(&source)?;
+                from_message = Some(source);
+                (render, None)
             }
         };
         let now = self.cfg.now_ms();
@@ -230,8 +243,9 @@ impl Client {
         let draft = Draft {
             snapshot: snapshot.clone(),
             audio: render,
+            from_message,
         };
-        let lane = thread.to_string();
+        let lane = Lane::Thread(thread.clone());
         self.db.write(true, |tx| {
             let order: i64 = tx.query_row(
                 "SELECT COALESCE(MAX(local_order), 0) + 1 FROM messages WHERE thread_id = ?1",
@@ -294,6 +308,7 @@ impl Client {
             error: None,
         });
         self.announce_queue();
+        self.bg.wake();
         let _ = self.process_lane(&lane).await;
         self.local_message(thread, &id)?
             .ok_or_else(|| ClientError::NotFound(format!("message {id}")))
@@ -307,7 +322,7 @@ impl Client {
         id: &MessageId,
     ) -> Result<(), ClientError> {
         let now = self.cfg.now_ms();
-        let lane = thread.to_string();
+        let lane = Lane::Thread(thread.clone());
         let _turn = self.queue_lock.lock().await;
         let create = QueuedOp::CreateMessage {
             thread_id: thread.clone(),
@@ -383,8 +398,43 @@ impl Client {
             message_id: id.clone(),
         });
         self.announce_queue();
+        self.bg.wake();
         let _ = self.process_lane(&lane).await;
         Ok(())
+    }
+
+    /// The thread of a cached message (message ids are global).
+    pub fn message_thread(&self, message: &MessageId) -> Result<Option<ThreadId>, ClientError> {
+        let t: Option<String> = self.db.read(|c| {
+            c.query_row(
+                "SELECT thread_id FROM messages WHERE id = ?1 LIMIT 1",
+                [message.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+        })?;
+        Ok(t.and_then(|t| t.parse().ok()))
+    }
+
+    /// The audio a cached message carries (any thread), if known.
+    pub(crate) fn cached_render(
+        &self,
+        message: &MessageId,
+    ) -> Result<Option<AudioRender>, ClientError> {
+        let row: Option<(Option<Vec<u8>>, Option<String>)> = self.db.read(|c| {
+            c.query_row(
+                "SELECT audio_hash, audio_format FROM messages WHERE id = ?1 AND audio_hash IS NOT NULL LIMIT 1",
+                [message.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })?;
+        Ok(row.and_then(|(h, f)| {
+            Some(AudioRender {
+                content_hash: hash_col(h)?,
+                format: f?.parse().ok()?,
+            })
+        }))
     }
 
     /// One message from the cache, whatever its state.
@@ -430,11 +480,17 @@ impl Client {
             return Ok(Box::new(|_: &Transaction<'_>| Ok(())));
         };
         let d: Draft = serde_json::from_str(&draft)?;
+        let audio = match (d.from_message, d.audio) {
+            (Some(m), _) => Some(AudioChoice::FromMessage(m)),
+            (None, Some(r)) => Some(AudioChoice::Render(r)),
+            (None, None) => None,
+        };
         let v = self
             .api
-            .create_message(thread, id, &d.snapshot, d.audio.as_ref())
+            .create_message(thread, id, &d.snapshot, audio.as_ref())
             .await?;
         let (t, m) = (thread.clone(), id.clone());
+        let k = cols(&v);
         self.updates.send(Update::Message {
             thread_id: t.clone(),
             message_id: m.clone(),
@@ -446,7 +502,8 @@ impl Client {
             tx.execute(
                 "UPDATE messages SET seq = ?3, send_state = 'sent', json = ?4, draft = NULL, error = NULL,
                         state = CASE WHEN state = 'deleted' OR ?5 = 'deleted' THEN 'deleted' ELSE 'live' END,
-                        author = ?6, created_at = ?7
+                        author = ?6, created_at = ?7,
+                        audio_hash = COALESCE(?8, audio_hash), audio_format = COALESCE(?9, audio_format)
                  WHERE thread_id = ?1 AND id = ?2",
                 params![
                     t.as_str(),
@@ -455,7 +512,9 @@ impl Client {
                     serde_json::to_string(&v).unwrap_or_default(),
                     if v.state == EntryState::Deleted { "deleted" } else { "live" },
                     v.author.as_str(),
-                    v.created_at
+                    v.created_at,
+                    k.audio_hash,
+                    k.audio_format
                 ],
             )?;
             Ok(())

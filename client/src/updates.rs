@@ -1,6 +1,6 @@
 //! The typed stream of changes the UI listens to.
 
-use audio_dedup_core::{ContentHash, MessageId, ThreadId};
+use audio_dedup_core::{ContentHash, LibraryItemId, MessageId, ThreadId};
 use tokio::sync::broadcast;
 
 /// Where a message stands on this device.
@@ -12,6 +12,15 @@ pub enum SendState {
     Sent,
     /// Refused for good (4xx) or out of retries; `retry` or `discard` it.
     Failed,
+}
+
+/// How a send state is stored.
+pub(crate) fn send_state_str(s: SendState) -> &'static str {
+    match s {
+        SendState::Sending => "sending",
+        SendState::Sent => "sent",
+        SendState::Failed => "failed",
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +51,23 @@ pub enum Update {
     },
     ThreadsChanged {
         count: usize,
+    },
+    /// A library item changed on this device: put or deleted optimistically (`Sending`),
+    /// acknowledged (`Sent`), failed (`Failed` + reason), retried, or a failed deletion
+    /// rolled back (`Sent`).
+    LibraryItem {
+        item_id: LibraryItemId,
+        state: SendState,
+        error: Option<String>,
+    },
+    /// A library item left the list: deleted optimistically, or an unsent put rolled back.
+    LibraryItemRemoved {
+        item_id: LibraryItemId,
+    },
+    /// A library sync brought changes (from another device, or acknowledgements).
+    LibrarySynced {
+        changed: usize,
+        deleted: usize,
     },
     /// The queue's size changed.
     Queue {

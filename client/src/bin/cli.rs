@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use audio_dedup_client::{Attachment, Client, ClientConfig, ClientError, SendState};
-use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, ThreadId};
+use audio_dedup_client::{
+    Attachment, AudioHandle, Client, ClientConfig, ClientError, LibraryAudio, SendState,
+};
+use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, LibraryItemId, MessageId, ThreadId};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -35,28 +37,54 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Upload an audio file (hashed first; nothing is sent if the server has it).
+    /// Upload an audio file (hashed first; nothing is sent if the server has it) and keep it
+    /// in your library.
     Upload {
         /// The audio file.
         file: PathBuf,
         /// mp3, wav, m4a, ogg, opus or flac; inferred from the extension if omitted.
         #[arg(long)]
         format: Option<AudioFormat>,
+        /// The library item's title (default: the file's name).
+        #[arg(long)]
+        title: Option<String>,
+        /// Upload only: no library item. Audio nothing references is deleted after the
+        /// server's grace period.
+        #[arg(long)]
+        no_library: bool,
     },
-    /// Fetch audio into the cache (or find it there) and print its path.
+    /// Fetch audio into the cache (or find it there) and print its path: by hash (audio you
+    /// hold) or by message (audio posted in a thread you are in).
     Download {
         /// The content's SHA-256 (64 hex digits).
-        hash: ContentHash,
+        #[arg(required_unless_present = "message", conflicts_with = "message")]
+        hash: Option<ContentHash>,
+        /// A message whose audio to fetch.
+        #[arg(long)]
+        message: Option<MessageId>,
+        /// The message's thread (found in the cache if omitted).
+        #[arg(long, requires = "message")]
+        thread: Option<ThreadId>,
         #[arg(long, default_value = "mp3")]
         format: AudioFormat,
         /// Also copy it here.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Fetch a message's audio into the cache and print the path to play.
+    Play {
+        message: MessageId,
+        /// The message's thread (found in the cache if omitted).
+        #[arg(long)]
+        thread: Option<ThreadId>,
+    },
     /// Server deduplication stats and local cache stats.
     Stats,
-    /// Cached threads, then a sync.
-    Threads,
+    /// Cached threads, then a sync; or `threads create`.
+    Threads {
+        #[command(subcommand)]
+        cmd: Option<ThreadsCmd>,
+    },
     /// A thread's cached messages, then a sync.
     Messages {
         /// The thread's id.
@@ -64,6 +92,11 @@ enum Cmd {
     },
     /// Send a message (queued if offline).
     Send(SendArgs),
+    /// Your library (queued if offline).
+    Library {
+        #[command(subcommand)]
+        cmd: LibraryCmd,
+    },
     /// The offline queue.
     Queue {
         #[command(subcommand)]
@@ -74,6 +107,50 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CacheCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum ThreadsCmd {
+    /// Create a thread (online) and print its id.
+    Create {
+        #[arg(long)]
+        title: String,
+        /// A member besides you (repeat for more).
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// The thread's id (the server picks one if omitted).
+        #[arg(long)]
+        id: Option<ThreadId>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LibraryCmd {
+    /// Add a local audio file (uploaded first) and print the item's id.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        format: Option<AudioFormat>,
+        /// The item's id (a new one if omitted).
+        #[arg(long)]
+        id: Option<LibraryItemId>,
+    },
+    /// Save the audio of a message (someone else's track) and print the item's id.
+    Save {
+        message: MessageId,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        id: Option<LibraryItemId>,
+    },
+    /// Cached items, then a sync.
+    List,
+    /// Remove an item.
+    Rm { id: LibraryItemId },
+    /// Fetch an item's audio into the cache and print the path to play.
+    Play { id: LibraryItemId },
 }
 
 #[derive(Args)]
@@ -95,7 +172,8 @@ struct SendArgs {
 enum QueueCmd {
     /// List queued operations.
     List,
-    /// Send what is due now.
+    /// Send every pending operation now (skipping the backoff; an explicit Retry-After is
+    /// still honoured).
     Process,
     /// Drop every queued operation (and roll back its local effect).
     Clear,
@@ -178,11 +256,79 @@ fn print_messages(client: &Client, thread: &ThreadId) -> Res {
         let author = m.author.as_deref().unwrap_or("me");
         let (id, at, st) = (&m.id, time(m.created_at), state(m.send_state));
         let snap = opt(m.snapshot, |s| format!("  snapshot {} B", s.size));
-        let audio = opt(m.audio, |a| format!("  audio {}", a.content_hash));
+        let audio = match m.audio {
+            Some(a) => {
+                let cached = client.is_audio_cached(&a.content_hash)?;
+                let where_ = if cached { "cached" } else { "not cached" };
+                format!("  audio {} {} ({where_})", a.content_hash, a.format)
+            }
+            None => String::new(),
+        };
         let err = opt(m.error.as_ref(), |e| format!("  ({e})"));
-        out!("  {cursor:>6}  {id}  {author}  {at}  {st}{snap}{audio}{err}");
+        out!("  {cursor:>6}  {id}  by {author}  {at}  {st}{snap}{audio}{err}");
     }
     Ok(())
+}
+
+fn print_library(client: &Client) -> Res {
+    let items = client.library()?;
+    out!("{} library items", items.len());
+    for i in items {
+        let title = i.title.unwrap_or_default();
+        let hash = opt(i.content_hash, |h| h.to_string());
+        let err = opt(i.error.as_ref(), |e| format!("  ({e})"));
+        out!(
+            "  {}  {title:?}  {hash}  {}{err}",
+            i.id,
+            state(i.send_state)
+        );
+    }
+    Ok(())
+}
+
+fn new_item_id() -> Result<LibraryItemId, ClientError> {
+    uuid::Uuid::now_v7()
+        .to_string()
+        .parse()
+        .map_err(|e| ClientError::Invalid(format!("{e}")))
+}
+
+/// Exit 1 when the queue refused the item for good.
+fn check_item(state: SendState, error: Option<String>, what: &str) -> Res {
+    if state == SendState::Failed {
+        let why = error.unwrap_or_default();
+        return Err(ClientError::Invalid(format!("{what} failed: {why}")));
+    }
+    Ok(())
+}
+
+/// The thread a message is in: given, or from the cache.
+fn thread_of(
+    client: &Client,
+    message: &MessageId,
+    given: Option<ThreadId>,
+) -> Result<ThreadId, ClientError> {
+    match given {
+        Some(t) => Ok(t),
+        None => client.message_thread(message)?.ok_or_else(|| {
+            ClientError::NotFound(format!(
+                "message {message} is not in the cache; sync its thread (`messages THREAD`) or pass --thread"
+            ))
+        }),
+    }
+}
+
+async fn fetch_message_audio(
+    client: &Client,
+    message: &MessageId,
+    thread: Option<ThreadId>,
+) -> Result<AudioHandle, ClientError> {
+    let thread = thread_of(client, message, thread)?;
+    let pb = bar();
+    let cb = progress(&pb);
+    let handle = client.message_audio(&thread, message, Some(&cb)).await;
+    pb.finish_and_clear();
+    handle
 }
 
 fn print_cache_stats(client: &Client) -> Res {
@@ -237,13 +383,21 @@ async fn run(cli: Cli) -> Res {
     let token = cli.token.filter(|t| !t.is_empty()).ok_or_else(|| {
         ClientError::Invalid("a token is required (--token or AUDIO_DEDUP_TOKEN)".into())
     })?;
-    let client = Client::open(ClientConfig::new(&cli.server, token, &cli.data_dir))?;
+    let mut cfg = ClientConfig::new(&cli.server, token, &cli.data_dir);
+    // One-shot commands: each sends what it queued itself; `queue process` sends the rest.
+    cfg.background_sender = false;
+    let client = Client::open(cfg)?;
     if let Some((path, n)) = client.recovered() {
         let p = path.display();
         eprintln!("warning: cache unreadable; moved to {p} ({n} queued operations kept)");
     }
     match cli.cmd {
-        Cmd::Upload { file, format } => {
+        Cmd::Upload {
+            file,
+            format,
+            title,
+            no_library,
+        } => {
             let (format, pb) = (format_of(&file, format)?, bar());
             let cb = progress(&pb);
             let up = client.upload_audio(&file, format, Some(&cb)).await;
@@ -254,22 +408,66 @@ async fn run(cli: Cli) -> Res {
                 true => out!("deduplicated: the server had it ({} B sent)", up.bytes_sent),
                 false => out!("uploaded {} B", up.bytes_sent),
             }
+            if no_library {
+                out!("not kept: nothing references this audio, so the server deletes it after its grace period");
+            } else {
+                let title = match title {
+                    Some(t) => t,
+                    None => file
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| up.content_hash.to_string()),
+                };
+                let render = AudioRender {
+                    content_hash: up.content_hash,
+                    format,
+                };
+                let id = new_item_id()?;
+                let item = client
+                    .put_library_item(&id, LibraryAudio::Uploaded(render), &title)
+                    .await?;
+                out!(
+                    "library item {} {:?} {}",
+                    item.id,
+                    title,
+                    state(item.send_state)
+                );
+                check_item(item.send_state, item.error, "the library item")?;
+            }
         }
-        Cmd::Download { hash, format, out } => {
-            let pb = bar();
-            let render = AudioRender {
-                content_hash: hash,
-                format,
+        Cmd::Download {
+            hash,
+            message,
+            thread,
+            format,
+            out,
+        } => {
+            let handle = match (message, hash) {
+                (Some(m), _) => fetch_message_audio(&client, &m, thread).await?,
+                (None, Some(hash)) => {
+                    let pb = bar();
+                    let render = AudioRender {
+                        content_hash: hash,
+                        format,
+                    };
+                    let cb = progress(&pb);
+                    let handle = client.playable_path(&render, None, Some(&cb)).await;
+                    pb.finish_and_clear();
+                    handle?
+                }
+                (None, None) => {
+                    return Err(ClientError::Invalid("name a hash or --message".into()))
+                }
             };
-            let cb = progress(&pb);
-            let handle = client.playable_path(&render, None, Some(&cb)).await;
-            pb.finish_and_clear();
-            let handle = handle?;
             let shown = match out {
                 Some(out) => std::fs::copy(handle.path(), &out).map(|_| out)?,
                 None => handle.path().to_owned(),
             };
             out!("{}", shown.display());
+        }
+        Cmd::Play { message, thread } => {
+            let handle = fetch_message_audio(&client, &message, thread).await?;
+            out!("{}", handle.path().display());
         }
         Cmd::Stats => {
             print_cache_stats(&client)?;
@@ -281,13 +479,21 @@ async fn run(cli: Cli) -> Res {
                     ("referenced bytes", s.referenced_bytes.to_string()),
                     ("dedup ratio", format!("{:.2}", s.deduplication_ratio)),
                     ("bytes saved", s.bytes_saved.to_string()),
+                    ("unreferenced files", s.unreferenced_files.to_string()),
+                    ("unreferenced bytes", s.unreferenced_bytes.to_string()),
                     ("pending uploads", s.pending_uploads.to_string()),
                     ("deleting", s.deleting.to_string()),
                 ];
                 table(format!("server {}", client.config().base_url), &rows);
             }
         }
-        Cmd::Threads => {
+        Cmd::Threads {
+            cmd: Some(ThreadsCmd::Create { title, members, id }),
+        } => {
+            let t = client.create_thread(id.as_ref(), &title, &members).await?;
+            out!("{}", t.id);
+        }
+        Cmd::Threads { cmd: None } => {
             print_threads(&client)?;
             if let Some(n @ 1..) = soft(client.sync_threads().await)? {
                 out!("synced: {n} changed");
@@ -319,6 +525,65 @@ async fn run(cli: Cli) -> Res {
                 return Err(ClientError::Invalid(why));
             }
         }
+        Cmd::Library { cmd } => match cmd {
+            LibraryCmd::Add {
+                file,
+                title,
+                format,
+                id,
+            } => {
+                let format = format_of(&file, format)?;
+                let id = id.map_or_else(new_item_id, Ok)?;
+                let audio = LibraryAudio::File { path: file, format };
+                let item = client.put_library_item(&id, audio, &title).await?;
+                out!("{} {}", item.id, state(item.send_state));
+                check_item(item.send_state, item.error, "the library item")?;
+            }
+            LibraryCmd::Save { message, title, id } => {
+                let id = id.map_or_else(new_item_id, Ok)?;
+                let audio = LibraryAudio::FromMessage(message);
+                let item = client.put_library_item(&id, audio, &title).await?;
+                out!("{} {}", item.id, state(item.send_state));
+                check_item(item.send_state, item.error, "the library item")?;
+            }
+            LibraryCmd::List => {
+                print_library(&client)?;
+                if let Some(r) = soft(client.sync_library().await)? {
+                    if r.new + r.deleted > 0 {
+                        out!("synced: {} changed, {} deleted", r.new, r.deleted);
+                        print_library(&client)?;
+                    }
+                }
+            }
+            LibraryCmd::Rm { id } => {
+                if client.library_item(&id)?.is_none() {
+                    // Not cached yet: learn of it first.
+                    soft(client.sync_library().await)?;
+                }
+                client.delete_library_item(&id).await?;
+                let queued = client.queue()?.iter().any(|e| {
+                    matches!(&e.op, audio_dedup_client::QueuedOp::DeleteLibraryItem { item_id } if *item_id == id)
+                });
+                out!(
+                    "{id} {}",
+                    if queued {
+                        "removing (queued)"
+                    } else {
+                        "removed"
+                    }
+                );
+            }
+            LibraryCmd::Play { id } => {
+                if client.library_item(&id)?.is_none() {
+                    soft(client.sync_library().await)?;
+                }
+                let pb = bar();
+                let cb = progress(&pb);
+                let handle = client.library_audio(&id, Some(&cb)).await;
+                pb.finish_and_clear();
+                out!("{}", handle?.path().display());
+            }
+        },
         Cmd::Queue { cmd } => match cmd {
             QueueCmd::List => {
                 let entries = client.queue()?;
@@ -346,7 +611,7 @@ async fn run(cli: Cli) -> Res {
         Cmd::Cache {
             cmd: CacheCmd::Clear,
         } => {
-            client.clear_all()?;
+            client.clear_all().await?;
             out!("cleared every cache and the queue");
         }
     }

@@ -1,0 +1,133 @@
+//! The background sender: one task per `Client` that drains the queue on its own.
+//!
+//! - It runs a pass of what is due (`Client::process_due`: the normal backoff and
+//!   Retry-After), then sleeps until the earliest due time among the lanes' heads, or until
+//!   woken: after each enqueue (once its transaction committed) and when a request gets an
+//!   answer again after failing (`api.rs`).
+//! - It holds no `Client` that keeps the client alive: its own copy has no lifeline. When the
+//!   last `Client` is dropped, the lifeline's channel closes and the task ends, dropping a
+//!   pass in flight (the operation stays queued; resending is idempotent). `clear_all`
+//!   stops it the same way before wiping.
+//! - Without a tokio runtime at `Client::open` it is not started (`Client::open` must not
+//!   panic); `Client::start_background_sender` starts it later from inside one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::Client;
+
+/// Shortest sleep after a pass that left a due operation unsent (an error in the pass), so
+/// the task never spins.
+const MIN_SLEEP: Duration = Duration::from_millis(100);
+/// Longest sleep: due times are re-read at least this often (the wall clock may jump).
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub(crate) struct Background {
+    wake: Arc<Notify>,
+    /// Held by every `Client` the app has; dropped with the last one, which ends the task.
+    /// `None` in the task's own copy.
+    life: Option<Arc<watch::Sender<bool>>>,
+    started: Arc<AtomicBool>,
+}
+
+impl Background {
+    pub(crate) fn new() -> Self {
+        Self {
+            wake: Arc::new(Notify::new()),
+            life: Some(Arc::new(watch::channel(false).0)),
+            started: Arc::default(),
+        }
+    }
+
+    /// What `api.rs` notifies when requests get answers again.
+    pub(crate) fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Wakes the task (a permit is kept if it is busy, so no wake is lost).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Ends the task for good (logout).
+    pub(crate) fn stop(&self) {
+        if let Some(l) = &self.life {
+            l.send_replace(true);
+        }
+    }
+}
+
+impl Client {
+    /// Starts the background sender if it is not running. Needs a tokio runtime: outside
+    /// one it does nothing and answers `false`. `Client::open` calls it when
+    /// `ClientConfig::background_sender` is set.
+    pub fn start_background_sender(&self) -> bool {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!("no tokio runtime: the background sender is not started");
+            return false;
+        };
+        let Some(life) = &self.bg.life else {
+            return false;
+        };
+        let stop = life.subscribe();
+        if *stop.borrow() || self.db.is_closed() {
+            return false;
+        }
+        if self.bg.started.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        let mut worker = self.clone();
+        worker.bg.life = None;
+        rt.spawn(worker.run_sender(stop));
+        true
+    }
+
+    /// Whether the background sender is running (started and not stopped).
+    pub fn background_sender_running(&self) -> bool {
+        self.bg.started.load(Ordering::SeqCst)
+            && self.bg.life.as_ref().is_some_and(|l| !*l.borrow())
+    }
+
+    async fn run_sender(self, mut stop: watch::Receiver<bool>) {
+        tracing::debug!("background sender started");
+        // Bounded by the lifeline: it ends when the last client goes or on logout.
+        loop {
+            if *stop.borrow() || self.db.is_closed() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                // Ok: stopped; Err: the last client was dropped.
+                _ = stop.changed() => break,
+                r = self.process_due() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "background queue pass failed");
+                    }
+                }
+            }
+            let now = self.cfg.now_ms();
+            let sleep = match self.next_due() {
+                Ok(Some(due)) if due > now => {
+                    Duration::from_millis(u64::try_from(due - now).unwrap_or(0)).min(MAX_SLEEP)
+                }
+                Ok(Some(_)) => MIN_SLEEP,
+                Ok(None) => MAX_SLEEP,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the queue's due times failed");
+                    MAX_SLEEP
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                _ = self.bg.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+        tracing::debug!("background sender stopped");
+    }
+}
