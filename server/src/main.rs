@@ -1,12 +1,11 @@
 //! `audio-dedup-server`: the whole API on 127.0.0.1 over SQLite and files. No AWS, Docker or
-//! Python. `--dev` makes a token and prints it.
+//! Python. `--dev` makes a token (kept in the data directory) and prints it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use rand::RngCore;
 
 use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_core::DedupConfig;
@@ -74,11 +73,15 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => TokenTable::default(),
     };
     if args.dev {
-        let mut raw = [0u8; 24];
-        rand::rng().fill_bytes(&mut raw);
-        let token = format!("dev-{}", hex::encode(raw));
-        tokens.insert(&token, "dev", true)?;
-        println!("dev token (user \"dev\", admin): {token}");
+        // Kept in the data directory, so a restart does not break an exported token.
+        let (token, dev) = audio_dedup_server::tokens::dev_token(&args.data_dir)?;
+        tokens.extend(dev);
+        println!(
+            "dev token (user \"dev\", admin; kept in {}): {token}",
+            args.data_dir
+                .join(audio_dedup_server::tokens::DEV_TOKENS_FILE)
+                .display()
+        );
         println!("export TOKEN={token}");
     }
     if tokens.is_empty() {

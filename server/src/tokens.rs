@@ -18,6 +18,64 @@ pub enum TokenError {
     Invalid(String),
     #[error("no token table: pass --tokens FILE or set AUDIO_DEDUP_TOKENS, or start with --dev")]
     Missing,
+    #[error("cannot keep the dev token in {0}: {1}")]
+    Write(String, std::io::Error),
+}
+
+/// The file in the data directory that keeps `--dev`'s token across restarts: a one-entry
+/// token table, readable by its owner only.
+pub const DEV_TOKENS_FILE: &str = "dev-tokens.json";
+
+/// `--dev`'s token: the one kept in `data_dir`, or a new random one written there (mode
+/// 0600, created with that mode, never widened after) for the next start to find.
+pub fn dev_token(data_dir: &Path) -> Result<(String, TokenTable), TokenError> {
+    let path = data_dir.join(DEV_TOKENS_FILE);
+    let write_err = |e| TokenError::Write(path.display().to_string(), e);
+    if !path.exists() {
+        create_private_dir(data_dir).map_err(write_err)?;
+        let mut raw = [0u8; 24];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
+        let token = format!("dev-{}", hex::encode(raw));
+        let text = serde_json::json!({ &token: { "user": "dev", "admin": true } }).to_string();
+        match create_private_file(&path, text.as_bytes()) {
+            Ok(()) => {}
+            // Another start won the race: use its token.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(write_err(e)),
+        }
+    }
+    let table = TokenTable::from_file(&path)?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| TokenError::Read(path.display().to_string(), e))?;
+    let entries: HashMap<String, FileEntry> =
+        serde_json::from_str(&text).map_err(|e| TokenError::Invalid(e.to_string()))?;
+    let mut tokens = entries.into_keys();
+    match (tokens.next(), tokens.next()) {
+        (Some(token), None) => Ok((token, table)),
+        _ => Err(TokenError::Invalid(format!(
+            "{} must hold exactly one token",
+            path.display()
+        ))),
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+fn create_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[derive(Deserialize)]
@@ -83,6 +141,11 @@ impl TokenTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
+    }
+
+    /// Adds every token of `other`.
+    pub fn extend(&mut self, other: TokenTable) {
+        self.by_digest.extend(other.by_digest);
     }
 }
 

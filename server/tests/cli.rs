@@ -23,9 +23,8 @@ fn refuses_to_start_without_a_token_table() {
     assert!(err.contains("no token table"), "{err}");
 }
 
-#[test]
-fn dev_mode_prints_a_token_serves_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `--dev` on `dir`; answers the child, the token it printed and its address.
+fn start_dev(dir: &std::path::Path) -> (std::process::Child, String, String) {
     let mut child = bin()
         .args([
             "--dev",
@@ -35,7 +34,7 @@ fn dev_mode_prints_a_token_serves_and_stops_on_sigterm() {
             "json",
             "--data-dir",
         ])
-        .arg(dir.path())
+        .arg(dir)
         .env_remove("AUDIO_DEDUP_TOKENS")
         .stdout(Stdio::piped())
         .spawn()
@@ -54,21 +53,17 @@ fn dev_mode_prints_a_token_serves_and_stops_on_sigterm() {
             }
         }
     }
-    let (token, addr) = (
+    // Keep reading its logs until it exits, so its writes never hit a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (
+        child,
         token.expect("token printed"),
         addr.expect("listening line logged"),
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let status = rt.block_on(async {
-        let c = reqwest_like_get(&format!("http://{addr}/v1/audio/stats"), Some(&token)).await;
-        let unauth = reqwest_like_get(&format!("http://{addr}/v1/audio/stats"), None).await;
-        (c, unauth)
-    });
-    assert_eq!(status, (200, 401));
-    assert!(dir.path().join("index.sqlite").exists());
+    )
+}
+
+/// Sends SIGTERM and waits (bounded) for a clean exit.
+fn stop(mut child: std::process::Child) {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -82,6 +77,63 @@ fn dev_mode_prints_a_token_serves_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// (status with the token, status without one) of `GET /v1/audio/stats`.
+fn stats_statuses(addr: &str, token: &str) -> (u16, u16) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = reqwest_like_get(&format!("http://{addr}/v1/audio/stats"), Some(token)).await;
+        let unauth = reqwest_like_get(&format!("http://{addr}/v1/audio/stats"), None).await;
+        (c, unauth)
+    })
+}
+
+#[test]
+fn dev_mode_prints_a_token_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, token, addr) = start_dev(dir.path());
+    assert_eq!(stats_statuses(&addr, &token), (200, 401));
+    assert!(dir.path().join("index.sqlite").exists());
+    stop(child);
+}
+
+#[test]
+fn dev_mode_keeps_its_token_across_restarts_and_a_new_data_dir_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (child, first, _) = start_dev(&data);
+    stop(child);
+    let (child, second, addr) = start_dev(&data);
+    assert_eq!(first, second, "a restart prints the same token");
+    assert_eq!(
+        stats_statuses(&addr, &first),
+        (200, 401),
+        "and it still works"
+    );
+    stop(child);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode(&data.join("dev-tokens.json")),
+            0o600,
+            "the token file is the owner's only"
+        );
+        assert_eq!(
+            mode(&data),
+            0o700,
+            "a data dir --dev creates is not world-readable"
+        );
+    }
+    let other = tempfile::tempdir().unwrap();
+    let (child, fresh, _) = start_dev(other.path());
+    assert_ne!(fresh, first, "a new data dir gets a fresh random token");
+    stop(child);
 }
 
 /// Minimal HTTP/1.1 GET returning the status code (keeps this test free of client crates).
