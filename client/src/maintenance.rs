@@ -188,6 +188,7 @@ mod tests {
         let mut cfg = ClientConfig::new(base, TOKEN, dir);
         cfg.retry_jitter = false;
         cfg.request_timeout = Duration::from_secs(5);
+        cfg.background_sender = false;
         cfg
     }
 

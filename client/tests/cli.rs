@@ -64,7 +64,7 @@ async fn offline_send_is_queued_listed_and_cleared() {
     assert!(r.stdout.starts_with("1 queued operations"), "{}", r.stdout);
     assert!(r.stdout.contains("create_message"), "{}", r.stdout);
     assert!(
-        r.stdout.contains("pending [jam] attempts 1"),
+        r.stdout.contains("pending [thread:jam] attempts 1"),
         "{}",
         r.stdout
     );

@@ -19,6 +19,9 @@ fn config(url: &str, token: &str, dir: &std::path::Path, clock: &Arc<ManualClock
     c.clock = clock.clone();
     c.request_timeout = Duration::from_millis(800);
     c.retry_jitter = false;
+    // Exact schedules on a manual clock: the app's calls only (the background sender has
+    // its own tests in `background.rs`).
+    c.background_sender = false;
     c
 }
 
@@ -321,10 +324,10 @@ async fn retry_schedule_is_exact_and_survives_a_restart() {
     assert_eq!((q[0].attempts, q[0].next_due_ms - t0), (1, 1_000));
     // Not due yet: nothing is tried.
     clk.advance(Duration::from_millis(999));
-    c.process_queue().await.unwrap();
+    c.process_due().await.unwrap();
     assert_eq!(c.queue().unwrap()[0].attempts, 1);
     clk.advance(Duration::from_millis(1));
-    c.process_queue().await.unwrap(); // attempt 2
+    c.process_due().await.unwrap(); // attempt 2
     let q = c.queue().unwrap();
     assert_eq!((q[0].attempts, q[0].next_due_ms - clk.now_ms()), (2, 2_000));
     drop(c);
@@ -333,10 +336,10 @@ async fn retry_schedule_is_exact_and_survives_a_restart() {
     let q = c.queue().unwrap();
     assert_eq!((q[0].attempts, q[0].next_due_ms - clk.now_ms()), (2, 2_000));
     clk.advance(Duration::from_secs(2));
-    c.process_queue().await.unwrap(); // attempt 3
+    c.process_due().await.unwrap(); // attempt 3
     assert_eq!(c.queue().unwrap()[0].next_due_ms - clk.now_ms(), 4_000);
     clk.advance(Duration::from_secs(4));
-    c.process_queue().await.unwrap(); // attempt 4: out of retries
+    c.process_due().await.unwrap(); // attempt 4: out of retries
     let q = c.queue().unwrap();
     assert_eq!(q[0].state, QueueState::Failed);
     assert!(
@@ -562,7 +565,7 @@ async fn clear_all_on_logout_drops_the_previous_users_queue() {
     c.send_message(&tid("t1"), &json!({"secret": true}), None)
         .await
         .unwrap();
-    c.clear_all().unwrap();
+    c.clear_all().await.unwrap();
     assert_eq!(c.pending_count().unwrap(), 0);
     assert!(c.cached_threads().unwrap().is_empty());
     s.restart().await;
@@ -604,7 +607,7 @@ async fn retry_after_is_honoured_and_only_408_429_5xx_are_retried() {
     assert!(c.is_online(), "an answer, even a 429, means online");
     clk.advance(Duration::from_secs(7));
     proxy.refuse_next(1, 408, None);
-    c.process_queue().await.unwrap();
+    c.process_due().await.unwrap();
     let q = c.queue().unwrap();
     assert_eq!(
         (q[0].attempts, q[0].next_due_ms - clk.now_ms()),
@@ -613,14 +616,14 @@ async fn retry_after_is_honoured_and_only_408_429_5xx_are_retried() {
     );
     clk.advance(Duration::from_secs(2));
     proxy.refuse_next(1, 503, Some(1));
-    c.process_queue().await.unwrap();
+    c.process_due().await.unwrap();
     assert_eq!(
         c.queue().unwrap()[0].next_due_ms - clk.now_ms(),
         4_000,
         "the longer of backoff and Retry-After"
     );
     clk.advance(Duration::from_secs(4));
-    assert_eq!(c.process_queue().await.unwrap().sent, 1);
+    assert_eq!(c.process_due().await.unwrap().sent, 1);
     // A 4xx other than 408/429 fails at once, no retry.
     proxy.refuse_next(1, 422, None);
     let bad = c

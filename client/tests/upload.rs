@@ -120,9 +120,11 @@ async fn the_same_file_twice_sends_its_bytes_once() {
         "no transfer updates"
     );
 
+    // Nothing references it yet: stored once, counted apart from the dedup figures.
     let st = stats(&server, ALICE).await;
-    assert_eq!(st["unique_files"], 1, "{st}");
-    assert_eq!(st["stored_bytes"], total, "{st}");
+    assert_eq!(st["unreferenced_files"], 1, "{st}");
+    assert_eq!(st["unreferenced_bytes"], total, "{st}");
+    assert_eq!(st["unique_files"], 0, "{st}");
     assert_eq!(st["pending_uploads"], 0, "{st}");
 }
 
@@ -166,7 +168,7 @@ async fn another_user_with_the_same_content_claims_it_by_proof() {
         assert_eq!(view.size, len as u64);
     }
     let st = stats(&server, ALICE).await;
-    assert_eq!(st["unique_files"], 2, "{st}");
+    assert_eq!(st["unreferenced_files"], 2, "{st}");
 }
 
 #[tokio::test]
@@ -187,7 +189,7 @@ async fn a_file_that_differs_from_the_claimed_hash_is_sent_not_proved() {
         .await
         .expect("bob");
     assert_eq!((up.deduplicated, up.bytes_sent), (false, 200_000));
-    assert_eq!(stats(&server, ALICE).await["unique_files"], 2);
+    assert_eq!(stats(&server, ALICE).await["unreferenced_files"], 2);
 }
 
 #[tokio::test]

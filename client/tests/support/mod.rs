@@ -15,6 +15,8 @@ use audio_dedup_server::{ServerConfig, TokenTable};
 
 pub const ALICE: &str = "client-alice-token-00001";
 pub const BOB: &str = "client-bob-token-0000002";
+/// A third user, in no thread of the others.
+pub const CAROL: &str = "client-carol-token-00003";
 
 pub struct Server {
     pub addr: SocketAddr,
@@ -29,6 +31,7 @@ impl Server {
         let mut tokens = TokenTable::default();
         tokens.insert(ALICE, "alice", false).expect("token");
         tokens.insert(BOB, "bob", false).expect("token");
+        tokens.insert(CAROL, "carol", false).expect("token");
         let cfg = ServerConfig {
             data_dir: data.to_owned(),
             public_url: None,
