@@ -361,3 +361,86 @@ async fn the_library_function_refuses_unknown_audio_and_serves_only_its_routes()
         .await;
     assert_eq!((st, page["items"].clone()), (200, json!([])));
 }
+
+#[tokio::test]
+async fn the_threads_function_serves_a_members_download_of_a_message_audio() {
+    let d = dedup();
+    let (upload, threads, library) = (
+        Fn::new(&d, RouteSet::Upload),
+        Fn::new(&d, RouteSet::Threads),
+        Fn::new(&d, RouteSet::Library),
+    );
+    let song = b"alice's take, sent to bob";
+    let hash = ContentHash::of(song).to_string();
+    let (st, _) = upload
+        .call(event(
+            "POST",
+            "/v1/audio",
+            "format=wav",
+            Some("alice"),
+            Some(song),
+        ))
+        .await;
+    assert_eq!(st, 201);
+    let (st, _) = threads
+        .call(event(
+            "POST",
+            "/v1/threads",
+            "",
+            Some("alice"),
+            Some(br#"{"id":"duo","title":"t","members":["bob"]}"#),
+        ))
+        .await;
+    assert_eq!(st, 201);
+    let msg = json!({"id": "m1", "snapshot": {}, "audio": {"content_hash": hash, "format": "wav"}});
+    let (st, _) = threads
+        .call(event(
+            "POST",
+            "/v1/threads/duo/messages",
+            "",
+            Some("alice"),
+            Some(msg.to_string().as_bytes()),
+        ))
+        .await;
+    assert_eq!(st, 201);
+
+    let path = "/v1/threads/duo/messages/m1/audio";
+    let (st, body) = threads
+        .call(event("GET", path, "", Some("bob"), None))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        (body["content_hash"].as_str(), body["format"].as_str()),
+        (Some(hash.as_str()), Some("wav"))
+    );
+    assert!(body["url"].as_str().is_some_and(|u| !u.is_empty()));
+    // Not a member, no claims, another function: 404, 401, no such route.
+    let (st, body) = threads
+        .call(event("GET", path, "", Some("carol"), None))
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (404, Some("message_not_found"))
+    );
+    let (st, _) = threads.call(event("GET", path, "", None, None)).await;
+    assert_eq!(st, 401);
+    let (st, _) = library
+        .call(event("GET", path, "", Some("bob"), None))
+        .await;
+    assert_eq!(st, 404);
+
+    // Bob saves it through the library function, naming the message.
+    let (st, item) = library
+        .call(event(
+            "PUT",
+            "/v1/library/from-alice",
+            "",
+            Some("bob"),
+            Some(br#"{"from_message":"m1","title":"Alice's"}"#),
+        ))
+        .await;
+    assert_eq!(
+        (st, item["content_hash"].as_str()),
+        (201, Some(hash.as_str()))
+    );
+}
