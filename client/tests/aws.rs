@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod support;
+
 use audio_dedup_api::{bearer, ApiConfig, Authenticator, Caller, RouteSet};
 use audio_dedup_client::{Attachment, Client, ClientConfig, SendState};
 use audio_dedup_core::store::aws::{clients_from_env, DynamoIndex, S3Blobs};
@@ -41,6 +43,11 @@ fn endpoint() -> Option<String> {
 
 /// The whole API over DynamoDB + S3 (moto), served on a loopback port.
 async fn aws_api() -> Option<String> {
+    aws_api_and_bucket().await.map(|(url, _)| url)
+}
+
+/// `aws_api`, and the bucket it stores audio in (keys `prod/audio/<sha256>`).
+async fn aws_api_and_bucket() -> Option<(String, String)> {
     let endpoint = endpoint()?;
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
@@ -54,7 +61,7 @@ async fn aws_api() -> Option<String> {
     );
     let index = DynamoIndex::new(ddb, unique.clone());
     index.create_table().await.expect("create table");
-    let blobs = S3Blobs::new(s3, unique, "prod/");
+    let blobs = S3Blobs::new(s3, unique.clone(), "prod/");
     blobs.create_bucket().await.expect("create bucket");
     let cfg = DedupConfig {
         key_prefix: "prod/".into(),
@@ -69,7 +76,7 @@ async fn aws_api() -> Option<String> {
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
     });
-    Some(url)
+    Some((url, unique))
 }
 
 fn client(url: &str, user: &str, dir: &std::path::Path) -> Client {
@@ -134,4 +141,29 @@ async fn the_client_works_against_the_aws_adapters() {
     // The audio, downloaded through a presigned S3 GET and verified by hash.
     let handle = bob.playable_path(&render, None, None).await.unwrap();
     assert_eq!(std::fs::read(handle.path()).unwrap(), song);
+}
+
+/// "Two people, two devices" over DynamoDB + S3: the same story as on the local server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_two_devices_on_the_aws_adapters() {
+    let Some((url, bucket)) = aws_api_and_bucket().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let alice = client(&url, "alice", &dir.path().join("alice"));
+    let bob = client(&url, "bob", &dir.path().join("bob"));
+    let carol = client(&url, "carol", &dir.path().join("carol"));
+    let (_, s3) = clients_from_env(true).await;
+    // Gone from the bucket: no object under the content's key.
+    let gone = async |h: &audio_dedup_core::ContentHash| {
+        let listed = s3
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(format!("prod/audio/{}", h.to_hex()))
+            .send()
+            .await
+            .expect("list the bucket");
+        listed.contents().is_empty()
+    };
+    support::story::two_devices(&alice, &bob, &carol, dir.path(), gone).await;
 }

@@ -403,3 +403,22 @@ fn a_version_1_cache_is_migrated_in_place() {
     ));
     assert!(c.library().unwrap().is_empty());
 }
+
+/// "Two people, two devices" against the local server, with a third user who is in none of
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_two_devices_on_the_local_server() {
+    let s = TempServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let open = |token: &str, name: &str| {
+        let mut cfg = ClientConfig::new(&s.base, token, dir.path().join(name));
+        cfg.request_timeout = Duration::from_secs(10);
+        Client::open(cfg).unwrap()
+    };
+    let (alice, bob, carol) = (open(ALICE, "alice"), open(BOB, "bob"), open(CAROL, "carol"));
+    let server = &s.inner;
+    support::story::two_devices(&alice, &bob, &carol, dir.path(), async |h| {
+        !server.blob_path(&h.to_hex()).exists()
+    })
+    .await;
+}

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod story;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,6 +89,11 @@ impl Server {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where the server keeps the object of `hash` (absent once the audio is deleted).
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.data.join("blobs/objects/audio").join(hash)
     }
 
     /// Stops it; the port is free again once this returns.
