@@ -185,3 +185,274 @@ async fn online_send_and_sync() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("dedup ratio"), "{}", r.stdout);
 }
+
+async fn cli_as(token: &str, server: &str, data: &Path, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_audio-dedup"))
+        .env_remove("AUDIO_DEDUP_URL")
+        .env_remove("AUDIO_DEDUP_CLIENT_DIR")
+        .env("AUDIO_DEDUP_TOKEN", token)
+        .arg("--server")
+        .arg(server)
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .await
+        .expect("run the binary");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    run
+}
+
+/// The first word of the last line of stdout (the id a command prints).
+fn first_word(r: &Run) -> String {
+    let line = r.stdout.lines().last().unwrap_or_default();
+    line.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// "Two people, two devices" as people do it, through the `audio-dedup` binary: Alice and
+/// Bob each on a cache folder of their own, Carol in none of their threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_two_devices_through_the_cli() {
+    use support::{ALICE, BOB, CAROL};
+    let srv = tempfile::tempdir().expect("dir");
+    let server = support::Server::start(srv.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("dir");
+    let (a, b, c) = (
+        dir.path().join("alice"),
+        dir.path().join("bob"),
+        dir.path().join("carol"),
+    );
+    let file = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).expect("write");
+        p.to_string_lossy().into_owned()
+    };
+    let snap = file("snap.json", br#"{"bpm":100}"#);
+    let take_bytes = support::story::recording(7, 150_000);
+    let take = file("take.wav", &take_bytes);
+    let reply = file("reply.ogg", &support::story::recording(8, 90_000));
+    let take_hash = audio_dedup_core::ContentHash::of(&take_bytes).to_hex();
+
+    // 1. Alice creates the thread and sends her recording.
+    let r = cli_as(
+        ALICE,
+        &url,
+        &a,
+        &[
+            "threads", "create", "--title", "Duo", "--member", "bob", "--id", "duo",
+        ],
+    )
+    .await;
+    assert_eq!((r.code, r.stdout.trim()), (0, "duo"), "{}", r.stderr);
+    let r = cli_as(
+        ALICE,
+        &url,
+        &a,
+        &["send", "duo", "--snapshot", &snap, "--audio", &take],
+    )
+    .await;
+    assert!(
+        r.stdout.trim_end().ends_with(" sent"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let msg = first_word(&r);
+
+    // 2. Bob sees it (not cached yet), plays it, and replies.
+    let r = cli_as(BOB, &url, &b, &["messages", "duo"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(&msg))
+        .expect("the message");
+    assert!(line.contains("by alice") && line.contains("sent"), "{line}");
+    assert!(line.contains("(not cached)"), "{line}");
+    let r = cli_as(BOB, &url, &b, &["play", &msg]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        std::fs::read(r.stdout.trim()).expect("played file"),
+        take_bytes
+    );
+    let r = cli_as(BOB, &url, &b, &["messages", "duo"]).await;
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(&msg))
+        .expect("the message");
+    assert!(line.contains("(cached)"), "{line}");
+    let out = dir.path().join("copy.wav");
+    let out_arg = out.to_string_lossy().into_owned();
+    let r = cli_as(
+        BOB,
+        &url,
+        &b,
+        &["download", "--message", &msg, "--out", &out_arg],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(&out).expect("copy"), take_bytes);
+    let r = cli_as(
+        BOB,
+        &url,
+        &b,
+        &["send", "duo", "--snapshot", &snap, "--audio", &reply],
+    )
+    .await;
+    assert!(
+        r.stdout.trim_end().ends_with(" sent"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+
+    // 3. Bob saves Alice's track from her message.
+    let r = cli_as(
+        BOB,
+        &url,
+        &b,
+        &["library", "save", &msg, "--title", "Alice's take"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.trim_end().ends_with(" sent"), "{}", r.stdout);
+    let item = first_word(&r);
+    let r = cli_as(BOB, &url, &b, &["library", "list"]).await;
+    assert!(
+        r.stdout.contains(&take_hash) && r.stdout.contains("Alice's take"),
+        "{}",
+        r.stdout
+    );
+
+    // 6. Carol gets 404 everywhere and changes nothing.
+    let stats_before = server
+        .call(ALICE, reqwest::Method::GET, "/v1/audio/stats", None)
+        .await;
+    let r = cli_as(CAROL, &url, &c, &["play", &msg, "--thread", "duo"]).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("404") && r.stderr.contains("message_not_found"),
+        "{}",
+        r.stderr
+    );
+    let r = cli_as(CAROL, &url, &c, &["messages", "duo"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("404"), "{}", r.stderr);
+    let r = cli_as(
+        CAROL,
+        &url,
+        &c,
+        &["library", "save", &msg, "--title", "Mine now"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.contains("404"), "{}", r.stderr);
+    let r = cli_as(CAROL, &url, &c, &["download", &take_hash]).await;
+    assert_eq!(r.code, 1);
+    let r = cli_as(CAROL, &url, &c, &["delete", "duo", &msg]).await;
+    assert_eq!(r.code, 1, "not in her cache: {}", r.stdout);
+    let stats_after = server
+        .call(ALICE, reqwest::Method::GET, "/v1/audio/stats", None)
+        .await;
+    assert_eq!(stats_before, stats_after);
+
+    // 4. Alice deletes her message; Bob's library keeps the audio.
+    let r = cli_as(ALICE, &url, &a, &["delete", "duo", &msg]).await;
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, format!("{msg} deleted").as_str()),
+        "{}",
+        r.stderr
+    );
+    assert!(server.blob_path(&take_hash).exists());
+    let r = cli_as(BOB, &url, &b, &["cache", "stats"]).await;
+    assert_eq!(r.code, 0);
+    let fresh = dir.path().join("bob-2");
+    let r = cli_as(BOB, &url, &fresh, &["library", "play", &item]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(std::fs::read(r.stdout.trim()).expect("played"), take_bytes);
+
+    // 5. Bob removes it: the track is gone; only his reply is stored.
+    let r = cli_as(BOB, &url, &b, &["library", "rm", &item]).await;
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, format!("{item} removed").as_str()),
+        "{}",
+        r.stderr
+    );
+    assert!(!server.blob_path(&take_hash).exists());
+    let r = cli_as(BOB, &url, &b, &["stats"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let row = |name: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .map(|l| l.split_whitespace().last().unwrap_or_default().to_owned())
+    };
+    assert_eq!(row("unique files").as_deref(), Some("1"), "{}", r.stdout);
+    assert_eq!(
+        row("unreferenced files").as_deref(),
+        Some("0"),
+        "{}",
+        r.stdout
+    );
+
+    // `upload` keeps the file in the library unless told not to, and says so.
+    let solo = file("solo.mp3", &support::story::recording(9, 20_000));
+    let r = cli_as(ALICE, &url, &a, &["upload", &solo]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("library item") && r.stdout.contains("\"solo.mp3\" sent"),
+        "{}",
+        r.stdout
+    );
+    let other = file("other.mp3", &support::story::recording(10, 20_000));
+    let r = cli_as(ALICE, &url, &a, &["upload", &other, "--no-library"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("deletes it after its grace period"),
+        "{}",
+        r.stdout
+    );
+    let r = cli_as(ALICE, &url, &a, &["library", "list"]).await;
+    assert!(r.stdout.starts_with("1 library items"), "{}", r.stdout);
+
+    // Offline: a library add and a send queue up; `queue process` sends them at once.
+    let gone_url = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("addr"))
+    };
+    let late = file("late.flac", &support::story::recording(11, 30_000));
+    let r = cli_as(
+        ALICE,
+        &gone_url,
+        &a,
+        &["library", "add", &late, "--title", "Late"],
+    )
+    .await;
+    assert!(
+        r.stdout.trim_end().ends_with(" sending"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let r = cli_as(ALICE, &gone_url, &a, &["send", "duo", "--snapshot", &snap]).await;
+    assert!(r.stdout.trim_end().ends_with(" sending"), "{}", r.stdout);
+    let r = cli_as(ALICE, &url, &a, &["queue", "process"]).await;
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, "sent 3, failed 0, waiting 0"),
+        "{}",
+        r.stderr
+    );
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use audio_dedup_client::{
-    Attachment, AudioHandle, Client, ClientConfig, ClientError, LibraryAudio, SendState,
+    Attachment, AudioHandle, Client, ClientConfig, ClientError, LibraryAudio, QueuedOp, SendState,
 };
 use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, LibraryItemId, MessageId, ThreadId};
 use clap::{Args, Parser, Subcommand};
@@ -92,6 +92,11 @@ enum Cmd {
     },
     /// Send a message (queued if offline).
     Send(SendArgs),
+    /// Delete one of your messages (queued if offline).
+    Delete {
+        thread: ThreadId,
+        message: MessageId,
+    },
     /// Your library (queued if offline).
     Library {
         #[command(subcommand)]
@@ -525,6 +530,20 @@ async fn run(cli: Cli) -> Res {
                 return Err(ClientError::Invalid(why));
             }
         }
+        Cmd::Delete { thread, message } => {
+            client.delete_message(&thread, &message).await?;
+            let queued = client.queue()?.iter().any(|e| {
+                matches!(&e.op, QueuedOp::DeleteMessage { message_id, .. } if *message_id == message)
+            });
+            out!(
+                "{message} {}",
+                if queued {
+                    "deleting (queued)"
+                } else {
+                    "deleted"
+                }
+            );
+        }
         Cmd::Library { cmd } => match cmd {
             LibraryCmd::Add {
                 file,
@@ -561,9 +580,9 @@ async fn run(cli: Cli) -> Res {
                     soft(client.sync_library().await)?;
                 }
                 client.delete_library_item(&id).await?;
-                let queued = client.queue()?.iter().any(|e| {
-                    matches!(&e.op, audio_dedup_client::QueuedOp::DeleteLibraryItem { item_id } if *item_id == id)
-                });
+                let queued = client.queue()?.iter().any(
+                    |e| matches!(&e.op, QueuedOp::DeleteLibraryItem { item_id } if *item_id == id),
+                );
                 out!(
                     "{id} {}",
                     if queued {
