@@ -211,6 +211,14 @@ enum Action {
         msg: u32,
         snapshot_len: usize,
     },
+    /// A message in the shared thread forwarding another client's message's audio
+    /// (`from_message`): 404 if that message is unknown or deleted (maybe meanwhile).
+    Forward {
+        from_client: usize,
+        from_msg: u32,
+        msg: u32,
+        snapshot_len: usize,
+    },
     /// Deletes the client's message (and so its reference).
     Unpost {
         msg: u32,
@@ -310,6 +318,16 @@ fn describe(client: usize, a: &Action) -> String {
             "create_message {} C{content} snapshot~{snapshot_len}B",
             message_id(client, *msg)
         ),
+        Action::Forward {
+            from_client,
+            from_msg,
+            msg,
+            snapshot_len,
+        } => format!(
+            "forward_message {} from {} snapshot~{snapshot_len}B",
+            message_id(client, *msg),
+            message_id(*from_client, *from_msg)
+        ),
         Action::Unpost { msg } => format!("delete_message {}", message_id(client, *msg)),
         Action::Retry { of, action } => format!("RETRY of #{of}: {}", describe(client, action)),
     }
@@ -388,7 +406,7 @@ fn generate(seed: u64) -> Workload {
         .map(|c| Client {
             idx: c,
             user: format!("u{}", c % n_users).parse().expect("valid user"),
-            steps: client_script(seed, c, n_contents, &params),
+            steps: client_script(seed, c, n_clients, n_contents, &params),
         })
         .collect();
     Workload {
@@ -400,8 +418,16 @@ fn generate(seed: u64) -> Workload {
     }
 }
 
-fn client_script(seed: u64, c: usize, n_contents: usize, p: &Params) -> Vec<Step> {
+fn client_script(
+    seed: u64,
+    c: usize,
+    n_clients: usize,
+    n_contents: usize,
+    p: &Params,
+) -> Vec<Step> {
     let mut r = Rng::new(seed, 1000 + c as u64);
+    // Forwards draw from a stream of their own, so the rest of each script is as before.
+    let mut fwd = Rng::new(seed, 9000 + c as u64);
     let n = n_contents as u64;
     let n_ops = r.range(6, 12);
     let usual_format = |content: usize| AudioFormat::ALL[content % 2];
@@ -529,10 +555,20 @@ fn client_script(seed: u64, c: usize, n_contents: usize, p: &Params) -> Vec<Step
                 };
                 next_msg += 1;
                 posts.push(next_msg);
-                Action::Post {
-                    content,
-                    msg: next_msg,
-                    snapshot_len: r.pick(&[1, 10, 30, 80, 200]),
+                let snapshot_len = r.pick(&[1, 10, 30, 80, 200]);
+                if fwd.chance(0.3) {
+                    Action::Forward {
+                        from_client: fwd.below(n_clients as u64) as usize,
+                        from_msg: fwd.range(1, u64::from(next_msg).max(2)) as u32,
+                        msg: next_msg,
+                        snapshot_len,
+                    }
+                } else {
+                    Action::Post {
+                        content,
+                        msg: next_msg,
+                        snapshot_len,
+                    }
                 }
             }
             6 => {
@@ -1097,6 +1133,35 @@ async fn perform(
             let (v, created) = sim.d.create_message(owner, &thread, req).await?;
             sim.trace.bump(if created {
                 "message.created"
+            } else {
+                "message.replayed"
+            });
+            Ok(format!("ok cursor={} state={:?}", v.cursor, v.state))
+        }
+        Action::Forward {
+            from_client,
+            from_msg,
+            msg,
+            snapshot_len,
+        } => {
+            let req = NewMessage {
+                id: message_id(c.idx, *msg),
+                snapshot: snapshot_of(c.idx, *msg, *snapshot_len),
+                audio: Some(MessageAudio::FromMessage(message_id(
+                    *from_client,
+                    *from_msg,
+                ))),
+            };
+            let thread: ThreadId = THREAD.parse().expect("valid thread id");
+            let (v, created) = match sim.d.create_message(owner, &thread, req).await {
+                Err(e) if e.code() == "message_not_found" => {
+                    sim.trace.bump("message.forward_refused");
+                    return Err(e);
+                }
+                r => r?,
+            };
+            sim.trace.bump(if created {
+                "message.forwarded"
             } else {
                 "message.replayed"
             });
@@ -1927,6 +1992,8 @@ fn workload_exercises_every_flow_and_fault() {
         "message.created",
         "message.replayed",
         "message.deleted",
+        "message.forwarded",
+        "message.forward_refused",
         "reconcile.snapshots_purged",
         "client.retry_step",
         "client.retry_after_5xx",
