@@ -26,6 +26,9 @@ pub struct ClientConfig {
     /// `retry_base * 2^n` (1 s, 2 s, 4 s), each scaled by a jitter factor in [0.5, 1.5).
     pub max_retries: u32,
     pub retry_base: Duration,
+    /// Longest wait between two attempts (60 s). Matters while offline: attempts that get no
+    /// answer never use up `max_retries`, so their delays keep doubling up to this.
+    pub max_retry_delay: Duration,
     /// Whether retry delays get jitter (tests turn it off to check delays exactly).
     pub retry_jitter: bool,
     /// Per-request timeout.
@@ -54,6 +57,7 @@ impl ClientConfig {
             audio_max_age: Duration::from_secs(30 * 24 * 3600),
             max_retries: 3,
             retry_base: Duration::from_secs(1),
+            max_retry_delay: Duration::from_secs(60),
             retry_jitter: true,
             request_timeout: Duration::from_secs(30),
             background_sender: true,

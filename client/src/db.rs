@@ -85,7 +85,10 @@ CREATE TABLE IF NOT EXISTS queue (
     created_ms INTEGER NOT NULL,
     -- Set when the server asked for a pause (Retry-After): no attempt before it, not even
     -- from `process_queue`, which skips the backoff (`next_due_ms`) but not this.
-    retry_after_ms INTEGER
+    retry_after_ms INTEGER,
+    -- How many of `attempts` got no answer at all (offline). They back off like the others
+    -- but never use up the retry budget: being offline is not a reason to give up.
+    unanswered INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queue_by_lane ON queue (lane, id);
 CREATE TABLE IF NOT EXISTS library (
@@ -117,6 +120,7 @@ const MIGRATIONS: [(&str, &str); 1] = [(
     // `process_queue` can skip the backoff and still honour the server. Lanes get a prefix,
     // so a thread named `library` is not the library's lane.
     "ALTER TABLE queue ADD COLUMN retry_after_ms INTEGER;
+     ALTER TABLE queue ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
      UPDATE queue SET lane = 'thread:' || lane;",
 )];
 

@@ -13,9 +13,12 @@
 //! - Errors: no answer, 5xx, 408 and 429 are retried (429/503 after `Retry-After` when it
 //!   is longer); any other 4xx fails the operation at once with the server's reason.
 //! - Retries ("max 3 attempts, backoff 1 s, 2 s, 4 s" in the seed): we read it as three
-//!   *retries* after the first attempt, waiting 1 s, 2 s and 4 s (`retry_base * 2^(n-1)`),
-//!   each multiplied by a jitter factor drawn from [0.5, 1.5). After the third retry fails
-//!   the operation is `failed`. Attempt count and next-due time are persisted.
+//!   *retries* after the first attempt, waiting 1 s, 2 s and 4 s (`retry_base * 2^(n-1)`,
+//!   at most `max_retry_delay`), each multiplied by a jitter factor drawn from [0.5, 1.5).
+//!   After the third answered retry fails (5xx, 408, 429) the operation is `failed`.
+//!   Attempts that get no answer at all (offline, or the server down) back off the same way
+//!   but never use up the budget: an offline-first queue waits for the network rather than
+//!   giving up on it. Attempt counts and the next-due time are persisted.
 //! - A failed operation stays visible until the app retries or discards it; operations that
 //!   depend on it fail with it.
 //! - Two ways to run it: [`Client::process_due`] (what the background sender runs) honours
@@ -167,6 +170,8 @@ pub struct QueueEntry {
     /// When the server's Retry-After allows it (`None`: it did not ask for a pause). Even
     /// `process_queue` waits for this one.
     pub retry_after_ms: Option<i64>,
+    /// How many of `attempts` got no answer (offline): they never count against the budget.
+    pub unanswered: u32,
     pub state: QueueState,
     pub last_error: Option<String>,
 }
@@ -209,11 +214,12 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueEntry> {
         state: state.parse().map_err(|e| conversion(6, e))?,
         last_error: r.get(7)?,
         retry_after_ms: r.get(8)?,
+        unanswered: u32::try_from(r.get::<_, i64>(9)?).unwrap_or(u32::MAX),
     })
 }
 
 const COLS: &str =
-    "id, lane, payload, depends_on, attempts, next_due_ms, state, last_error, retry_after_ms";
+    "id, lane, payload, depends_on, attempts, next_due_ms, state, last_error, retry_after_ms, unanswered";
 
 /// Adds an operation inside the caller's (durable) transaction; returns its id.
 pub(crate) fn enqueue(
@@ -435,7 +441,7 @@ impl Client {
         self.db.write(true, |tx| {
             for id in &ids {
                 tx.execute(
-                    "UPDATE queue SET state = 'pending', attempts = 0, next_due_ms = ?2,
+                    "UPDATE queue SET state = 'pending', attempts = 0, unanswered = 0, next_due_ms = ?2,
                             retry_after_ms = NULL, last_error = NULL
                      WHERE id = ?1 AND state = 'failed'",
                     params![id, now],
@@ -584,13 +590,22 @@ impl Client {
                     report.sent += 1;
                 }
                 Ran::Err(ClientError::Api(err)) if err.is_retryable() => {
+                    // No answer at all: the device is offline (or the server is down). That
+                    // is what the queue is for, so it waits without using up the budget;
+                    // answered refusals (5xx, 408, 429) use it up.
+                    let offline = matches!(err, ApiError::Offline(_));
                     let attempts = e.attempts + 1;
-                    if attempts > self.cfg.max_retries {
-                        self.fail(&e, &format!("gave up after {attempts} attempts: {err}"))?;
+                    let unanswered = e.unanswered + u32::from(offline);
+                    let answered = attempts - unanswered;
+                    if !offline && answered > self.cfg.max_retries {
+                        self.fail(
+                            &e,
+                            &format!("gave up after {answered} answered attempts: {err}"),
+                        )?;
                         report.failed += 1;
                         continue;
                     }
-                    let mut delay = self.retry_delay(attempts);
+                    let mut delay = self.retry_delay(attempts).min(self.cfg.max_retry_delay);
                     let mut retry_after = None;
                     if let ApiError::Retryable {
                         retry_after: Some(after),
@@ -604,9 +619,10 @@ impl Client {
                     let msg = err.to_string();
                     self.db.write(true, |tx| {
                         tx.execute(
-                            "UPDATE queue SET attempts = ?2, next_due_ms = ?3, last_error = ?4, retry_after_ms = ?5
+                            "UPDATE queue SET attempts = ?2, next_due_ms = ?3, last_error = ?4, retry_after_ms = ?5,
+                                unanswered = ?6
                              WHERE id = ?1",
-                            params![e.id, attempts, due, msg, retry_after],
+                            params![e.id, attempts, due, msg, retry_after, unanswered],
                         )
                     })?;
                     report.waiting += 1;

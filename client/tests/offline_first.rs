@@ -305,21 +305,22 @@ async fn a_retry_after_a_lost_response_creates_no_duplicate() {
     assert_eq!(posts, 2);
 }
 
-/// Retries follow the documented schedule exactly (jitter off): 1 s, 2 s, 4 s, then failed.
-/// The attempt count and due time survive a restart mid-backoff.
+/// Retries follow the documented schedule exactly (jitter off) while the server answers
+/// and refuses (503): 1 s, 2 s, 4 s, then failed. The attempt count and due time survive a
+/// restart mid-backoff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_schedule_is_exact_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let server_dir = dir.path().join("server");
-    let mut s = Server::start(&server_dir, "127.0.0.1:0".parse().unwrap()).await;
+    let s = Server::start(&dir.path().join("server"), "127.0.0.1:0".parse().unwrap()).await;
     make_thread(&s, ALICE, "t1", &[]).await;
-    let url = s.url();
-    s.stop().await;
+    let (proxy, paddr) = Proxy::start(s.url(), Duration::ZERO).await;
+    let url = format!("http://{paddr}");
+    proxy.refuse_next(4, 503, None);
     let clk = clock();
     let cdir = dir.path().join("client");
     let c = Client::open(config(&url, ALICE, &cdir, &clk)).unwrap();
     let t0 = clk.now_ms();
-    c.send_message(&tid("t1"), &json!({}), None).await.unwrap(); // attempt 1 fails
+    c.send_message(&tid("t1"), &json!({}), None).await.unwrap(); // attempt 1 refused
     let q = c.queue().unwrap();
     assert_eq!((q[0].attempts, q[0].next_due_ms - t0), (1, 1_000));
     // Not due yet: nothing is tried.
@@ -346,7 +347,7 @@ async fn retry_schedule_is_exact_and_survives_a_restart() {
         q[0].last_error
             .as_deref()
             .unwrap_or("")
-            .contains("4 attempts"),
+            .contains("4 answered attempts"),
         "{q:?}"
     );
     assert_eq!(
@@ -354,10 +355,54 @@ async fn retry_schedule_is_exact_and_survives_a_restart() {
         SendState::Failed
     );
     assert_eq!(c.pending_count().unwrap(), 0);
-    // Retry it once the server is back: sent.
-    s.restart().await;
+    assert_eq!(proxy.requests().len(), 4, "one request per attempt");
+    // Retry it once the server accepts again: sent.
     c.retry_failed(q[0].id).unwrap();
     assert_eq!(c.process_queue().await.unwrap().sent, 1);
+    assert_eq!(s.messages(ALICE, "t1").await.len(), 1);
+}
+
+/// Offline is what the queue is for: attempts that get no answer back off (doubling, up to
+/// `max_retry_delay`) but never fail the operation, however long the outage. One
+/// `process_queue` when the server is back delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_retry_schedule_fails_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&dir.path().join("server"), "127.0.0.1:0".parse().unwrap()).await;
+    make_thread(&s, ALICE, "t1", &[]).await;
+    let url = s.url();
+    s.stop().await;
+    let clk = clock();
+    let c = Client::open(config(&url, ALICE, &dir.path().join("client"), &clk)).unwrap();
+    c.send_message(&tid("t1"), &json!({"n": 1}), None)
+        .await
+        .unwrap();
+    let mut waits = Vec::new();
+    for _ in 0..9 {
+        let q = c.queue().unwrap();
+        let wait = q[0].next_due_ms - clk.now_ms();
+        waits.push(wait / 1_000);
+        clk.advance(Duration::from_millis(wait as u64));
+        c.process_due().await.unwrap();
+    }
+    assert_eq!(
+        waits,
+        [1, 2, 4, 8, 16, 32, 60, 60, 60],
+        "doubling, capped at 60 s"
+    );
+    let q = c.queue().unwrap();
+    assert_eq!(
+        (q[0].state, q[0].attempts, q[0].unanswered),
+        (QueueState::Pending, 10, 10)
+    );
+    assert_eq!(
+        c.messages(&tid("t1")).unwrap()[0].send_state,
+        SendState::Sending,
+        "still sending after 4 minutes offline"
+    );
+    s.restart().await;
+    let r = c.process_queue().await.unwrap();
+    assert_eq!((r.sent, r.failed), (1, 0));
     assert_eq!(s.messages(ALICE, "t1").await.len(), 1);
 }
 
