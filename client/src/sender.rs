@@ -2,8 +2,11 @@
 //!
 //! - It runs a pass of what is due (`Client::process_due`: the normal backoff and
 //!   Retry-After), then sleeps until the earliest due time among the lanes' heads, or until
-//!   woken: after each enqueue (once its transaction committed) and when a request gets an
-//!   answer again after failing (`api.rs`).
+//!   woken: after each enqueue (once its transaction committed), and when a request gets an
+//!   answer again after failing (`api.rs`). That last one means the client is back online,
+//!   so the next pass is `Client::process_queue`, as if the app had called it: every
+//!   pending operation now, skipping the backoff that the outage built up, still honouring
+//!   Retry-After.
 //! - It holds no `Client` that keeps the client alive: its own copy has no lifeline. When the
 //!   last `Client` is dropped, the lifeline's channel closes and the task ends, dropping a
 //!   pass in flight (the operation stays queued; resending is idempotent). `clear_all`
@@ -28,6 +31,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub(crate) struct Background {
     wake: Arc<Notify>,
+    /// Notified when requests get answers again after failing.
+    reconnected: Arc<Notify>,
     /// Held by every `Client` the app has; dropped with the last one, which ends the task.
     /// `None` in the task's own copy.
     life: Option<Arc<watch::Sender<bool>>>,
@@ -38,6 +43,7 @@ impl Background {
     pub(crate) fn new() -> Self {
         Self {
             wake: Arc::new(Notify::new()),
+            reconnected: Arc::new(Notify::new()),
             life: Some(Arc::new(watch::channel(false).0)),
             started: Arc::default(),
         }
@@ -45,7 +51,7 @@ impl Background {
 
     /// What `api.rs` notifies when requests get answers again.
     pub(crate) fn waker(&self) -> Arc<Notify> {
-        self.wake.clone()
+        self.reconnected.clone()
     }
 
     /// Wakes the task (a permit is kept if it is busy, so no wake is lost).
@@ -94,16 +100,24 @@ impl Client {
 
     async fn run_sender(self, mut stop: watch::Receiver<bool>) {
         tracing::debug!("background sender started");
+        let mut back_online = false;
         // Bounded by the lifeline: it ends when the last client goes or on logout.
         loop {
             if *stop.borrow() || self.db.is_closed() {
                 break;
             }
+            let pass = async {
+                if std::mem::take(&mut back_online) {
+                    self.process_queue().await
+                } else {
+                    self.process_due().await
+                }
+            };
             tokio::select! {
                 biased;
                 // Ok: stopped; Err: the last client was dropped.
                 _ = stop.changed() => break,
-                r = self.process_due() => {
+                r = pass => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "background queue pass failed");
                     }
@@ -125,6 +139,7 @@ impl Client {
                 biased;
                 _ = stop.changed() => break,
                 _ = self.bg.wake.notified() => {}
+                _ = self.bg.reconnected.notified() => back_online = true,
                 _ = tokio::time::sleep(sleep) => {}
             }
         }

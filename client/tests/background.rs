@@ -186,6 +186,42 @@ async fn the_background_sender_delivers_offline_sends_by_itself() {
     );
 }
 
+/// Back online is a wake-up with a pass like `process_queue`: sends that waited out a long
+/// backoff while offline go as soon as any request gets an answer again, not when the
+/// backoff ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_sends_at_once_when_the_client_is_back_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&dir.path().join("server"), "127.0.0.1:0".parse().unwrap()).await;
+    make_thread(&s, ALICE, "t1", &[]).await;
+    let mut cfg = live_config(&s.url(), &dir.path().join("c"));
+    // Far longer than the test may take: only the reconnection can explain a delivery.
+    cfg.retry_base = Duration::from_secs(600);
+    cfg.max_retry_delay = Duration::from_secs(600);
+    let c = Client::open(cfg).unwrap();
+    s.stop().await;
+    for i in 0..3 {
+        c.send_message(&tid("t1"), &json!({ "n": i }), None)
+            .await
+            .unwrap();
+    }
+    assert!(!c.is_online());
+    let head = c.queue().unwrap().into_iter().next().unwrap();
+    assert!(
+        head.next_due_ms - SystemClock.now_ms() > 500_000,
+        "{head:?}"
+    );
+    s.restart().await;
+    // Any answer will do: the app refreshes its thread list.
+    c.sync_threads().await.unwrap();
+    let delivered = eventually(Duration::from_secs(5), async || {
+        c.pending_count().unwrap() == 0
+    })
+    .await;
+    assert!(delivered, "{:?}", c.queue());
+    assert_eq!(s.messages(ALICE, "t1").await.len(), 3);
+}
+
 /// A library add made offline (a local file: uploaded, then put) arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_library_add_made_offline_arrives_once() {
