@@ -205,6 +205,15 @@ st, got = http_call("threads", api_event("GET", "/v1/messages/0190c0de-0001/snap
 check(st == 200 and got == snap, f"dave reads the snapshot from S3: {st}")
 st, _ = http_call("threads", api_event("GET", "/v1/threads/jam/messages", "", "eve", None))
 check(st == 404, f"a non-member gets 404: {st}")
+st, _ = http_call("threads", api_event("DELETE", "/v1/threads/jam/messages/0190c0de-0001", "", "dave", None))
+check(st == 404, f"only the author deletes: {st}")
+# The library: carol's item holds the audio too; dave cannot take it.
+st, item = http_call("library", api_event("PUT", "/v1/library/fav", "", "carol",
+                                          json.dumps({"content_hash": big_digest, "title": "Fav"}).encode()))
+check(st == 201 and item["state"] == "live", f"library item put: {st}")
+st, _ = http_call("library", api_event("PUT", "/v1/library/fav", "", "dave",
+                                       json.dumps({"content_hash": big_digest, "title": "Mine"}).encode()))
+check(st == 404, f"dave never held the audio: {st}")
 # Dave never uploaded carol's audio: the audio route is closed to him, the message opens it.
 st, _ = http_call("upload", api_event("GET", f"/v1/audio/{big_digest}", "", "dave", None))
 check(st == 404, f"dave does not hold the audio: {st}")
@@ -218,15 +227,8 @@ check(st == 404, f"a non-member gets 404 for the message's audio: {st}")
 st, saved = http_call("library", api_event("PUT", "/v1/library/from-carol", "", "dave",
                                            json.dumps({"from_message": "0190c0de-0001", "title": "Carol's"}).encode()))
 check(st == 201 and saved["content_hash"] == big_digest, f"dave saves it from the message: {st}")
-st, _ = http_call("threads", api_event("DELETE", "/v1/threads/jam/messages/0190c0de-0001", "", "dave", None))
-check(st == 404, f"only the author deletes: {st}")
-# The library: carol's item holds the audio too; dave cannot take it.
-st, item = http_call("library", api_event("PUT", "/v1/library/fav", "", "carol",
-                                          json.dumps({"content_hash": big_digest, "title": "Fav"}).encode()))
-check(st == 201 and item["state"] == "live", f"library item put: {st}")
-st, _ = http_call("library", api_event("PUT", "/v1/library/fav", "", "dave",
-                                       json.dumps({"content_hash": big_digest, "title": "Mine"}).encode()))
-check(st == 404, f"dave never held the audio: {st}")
+st, _ = http_call("upload", api_event("GET", f"/v1/audio/{big_digest}", "", "dave", None))
+check(st == 200, f"saving made dave a holder: {st}")
 st, body = http_call("stats", api_event("GET", "/v1/audio/stats", "", "carol", None))
 check(body["total_references"] == 4, f"session + message + two library references: {body}")
 st, _ = http_call("threads", api_event("DELETE", "/v1/threads/jam/messages/0190c0de-0001", "", "carol", None))

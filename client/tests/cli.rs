@@ -181,9 +181,18 @@ async fn online_send_and_sync() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(std::fs::read(&copy).expect("copy"), bytes);
 
+    // The seed's check: after a duplicate upload the ratio is above 1 (each upload kept a
+    // library item, and the message holds a third reference on the one stored file).
     let r = cli(&url, &data, &["stats"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains("dedup ratio"), "{}", r.stdout);
+    let figure = |name: &str| -> f64 {
+        let line = r.stdout.lines().find(|l| l.trim_start().starts_with(name));
+        let value = line.and_then(|l| l.split_whitespace().last());
+        value.and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+    };
+    assert!(figure("dedup ratio") > 1.0, "{}", r.stdout);
+    assert_eq!(figure("bytes saved"), 600_000.0, "{}", r.stdout);
+    assert_eq!(figure("unreferenced files"), 0.0, "{}", r.stdout);
 }
 
 async fn cli_as(token: &str, server: &str, data: &Path, args: &[&str]) -> Run {
