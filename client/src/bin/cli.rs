@@ -414,7 +414,7 @@ async fn run(cli: Cli) -> Res {
                 false => out!("uploaded {} B", up.bytes_sent),
             }
             if no_library {
-                out!("not kept: nothing references this audio, so the server deletes it after its grace period");
+                out!("not kept: this upload holds no reference; if nothing else references the audio, the server deletes it after its grace period");
             } else {
                 let title = match title {
                     Some(t) => t,
