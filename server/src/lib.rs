@@ -2,6 +2,7 @@
 //! the blob-event pump and the scheduled reconciler.
 
 mod blob_routes;
+mod private_files;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -49,6 +50,9 @@ pub struct Built {
     pub dedup: Arc<LocalDedup>,
 }
 
+/// The URL-signing key, kept in the data directory. A new key is written to a temporary
+/// file created with mode 0600 (never readable by others, not even for an instant), then
+/// renamed into place.
 fn signing_secret(data_dir: &std::path::Path) -> Result<[u8; 32], std::io::Error> {
     let path = data_dir.join("signing.key");
     if let Ok(bytes) = std::fs::read(&path) {
@@ -58,18 +62,21 @@ fn signing_secret(data_dir: &std::path::Path) -> Result<[u8; 32], std::io::Error
     }
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
-    std::fs::write(&path, secret)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let tmp = data_dir.join("signing.key.tmp");
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
+    private_files::create_file(&tmp, &secret)?;
+    std::fs::rename(&tmp, &path)?;
     Ok(secret)
 }
 
 /// Opens the stores and builds the app. Spawns the event pump.
 pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError> {
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    // Created readable by its owner only: it holds the signing key and every stored byte.
+    private_files::create_dir(&cfg.data_dir)?;
     let public = cfg
         .public_url
         .clone()

@@ -75,7 +75,7 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.dev {
         // Kept in the data directory, so a restart does not break an exported token.
         let (token, dev) = audio_dedup_server::tokens::dev_token(&args.data_dir)?;
-        tokens.extend(dev);
+        tokens.merge(dev)?;
         println!(
             "dev token (user \"dev\", admin; kept in {}): {token}",
             args.data_dir

@@ -32,12 +32,12 @@ pub fn dev_token(data_dir: &Path) -> Result<(String, TokenTable), TokenError> {
     let path = data_dir.join(DEV_TOKENS_FILE);
     let write_err = |e| TokenError::Write(path.display().to_string(), e);
     if !path.exists() {
-        create_private_dir(data_dir).map_err(write_err)?;
+        crate::private_files::create_dir(data_dir).map_err(write_err)?;
         let mut raw = [0u8; 24];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
         let token = format!("dev-{}", hex::encode(raw));
         let text = serde_json::json!({ &token: { "user": "dev", "admin": true } }).to_string();
-        match create_private_file(&path, text.as_bytes()) {
+        match crate::private_files::create_file(&path, text.as_bytes()) {
             Ok(()) => {}
             // Another start won the race: use its token.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -47,9 +47,9 @@ pub fn dev_token(data_dir: &Path) -> Result<(String, TokenTable), TokenError> {
     let table = TokenTable::from_file(&path)?;
     let text = std::fs::read_to_string(&path)
         .map_err(|e| TokenError::Read(path.display().to_string(), e))?;
-    let entries: HashMap<String, FileEntry> =
+    let entries: Entries =
         serde_json::from_str(&text).map_err(|e| TokenError::Invalid(e.to_string()))?;
-    let mut tokens = entries.into_keys();
+    let mut tokens = entries.0.into_iter().map(|(token, _)| token);
     match (tokens.next(), tokens.next()) {
         (Some(token), None) => Ok((token, table)),
         _ => Err(TokenError::Invalid(format!(
@@ -59,31 +59,39 @@ pub fn dev_token(data_dir: &Path) -> Result<(String, TokenTable), TokenError> {
     }
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-}
-
-fn create_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let mut f = o.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileEntry {
     user: String,
     #[serde(default)]
     admin: bool,
+}
+
+/// A token file's entries in file order, duplicates kept (a map would keep the last one
+/// silently), so `insert` can refuse them.
+struct Entries(Vec<(String, FileEntry)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of token -> {user, admin}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = m.next_entry::<String, FileEntry>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Tokens are kept only as SHA-256 digests, so the table in memory holds no secrets.
@@ -106,18 +114,26 @@ impl TokenTable {
         let user: UserId = user
             .parse()
             .map_err(|e| TokenError::Invalid(format!("{e}")))?;
-        self.by_digest.insert(digest(token), Caller { user, admin });
-        Ok(())
+        // A token listed twice would silently belong to whichever came last.
+        match self.by_digest.entry(digest(token)) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(TokenError::Invalid(format!(
+                "a token is listed twice (the second time for {user})"
+            ))),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Caller { user, admin });
+                Ok(())
+            }
+        }
     }
 
     /// `{"<token>": {"user": "alice", "admin": false}, ...}`
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TokenError::Read(path.display().to_string(), e))?;
-        let entries: HashMap<String, FileEntry> =
+        let entries: Entries =
             serde_json::from_str(&text).map_err(|e| TokenError::Invalid(e.to_string()))?;
         let mut t = Self::default();
-        for (token, e) in entries {
+        for (token, e) in entries.0 {
             t.insert(&token, &e.user, e.admin)?;
         }
         Ok(t)
@@ -143,9 +159,14 @@ impl TokenTable {
         self.by_digest.is_empty()
     }
 
-    /// Adds every token of `other`.
-    pub fn extend(&mut self, other: TokenTable) {
-        self.by_digest.extend(other.by_digest);
+    /// Adds every token of `other`; a token already here is an error.
+    pub fn merge(&mut self, other: TokenTable) -> Result<(), TokenError> {
+        for (d, caller) in other.by_digest {
+            if self.by_digest.insert(d, caller).is_some() {
+                return Err(TokenError::Invalid("a token is listed twice".into()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -165,6 +186,25 @@ mod tests {
             b = b.header("authorization", a);
         }
         b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_token_listed_twice_is_refused_at_start_up() {
+        let e = TokenTable::from_env_value("aaaaaaaaaaaaaaaa=alice,aaaaaaaaaaaaaaaa=root:admin")
+            .unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tokens.json");
+        std::fs::write(
+            &file,
+            r#"{"aaaaaaaaaaaaaaaa": {"user": "alice"}, "aaaaaaaaaaaaaaaa": {"user": "root", "admin": true}}"#,
+        )
+        .unwrap();
+        let e = TokenTable::from_file(&file).unwrap_err();
+        assert!(e.to_string().contains("listed twice"), "{e}");
+        let mut t = TokenTable::from_env_value("aaaaaaaaaaaaaaaa=alice").unwrap();
+        let again = TokenTable::from_env_value("aaaaaaaaaaaaaaaa=bob").unwrap();
+        assert!(t.merge(again).is_err());
     }
 
     #[test]

@@ -129,6 +129,11 @@ fn dev_mode_keeps_its_token_across_restarts_and_a_new_data_dir_gets_a_new_one() 
             0o700,
             "a data dir --dev creates is not world-readable"
         );
+        assert_eq!(
+            mode(&data.join("signing.key")),
+            0o600,
+            "nor is the signing key"
+        );
     }
     let other = tempfile::tempdir().unwrap();
     let (child, fresh, _) = start_dev(other.path());
