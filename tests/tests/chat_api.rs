@@ -908,3 +908,34 @@ async fn reuse_needs_exactly_one_audio_source() {
     }
     assert_eq!(s.dump(), before);
 }
+
+/// A member who may not attach the audio cannot make the server store a big snapshot: the
+/// audio is checked before the snapshot object is written.
+#[tokio::test]
+async fn a_big_snapshot_with_audio_the_caller_may_not_attach_stores_nothing() {
+    let s = TestServer::start().await;
+    let (alice, bob) = (s.client(ALICE), s.client(BOB));
+    let song = audio(31, 9_000);
+    let hash = sha256_hex(&song);
+    alice.upload(&song, "format=mp3").await;
+    create_thread(&alice, "t1", &["bob"]).await;
+    let before = s.dump();
+    let big = format!("{{\"notes\":\"{}\"}}", "n".repeat(600_000));
+    for (id, audio) in [
+        ("b1", json!({"content_hash": hash, "format": "mp3"})),
+        ("b2", json!({"from_message": "no-such-message"})),
+    ] {
+        let body = format!("{{\"id\":\"{id}\",\"snapshot\":{big},\"audio\":{audio}}}");
+        let r = bob
+            .http
+            .post(format!("{}/v1/threads/t1/messages", bob.base))
+            .bearer_auth(BOB)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{id}");
+    }
+    assert_eq!(s.dump(), before, "no snapshot object was staged");
+}

@@ -111,6 +111,34 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
     }
 
+    /// What the reuse's transaction would refuse, checked ahead of work that writes before
+    /// it (staging a snapshot): the caller holds the audio, or may reach it through the
+    /// message, and it is active.
+    pub(super) async fn check_attachable(
+        &self,
+        caller: &UserId,
+        source: &AudioSource,
+    ) -> Result<(), DedupError> {
+        let (resolved, _) = self.resolve_source(caller, source).await?;
+        let a = match &resolved.via {
+            None => self.held_audio(caller, &resolved.hash).await?,
+            Some(_) => match self.load_audio(&resolved.hash).await? {
+                Some(a) => a,
+                None => return Err(live_reference_without_audio(&resolved.hash)),
+            },
+        };
+        if a.value.state != AudioState::Active {
+            return Err(DedupError::conflict(
+                "audio_not_active",
+                format!(
+                    "the audio is {}; only active audio can be attached",
+                    a.value.state.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Plans, in the caller's transaction, the reference a message or library item will
     /// hold on resolved audio. Held audio takes the holder check; audio reached through a
     /// message makes the caller a holder of its current generation, on condition that the

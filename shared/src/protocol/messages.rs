@@ -99,6 +99,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             return replay(author, thread, &m.value, &print).map(|v| (v, false));
         }
         let staged = if text.len() > self.cfg.snapshot_inline_max {
+            // Staging writes an object, so the audio is checked first: a caller who may not
+            // attach it cannot fill the store with orphans (the transaction checks again).
+            if let Some(choice) = &req.audio {
+                self.check_attachable(author, &choice.source()).await?;
+            }
             Some(self.stage_snapshot(&req.id, &sha, text).await?)
         } else {
             None
