@@ -9,7 +9,7 @@
 
 use super::codec::{expect_of, Txn, Versioned};
 use super::read::audio_not_found;
-use super::references::live_reference_without_audio;
+use super::references::{live_reference_without_audio, not_attachable};
 use super::{keys, Dedup};
 use crate::domain::{
     AudioRecord, AudioRender, AudioSource, AudioState, AudioView, ContentHash, EntryState,
@@ -63,13 +63,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         })
     }
 
-    /// Message `id` if it is live, carries audio, and `caller` is a member of its thread;
-    /// otherwise 404 `message_not_found`, the same for each reason.
-    pub(super) async fn shared_message(
+    /// Message `id` if it is live and `caller` is a member of its thread; otherwise 404
+    /// `message_not_found`, the same for each reason.
+    pub(super) async fn live_message(
         &self,
         caller: &UserId,
         id: &MessageId,
-    ) -> Result<(Versioned<MessageRecord>, AudioRender), DedupError> {
+    ) -> Result<Versioned<MessageRecord>, DedupError> {
         let Some(m) = self.load::<MessageRecord>(&keys::message(id)).await? else {
             return Err(message_not_found());
         };
@@ -78,9 +78,22 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             Err(DedupError::NotFound { .. }) => return Err(message_not_found()),
             Err(e) => return Err(e),
         }
-        match (m.value.state, m.value.audio) {
-            (EntryState::Live, Some(render)) => Ok((m, render)),
-            _ => Err(message_not_found()),
+        if m.value.state != EntryState::Live {
+            return Err(message_not_found());
+        }
+        Ok(m)
+    }
+
+    /// `live_message`, if it carries audio (404 `message_not_found` if not).
+    pub(super) async fn shared_message(
+        &self,
+        caller: &UserId,
+        id: &MessageId,
+    ) -> Result<(Versioned<MessageRecord>, AudioRender), DedupError> {
+        let m = self.live_message(caller, id).await?;
+        match m.value.audio {
+            Some(render) => Ok((m, render)),
+            None => Err(message_not_found()),
         }
     }
 
@@ -128,13 +141,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             },
         };
         if a.value.state != AudioState::Active {
-            return Err(DedupError::conflict(
-                "audio_not_active",
-                format!(
-                    "the audio is {}; only active audio can be attached",
-                    a.value.state.as_str()
-                ),
-            ));
+            return Err(not_attachable(a.value.state));
         }
         Ok(())
     }

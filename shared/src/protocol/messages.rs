@@ -349,17 +349,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         caller: &UserId,
         id: &MessageId,
     ) -> Result<SnapshotBody, DedupError> {
-        let Some(m) = self.load::<MessageRecord>(&keys::message(id)).await? else {
-            return Err(message_not_found());
-        };
-        match self.member_thread(caller, &m.value.thread_id).await {
-            Ok(_) => {}
-            Err(DedupError::NotFound { .. }) => return Err(message_not_found()),
-            Err(e) => return Err(e),
-        }
-        if m.value.state != EntryState::Live {
-            return Err(message_not_found());
-        }
+        let m = self.live_message(caller, id).await?;
         let json = match &m.value.snapshot {
             SnapshotStore::Inline { json } => Bytes::copy_from_slice(json.get().as_bytes()),
             SnapshotStore::Blob { key, version } => self

@@ -345,13 +345,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     ) -> Result<(), DedupError> {
         let p = self.held_audio(owner, hash).await?;
         if p.value.state != AudioState::Active && !cfg!(feature = "mutation-no-state-check") {
-            return Err(DedupError::conflict(
-                "audio_not_active",
-                format!(
-                    "the audio is {}; only active audio can be attached",
-                    p.value.state.as_str()
-                ),
-            ));
+            return Err(not_attachable(p.value.state));
         }
         let mut a = p.value.clone();
         self.plan_new_reference(txn, &mut a, owner, wanted)?;
@@ -454,6 +448,17 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             Step::Lost
         })
     }
+}
+
+/// 409 for a message or library item naming audio that is not active.
+pub(super) fn not_attachable(state: AudioState) -> DedupError {
+    DedupError::conflict(
+        "audio_not_active",
+        format!(
+            "the audio is {}; only active audio can be attached",
+            state.as_str()
+        ),
+    )
 }
 
 pub(super) fn live_reference_without_audio(hash: &ContentHash) -> DedupError {
