@@ -319,6 +319,52 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
     h.check();
 }
 
+/// A correct proof after the session's `expires_at` is refused (410), even before the
+/// reconciler has marked the session expired, and grants nothing.
+#[tokio::test]
+async fn a_proof_after_the_session_expired_is_refused() {
+    let h = harness();
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let hash = h.upload("alice", &bytes, None).await.unwrap().content_hash;
+    let s =
+        h.d.open_session(SessionRequest {
+            owner: user("bob"),
+            hash,
+            size: 100_000,
+            format: AudioFormat::Mp3,
+            reference: None,
+        })
+        .await
+        .unwrap();
+    let chunks: Vec<&[u8]> = s
+        .challenge
+        .ranges
+        .iter()
+        .map(|r| &bytes[r.offset as usize..(r.offset + r.length) as usize])
+        .collect();
+    let proof = proof_for(&s.challenge.nonce, chunks);
+    h.clock
+        .advance(DedupConfig::default().session_ttl + Duration::from_secs(1));
+    let e =
+        h.d.complete(CompleteRequest {
+            owner: user("bob"),
+            hash,
+            session_id: s.session_id.clone(),
+            proof: Some(proof),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!((e.status(), e.code()), (410, "session_expired"));
+    assert_eq!(
+        h.d.describe(&user("bob"), &hash)
+            .await
+            .unwrap_err()
+            .status(),
+        404
+    );
+    h.check();
+}
+
 #[tokio::test]
 async fn a_proof_for_absent_content_answers_like_a_wrong_proof() {
     let h = harness();

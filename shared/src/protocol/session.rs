@@ -224,6 +224,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         s: &SessionRecord,
         proof: &str,
     ) -> Result<Step<UploadResult>, DedupError> {
+        // A challenge is answered within the session's life, whether or not the reconciler
+        // has marked it expired yet: an old challenge must not stay open to answer at will.
+        if self.now() > s.expires_at {
+            return Err(DedupError::Expired {
+                code: "session_expired",
+                message: "the upload session expired; open a new one".into(),
+            });
+        }
         let Some(p) = self.load_audio(&s.hash).await? else {
             return Err(DedupError::UploadRequired);
         };
