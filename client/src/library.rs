@@ -13,14 +13,12 @@ use audio_dedup_core::{
 use crate::api::LibrarySource;
 use crate::audio::{AudioHandle, Progress};
 use crate::error::{ApiError, ClientError};
-use crate::messages::{hash_file, set_cursor, SyncReport};
+use crate::messages::{hash_file, SyncReport, SYNC_PAGE};
 use crate::queue::{enqueue, Lane, QueuedOp, RecordAck};
 use crate::updates::{send_state_str, SendState, Update};
 use crate::Client;
 
 const SCOPE: &str = "library";
-const PAGE: usize = 500;
-const MAX_PAGES: usize = 1_000;
 
 /// The audio of a library item being put.
 #[derive(Debug, Clone)]
@@ -170,38 +168,21 @@ impl Client {
     /// Fetches only the library's changes after the stored cursor and merges them by id;
     /// each page commits with its cursor. `new` counts items added or changed.
     pub async fn sync_library(&self) -> Result<SyncReport, ClientError> {
-        let mut report = SyncReport::default();
-        let mut cursor = self.cursor(SCOPE)?.unwrap_or_else(|| "0".into());
-        for _ in 0..MAX_PAGES {
-            report.requests += 1;
-            let page = match self.api.list_library(&cursor, PAGE).await {
-                Ok(p) => p,
-                Err(ApiError::Rejected { code, .. })
-                    if code == "cursor_unknown" && cursor != "0" =>
-                {
-                    cursor = "0".into();
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let now = self.cfg.now_ms();
-            let (changed, deleted) = self.db.write(false, |tx| {
-                let mut counts = (0, 0);
-                for v in &page.items {
-                    let (c, d) = merge(tx, v)?;
-                    counts.0 += c;
-                    counts.1 += d;
-                }
-                set_cursor(tx, SCOPE, &page.next_cursor, now)?;
-                Ok(counts)
-            })?;
-            report.new += changed;
-            report.deleted += deleted;
-            cursor = page.next_cursor;
-            if !page.has_more {
-                break;
-            }
-        }
+        let report = self
+            .sync_log(
+                SCOPE,
+                |cursor| async move { self.api.list_library(&cursor, SYNC_PAGE).await },
+                |tx, items| {
+                    let mut counts = (0, 0);
+                    for v in items {
+                        let (c, d) = merge(tx, v)?;
+                        counts.0 += c;
+                        counts.1 += d;
+                    }
+                    Ok(counts)
+                },
+            )
+            .await?;
         if report.new + report.deleted > 0 {
             self.updates.send(Update::LibrarySynced {
                 changed: report.new,

@@ -18,8 +18,8 @@ use crate::queue::{enqueue, Lane, QueuedOp, RecordAck};
 use crate::updates::{SendState, Update};
 use crate::Client;
 
-/// Page size of sync reads.
-const SYNC_PAGE: usize = 500;
+/// Page size of sync reads (messages, the thread feed, the library).
+pub(crate) const SYNC_PAGE: usize = 500;
 /// Most pages one sync reads (500,000 changes); the next sync continues from the cursor.
 const MAX_SYNC_PAGES: usize = 1_000;
 
@@ -127,40 +127,23 @@ impl Client {
     /// never skips or repeats a change. A cursor the server no longer recognises
     /// (`409 cursor_unknown`) restarts the sync from the beginning.
     pub async fn sync_messages(&self, thread: &ThreadId) -> Result<SyncReport, ClientError> {
-        let mut report = SyncReport::default();
-        let mut cursor = self.cursor(&scope(thread))?.unwrap_or_else(|| "0".into());
-        for _ in 0..MAX_SYNC_PAGES {
-            report.requests += 1;
-            let page = match self.api.list_messages(thread, &cursor, SYNC_PAGE).await {
-                Ok(p) => p,
-                Err(ApiError::Rejected { code, .. })
-                    if code == "cursor_unknown" && cursor != "0" =>
-                {
-                    cursor = "0".into();
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let now = self.cfg.now_ms();
-            let (new, deleted) = self.db.write(false, |tx| {
-                let mut counts = (0, 0);
-                for m in &page.items {
-                    if merge(tx, m)? {
-                        counts.0 += 1;
-                    } else {
-                        counts.1 += 1;
+        let report = self
+            .sync_log(
+                &scope(thread),
+                |cursor| async move { self.api.list_messages(thread, &cursor, SYNC_PAGE).await },
+                |tx, items| {
+                    let mut counts = (0, 0);
+                    for m in items {
+                        if merge(tx, m)? {
+                            counts.0 += 1;
+                        } else {
+                            counts.1 += 1;
+                        }
                     }
-                }
-                set_cursor(tx, &scope(thread), &page.next_cursor, now)?;
-                Ok(counts)
-            })?;
-            report.new += new;
-            report.deleted += deleted;
-            cursor = page.next_cursor;
-            if !page.has_more {
-                break;
-            }
-        }
+                    Ok(counts)
+                },
+            )
+            .await?;
         if report.new + report.deleted > 0 {
             self.updates.send(Update::MessagesSynced {
                 thread_id: thread.clone(),
@@ -538,6 +521,49 @@ impl Client {
             )?;
             Ok(())
         }))
+    }
+
+    /// Reads a change log from the cursor stored for `scope`, page by page. Each page is
+    /// merged by `apply` (answering how many items it changed and deleted) in the transaction
+    /// that stores the page's cursor, so a crash mid-sync never skips or repeats a change. A
+    /// cursor the server no longer recognises (`409 cursor_unknown`) restarts from the start.
+    pub(crate) async fn sync_log<T, Fut>(
+        &self,
+        scope: &str,
+        fetch: impl Fn(String) -> Fut,
+        apply: impl Fn(&Transaction<'_>, &[T]) -> rusqlite::Result<(usize, usize)>,
+    ) -> Result<SyncReport, ClientError>
+    where
+        Fut: std::future::Future<Output = Result<audio_dedup_core::Page<T>, ApiError>>,
+    {
+        let mut report = SyncReport::default();
+        let mut cursor = self.cursor(scope)?.unwrap_or_else(|| "0".into());
+        for _ in 0..MAX_SYNC_PAGES {
+            report.requests += 1;
+            let page = match fetch(cursor.clone()).await {
+                Ok(p) => p,
+                Err(ApiError::Rejected { code, .. })
+                    if code == "cursor_unknown" && cursor != "0" =>
+                {
+                    cursor = "0".into();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let now = self.cfg.now_ms();
+            let (changed, deleted) = self.db.write(false, |tx| {
+                let counts = apply(tx, &page.items)?;
+                set_cursor(tx, scope, &page.next_cursor, now)?;
+                Ok(counts)
+            })?;
+            report.new += changed;
+            report.deleted += deleted;
+            cursor = page.next_cursor;
+            if !page.has_more {
+                break;
+            }
+        }
+        Ok(report)
     }
 
     pub(crate) fn cursor(&self, scope: &str) -> Result<Option<String>, ClientError> {

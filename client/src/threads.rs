@@ -6,14 +6,12 @@ use audio_dedup_core::{ThreadId, ThreadView};
 use rusqlite::params;
 
 use crate::api::ThreadInfo;
-use crate::error::{ApiError, ClientError};
-use crate::messages::set_cursor;
+use crate::error::ClientError;
+use crate::messages::SYNC_PAGE;
 use crate::updates::Update;
 use crate::Client;
 
 const SCOPE: &str = "threads";
-const PAGE: usize = 500;
-const MAX_PAGES: usize = 1_000;
 
 impl Client {
     /// The cached threads, at once. If the last sync is older than the interval, a sync
@@ -54,36 +52,23 @@ impl Client {
 
     /// Syncs the thread list now: the feed after the stored cursor.
     pub async fn sync_threads(&self) -> Result<usize, ClientError> {
-        let mut cursor = self.cursor(SCOPE)?.unwrap_or_else(|| "0".into());
-        let mut changed = 0;
-        for _ in 0..MAX_PAGES {
-            let page = match self.api.list_threads(&cursor, PAGE).await {
-                Ok(p) => p,
-                Err(ApiError::Rejected { code, .. })
-                    if code == "cursor_unknown" && cursor != "0" =>
-                {
-                    cursor = "0".into();
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let now = self.cfg.now_ms();
-            self.db.write(false, |tx| {
-                for t in &page.items {
-                    tx.execute(
-                        "INSERT INTO threads (id, json) VALUES (?1, ?2)
-                         ON CONFLICT (id) DO UPDATE SET json = ?2",
-                        params![t.id.as_str(), serde_json::to_string(t).unwrap_or_default()],
-                    )?;
-                }
-                set_cursor(tx, SCOPE, &page.next_cursor, now)
-            })?;
-            changed += page.items.len();
-            cursor = page.next_cursor;
-            if !page.has_more {
-                break;
-            }
-        }
+        let report = self
+            .sync_log(
+                SCOPE,
+                |cursor| async move { self.api.list_threads(&cursor, SYNC_PAGE).await },
+                |tx, items: &[ThreadView]| {
+                    for t in items {
+                        tx.execute(
+                            "INSERT INTO threads (id, json) VALUES (?1, ?2)
+                             ON CONFLICT (id) DO UPDATE SET json = ?2",
+                            params![t.id.as_str(), serde_json::to_string(t).unwrap_or_default()],
+                        )?;
+                    }
+                    Ok((items.len(), 0))
+                },
+            )
+            .await?;
+        let changed = report.new;
         if changed > 0 {
             self.updates.send(Update::ThreadsChanged { count: changed });
         }
