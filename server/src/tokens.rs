@@ -44,19 +44,22 @@ pub fn dev_token(data_dir: &Path) -> Result<(String, TokenTable), TokenError> {
             Err(e) => return Err(write_err(e)),
         }
     }
-    let table = TokenTable::from_file(&path)?;
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| TokenError::Read(path.display().to_string(), e))?;
-    let entries: Entries =
-        serde_json::from_str(&text).map_err(|e| TokenError::Invalid(e.to_string()))?;
-    let mut tokens = entries.0.into_iter().map(|(token, _)| token);
-    match (tokens.next(), tokens.next()) {
-        (Some(token), None) => Ok((token, table)),
-        _ => Err(TokenError::Invalid(format!(
+    let entries = read_entries(&path)?;
+    let [(token, _)] = entries.0.as_slice() else {
+        return Err(TokenError::Invalid(format!(
             "{} must hold exactly one token",
             path.display()
-        ))),
-    }
+        )));
+    };
+    let token = token.clone();
+    Ok((token, TokenTable::from_entries(entries)?))
+}
+
+/// A token file's entries, read and parsed once.
+fn read_entries(path: &Path) -> Result<Entries, TokenError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TokenError::Read(path.display().to_string(), e))?;
+    serde_json::from_str(&text).map_err(|e| TokenError::Invalid(e.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -128,10 +131,10 @@ impl TokenTable {
 
     /// `{"<token>": {"user": "alice", "admin": false}, ...}`
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TokenError::Read(path.display().to_string(), e))?;
-        let entries: Entries =
-            serde_json::from_str(&text).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        Self::from_entries(read_entries(path)?)
+    }
+
+    fn from_entries(entries: Entries) -> Result<Self, TokenError> {
         let mut t = Self::default();
         for (token, e) in entries.0 {
             t.insert(&token, &e.user, e.admin)?;
