@@ -4,46 +4,95 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use audio_dedup_core::DedupError;
+use audio_dedup_core::{DedupError, ErrorCode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
+/// Each code's one HTTP status. Exhaustive: a new code does not compile until it has one.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    use ErrorCode as C;
+    match code {
+        C::NotFound
+        | C::AudioNotFound
+        | C::ThreadNotFound
+        | C::MessageNotFound
+        | C::LibraryItemNotFound
+        | C::SessionNotFound
+        | C::ReferenceNotFound
+        | C::ObjectNotFound => StatusCode::NOT_FOUND,
+        C::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        C::Unauthorized => StatusCode::UNAUTHORIZED,
+        C::Forbidden | C::UrlExpired | C::SignatureInvalid | C::SignedHeaderMissing => {
+            StatusCode::FORBIDDEN
+        }
+        C::BodyTooLarge | C::SnapshotTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        C::LengthRequired => StatusCode::LENGTH_REQUIRED,
+        C::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        C::AudioNotActive
+        | C::UploadRequired
+        | C::ReferenceKindMismatch
+        | C::ReferenceRemoved
+        | C::ThreadIdConflict
+        | C::MessageIdConflict
+        | C::CursorUnknown => StatusCode::CONFLICT,
+        C::SessionExpired => StatusCode::GONE,
+        C::Busy | C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        C::Internal | C::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
+        C::InvalidPath
+        | C::InvalidQuery
+        | C::InvalidJson
+        | C::EmptyBody
+        | C::UnreadableBody
+        | C::InvalidLimit
+        | C::InvalidCursor
+        | C::InvalidHash
+        | C::InvalidThreadId
+        | C::InvalidMessageId
+        | C::InvalidItemId
+        | C::InvalidRefId
+        | C::InvalidRefKind
+        | C::InvalidSessionId
+        | C::InvalidMember
+        | C::IncompleteReference
+        | C::MissingFormat
+        | C::UnknownFormat
+        | C::InvalidTitle
+        | C::TooManyMembers
+        | C::InvalidSnapshot
+        | C::InvalidAudio
+        | C::InvalidSize
+        | C::InvalidProof
+        | C::InvalidChecksum
+        | C::ChecksumMismatch
+        | C::SizeMismatch
+        | C::BadDigest => StatusCode::BAD_REQUEST,
+    }
+}
+
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: status_of(code),
             code,
             message: message.into(),
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        Self::new(ErrorCode::NotFound, "no such route")
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        )
+        Self::new(ErrorCode::Unauthorized, "a valid bearer token is required")
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(ErrorCode::Internal, "internal error")
     }
 }
 
@@ -53,12 +102,7 @@ impl From<DedupError> for ApiError {
             // Full detail to the logs only.
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "request failed");
         }
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Self {
-            status,
-            code: e.code(),
-            message: e.public_message(),
-        }
+        Self::new(e.code(), e.public_message())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Request parsing that answers every failure in the API's JSON error shape.
 
+use audio_dedup_core::ErrorCode;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use bytes::Bytes;
@@ -24,23 +25,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .map_err(|e: BytesRejection| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
+                        ErrorCode::BodyTooLarge,
                         "the JSON body is larger than this route takes (docs/api.md)",
                     )
                 } else {
-                    ApiError::bad_request("unreadable_body", "the request body could not be read")
+                    ApiError::new(
+                        ErrorCode::UnreadableBody,
+                        "the request body could not be read",
+                    )
                 }
             })?;
         if bytes.is_empty() {
-            return Err(ApiError::bad_request(
-                "empty_body",
+            return Err(ApiError::new(
+                ErrorCode::EmptyBody,
                 "a JSON body is required",
             ));
         }
         serde_json::from_slice(&bytes)
             .map(JsonBody)
-            .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON body: {e}")))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
     }
 }
 
@@ -55,7 +58,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for RawPath
             .await
             .map(|Path(t)| RawPath(t))
             .map_err(|e: PathRejection| {
-                ApiError::bad_request("invalid_path", format!("invalid path parameter: {e}"))
+                ApiError::new(
+                    ErrorCode::InvalidPath,
+                    format!("invalid path parameter: {e}"),
+                )
             })
     }
 }
@@ -71,21 +77,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T>
             .await
             .map(|Query(t)| StrictQuery(t))
             .map_err(|e: QueryRejection| {
-                ApiError::bad_request(
-                    "invalid_query",
+                ApiError::new(
+                    ErrorCode::InvalidQuery,
                     format!("invalid query string: {}", e.body_text()),
                 )
             })
     }
 }
 
-pub fn parse<T: std::str::FromStr>(value: &str, code: &'static str) -> Result<T, ApiError>
+pub fn parse<T: std::str::FromStr>(value: &str, code: ErrorCode) -> Result<T, ApiError>
 where
     T::Err: std::fmt::Display,
 {
     value
         .parse()
-        .map_err(|e: T::Err| ApiError::bad_request(code, e.to_string()))
+        .map_err(|e: T::Err| ApiError::new(code, e.to_string()))
 }
 
 /// For an optional JSON field: absent is `None`, but an explicit `null` is refused (the

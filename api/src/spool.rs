@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use http::StatusCode;
+
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 use audio_dedup_core::ports::BlobBody;
-use audio_dedup_core::{ContentHash, StreamingHasher};
+use audio_dedup_core::{ContentHash, ErrorCode, StreamingHasher};
 
 use crate::error::ApiError;
 
@@ -32,9 +32,7 @@ pub struct Spooled {
 }
 
 fn too_large(limit: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+    ApiError::new(ErrorCode::BodyTooLarge,
         format!("direct uploads are at most {limit} bytes; open an upload session with POST /v1/audio/uploads"),
     )
 }
@@ -58,7 +56,10 @@ pub async fn spool(body: Body, limit: u64, dir: Option<&Path>) -> Result<Spooled
     let mut mem = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
-            ApiError::bad_request("unreadable_body", "the request body could not be read")
+            ApiError::new(
+                ErrorCode::UnreadableBody,
+                "the request body could not be read",
+            )
         })?;
         let Ok(data) = frame.into_data() else {
             continue;

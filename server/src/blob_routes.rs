@@ -15,8 +15,8 @@ use tower_http::services::ServeFile;
 
 use audio_dedup_api::ApiError;
 use audio_dedup_core::ports::{BlobBody, BlobStore, PutOutcome, PutRequest};
-use audio_dedup_core::protocol::keys;
 use audio_dedup_core::store::embedded::{FsBlobStore, SignError};
+use audio_dedup_core::{protocol::keys, ErrorCode};
 
 pub struct BlobState {
     pub blobs: FsBlobStore,
@@ -25,23 +25,18 @@ pub struct BlobState {
 
 fn sign_error(e: SignError) -> ApiError {
     match e {
-        SignError::Expired => ApiError::new(StatusCode::FORBIDDEN, "url_expired", e.to_string()),
-        SignError::BadSignature => {
-            ApiError::new(StatusCode::FORBIDDEN, "signature_invalid", e.to_string())
+        SignError::Expired => ApiError::new(ErrorCode::UrlExpired, e.to_string()),
+        SignError::BadSignature => ApiError::new(ErrorCode::SignatureInvalid, e.to_string()),
+        SignError::HeaderMismatch(_) => {
+            ApiError::new(ErrorCode::SignedHeaderMissing, e.to_string())
         }
-        SignError::HeaderMismatch(_) => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "signed_header_missing",
-            e.to_string(),
-        ),
     }
 }
 
 fn owned_key(state: &BlobState, key: &str) -> Result<(), ApiError> {
     if keys::hash_from_blob_key(&state.key_prefix, key).is_none() {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "signature_invalid",
+            ErrorCode::SignatureInvalid,
             "not a signed object URL",
         ));
     }
@@ -75,8 +70,7 @@ pub async fn put_object(
         .map_err(sign_error)?;
     if header("if-none-match").as_deref() != Some("*") {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "signed_header_missing",
+            ErrorCode::SignedHeaderMissing,
             "if-none-match: * is required",
         ));
     }
@@ -84,14 +78,13 @@ pub async fn put_object(
     match declared {
         None => {
             return Err(ApiError::new(
-                StatusCode::LENGTH_REQUIRED,
-                "length_required",
+                ErrorCode::LengthRequired,
                 "content-length is required",
             ))
         }
         Some(n) if n != grant.size => {
-            return Err(ApiError::bad_request(
-                "size_mismatch",
+            return Err(ApiError::new(
+                ErrorCode::SizeMismatch,
                 format!("the URL is signed for {} bytes", grant.size),
             ))
         }
@@ -101,14 +94,17 @@ pub async fn put_object(
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
-            ApiError::bad_request("unreadable_body", "the request body could not be read")
+            ApiError::new(
+                ErrorCode::UnreadableBody,
+                "the request body could not be read",
+            )
         })?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         if spool.len() + data.len() as u64 > grant.size {
-            return Err(ApiError::bad_request(
-                "size_mismatch",
+            return Err(ApiError::new(
+                ErrorCode::SizeMismatch,
                 "the body is longer than signed",
             ));
         }
@@ -116,14 +112,14 @@ pub async fn put_object(
     }
     let (path, hash, size) = spool.finish().await.map_err(internal)?;
     if size != grant.size {
-        return Err(ApiError::bad_request(
-            "size_mismatch",
+        return Err(ApiError::new(
+            ErrorCode::SizeMismatch,
             "the body is shorter than signed",
         ));
     }
     if hash != grant.sha256 {
-        return Err(ApiError::bad_request(
-            "bad_digest",
+        return Err(ApiError::new(
+            ErrorCode::BadDigest,
             "the body does not match x-amz-checksum-sha256",
         ));
     }
@@ -149,8 +145,7 @@ pub async fn put_object(
             Ok(res)
         }
         PutOutcome::AlreadyExists => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
+            ErrorCode::PreconditionFailed,
             "an object already exists at this key",
         )),
     }
@@ -176,8 +171,7 @@ pub async fn get_object(
         .map_err(internal)?
     else {
         return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "object_not_found",
+            ErrorCode::ObjectNotFound,
             "the object version no longer exists",
         ));
     };

@@ -9,5 +9,5 @@ pub mod protocol;
 pub mod store;
 
 pub use domain::*;
-pub use error::{DedupError, StoreError};
+pub use error::{DedupError, ErrorCode, StoreError};
 pub use protocol::{Dedup, DedupConfig};

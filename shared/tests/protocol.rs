@@ -214,14 +214,14 @@ async fn references_are_per_owner_and_need_possession() {
         h.d.add_reference(&user("mallory"), &hash, &rid("x"), ReferenceKind::Library)
             .await
             .unwrap_err();
-    assert_eq!((e.status(), e.code()), (404, "audio_not_found"));
+    assert_eq!(e.code(), ErrorCode::AudioNotFound);
     let e =
         h.d.remove_reference(&user("mallory"), &hash, &rid("m1"))
             .await
             .unwrap_err();
-    assert_eq!(e.status(), 404);
+    assert_eq!(e.code(), ErrorCode::ReferenceNotFound);
     let e = h.d.describe(&user("mallory"), &hash).await.unwrap_err();
-    assert_eq!(e.status(), 404);
+    assert_eq!(e.code(), ErrorCode::AudioNotFound);
     assert!(h.d.describe(&user("alice"), &hash).await.is_ok());
     assert_eq!(h.d.stats().await.unwrap().total_references, 1);
     h.check();
@@ -253,7 +253,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
     // Nothing uploaded yet.
     assert_eq!(
         h.d.complete(complete.clone()).await.unwrap_err().code(),
-        "upload_required"
+        ErrorCode::UploadRequired
     );
     h.blobs.client_put(
         &keys::blob_key("", &hash),
@@ -289,7 +289,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
     };
     assert_eq!(
         h.d.complete(bob.clone()).await.unwrap_err().code(),
-        "upload_required"
+        ErrorCode::UploadRequired
     );
     let wrong = CompleteRequest {
         proof: Some("00".repeat(32)),
@@ -297,7 +297,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
     };
     assert_eq!(
         h.d.complete(wrong).await.unwrap_err().code(),
-        "upload_required"
+        ErrorCode::UploadRequired
     );
     let chunks: Vec<&[u8]> = s2
         .challenge
@@ -354,13 +354,10 @@ async fn a_proof_after_the_session_expired_is_refused() {
         })
         .await
         .unwrap_err();
-    assert_eq!((e.status(), e.code()), (410, "session_expired"));
+    assert_eq!(e.code(), ErrorCode::SessionExpired);
     assert_eq!(
-        h.d.describe(&user("bob"), &hash)
-            .await
-            .unwrap_err()
-            .status(),
-        404
+        h.d.describe(&user("bob"), &hash).await.unwrap_err().code(),
+        ErrorCode::AudioNotFound
     );
     h.check();
 }
@@ -388,7 +385,7 @@ async fn a_proof_for_absent_content_answers_like_a_wrong_proof() {
         })
         .await
         .unwrap_err();
-    assert_eq!((e.status(), e.code()), (409, "upload_required"));
+    assert_eq!(e.code(), ErrorCode::UploadRequired);
     h.check();
 }
 
@@ -412,7 +409,7 @@ async fn crash_between_index_write_and_blob_delete_is_finished_by_the_reconciler
         h.d.add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message)
             .await
             .unwrap_err();
-    assert_eq!(e.code(), "audio_not_active");
+    assert_eq!(e.code(), ErrorCode::AudioNotActive);
     h.check();
     let report = h.d.reconcile().await.unwrap();
     assert_eq!(report.deletions_finished, 1);
@@ -448,8 +445,8 @@ async fn reupload_while_deleting_finishes_the_old_deletion_first() {
         h.d.describe(&user("alice"), &hash)
             .await
             .unwrap_err()
-            .status(),
-        404,
+            .code(),
+        ErrorCode::AudioNotFound,
         "old generation's grant"
     );
     h.check();
@@ -593,7 +590,7 @@ async fn concurrent_uploads_and_reference_churn_keep_counts_exact() {
                 };
                 match d.upload_direct(up).await {
                     Ok(_) => {}
-                    Err(e) if e.code() == "busy" => continue,
+                    Err(e) if e.code() == ErrorCode::Busy => continue,
                     Err(e) => panic!("{e}"),
                 }
                 if i % 2 == 0 {
@@ -645,7 +642,7 @@ async fn an_upload_whose_session_reference_was_removed_is_still_adopted() {
     };
     assert_eq!(
         h.d.open_session(again).await.unwrap_err().code(),
-        "reference_removed"
+        ErrorCode::ReferenceRemoved
     );
     // The first session's PUT lands; its event adopts the object without the dead reference.
     h.blobs.client_put(
@@ -778,7 +775,7 @@ async fn a_batch_answers_each_add_on_its_own() {
         .iter()
         .map(|a| match a {
             Ok(v) => format!("ok {}", v.ref_id),
-            Err(e) => format!("{} {}", e.status(), e.code()),
+            Err(e) => format!("{}", e.code()),
         })
         .collect();
     assert_eq!(
@@ -788,8 +785,8 @@ async fn a_batch_answers_each_add_on_its_own() {
             "ok a1",
             "ok a1",
             "ok m1",
-            "409 reference_kind_mismatch",
-            "404 audio_not_found",
+            "reference_kind_mismatch",
+            "audio_not_found",
             "ok b1"
         ]
     );
@@ -822,7 +819,10 @@ async fn adds_queued_behind_a_deletion_answer_not_active() {
     for a in answers {
         let e = a.unwrap_err();
         assert!(
-            matches!(e.code(), "audio_not_active" | "audio_not_found"),
+            matches!(
+                e.code(),
+                ErrorCode::AudioNotActive | ErrorCode::AudioNotFound
+            ),
             "{e:?}"
         );
     }

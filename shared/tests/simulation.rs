@@ -815,7 +815,7 @@ struct Sim {
 }
 
 fn retryable(e: &DedupError) -> bool {
-    e.status() >= 500
+    e.is_transient() || e.is_internal()
 }
 
 impl Sim {
@@ -1154,7 +1154,7 @@ async fn perform(
             };
             let thread: ThreadId = THREAD.parse().expect("valid thread id");
             let (v, created) = match sim.d.create_message(owner, &thread, req).await {
-                Err(e) if e.code() == "message_not_found" => {
+                Err(e) if e.code() == ErrorCode::MessageNotFound => {
                     sim.trace.bump("message.forward_refused");
                     return Err(e);
                 }
@@ -1204,7 +1204,7 @@ async fn attempt(
         let said = || {
             let shown = match &r {
                 Ok(s) => s.clone(),
-                Err(e) => format!("ERR {} {}", e.status(), e.code()),
+                Err(e) => format!("ERR {}", e.code()),
             };
             let again = if n > 0 { " (again)" } else { "" };
             format!("#{step_id}{again} {} -> {shown}", describe(c.idx, action))

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::protocol::{CompleteRequest, DirectUpload, SessionRequest};
 use audio_dedup_core::{
-    AudioFormat, ContentHash, PendingReference, ReferenceId, ReferenceKind, SessionId,
+    AudioFormat, ContentHash, ErrorCode, PendingReference, ReferenceId, ReferenceKind, SessionId,
 };
 
 use super::content_hash;
@@ -41,11 +41,11 @@ fn reference(kind: Option<&str>, id: Option<&str>) -> Result<Option<PendingRefer
     match (kind, id) {
         (None, None) => Ok(None),
         (Some(k), Some(i)) => Ok(Some(PendingReference {
-            kind: parse::<ReferenceKind>(k, "invalid_ref_kind")?,
-            ref_id: parse::<ReferenceId>(i, "invalid_ref_id")?,
+            kind: parse::<ReferenceKind>(k, ErrorCode::InvalidRefKind)?,
+            ref_id: parse::<ReferenceId>(i, ErrorCode::InvalidRefId)?,
         })),
-        _ => Err(ApiError::bad_request(
-            "incomplete_reference",
+        _ => Err(ApiError::new(
+            ErrorCode::IncompleteReference,
             "a reference needs both a kind and an id",
         )),
     }
@@ -53,9 +53,12 @@ fn reference(kind: Option<&str>, id: Option<&str>) -> Result<Option<PendingRefer
 
 fn format_of(raw: Option<&str>) -> Result<AudioFormat, ApiError> {
     let raw = raw.ok_or_else(|| {
-        ApiError::bad_request("missing_format", "the format query parameter is required")
+        ApiError::new(
+            ErrorCode::MissingFormat,
+            "the format query parameter is required",
+        )
     })?;
-    parse(raw, "unknown_format")
+    parse(raw, ErrorCode::UnknownFormat)
 }
 
 /// `x-amz-checksum-sha256`: canonical base64 of the 32-byte digest, with its one `=` of
@@ -69,8 +72,8 @@ fn checksum(v: &http::HeaderValue) -> Result<ContentHash, ApiError> {
     padded
         .and_then(|t| ContentHash::from_base64(&t).ok())
         .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_checksum",
+            ApiError::new(
+                ErrorCode::InvalidChecksum,
                 "x-amz-checksum-sha256 must be the base64 of a SHA-256 digest",
             )
         })
@@ -92,14 +95,14 @@ pub async fn upload_direct<B: BlobStore, I: TransactionalIndex>(
     check_declared_length(&headers, MAX_DIRECT_UPLOAD)?;
     let spooled = spool(body, MAX_DIRECT_UPLOAD, s.cfg.spool_dir.as_deref()).await?;
     if spooled.size == 0 {
-        return Err(ApiError::bad_request(
-            "empty_body",
+        return Err(ApiError::new(
+            ErrorCode::EmptyBody,
             "the audio body is empty",
         ));
     }
     if claimed.is_some_and(|c| c != spooled.hash) {
-        return Err(ApiError::bad_request(
-            "checksum_mismatch",
+        return Err(ApiError::new(
+            ErrorCode::ChecksumMismatch,
             "the body does not match x-amz-checksum-sha256",
         ));
     }
@@ -167,11 +170,11 @@ pub async fn complete<B: BlobStore, I: TransactionalIndex>(
     JsonBody(b): JsonBody<CompleteBody>,
 ) -> Result<Response, ApiError> {
     let hash = content_hash(&hash)?;
-    let session_id: SessionId = parse(&b.session_id, "invalid_session_id")?;
+    let session_id: SessionId = parse(&b.session_id, ErrorCode::InvalidSessionId)?;
     if let Some(p) = &b.proof {
         if p.len() != 64 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ApiError::bad_request(
-                "invalid_proof",
+            return Err(ApiError::new(
+                ErrorCode::InvalidProof,
                 "proof is 64 hex digits",
             ));
         }

@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{AudioSource, LibraryItemId, MessageId};
+use audio_dedup_core::{AudioSource, ErrorCode, LibraryItemId, MessageId};
 
 use super::{content_hash, created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -34,15 +34,15 @@ pub async fn put<B: BlobStore, I: TransactionalIndex>(
     RawPath(id): RawPath<String>,
     JsonBody(b): JsonBody<PutBody>,
 ) -> Result<Response, ApiError> {
-    let id: LibraryItemId = parse(&id, "invalid_item_id")?;
+    let id: LibraryItemId = parse(&id, ErrorCode::InvalidItemId)?;
     let hash = b.content_hash.as_deref().map(content_hash).transpose()?;
     let from: Option<MessageId> = b
         .from_message
         .as_deref()
-        .map(|m| parse(m, "invalid_message_id"))
+        .map(|m| parse(m, ErrorCode::InvalidMessageId))
         .transpose()?;
     let source = AudioSource::one_of(hash, from)
-        .map_err(|reason| ApiError::bad_request("invalid_audio", reason))?;
+        .map_err(|reason| ApiError::new(ErrorCode::InvalidAudio, reason))?;
     let (view, created) = s
         .dedup
         .put_library_item(&caller.user, &id, &source, &b.title)
@@ -55,7 +55,7 @@ pub async fn delete<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     RawPath(id): RawPath<String>,
 ) -> Result<Response, ApiError> {
-    let id: LibraryItemId = parse(&id, "invalid_item_id")?;
+    let id: LibraryItemId = parse(&id, ErrorCode::InvalidItemId)?;
     s.dedup.delete_library_item(&caller.user, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

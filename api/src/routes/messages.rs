@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::protocol::NewMessage;
-use audio_dedup_core::{MessageAudio, MessageId, ThreadId, MAX_SNAPSHOT_BYTES};
+use audio_dedup_core::{ErrorCode, MessageAudio, MessageId, ThreadId, MAX_SNAPSHOT_BYTES};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -38,18 +38,17 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
     RawPath(thread): RawPath<String>,
     JsonBody(b): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
-    let id: MessageId = parse(&b.id, "invalid_message_id")?;
+    let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
+    let id: MessageId = parse(&b.id, ErrorCode::InvalidMessageId)?;
     if b.snapshot.get() == "null" {
-        return Err(ApiError::bad_request(
-            "invalid_snapshot",
+        return Err(ApiError::new(
+            ErrorCode::InvalidSnapshot,
             "a snapshot is a JSON value other than null",
         ));
     }
     if b.snapshot.get().len() > MAX_SNAPSHOT_BYTES {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "snapshot_too_large",
+            ErrorCode::SnapshotTooLarge,
             format!("a snapshot is at most {MAX_SNAPSHOT_BYTES} bytes of JSON"),
         ));
     }
@@ -68,7 +67,7 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
     RawPath(thread): RawPath<String>,
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
+    let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
     let (cursor, limit) = q.page(CursorParam::After, "message sync")?;
     let page = s
         .dedup
@@ -82,8 +81,8 @@ pub async fn delete<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     RawPath((thread, id)): RawPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
-    let id: MessageId = parse(&id, "invalid_message_id")?;
+    let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
+    let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
     s.dedup.delete_message(&caller.user, &thread, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -94,8 +93,8 @@ pub async fn audio<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     RawPath((thread, id)): RawPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let thread: ThreadId = parse(&thread, "invalid_thread_id")?;
-    let id: MessageId = parse(&id, "invalid_message_id")?;
+    let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
+    let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
     let view = s.dedup.message_audio(&caller.user, &thread, &id).await?;
     Ok(Json(view).into_response())
 }
@@ -105,7 +104,7 @@ pub async fn snapshot<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     RawPath(id): RawPath<String>,
 ) -> Result<Response, ApiError> {
-    let id: MessageId = parse(&id, "invalid_message_id")?;
+    let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
     let body = s.dedup.snapshot(&caller.user, &id).await?;
     let mut res = (StatusCode::OK, body.json).into_response();
     let h = res.headers_mut();

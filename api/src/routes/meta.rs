@@ -1,12 +1,12 @@
 //! Health, the OpenAPI document, stats, the on-demand reconciler, and the JSON answers for
 //! unknown routes and wrong methods.
 
+use audio_dedup_core::ErrorCode;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http::StatusCode;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 
@@ -41,8 +41,7 @@ pub async fn reconcile<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     if !caller.admin {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "only an admin may run the reconciler",
         ));
     }
@@ -55,8 +54,7 @@ pub async fn no_route() -> ApiError {
 
 pub async fn wrong_method() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not take that method",
     )
 }

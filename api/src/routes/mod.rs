@@ -8,7 +8,7 @@ pub mod references;
 pub mod threads;
 
 use audio_dedup_core::protocol::{parse_cursor, DEFAULT_PAGE, MAX_PAGE};
-use audio_dedup_core::{ContentHash, Seq};
+use audio_dedup_core::{ContentHash, ErrorCode, Seq};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::extract::parse;
 
 pub(crate) fn content_hash(raw: &str) -> Result<ContentHash, ApiError> {
-    parse(raw, "invalid_hash")
+    parse(raw, ErrorCode::InvalidHash)
 }
 
 /// `?since=` / `?after=` and `?limit=` of the change-log reads. Each route takes one of the
@@ -45,8 +45,8 @@ impl ListQuery {
             CursorParam::After => ("after", &self.since, &self.after),
         };
         if other.is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_query",
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
                 format!("{log} takes `{wanted}` as its cursor"),
             ));
         }
@@ -73,8 +73,8 @@ pub(crate) fn page_limit(raw: Option<&str>) -> Result<usize, ApiError> {
     };
     match raw.parse::<usize>() {
         Ok(n) if (1..=MAX_PAGE).contains(&n) && !raw.starts_with('+') => Ok(n),
-        _ => Err(ApiError::bad_request(
-            "invalid_limit",
+        _ => Err(ApiError::new(
+            ErrorCode::InvalidLimit,
             format!("limit is an integer from 1 to {MAX_PAGE}"),
         )),
     }

@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{ReferenceId, ReferenceKind};
+use audio_dedup_core::{ErrorCode, ReferenceId, ReferenceKind};
 
 use super::content_hash;
 use crate::auth::Caller;
@@ -30,8 +30,8 @@ pub async fn add<B: BlobStore, I: TransactionalIndex>(
     JsonBody(b): JsonBody<AddBody>,
 ) -> Result<Response, ApiError> {
     let hash = content_hash(&hash)?;
-    let ref_id: ReferenceId = parse(&ref_id, "invalid_ref_id")?;
-    let kind: ReferenceKind = parse(&b.kind, "invalid_ref_kind")?;
+    let ref_id: ReferenceId = parse(&ref_id, ErrorCode::InvalidRefId)?;
+    let kind: ReferenceKind = parse(&b.kind, ErrorCode::InvalidRefKind)?;
     let view = s
         .dedup
         .add_reference(&caller.user, &hash, &ref_id, kind)
@@ -45,7 +45,7 @@ pub async fn remove<B: BlobStore, I: TransactionalIndex>(
     RawPath((hash, ref_id)): RawPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let hash = content_hash(&hash)?;
-    let ref_id: ReferenceId = parse(&ref_id, "invalid_ref_id")?;
+    let ref_id: ReferenceId = parse(&ref_id, ErrorCode::InvalidRefId)?;
     s.dedup
         .remove_reference(&caller.user, &hash, &ref_id)
         .await?;

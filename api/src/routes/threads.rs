@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::protocol::NewThread;
-use audio_dedup_core::{valid_title, ThreadId, UserId, MAX_THREAD_MEMBERS};
+use audio_dedup_core::{valid_title, ErrorCode, ThreadId, UserId, MAX_THREAD_MEMBERS};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -33,17 +33,17 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     let id =
         b.id.as_deref()
-            .map(|i| parse::<ThreadId>(i, "invalid_thread_id"))
+            .map(|i| parse::<ThreadId>(i, ErrorCode::InvalidThreadId))
             .transpose()?;
     if !valid_title(&b.title) {
-        return Err(ApiError::bad_request(
-            "invalid_title",
+        return Err(ApiError::new(
+            ErrorCode::InvalidTitle,
             "a title is 1 to 200 characters, not blank, without control characters",
         ));
     }
     if b.members.len() > MAX_THREAD_MEMBERS - 1 {
-        return Err(ApiError::bad_request(
-            "too_many_members",
+        return Err(ApiError::new(
+            ErrorCode::TooManyMembers,
             format!(
                 "members lists at most {} users besides the caller (who is always a member)",
                 MAX_THREAD_MEMBERS - 1
@@ -53,7 +53,7 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
     let members = b
         .members
         .iter()
-        .map(|m| parse::<UserId>(m, "invalid_member"))
+        .map(|m| parse::<UserId>(m, ErrorCode::InvalidMember))
         .collect::<Result<Vec<_>, _>>()?;
     let (view, created) = s
         .dedup
@@ -84,7 +84,7 @@ pub async fn get_one<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     RawPath(id): RawPath<String>,
 ) -> Result<Response, ApiError> {
-    let id: ThreadId = parse(&id, "invalid_thread_id")?;
+    let id: ThreadId = parse(&id, ErrorCode::InvalidThreadId)?;
     let t = s.dedup.get_thread(&caller.user, &id).await?;
     Ok(Json(t).into_response())
 }

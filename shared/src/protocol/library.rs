@@ -12,11 +12,11 @@ use crate::domain::{
     valid_title, AudioSource, ContentHash, EntryState, LibraryItemId, LibraryItemRecord,
     LibraryItemView, LogHead, Page, PendingReference, ReferenceId, ReferenceKind, Seq, UserId,
 };
-use crate::error::DedupError;
+use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
 
 fn item_not_found() -> DedupError {
-    DedupError::not_found("library_item_not_found", "no such library item")
+    DedupError::refused(ErrorCode::LibraryItemNotFound, "no such library item")
 }
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
@@ -30,8 +30,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         title: &str,
     ) -> Result<(LibraryItemView, bool), DedupError> {
         if !valid_title(title) {
-            return Err(DedupError::bad_request(
-                "invalid_title",
+            return Err(DedupError::refused(
+                ErrorCode::InvalidTitle,
                 "a title is 1 to 200 characters, not blank, without control characters",
             ));
         }

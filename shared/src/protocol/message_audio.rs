@@ -15,11 +15,14 @@ use crate::domain::{
     AudioRecord, AudioRender, AudioSource, AudioState, AudioView, ContentHash, EntryState,
     HolderRecord, MessageId, MessageRecord, PendingReference, ThreadId, UserId,
 };
-use crate::error::DedupError;
+use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, TransactionalIndex};
 
 pub(super) fn message_not_found() -> DedupError {
-    DedupError::not_found("message_not_found", "no such message for this caller")
+    DedupError::refused(
+        ErrorCode::MessageNotFound,
+        "no such message for this caller",
+    )
 }
 
 /// What a reuse's source resolved to: the audio, and the message that grants it (none when
@@ -75,7 +78,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         };
         match self.member_thread(caller, &m.value.thread_id).await {
             Ok(_) => {}
-            Err(DedupError::NotFound { .. }) => return Err(message_not_found()),
+            Err(DedupError::Refused {
+                code: ErrorCode::ThreadNotFound,
+                ..
+            }) => return Err(message_not_found()),
             Err(e) => return Err(e),
         }
         if m.value.state != EntryState::Live {

@@ -23,7 +23,7 @@ use crate::domain::{
     PendingReference, ReferenceId, ReferenceKind, Seq, SnapshotStore, ThreadId, UserId,
     MAX_SNAPSHOT_BYTES,
 };
-use crate::error::DedupError;
+use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
 
 #[derive(Debug, Clone)]
@@ -86,8 +86,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     ) -> Result<(MessageView, bool), DedupError> {
         let text = req.snapshot.get().as_bytes();
         if text.len() > MAX_SNAPSHOT_BYTES {
-            return Err(DedupError::bad_request(
-                "snapshot_too_large",
+            return Err(DedupError::refused(
+                ErrorCode::SnapshotTooLarge,
                 format!("a snapshot is at most {MAX_SNAPSHOT_BYTES} bytes of JSON"),
             ));
         }
@@ -378,8 +378,8 @@ fn replay(
     if &m.author == author && &m.thread_id == thread && &m.fingerprint == print {
         Ok(m.view())
     } else {
-        Err(DedupError::conflict(
-            "message_id_conflict",
+        Err(DedupError::refused(
+            ErrorCode::MessageIdConflict,
             "a different message exists with this id",
         ))
     }

@@ -2,7 +2,7 @@
 
 use super::{keys, Dedup, Versioned};
 use crate::domain::{AudioRecord, AudioState, AudioView, ContentHash, HolderRecord, UserId};
-use crate::error::DedupError;
+use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, TransactionalIndex};
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
@@ -59,5 +59,5 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 }
 
 pub(super) fn audio_not_found() -> DedupError {
-    DedupError::not_found("audio_not_found", "no such audio for this caller")
+    DedupError::refused(ErrorCode::AudioNotFound, "no such audio for this caller")
 }

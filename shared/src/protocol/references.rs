@@ -21,7 +21,7 @@ use crate::domain::{
     AudioRecord, AudioState, ContentHash, HolderRecord, PendingReference, ReferenceId,
     ReferenceKind, ReferenceRecord, ReferenceState, ReferenceView, UserId,
 };
-use crate::error::DedupError;
+use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
 
 /// One reference add waiting in a batch.
@@ -166,8 +166,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
         if p.value.state != AudioState::Active && !cfg!(feature = "mutation-no-state-check") {
             for &i in &new {
-                answers[i] = Err(DedupError::conflict(
-                    "audio_not_active",
+                answers[i] = Err(DedupError::refused(
+                    ErrorCode::AudioNotActive,
                     format!(
                         "the audio is {}; a reference can only be added to active audio",
                         p.value.state.as_str()
@@ -208,16 +208,16 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         };
         match (r.value.state, r.value.kind == wanted.kind) {
             (ReferenceState::Live, true) => Ok(Some(view(&r.value))),
-            (ReferenceState::Live, false) => Err(DedupError::conflict(
-                "reference_kind_mismatch",
+            (ReferenceState::Live, false) => Err(DedupError::refused(
+                ErrorCode::ReferenceKindMismatch,
                 format!(
                     "reference {} exists with kind {}",
                     wanted.ref_id,
                     r.value.kind.as_str()
                 ),
             )),
-            (ReferenceState::Removed, _) => Err(DedupError::conflict(
-                "reference_removed",
+            (ReferenceState::Removed, _) => Err(DedupError::refused(
+                ErrorCode::ReferenceRemoved,
                 format!(
                     "reference {} was removed; reference ids are single-use",
                     wanted.ref_id
@@ -289,7 +289,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         };
         match self.plan_reference(txn, a, owner, wanted).await {
             Ok(v) => Ok(Some(v)),
-            Err(e @ DedupError::Conflict { .. }) if mode == Attach::Lenient => {
+            Err(
+                e @ DedupError::Refused {
+                    code: ErrorCode::ReferenceKindMismatch | ErrorCode::ReferenceRemoved,
+                    ..
+                },
+            ) if mode == Attach::Lenient => {
                 tracing::warn!(hash = %a.hash, %owner, ref_id = %wanted.ref_id, error = %e, "pending reference not attached");
                 Ok(None)
             }
@@ -429,8 +434,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             .load::<ReferenceRecord>(&keys::reference(hash, owner, ref_id))
             .await?
         else {
-            return Err(DedupError::not_found(
-                "reference_not_found",
+            return Err(DedupError::refused(
+                ErrorCode::ReferenceNotFound,
                 "no such reference for this caller",
             ));
         };
@@ -452,8 +457,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 
 /// 409 for a message or library item naming audio that is not active.
 pub(super) fn not_attachable(state: AudioState) -> DedupError {
-    DedupError::conflict(
-        "audio_not_active",
+    DedupError::refused(
+        ErrorCode::AudioNotActive,
         format!(
             "the audio is {}; only active audio can be attached",
             state.as_str()

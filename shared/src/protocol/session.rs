@@ -16,7 +16,7 @@ use crate::domain::{
     AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference,
     SessionId, SessionRecord, SessionState, UploadResult, UploadSession, UserId,
 };
-use crate::error::DedupError;
+use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, PresignPut, TransactionalIndex};
 
 /// Largest object a single signed PUT may carry (S3's single-part limit). Only a single-part
@@ -61,8 +61,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     pub async fn open_session(&self, req: SessionRequest) -> Result<UploadSession, DedupError> {
         if req.size == 0 || req.size > MAX_SESSION_SIZE {
-            return Err(DedupError::bad_request(
-                "invalid_size",
+            return Err(DedupError::refused(
+                ErrorCode::InvalidSize,
                 format!("size must be between 1 and {MAX_SESSION_SIZE} bytes"),
             ));
         }
@@ -173,8 +173,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     pub async fn complete(&self, req: CompleteRequest) -> Result<UploadResult, DedupError> {
         let key = keys::session(&req.hash, &req.session_id);
         let not_found = || {
-            DedupError::not_found(
-                "session_not_found",
+            DedupError::refused(
+                ErrorCode::SessionNotFound,
                 "no such upload session for this caller",
             )
         };
@@ -191,10 +191,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     .await
             }
             SessionState::Expired => {
-                return Err(DedupError::Expired {
-                    code: "session_expired",
-                    message: "the upload session expired; open a new one".into(),
-                })
+                return Err(DedupError::refused(
+                    ErrorCode::SessionExpired,
+                    "the upload session expired; open a new one",
+                ))
             }
             SessionState::Open => {}
         }
@@ -227,10 +227,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         // A challenge is answered within the session's life, whether or not the reconciler
         // has marked it expired yet: an old challenge must not stay open to answer at will.
         if self.now() > s.expires_at {
-            return Err(DedupError::Expired {
-                code: "session_expired",
-                message: "the upload session expired; open a new one".into(),
-            });
+            return Err(DedupError::refused(
+                ErrorCode::SessionExpired,
+                "the upload session expired; open a new one",
+            ));
         }
         let Some(p) = self.load_audio(&s.hash).await? else {
             return Err(DedupError::UploadRequired);
@@ -293,8 +293,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             Some(p) if p.value.state == AudioState::Active => {
                 self.upload_result(&p.value, deduplicated).await
             }
-            _ => Err(DedupError::not_found(
-                "audio_not_found",
+            _ => Err(DedupError::refused(
+                ErrorCode::AudioNotFound,
                 "the upload completed, but the audio has since been deleted",
             )),
         }

@@ -13,7 +13,7 @@ use crate::domain::{
     FeedEntry, LogHead, Page, Seq, ThreadDetail, ThreadId, ThreadRecord, ThreadView, UserId,
     MAX_THREAD_MEMBERS,
 };
-use crate::error::DedupError;
+use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
 
 /// Most entries one page of a log answers.
@@ -29,7 +29,7 @@ pub struct NewThread {
 }
 
 pub(super) fn thread_not_found() -> DedupError {
-    DedupError::not_found("thread_not_found", "no such thread for this caller")
+    DedupError::refused(ErrorCode::ThreadNotFound, "no such thread for this caller")
 }
 
 /// A cursor as the API takes it: the decimal position of the last change seen.
@@ -45,8 +45,8 @@ pub fn parse_cursor(raw: Option<&str>) -> Result<Seq, DedupError> {
 }
 
 fn bad_cursor() -> DedupError {
-    DedupError::bad_request(
-        "invalid_cursor",
+    DedupError::refused(
+        ErrorCode::InvalidCursor,
         "a cursor is the decimal next_cursor of an earlier page",
     )
 }
@@ -55,8 +55,8 @@ fn bad_cursor() -> DedupError {
 /// so it conflicts with the log's state; the client syncs again from the start (as sync APIs
 /// answer an expired sync token).
 pub(super) fn ahead_cursor() -> DedupError {
-    DedupError::conflict(
-        "cursor_unknown",
+    DedupError::refused(
+        ErrorCode::CursorUnknown,
         "the cursor is not a position of this log; sync again without one",
     )
 }
@@ -77,8 +77,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let mut members = vec![caller.clone()];
         members.extend(others);
         if members.len() > MAX_THREAD_MEMBERS {
-            return Err(DedupError::bad_request(
-                "too_many_members",
+            return Err(DedupError::refused(
+                ErrorCode::TooManyMembers,
                 format!("a thread has at most {MAX_THREAD_MEMBERS} members, the caller included"),
             ));
         }
@@ -114,8 +114,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             if same {
                 return Ok(Step::Done((t.value.view(), false)));
             }
-            return Err(DedupError::conflict(
-                "thread_id_conflict",
+            return Err(DedupError::refused(
+                ErrorCode::ThreadIdConflict,
                 "a different thread exists with this id",
             ));
         }

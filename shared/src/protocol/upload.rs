@@ -12,7 +12,7 @@ use super::{keys, ms, Dedup, Step, Versioned};
 use crate::domain::{
     AudioFormat, AudioRecord, AudioState, ContentHash, PendingReference, UploadResult, UserId,
 };
-use crate::error::DedupError;
+use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, ObjectMeta, PutOutcome, PutRequest, TransactionalIndex};
 
 /// Bytes the caller sent through the API, already hashed while they were spooled.
@@ -31,8 +31,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// reference, all idempotently.
     pub async fn upload_direct(&self, up: DirectUpload) -> Result<UploadResult, DedupError> {
         if up.size == 0 {
-            return Err(DedupError::bad_request(
-                "empty_body",
+            return Err(DedupError::refused(
+                ErrorCode::EmptyBody,
                 "the audio body is empty",
             ));
         }

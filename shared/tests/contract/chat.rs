@@ -119,7 +119,7 @@ pub async fn messages_hold_audio_and_sync_incrementally<E: Env>(env: &E) {
         .create_message(&alice, &t, msg("m1", r#"{"bpm":121}"#, Some(audio)))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "message_id_conflict");
+    assert_eq!(e.code(), ErrorCode::MessageIdConflict);
 
     // Members sync from the start; others see no thread at all.
     let (all, cursor) = sync_all(env, "bob", &t, 0, 1).await;
@@ -129,22 +129,22 @@ pub async fn messages_hold_audio_and_sync_incrementally<E: Env>(env: &E) {
     );
     assert_eq!(cursor, 2);
     let e = d.list_messages(&carol, &t, 0, 10).await.unwrap_err();
-    assert_eq!((e.status(), e.code()), (404, "thread_not_found"));
+    assert_eq!(e.code(), ErrorCode::ThreadNotFound);
     let e = d
         .create_message(&carol, &t, msg("m9", "{}", None))
         .await
         .unwrap_err();
-    assert_eq!(e.status(), 404);
+    assert_eq!(e.code(), ErrorCode::ThreadNotFound);
     assert_eq!(
-        d.snapshot(&carol, &mid("m1")).await.unwrap_err().status(),
-        404
+        d.snapshot(&carol, &mid("m1")).await.unwrap_err().code(),
+        ErrorCode::MessageNotFound
     );
     let snap = d.snapshot(&bob, &mid("m1")).await.unwrap();
     assert_eq!(&snap.json[..], br#"{"bpm":120}"#);
 
     // Only the author deletes; the delete drops the last reference and so the audio.
     let e = d.delete_message(&bob, &t, &mid("m1")).await.unwrap_err();
-    assert_eq!(e.code(), "message_not_found");
+    assert_eq!(e.code(), ErrorCode::MessageNotFound);
     d.delete_message(&alice, &t, &mid("m1")).await.unwrap();
     d.delete_message(&alice, &t, &mid("m1")).await.unwrap();
     assert_eq!(audio_refs(env, &audio).await.0, AudioState::Gone);
@@ -200,12 +200,20 @@ pub async fn create_on_inactive_audio_fails_and_writes_nothing<E: Env>(env: &E) 
         .create_message(&alice, &t, msg("m1", "{}", Some(audio)))
         .await
         .unwrap_err();
-    assert_eq!(e.status(), 404, "gone audio is unknown to everyone: {e}");
+    assert_eq!(
+        e.code(),
+        ErrorCode::AudioNotFound,
+        "gone audio is unknown to everyone: {e}"
+    );
     let e = d
         .create_message(&alice, &t, msg("m1", "{}", Some(never)))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "audio_not_found", "alice never held bob's audio");
+    assert_eq!(
+        e.code(),
+        ErrorCode::AudioNotFound,
+        "alice never held bob's audio"
+    );
     assert_eq!(env.snapshot().await.0, before, "nothing written");
     assert_safe(env).await;
 }
@@ -361,12 +369,12 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
     // Bob sees nothing of it and cannot touch it.
     assert!(d.list_library(&bob, 0, 100).await.unwrap().items.is_empty());
     let e = d.delete_library_item(&bob, &fav).await.unwrap_err();
-    assert_eq!(e.status(), 404);
+    assert_eq!(e.code(), ErrorCode::LibraryItemNotFound);
     let e = d
         .put_library_item(&bob, &fav, &AudioSource::Held(a2), "mine")
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "audio_not_found", "bob never held a2");
+    assert_eq!(e.code(), ErrorCode::AudioNotFound, "bob never held a2");
     assert_eq!(audio_refs(env, &a2).await, (AudioState::Active, 1));
     // Delete, delete again, put again (a fresh reference id).
     d.delete_library_item(&alice, &fav).await.unwrap();
@@ -418,7 +426,13 @@ pub async fn create_racing_audio_deletion<E: Env>(env: &E) {
                 outcomes.insert("kept");
             }
             Err(e) => {
-                assert!(matches!(e.status(), 404 | 409), "round {round}: {e}");
+                assert!(
+                    matches!(
+                        e.code(),
+                        ErrorCode::AudioNotFound | ErrorCode::AudioNotActive
+                    ),
+                    "round {round}: {e}"
+                );
                 assert_eq!(state, AudioState::Gone);
                 assert!(d
                     .index()
@@ -482,13 +496,16 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         .unwrap();
 
     // Bob never uploaded it: the audio route is closed, the message route open.
-    assert_eq!(d.describe(&bob, &track).await.unwrap_err().status(), 404);
+    assert_eq!(
+        d.describe(&bob, &track).await.unwrap_err().code(),
+        ErrorCode::AudioNotFound
+    );
     let v = d.message_audio(&bob, &duo, &mid("m-track")).await.unwrap();
     assert_eq!(v.content_hash, track);
     assert!(!v.url.is_empty());
     assert_eq!(
-        d.describe(&bob, &track).await.unwrap_err().status(),
-        404,
+        d.describe(&bob, &track).await.unwrap_err().code(),
+        ErrorCode::AudioNotFound,
         "playing grants nothing"
     );
 
@@ -502,11 +519,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
     ];
     for (who, t, m) in refusals {
         let e = d.message_audio(who, t, &mid(m)).await.unwrap_err();
-        assert_eq!(
-            (e.status(), e.code()),
-            (404, "message_not_found"),
-            "{who} {t} {m}"
-        );
+        assert_eq!(e.code(), ErrorCode::MessageNotFound, "{who} {t} {m}");
     }
     // Carol cannot reuse what she cannot see, nor name audio by hash.
     let e = d
@@ -518,7 +531,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "message_not_found");
+    assert_eq!(e.code(), ErrorCode::MessageNotFound);
     let e = d
         .put_library_item(
             &carol,
@@ -528,7 +541,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "audio_not_found");
+    assert_eq!(e.code(), ErrorCode::AudioNotFound);
     let forward = |id: &str, from: &str| NewMessage {
         id: mid(id),
         snapshot: raw("{}"),
@@ -538,14 +551,14 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         .create_message(&carol, &side, forward("c-fwd", "m-track"))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "message_not_found");
+    assert_eq!(e.code(), ErrorCode::MessageNotFound);
     let e = d
         .create_message(&bob, &side, forward("b-fwd0", "m-text"))
         .await
         .unwrap_err();
     assert_eq!(
         e.code(),
-        "message_not_found",
+        ErrorCode::MessageNotFound,
         "a message without audio grants nothing"
     );
     let after = env.snapshot().await;
@@ -571,7 +584,10 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
     // Reusing it made Bob a holder of this generation (he could play it anyway).
     assert_eq!(d.describe(&bob, &track).await.unwrap().content_hash, track);
     // The grant opens only that message's audio.
-    assert_eq!(d.describe(&bob, &other).await.unwrap_err().status(), 404);
+    assert_eq!(
+        d.describe(&bob, &other).await.unwrap_err().code(),
+        ErrorCode::AudioNotFound
+    );
     // Carol sees Bob's forward, and may play it.
     let v = d.message_audio(&carol, &side, &mid("b-fwd")).await.unwrap();
     assert_eq!(v.content_hash, track);
@@ -599,7 +615,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         .message_audio(&bob, &duo, &mid("m-track"))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "message_not_found");
+    assert_eq!(e.code(), ErrorCode::MessageNotFound);
     let e = d
         .put_library_item(
             &bob,
@@ -609,7 +625,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "message_not_found");
+    assert_eq!(e.code(), ErrorCode::MessageNotFound);
     assert_eq!(audio_refs(env, &track).await, (AudioState::Active, 2));
     d.delete_message(&bob, &side, &mid("b-fwd")).await.unwrap();
     d.delete_library_item(&bob, &fav).await.unwrap();

@@ -153,7 +153,7 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
     };
     assert_eq!(
         d.complete(done.clone()).await.unwrap_err().code(),
-        "upload_required"
+        ErrorCode::UploadRequired
     );
     assert_eq!(env.client_put(&s.upload, data.clone()).await, 200);
     assert_eq!(
@@ -187,7 +187,7 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
     };
     assert_eq!(
         d.complete(bob.clone()).await.unwrap_err().code(),
-        "upload_required"
+        ErrorCode::UploadRequired
     );
     let chunks: Vec<&[u8]> = s2
         .challenge

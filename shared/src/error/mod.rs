@@ -1,5 +1,9 @@
-//! Typed errors. Each protocol error knows its HTTP status and a stable code; store errors
-//! are internal (500) and their text is logged, never sent to callers.
+//! Typed errors. Each protocol error carries an [`ErrorCode`]; store errors are internal and
+//! their text is logged, never sent to callers. HTTP statuses are the api crate's business.
+
+mod code;
+
+pub use code::ErrorCode;
 
 use std::error::Error as StdError;
 
@@ -39,18 +43,13 @@ impl StoreError {
 /// Every failure the protocol reports.
 #[derive(Debug, thiserror::Error)]
 pub enum DedupError {
+    /// The request is refused for a reason the caller can act on, named by its code.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
-    #[error("{message}")]
-    NotFound { code: &'static str, message: String },
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Refused { code: ErrorCode, message: String },
     /// The caller must send the bytes: the proof was not accepted or nothing was uploaded.
     /// One answer for both, so it never tells whether the content exists.
     #[error("upload the bytes to the session's URL, then complete again")]
     UploadRequired,
-    #[error("{message}")]
-    Expired { code: &'static str, message: String },
     /// Compare-and-swap retries exhausted under contention.
     #[error("too much contention on this content; retry")]
     Busy,
@@ -59,66 +58,31 @@ pub enum DedupError {
 }
 
 impl DedupError {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest {
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Refused {
             code,
             message: message.into(),
         }
     }
 
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
-        Self::NotFound {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Conflict {
-            code,
-            message: message.into(),
-        }
-    }
-
-    /// The same error for another caller (a batch's shared failure): same variant, status
-    /// and code; a store error's source is carried as its text.
+    /// The same error for another caller (a batch's shared failure): same variant and
+    /// code; a store error's source is carried as its text.
     pub fn duplicate(&self) -> Self {
         match self {
-            Self::BadRequest { code, message } => Self::bad_request(code, message.clone()),
-            Self::NotFound { code, message } => Self::not_found(code, message.clone()),
-            Self::Conflict { code, message } => Self::conflict(code, message.clone()),
+            Self::Refused { code, message } => Self::refused(*code, message.clone()),
             Self::UploadRequired => Self::UploadRequired,
-            Self::Expired { code, message } => Self::Expired {
-                code,
-                message: message.clone(),
-            },
             Self::Busy => Self::Busy,
             Self::Store(e) => Self::Store(e.duplicate()),
         }
     }
 
-    pub fn status(&self) -> u16 {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BadRequest { .. } => 400,
-            Self::NotFound { .. } => 404,
-            Self::Conflict { .. } | Self::UploadRequired => 409,
-            Self::Expired { .. } => 410,
-            Self::Busy => 503,
-            Self::Store(StoreError::Unavailable(_)) => 503,
-            Self::Store(_) => 500,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::BadRequest { code, .. }
-            | Self::NotFound { code, .. }
-            | Self::Conflict { code, .. }
-            | Self::Expired { code, .. } => code,
-            Self::UploadRequired => "upload_required",
-            Self::Busy => "busy",
-            Self::Store(StoreError::Unavailable(_)) => "unavailable",
-            Self::Store(_) => "internal",
+            Self::Refused { code, .. } => *code,
+            Self::UploadRequired => ErrorCode::UploadRequired,
+            Self::Busy => ErrorCode::Busy,
+            Self::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
+            Self::Store(_) => ErrorCode::Internal,
         }
     }
 
@@ -133,7 +97,13 @@ impl DedupError {
         }
     }
 
+    /// A store failure: logged in full, answered as `internal`/`unavailable`.
     pub fn is_internal(&self) -> bool {
         matches!(self, Self::Store(_))
+    }
+
+    /// The same request may succeed later unchanged: contention or an unavailable store.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Busy | Self::Store(StoreError::Unavailable(_)))
     }
 }
