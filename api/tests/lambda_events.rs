@@ -218,7 +218,7 @@ async fn missing_or_unusable_claims_answer_401_and_change_nothing() {
     req.headers_mut()
         .insert("authorization", "Bearer something".parse().unwrap());
     assert_eq!(Fn::new(&d, RouteSet::Stats).call(req).await.0, 401);
-    assert_eq!(d.stats().await.unwrap().unique_files, 0);
+    assert_eq!(d.audio().stats().await.unwrap().unique_files, 0);
 }
 
 #[tokio::test]
@@ -261,7 +261,7 @@ async fn bad_input_through_api_gateway_is_the_same_4xx_json() {
             "{body}"
         );
     }
-    assert_eq!(d.stats().await.unwrap().unique_files, 0);
+    assert_eq!(d.audio().stats().await.unwrap().unique_files, 0);
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use audio_dedup_core::protocol::proof_for;
+use audio_dedup_core::audio::proof_for;
 use audio_dedup_core::{AudioFormat, ByteRange, ContentHash, SignedRequest, UploadSession};
 use bytes::Bytes;
 use reqwest::Method;

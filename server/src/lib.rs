@@ -99,7 +99,7 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
     let pump = dedup.clone();
     tokio::spawn(async move {
         while let Some(event) = rx.recv().await {
-            if let Err(e) = pump.on_blob_event(&event).await {
+            if let Err(e) = pump.audio().on_blob_event(&event).await {
                 tracing::warn!(?event, error = %e, "blob event left for the reconciler");
             }
         }

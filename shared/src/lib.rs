@@ -2,6 +2,8 @@
 //! as the last reference goes. The protocol lives in [`protocol`]; it talks to storage only
 //! through the two ports in [`ports`]. Adapters live in [`store`].
 
+pub mod audio;
+pub mod chat;
 pub mod domain;
 pub mod error;
 pub mod ports;

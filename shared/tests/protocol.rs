@@ -5,9 +5,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use audio_dedup_core::audio::{proof_for, CompleteRequest, DirectUpload, SessionRequest};
 use audio_dedup_core::ports::{BlobEvent, ManualClock, OsEntropy};
 use audio_dedup_core::protocol::invariants;
-use audio_dedup_core::protocol::{keys, proof_for, CompleteRequest, DirectUpload, SessionRequest};
+use audio_dedup_core::protocol::keys;
 use audio_dedup_core::store::memory::{Fault, FaultHook, MemoryBlobs, MemoryIndex, Op};
 use audio_dedup_core::*;
 use bytes::Bytes;
@@ -104,6 +105,7 @@ impl Harness {
         reference: Option<&str>,
     ) -> Result<UploadResult, DedupError> {
         self.d
+            .audio()
             .upload_direct(DirectUpload {
                 owner: user(owner),
                 format: AudioFormat::Mp3,
@@ -120,7 +122,7 @@ impl Harness {
 
     async fn deliver_events(&self) {
         for e in self.blobs.take_events() {
-            self.d.on_blob_event(&e).await.unwrap();
+            self.d.audio().on_blob_event(&e).await.unwrap();
         }
     }
 
@@ -145,7 +147,7 @@ async fn same_content_twice_is_stored_once() {
     let b = h.upload("bob", b"song one", Some("m2")).await.unwrap();
     assert!(b.deduplicated);
     assert_eq!(h.object_count(), 1);
-    let s = h.d.stats().await.unwrap();
+    let s = h.d.audio().stats().await.unwrap();
     assert_eq!(
         (
             s.unique_files,
@@ -165,33 +167,39 @@ async fn last_reference_removed_deletes_at_once_and_retries_are_noops() {
     let h = harness();
     let hash = ContentHash::of(b"x1");
     h.upload("alice", b"x1", Some("m1")).await.unwrap();
-    h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
+    h.d.audio()
+        .add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
         .await
         .unwrap();
     // Same add again: same answer, no second count.
     let again =
-        h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
+        h.d.audio()
+            .add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
             .await
             .unwrap();
     assert_eq!(again.ref_id.as_str(), "lib1");
-    assert_eq!(h.d.stats().await.unwrap().total_references, 2);
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 2);
+    h.d.audio()
+        .remove_reference(&user("alice"), &hash, &rid("m1"))
         .await
         .unwrap();
     assert_eq!(h.object_count(), 1);
-    h.d.remove_reference(&user("alice"), &hash, &rid("lib1"))
+    h.d.audio()
+        .remove_reference(&user("alice"), &hash, &rid("lib1"))
         .await
         .unwrap();
     assert_eq!(h.object_count(), 0, "aggressive deletion");
-    h.d.remove_reference(&user("alice"), &hash, &rid("lib1"))
+    h.d.audio()
+        .remove_reference(&user("alice"), &hash, &rid("lib1"))
         .await
         .unwrap();
     // A late retried add of a removed reference cannot resurrect it.
     let late =
-        h.d.add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
+        h.d.audio()
+            .add_reference(&user("alice"), &hash, &rid("lib1"), ReferenceKind::Library)
             .await;
     assert!(late.is_err());
-    let s = h.d.stats().await.unwrap();
+    let s = h.d.audio().stats().await.unwrap();
     assert_eq!(
         (
             s.unique_files,
@@ -211,19 +219,25 @@ async fn references_are_per_owner_and_need_possession() {
     let hash = ContentHash::of(b"mine");
     h.upload("alice", b"mine", Some("m1")).await.unwrap();
     let e =
-        h.d.add_reference(&user("mallory"), &hash, &rid("x"), ReferenceKind::Library)
+        h.d.audio()
+            .add_reference(&user("mallory"), &hash, &rid("x"), ReferenceKind::Library)
             .await
             .unwrap_err();
     assert_eq!(e.code(), ErrorCode::AudioNotFound);
     let e =
-        h.d.remove_reference(&user("mallory"), &hash, &rid("m1"))
+        h.d.audio()
+            .remove_reference(&user("mallory"), &hash, &rid("m1"))
             .await
             .unwrap_err();
     assert_eq!(e.code(), ErrorCode::ReferenceNotFound);
-    let e = h.d.describe(&user("mallory"), &hash).await.unwrap_err();
+    let e =
+        h.d.audio()
+            .describe(&user("mallory"), &hash)
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), ErrorCode::AudioNotFound);
-    assert!(h.d.describe(&user("alice"), &hash).await.is_ok());
-    assert_eq!(h.d.stats().await.unwrap().total_references, 1);
+    assert!(h.d.audio().describe(&user("alice"), &hash).await.is_ok());
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 1);
     h.check();
 }
 
@@ -242,7 +256,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
             ref_id: rid("m1"),
         }),
     };
-    let s = h.d.open_session(req).await.unwrap();
+    let s = h.d.audio().open_session(req).await.unwrap();
     assert_eq!(s.upload.headers["x-amz-checksum-sha256"], hash.to_base64());
     let complete = CompleteRequest {
         owner: user("alice"),
@@ -252,7 +266,11 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
     };
     // Nothing uploaded yet.
     assert_eq!(
-        h.d.complete(complete.clone()).await.unwrap_err().code(),
+        h.d.audio()
+            .complete(complete.clone())
+            .await
+            .unwrap_err()
+            .code(),
         ErrorCode::UploadRequired
     );
     h.blobs.client_put(
@@ -262,25 +280,26 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
     );
     // The created event wins the race; complete finds it done and answers the same.
     h.deliver_events().await;
-    let r1 = h.d.complete(complete.clone()).await.unwrap();
-    let r2 = h.d.complete(complete).await.unwrap();
+    let r1 = h.d.audio().complete(complete.clone()).await.unwrap();
+    let r2 = h.d.audio().complete(complete).await.unwrap();
     assert_eq!(
         (r1.deduplicated, r1.state, r1.size),
         (false, AudioState::Active, 100_000)
     );
     assert_eq!(r1.content_hash, r2.content_hash);
-    assert_eq!(h.d.stats().await.unwrap().total_references, 1);
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 1);
     // Another user's session for the same content cannot claim it without proof.
     let s2 =
-        h.d.open_session(SessionRequest {
-            owner: user("bob"),
-            hash,
-            size: 100_000,
-            format: AudioFormat::Wav,
-            reference: None,
-        })
-        .await
-        .unwrap();
+        h.d.audio()
+            .open_session(SessionRequest {
+                owner: user("bob"),
+                hash,
+                size: 100_000,
+                format: AudioFormat::Wav,
+                reference: None,
+            })
+            .await
+            .unwrap();
     let bob = CompleteRequest {
         owner: user("bob"),
         hash,
@@ -288,7 +307,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
         proof: None,
     };
     assert_eq!(
-        h.d.complete(bob.clone()).await.unwrap_err().code(),
+        h.d.audio().complete(bob.clone()).await.unwrap_err().code(),
         ErrorCode::UploadRequired
     );
     let wrong = CompleteRequest {
@@ -296,7 +315,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
         ..bob.clone()
     };
     assert_eq!(
-        h.d.complete(wrong).await.unwrap_err().code(),
+        h.d.audio().complete(wrong).await.unwrap_err().code(),
         ErrorCode::UploadRequired
     );
     let chunks: Vec<&[u8]> = s2
@@ -307,14 +326,15 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
         .collect();
     let proof = proof_for(&s2.challenge.nonce, chunks);
     let ok =
-        h.d.complete(CompleteRequest {
-            proof: Some(proof),
-            ..bob
-        })
-        .await
-        .unwrap();
+        h.d.audio()
+            .complete(CompleteRequest {
+                proof: Some(proof),
+                ..bob
+            })
+            .await
+            .unwrap();
     assert!(ok.deduplicated);
-    assert!(h.d.describe(&user("bob"), &hash).await.is_ok());
+    assert!(h.d.audio().describe(&user("bob"), &hash).await.is_ok());
     assert_eq!(h.object_count(), 1);
     h.check();
 }
@@ -327,15 +347,16 @@ async fn a_proof_after_the_session_expired_is_refused() {
     let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
     let hash = h.upload("alice", &bytes, None).await.unwrap().content_hash;
     let s =
-        h.d.open_session(SessionRequest {
-            owner: user("bob"),
-            hash,
-            size: 100_000,
-            format: AudioFormat::Mp3,
-            reference: None,
-        })
-        .await
-        .unwrap();
+        h.d.audio()
+            .open_session(SessionRequest {
+                owner: user("bob"),
+                hash,
+                size: 100_000,
+                format: AudioFormat::Mp3,
+                reference: None,
+            })
+            .await
+            .unwrap();
     let chunks: Vec<&[u8]> = s
         .challenge
         .ranges
@@ -346,17 +367,22 @@ async fn a_proof_after_the_session_expired_is_refused() {
     h.clock
         .advance(DedupConfig::default().session_ttl + Duration::from_secs(1));
     let e =
-        h.d.complete(CompleteRequest {
-            owner: user("bob"),
-            hash,
-            session_id: s.session_id.clone(),
-            proof: Some(proof),
-        })
-        .await
-        .unwrap_err();
+        h.d.audio()
+            .complete(CompleteRequest {
+                owner: user("bob"),
+                hash,
+                session_id: s.session_id.clone(),
+                proof: Some(proof),
+            })
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), ErrorCode::SessionExpired);
     assert_eq!(
-        h.d.describe(&user("bob"), &hash).await.unwrap_err().code(),
+        h.d.audio()
+            .describe(&user("bob"), &hash)
+            .await
+            .unwrap_err()
+            .code(),
         ErrorCode::AudioNotFound
     );
     h.check();
@@ -367,24 +393,26 @@ async fn a_proof_for_absent_content_answers_like_a_wrong_proof() {
     let h = harness();
     let hash = ContentHash::of(b"never uploaded");
     let s =
-        h.d.open_session(SessionRequest {
-            owner: user("eve"),
-            hash,
-            size: 14,
-            format: AudioFormat::Mp3,
-            reference: None,
-        })
-        .await
-        .unwrap();
+        h.d.audio()
+            .open_session(SessionRequest {
+                owner: user("eve"),
+                hash,
+                size: 14,
+                format: AudioFormat::Mp3,
+                reference: None,
+            })
+            .await
+            .unwrap();
     let e =
-        h.d.complete(CompleteRequest {
-            owner: user("eve"),
-            hash,
-            session_id: s.session_id,
-            proof: Some("ab".repeat(32)),
-        })
-        .await
-        .unwrap_err();
+        h.d.audio()
+            .complete(CompleteRequest {
+                owner: user("eve"),
+                hash,
+                session_id: s.session_id,
+                proof: Some("ab".repeat(32)),
+            })
+            .await
+            .unwrap_err();
     assert_eq!(e.code(), ErrorCode::UploadRequired);
     h.check();
 }
@@ -399,14 +427,16 @@ async fn crash_between_index_write_and_blob_delete_is_finished_by_the_reconciler
     let h = harness_with(DedupConfig::default(), hook);
     let hash = ContentHash::of(b"doomed");
     h.upload("alice", b"doomed", Some("m1")).await.unwrap();
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+    h.d.audio()
+        .remove_reference(&user("alice"), &hash, &rid("m1"))
         .await
         .unwrap();
     assert_eq!(h.object_count(), 1, "blob delete failed");
-    assert_eq!(h.d.stats().await.unwrap().deleting, 1);
+    assert_eq!(h.d.audio().stats().await.unwrap().deleting, 1);
     // A new reference cannot land on content being deleted.
     let e =
-        h.d.add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message)
+        h.d.audio()
+            .add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message)
             .await
             .unwrap_err();
     assert_eq!(e.code(), ErrorCode::AudioNotActive);
@@ -428,7 +458,8 @@ async fn reupload_while_deleting_finishes_the_old_deletion_first() {
     let h = harness_with(DedupConfig::default(), hook);
     let hash = ContentHash::of(b"again");
     h.upload("alice", b"again", Some("m1")).await.unwrap();
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+    h.d.audio()
+        .remove_reference(&user("alice"), &hash, &rid("m1"))
         .await
         .unwrap();
     let r = h.upload("bob", b"again", Some("m9")).await.unwrap();
@@ -440,9 +471,10 @@ async fn reupload_while_deleting_finishes_the_old_deletion_first() {
     // Late events about the old version change nothing.
     h.deliver_events().await;
     assert_eq!(h.object_count(), 1);
-    assert!(h.d.describe(&user("bob"), &hash).await.is_ok());
+    assert!(h.d.audio().describe(&user("bob"), &hash).await.is_ok());
     assert_eq!(
-        h.d.describe(&user("alice"), &hash)
+        h.d.audio()
+            .describe(&user("alice"), &hash)
             .await
             .unwrap_err()
             .code(),
@@ -459,24 +491,26 @@ async fn duplicate_and_stale_events_are_noops() {
     h.upload("alice", b"evt", Some("m1")).await.unwrap();
     let events = h.blobs.take_events();
     for e in events.iter().chain(events.iter()) {
-        h.d.on_blob_event(e).await.unwrap();
+        h.d.audio().on_blob_event(e).await.unwrap();
     }
-    h.d.on_blob_event(&BlobEvent::Removed {
-        key: keys::blob_key("", &hash),
-        version: "v-old".into(),
-        sequencer: "0".into(),
-    })
-    .await
-    .unwrap();
-    h.d.on_blob_event(&BlobEvent::Created {
-        key: "someone/else".into(),
-        version: "v".into(),
-        sequencer: "0".into(),
-    })
-    .await
-    .unwrap();
+    h.d.audio()
+        .on_blob_event(&BlobEvent::Removed {
+            key: keys::blob_key("", &hash),
+            version: "v-old".into(),
+            sequencer: "0".into(),
+        })
+        .await
+        .unwrap();
+    h.d.audio()
+        .on_blob_event(&BlobEvent::Created {
+            key: "someone/else".into(),
+            version: "v".into(),
+            sequencer: "0".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(h.object_count(), 1);
-    assert_eq!(h.d.stats().await.unwrap().total_references, 1);
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 1);
     h.check();
 }
 
@@ -492,15 +526,16 @@ async fn orphans_and_abandoned_sessions_are_cleaned() {
     );
     // A session opened and never used.
     let hash = ContentHash::of(b"abandoned");
-    h.d.open_session(SessionRequest {
-        owner: user("a"),
-        hash,
-        size: 9,
-        format: AudioFormat::Mp3,
-        reference: None,
-    })
-    .await
-    .unwrap();
+    h.d.audio()
+        .open_session(SessionRequest {
+            owner: user("a"),
+            hash,
+            size: 9,
+            format: AudioFormat::Mp3,
+            reference: None,
+        })
+        .await
+        .unwrap();
     // Uploaded content nobody ever referenced.
     h.upload("alice", b"unreferenced", None).await.unwrap();
     h.check();
@@ -522,17 +557,20 @@ async fn grace_period_delays_deletion_and_a_new_reference_revives() {
     let h = harness_with(cfg, Arc::new(NoFault));
     let hash = ContentHash::of(b"graceful");
     h.upload("alice", b"graceful", Some("m1")).await.unwrap();
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+    h.d.audio()
+        .remove_reference(&user("alice"), &hash, &rid("m1"))
         .await
         .unwrap();
     assert_eq!(h.object_count(), 1);
-    h.d.add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message)
+    h.d.audio()
+        .add_reference(&user("alice"), &hash, &rid("m2"), ReferenceKind::Message)
         .await
         .unwrap();
     h.clock.advance(Duration::from_secs(120));
     h.d.reconcile().await.unwrap();
     assert_eq!(h.object_count(), 1, "revived");
-    h.d.remove_reference(&user("alice"), &hash, &rid("m2"))
+    h.d.audio()
+        .remove_reference(&user("alice"), &hash, &rid("m2"))
         .await
         .unwrap();
     h.clock.advance(Duration::from_secs(61));
@@ -555,10 +593,11 @@ async fn lost_responses_then_retries_count_once() {
     assert!(h.upload("alice", b"lost", Some("m1")).await.is_err());
     h.upload("alice", b"lost", Some("m1")).await.unwrap();
     h.upload("alice", b"lost", Some("m1")).await.unwrap();
-    h.d.add_reference(&user("alice"), &hash, &rid("m1"), ReferenceKind::Message)
+    h.d.audio()
+        .add_reference(&user("alice"), &hash, &rid("m1"), ReferenceKind::Message)
         .await
         .unwrap();
-    assert_eq!(h.d.stats().await.unwrap().total_references, 1);
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 1);
     h.check();
 }
 
@@ -588,13 +627,13 @@ async fn concurrent_uploads_and_reference_churn_keep_counts_exact() {
                         ref_id: r.clone(),
                     }),
                 };
-                match d.upload_direct(up).await {
+                match d.audio().upload_direct(up).await {
                     Ok(_) => {}
                     Err(e) if e.code() == ErrorCode::Busy => continue,
                     Err(e) => panic!("{e}"),
                 }
                 if i % 2 == 0 {
-                    d.remove_reference(&owner, &hash, &r).await.unwrap();
+                    d.audio().remove_reference(&owner, &hash, &r).await.unwrap();
                 }
             }
         }));
@@ -618,18 +657,20 @@ async fn an_upload_whose_session_reference_was_removed_is_still_adopted() {
         ref_id: rid("m1"),
     };
     let s =
-        h.d.open_session(SessionRequest {
-            owner: user("alice"),
-            hash,
-            size: data.len() as u64,
-            format: AudioFormat::Mp3,
-            reference: Some(m1.clone()),
-        })
-        .await
-        .unwrap();
+        h.d.audio()
+            .open_session(SessionRequest {
+                owner: user("alice"),
+                hash,
+                size: data.len() as u64,
+                format: AudioFormat::Mp3,
+                reference: Some(m1.clone()),
+            })
+            .await
+            .unwrap();
     // Meanwhile the same reference is used and removed through a direct upload.
     h.upload("alice", &data, Some("m1")).await.unwrap();
-    h.d.remove_reference(&user("alice"), &hash, &rid("m1"))
+    h.d.audio()
+        .remove_reference(&user("alice"), &hash, &rid("m1"))
         .await
         .unwrap();
     // A new session cannot name the removed reference at all.
@@ -641,7 +682,7 @@ async fn an_upload_whose_session_reference_was_removed_is_still_adopted() {
         reference: Some(m1),
     };
     assert_eq!(
-        h.d.open_session(again).await.unwrap_err().code(),
+        h.d.audio().open_session(again).await.unwrap_err().code(),
         ErrorCode::ReferenceRemoved
     );
     // The first session's PUT lands; its event adopts the object without the dead reference.
@@ -652,16 +693,17 @@ async fn an_upload_whose_session_reference_was_removed_is_still_adopted() {
     );
     h.deliver_events().await;
     let r =
-        h.d.complete(CompleteRequest {
-            owner: user("alice"),
-            hash,
-            session_id: s.session_id,
-            proof: None,
-        })
-        .await
-        .unwrap();
+        h.d.audio()
+            .complete(CompleteRequest {
+                owner: user("alice"),
+                hash,
+                session_id: s.session_id,
+                proof: None,
+            })
+            .await
+            .unwrap();
     assert_eq!(r.state, AudioState::Active);
-    assert_eq!(h.d.stats().await.unwrap().total_references, 0);
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 0);
     h.check();
     h.clock.advance(Duration::from_secs(2 * 24 * 3600));
     h.d.reconcile().await.unwrap();
@@ -710,7 +752,7 @@ async fn add_all(
         .map(|(owner, r, kind)| {
             let d = h.d.clone();
             let (owner, r) = (user(owner), rid(&r));
-            tokio::spawn(async move { d.add_reference(&owner, &hash, &r, kind).await })
+            tokio::spawn(async move { d.audio().add_reference(&owner, &hash, &r, kind).await })
         })
         .collect();
     let mut out = Vec::new();
@@ -743,7 +785,7 @@ async fn concurrent_adds_to_one_audio_commit_in_batches() {
             );
         }
         writes.push(h.index.writes() - before);
-        assert_eq!(h.d.stats().await.unwrap().total_references, 50);
+        assert_eq!(h.d.audio().stats().await.unwrap().total_references, 50);
         h.check();
     }
     // One transaction per add without batching; with it, the first add commits alone and
@@ -791,7 +833,7 @@ async fn a_batch_answers_each_add_on_its_own() {
         ]
     );
     // m1, first, a1 (once) and b1.
-    assert_eq!(h.d.stats().await.unwrap().total_references, 4);
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 4);
     h.check();
 }
 
@@ -802,7 +844,11 @@ async fn adds_queued_behind_a_deletion_answer_not_active() {
     h.upload("alice", b"going", Some("m1")).await.unwrap();
     let remove = {
         let d = h.d.clone();
-        tokio::spawn(async move { d.remove_reference(&user("alice"), &hash, &rid("m1")).await })
+        tokio::spawn(async move {
+            d.audio()
+                .remove_reference(&user("alice"), &hash, &rid("m1"))
+                .await
+        })
     };
     tokio::task::yield_now().await;
     let answers = add_all(
@@ -826,7 +872,7 @@ async fn adds_queued_behind_a_deletion_answer_not_active() {
             "{e:?}"
         );
     }
-    assert_eq!(h.d.stats().await.unwrap().total_references, 0);
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 0);
     assert_eq!(h.object_count(), 0);
     h.check();
     h.d.reconcile().await.unwrap();
@@ -844,7 +890,12 @@ async fn a_cancelled_batch_leader_strands_no_one() {
         tokio::spawn(async move {
             tokio::time::timeout(
                 Duration::from_millis(1),
-                d.add_reference(&user("alice"), &hash, &rid("lead"), ReferenceKind::Library),
+                d.audio().add_reference(
+                    &user("alice"),
+                    &hash,
+                    &rid("lead"),
+                    ReferenceKind::Library,
+                ),
             )
             .await
         })
@@ -864,9 +915,10 @@ async fn a_cancelled_batch_leader_strands_no_one() {
     }
     // The queue for this audio was handed on, not left behind: a later add still completes,
     // and the retried leader's add counts once whether or not its commit landed.
-    h.d.add_reference(&user("alice"), &hash, &rid("lead"), ReferenceKind::Library)
+    h.d.audio()
+        .add_reference(&user("alice"), &hash, &rid("lead"), ReferenceKind::Library)
         .await
         .unwrap();
-    assert_eq!(h.d.stats().await.unwrap().total_references, 31);
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 31);
     h.check();
 }

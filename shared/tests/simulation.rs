@@ -28,13 +28,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use audio_dedup_core::audio::{proof_for, Adoption, CompleteRequest, DirectUpload, SessionRequest};
+use audio_dedup_core::chat::{NewMessage, NewThread};
 use audio_dedup_core::ports::{
     BlobBody, BlobEvent, Clock, Item, Key, ManualClock, PutOutcome, SeededEntropy,
 };
-use audio_dedup_core::protocol::{
-    invariants, keys, proof_for, Adoption, CompleteRequest, DirectUpload, NewMessage, NewThread,
-    SessionRequest,
-};
+use audio_dedup_core::protocol::{invariants, keys};
 use audio_dedup_core::store::memory::{Fault, FaultHook, MemoryBlobs, MemoryIndex, Op};
 use audio_dedup_core::*;
 use bytes::Bytes;
@@ -975,6 +974,7 @@ async fn perform(
             let bytes = w.contents[*content].clone();
             let r = sim
                 .d
+                .audio()
                 .upload_direct(DirectUpload {
                     owner: owner.clone(),
                     format: *format,
@@ -1004,6 +1004,7 @@ async fn perform(
             if prog.opened.is_none() {
                 let s = sim
                     .d
+                    .audio()
                     .open_session(SessionRequest {
                         owner: owner.clone(),
                         hash,
@@ -1035,7 +1036,11 @@ async fn perform(
                 proof,
             };
             if *mode == SessionMode::Proof && prog.put.is_none() {
-                let r = sim.d.complete(complete(Some(proof(&s, &bytes)))).await;
+                let r = sim
+                    .d
+                    .audio()
+                    .complete(complete(Some(proof(&s, &bytes))))
+                    .await;
                 sim.check(|| format!("c{} completed a session by proof", c.idx));
                 match r {
                     Ok(r) => {
@@ -1088,6 +1093,7 @@ async fn perform(
             let by_proof = prog.put == Some(PutOutcome::AlreadyExists);
             let r = sim
                 .d
+                .audio()
                 .complete(complete(by_proof.then(|| proof(&s, &bytes))))
                 .await?;
             sim.trace.bump("session.completed");
@@ -1099,6 +1105,7 @@ async fn perform(
         Action::Add { content, reference } => {
             let v = sim
                 .d
+                .audio()
                 .add_reference(
                     owner,
                     &w.hashes[*content],
@@ -1111,6 +1118,7 @@ async fn perform(
         }
         Action::Remove { content, reference } => {
             sim.d
+                .audio()
                 .remove_reference(owner, &w.hashes[*content], &ref_id(c.idx, *reference))
                 .await?;
             sim.trace.bump("reference.removed");
@@ -1130,7 +1138,7 @@ async fn perform(
                 })),
             };
             let thread: ThreadId = THREAD.parse().expect("valid thread id");
-            let (v, created) = sim.d.create_message(owner, &thread, req).await?;
+            let (v, created) = sim.d.chat().create_message(owner, &thread, req).await?;
             sim.trace.bump(if created {
                 "message.created"
             } else {
@@ -1153,7 +1161,7 @@ async fn perform(
                 ))),
             };
             let thread: ThreadId = THREAD.parse().expect("valid thread id");
-            let (v, created) = match sim.d.create_message(owner, &thread, req).await {
+            let (v, created) = match sim.d.chat().create_message(owner, &thread, req).await {
                 Err(e) if e.code() == ErrorCode::MessageNotFound => {
                     sim.trace.bump("message.forward_refused");
                     return Err(e);
@@ -1170,6 +1178,7 @@ async fn perform(
         Action::Unpost { msg } => {
             let thread: ThreadId = THREAD.parse().expect("valid thread id");
             sim.d
+                .chat()
                 .delete_message(owner, &thread, &message_id(c.idx, *msg))
                 .await?;
             sim.trace.bump("message.deleted");
@@ -1304,7 +1313,7 @@ async fn event_pump(sim: Arc<Sim>) -> Vec<BlobEvent> {
 }
 
 async fn deliver(sim: &Sim, e: &BlobEvent) -> Result<(), DedupError> {
-    let r = sim.d.on_blob_event(e).await;
+    let r = sim.d.audio().on_blob_event(e).await;
     sim.trace.bump("event.delivered");
     sim.trace.bump(match &r {
         Ok(Adoption::Activated) => "event.activated",
@@ -1524,6 +1533,7 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
     users.dedup();
     let made = sim
         .d
+        .chat()
         .create_thread(
             &users[0],
             NewThread {

@@ -237,7 +237,7 @@ async fn existing_content_is_claimed_by_proof_without_sending_bytes() {
             &song[o..o + l]
         })
         .collect();
-    let proof = audio_dedup_core::protocol::proof_for(nonce, chunks);
+    let proof = audio_dedup_core::audio::proof_for(nonce, chunks);
     let ok = bob
         .complete(
             &hash,

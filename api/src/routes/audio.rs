@@ -9,8 +9,8 @@ use axum::Json;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
+use audio_dedup_core::audio::{CompleteRequest, DirectUpload, SessionRequest};
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::protocol::{CompleteRequest, DirectUpload, SessionRequest};
 use audio_dedup_core::{
     AudioFormat, ContentHash, ErrorCode, PendingReference, ReferenceId, ReferenceKind, SessionId,
 };
@@ -108,6 +108,7 @@ pub async fn upload_direct<B: BlobStore, I: TransactionalIndex>(
     }
     let result = s
         .dedup
+        .audio()
         .upload_direct(DirectUpload {
             owner: caller.user,
             format,
@@ -151,7 +152,7 @@ pub async fn open_session<B: BlobStore, I: TransactionalIndex>(
             b.reference.as_ref().map(|r| r.ref_id.as_str()),
         )?,
     };
-    let session = s.dedup.open_session(req).await?;
+    let session = s.dedup.audio().open_session(req).await?;
     Ok((StatusCode::CREATED, Json(session)).into_response())
 }
 
@@ -181,6 +182,7 @@ pub async fn complete<B: BlobStore, I: TransactionalIndex>(
     }
     let result = s
         .dedup
+        .audio()
         .complete(CompleteRequest {
             owner: caller.user,
             hash,
@@ -197,5 +199,5 @@ pub async fn describe<B: BlobStore, I: TransactionalIndex>(
     RawPath(hash): RawPath<String>,
 ) -> Result<Response, ApiError> {
     let hash = content_hash(&hash)?;
-    Ok(Json(s.dedup.describe(&caller.user, &hash).await?).into_response())
+    Ok(Json(s.dedup.audio().describe(&caller.user, &hash).await?).into_response())
 }

@@ -45,6 +45,7 @@ pub async fn put<B: BlobStore, I: TransactionalIndex>(
         .map_err(|reason| ApiError::new(ErrorCode::InvalidAudio, reason))?;
     let (view, created) = s
         .dedup
+        .chat()
         .put_library_item(&caller.user, &id, &source, &b.title)
         .await?;
     Ok(created_or_ok(created, view))
@@ -56,7 +57,10 @@ pub async fn delete<B: BlobStore, I: TransactionalIndex>(
     RawPath(id): RawPath<String>,
 ) -> Result<Response, ApiError> {
     let id: LibraryItemId = parse(&id, ErrorCode::InvalidItemId)?;
-    s.dedup.delete_library_item(&caller.user, &id).await?;
+    s.dedup
+        .chat()
+        .delete_library_item(&caller.user, &id)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -66,6 +70,10 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let (cursor, limit) = q.page(CursorParam::Since, "the library")?;
-    let page = s.dedup.list_library(&caller.user, cursor, limit).await?;
+    let page = s
+        .dedup
+        .chat()
+        .list_library(&caller.user, cursor, limit)
+        .await?;
     Ok(Json(page).into_response())
 }

@@ -10,8 +10,8 @@ use http::{header, HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use audio_dedup_core::chat::NewMessage;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::protocol::NewMessage;
 use audio_dedup_core::{ErrorCode, MessageAudio, MessageId, ThreadId, MAX_SNAPSHOT_BYTES};
 
 use super::{created_or_ok, CursorParam, ListQuery};
@@ -57,7 +57,11 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
         snapshot: b.snapshot,
         audio: b.audio,
     };
-    let (view, created) = s.dedup.create_message(&caller.user, &thread, req).await?;
+    let (view, created) = s
+        .dedup
+        .chat()
+        .create_message(&caller.user, &thread, req)
+        .await?;
     Ok(created_or_ok(created, view))
 }
 
@@ -71,6 +75,7 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
     let (cursor, limit) = q.page(CursorParam::After, "message sync")?;
     let page = s
         .dedup
+        .chat()
         .list_messages(&caller.user, &thread, cursor, limit)
         .await?;
     Ok(Json(page).into_response())
@@ -83,7 +88,10 @@ pub async fn delete<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
     let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
-    s.dedup.delete_message(&caller.user, &thread, &id).await?;
+    s.dedup
+        .chat()
+        .delete_message(&caller.user, &thread, &id)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -95,7 +103,11 @@ pub async fn audio<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
     let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
-    let view = s.dedup.message_audio(&caller.user, &thread, &id).await?;
+    let view = s
+        .dedup
+        .chat()
+        .message_audio(&caller.user, &thread, &id)
+        .await?;
     Ok(Json(view).into_response())
 }
 
@@ -105,7 +117,7 @@ pub async fn snapshot<B: BlobStore, I: TransactionalIndex>(
     RawPath(id): RawPath<String>,
 ) -> Result<Response, ApiError> {
     let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
-    let body = s.dedup.snapshot(&caller.user, &id).await?;
+    let body = s.dedup.chat().snapshot(&caller.user, &id).await?;
     let mut res = (StatusCode::OK, body.json).into_response();
     let h = res.headers_mut();
     h.insert(

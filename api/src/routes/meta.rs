@@ -32,7 +32,7 @@ pub async fn stats<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     _caller: Caller,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.dedup.stats().await?).into_response())
+    Ok(Json(s.dedup.audio().stats().await?).into_response())
 }
 
 pub async fn reconcile<B: BlobStore, I: TransactionalIndex>(

@@ -7,7 +7,7 @@ pub mod meta;
 pub mod references;
 pub mod threads;
 
-use audio_dedup_core::protocol::{parse_cursor, DEFAULT_PAGE, MAX_PAGE};
+use audio_dedup_core::chat::{parse_cursor, DEFAULT_PAGE, MAX_PAGE};
 use audio_dedup_core::{ContentHash, ErrorCode, Seq};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;

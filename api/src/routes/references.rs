@@ -34,6 +34,7 @@ pub async fn add<B: BlobStore, I: TransactionalIndex>(
     let kind: ReferenceKind = parse(&b.kind, ErrorCode::InvalidRefKind)?;
     let view = s
         .dedup
+        .audio()
         .add_reference(&caller.user, &hash, &ref_id, kind)
         .await?;
     Ok(Json(view).into_response())
@@ -47,6 +48,7 @@ pub async fn remove<B: BlobStore, I: TransactionalIndex>(
     let hash = content_hash(&hash)?;
     let ref_id: ReferenceId = parse(&ref_id, ErrorCode::InvalidRefId)?;
     s.dedup
+        .audio()
         .remove_reference(&caller.user, &hash, &ref_id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

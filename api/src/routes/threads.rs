@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+use audio_dedup_core::chat::NewThread;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::protocol::NewThread;
 use audio_dedup_core::{valid_title, ErrorCode, ThreadId, UserId, MAX_THREAD_MEMBERS};
 
 use super::{created_or_ok, CursorParam, ListQuery};
@@ -57,6 +57,7 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
         .collect::<Result<Vec<_>, _>>()?;
     let (view, created) = s
         .dedup
+        .chat()
         .create_thread(
             &caller.user,
             NewThread {
@@ -75,7 +76,11 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let (cursor, limit) = q.page(CursorParam::Since, "the thread feed")?;
-    let page = s.dedup.list_threads(&caller.user, cursor, limit).await?;
+    let page = s
+        .dedup
+        .chat()
+        .list_threads(&caller.user, cursor, limit)
+        .await?;
     Ok(Json(page).into_response())
 }
 
@@ -85,6 +90,6 @@ pub async fn get_one<B: BlobStore, I: TransactionalIndex>(
     RawPath(id): RawPath<String>,
 ) -> Result<Response, ApiError> {
     let id: ThreadId = parse(&id, ErrorCode::InvalidThreadId)?;
-    let t = s.dedup.get_thread(&caller.user, &id).await?;
+    let t = s.dedup.chat().get_thread(&caller.user, &id).await?;
     Ok(Json(t).into_response())
 }

@@ -3,8 +3,8 @@
 //! object's exact version, never from event order), URL-encoded keys (`+` and `%XX`), and
 //! keys it does not own (ignored with a log line).
 
+use audio_dedup_core::audio::Adoption;
 use audio_dedup_core::ports::{BlobEvent, BlobStore, TransactionalIndex};
-use audio_dedup_core::protocol::Adoption;
 use audio_dedup_core::{Dedup, DedupError};
 use aws_lambda_events::s3::S3Event;
 use serde::Serialize;
@@ -81,7 +81,7 @@ pub async fn handle<B: BlobStore, I: TransactionalIndex>(
             out.skipped += 1;
             continue;
         };
-        match dedup.on_blob_event(&ev).await? {
+        match dedup.audio().on_blob_event(&ev).await? {
             Adoption::Ignored => out.ignored += 1,
             _ => out.applied += 1,
         }

@@ -1,8 +1,9 @@
 //! The s3-events handler, fed S3 notifications built from `sam local generate-event s3 put|delete`
 //! (functions/fixtures), varied the ways S3 and Lambda vary them.
 
+use audio_dedup_core::audio::{CompleteRequest, SessionRequest};
 use audio_dedup_core::ports::{BlobStore, PutOutcome};
-use audio_dedup_core::protocol::{keys, CompleteRequest, SessionRequest};
+use audio_dedup_core::protocol::keys;
 use audio_dedup_core::store::memory::{MemoryBlobs, MemoryIndex};
 use audio_dedup_core::{
     AudioFormat, ContentHash, Dedup, DedupConfig, PendingReference, ReferenceKind, UserId,
@@ -65,18 +66,19 @@ async fn uploaded_as(
 ) -> (ContentHash, String, String, audio_dedup_core::SessionId) {
     let hash = ContentHash::of(data);
     let s =
-        w.d.open_session(SessionRequest {
-            owner: "alice".parse().unwrap(),
-            hash,
-            size: data.len() as u64,
-            format: AudioFormat::Mp3,
-            reference: Some(PendingReference {
-                kind: ReferenceKind::Message,
-                ref_id: ref_id.parse().unwrap(),
-            }),
-        })
-        .await
-        .unwrap();
+        w.d.audio()
+            .open_session(SessionRequest {
+                owner: "alice".parse().unwrap(),
+                hash,
+                size: data.len() as u64,
+                format: AudioFormat::Mp3,
+                reference: Some(PendingReference {
+                    kind: ReferenceKind::Message,
+                    ref_id: ref_id.parse().unwrap(),
+                }),
+            })
+            .await
+            .unwrap();
     let key = keys::blob_key(PREFIX, &hash);
     let PutOutcome::Created { version } = w.blobs.client_put(
         &key,
@@ -95,19 +97,20 @@ async fn the_sam_fixture_parses_and_a_created_event_completes_the_session() {
     let ev = event(vec![record("s3-put.json", &key, Some(&version), "0A1")]);
     let out = s3_events::handle(&w.d, ev).await.unwrap();
     assert_eq!((out.applied, out.ignored, out.skipped), (1, 0, 0));
-    assert_eq!(w.d.stats().await.unwrap().total_references, 1);
+    assert_eq!(w.d.audio().stats().await.unwrap().total_references, 1);
     // The client's complete, arriving after the event, is a no-op that answers success.
     let r =
-        w.d.complete(CompleteRequest {
-            owner: "alice".parse().unwrap(),
-            hash,
-            session_id,
-            proof: None,
-        })
-        .await
-        .unwrap();
+        w.d.audio()
+            .complete(CompleteRequest {
+                owner: "alice".parse().unwrap(),
+                hash,
+                session_id,
+                proof: None,
+            })
+            .await
+            .unwrap();
     assert!(!r.deduplicated);
-    assert_eq!(w.d.stats().await.unwrap().total_references, 1);
+    assert_eq!(w.d.audio().stats().await.unwrap().total_references, 1);
 }
 
 #[tokio::test]
@@ -119,7 +122,7 @@ async fn duplicated_records_apply_once() {
         .await
         .unwrap();
     s3_events::handle(&w.d, event(vec![rec])).await.unwrap();
-    let s = w.d.stats().await.unwrap();
+    let s = w.d.audio().stats().await.unwrap();
     assert_eq!((s.unique_files, s.total_references), (1, 1));
 }
 
@@ -135,6 +138,7 @@ async fn url_encoded_keys_are_decoded() {
     let data = b"encoded key";
     let hash = ContentHash::of(data);
     let s = d
+        .audio()
         .open_session(SessionRequest {
             owner: "bob".parse().unwrap(),
             hash,
@@ -169,11 +173,11 @@ async fn url_encoded_keys_are_decoded() {
     .unwrap();
     assert_eq!(out.applied, 1);
     // Active, and held by no reference yet: counted apart from the deduplicated files.
-    let s = d.stats().await.unwrap();
+    let s = d.audio().stats().await.unwrap();
     assert_eq!((s.unique_files, s.unreferenced_files), (0, 1));
     let user: UserId = "bob".parse().unwrap();
     assert!(
-        d.describe(&user, &hash).await.is_ok(),
+        d.audio().describe(&user, &hash).await.is_ok(),
         "the uploading session was completed by the event"
     );
 }
@@ -206,7 +210,8 @@ async fn late_and_out_of_order_events_never_touch_a_newer_upload() {
         .unwrap();
     // Last reference goes; v1 is deleted.
     let alice: UserId = "alice".parse().unwrap();
-    w.d.remove_reference(&alice, &hash, &"m1".parse().unwrap())
+    w.d.audio()
+        .remove_reference(&alice, &hash, &"m1".parse().unwrap())
         .await
         .unwrap();
     assert!(w.blobs.head(&key).await.unwrap().is_none());
@@ -224,7 +229,7 @@ async fn late_and_out_of_order_events_never_touch_a_newer_upload() {
         w.blobs.head(&key).await.unwrap().map(|m| m.version),
         Some(v2)
     );
-    assert_eq!(w.d.stats().await.unwrap().total_references, 1);
+    assert_eq!(w.d.audio().stats().await.unwrap().total_references, 1);
 }
 
 #[tokio::test]
@@ -240,7 +245,8 @@ async fn a_removed_event_finishes_an_interrupted_deletion() {
     // Someone deletes the exact version (as the protocol's delete would) but the index write
     // after it never happened: emulate with the blob store directly, then deliver the event.
     let alice: UserId = "alice".parse().unwrap();
-    w.d.remove_reference(&alice, &hash, &"m1".parse().unwrap())
+    w.d.audio()
+        .remove_reference(&alice, &hash, &"m1".parse().unwrap())
         .await
         .unwrap();
     let removed = record("s3-delete.json", &key, Some(&version), "2");
@@ -248,6 +254,6 @@ async fn a_removed_event_finishes_an_interrupted_deletion() {
         .await
         .unwrap();
     assert_eq!(out.applied + out.ignored, 2);
-    let s = w.d.stats().await.unwrap();
+    let s = w.d.audio().stats().await.unwrap();
     assert_eq!((s.unique_files, s.deleting), (0, 0));
 }

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{keys, ms, Dedup};
+use super::{keys, ms, Core};
 use crate::domain::{
     AudioRecord, AudioState, HolderRecord, Millis, ReferenceRecord, SessionRecord, SessionState,
 };
@@ -23,11 +23,11 @@ impl<T> Versioned<T> {
     }
 }
 
-pub(super) fn expect_of<T>(prev: Option<&Versioned<T>>) -> Expect {
+pub(crate) fn expect_of<T>(prev: Option<&Versioned<T>>) -> Expect {
     prev.map_or(Expect::Absent, Versioned::expect)
 }
 
-pub(super) fn decode<T: DeserializeOwned>(item: &Item) -> Result<Versioned<T>, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(item: &Item) -> Result<Versioned<T>, StoreError> {
     let value = serde_json::from_str(&item.body).map_err(|e| StoreError::Corrupt {
         key: item.key.to_string(),
         reason: e.to_string(),
@@ -38,8 +38,8 @@ pub(super) fn decode<T: DeserializeOwned>(item: &Item) -> Result<Versioned<T>, S
     })
 }
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
-    pub(super) async fn load<T: DeserializeOwned>(
+impl<B: BlobStore, I: TransactionalIndex> Core<B, I> {
+    pub(crate) async fn load<T: DeserializeOwned>(
         &self,
         key: &Key,
     ) -> Result<Option<Versioned<T>>, DedupError> {
@@ -49,14 +49,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
     }
 
-    pub(super) async fn load_audio(
+    pub(crate) async fn load_audio(
         &self,
         hash: &crate::domain::ContentHash,
     ) -> Result<Option<Versioned<AudioRecord>>, DedupError> {
         self.load(&keys::audio(hash)).await
     }
 
-    pub(super) fn txn(&self) -> Txn {
+    pub(crate) fn txn(&self) -> Txn {
         Txn {
             ops: Vec::new(),
             stats: StatsDelta::default(),
@@ -65,7 +65,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// Commits; `Ok(false)` when a condition failed or a transaction conflicted (nothing written).
-    pub(super) async fn commit(&self, txn: Txn) -> Result<bool, DedupError> {
+    pub(crate) async fn commit(&self, txn: Txn) -> Result<bool, DedupError> {
         let Txn { mut ops, stats, .. } = txn;
         if !stats.is_zero() {
             ops.push(WriteOp::Bump {
@@ -83,7 +83,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 
 /// Changes to the global counters, written in the same transaction as the state change.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(super) struct StatsDelta {
+pub(crate) struct StatsDelta {
     pub active_files: i64,
     pub stored_bytes: i64,
     pub live_refs: i64,
@@ -154,7 +154,7 @@ impl StatsDelta {
     }
 }
 
-pub(super) struct Txn {
+pub(crate) struct Txn {
     ops: Vec<WriteOp>,
     pub stats: StatsDelta,
     slack: i64,

@@ -1,38 +1,24 @@
-//! The dedup protocol, written once against the ports. See docs/protocol.md for the states,
-//! invariants and races; each flow's module says which it closes.
+//! What the two services share: the configuration, the store core (typed reads, the
+//! transaction builder, compare-and-swap), the index's key layout and the invariants, and
+//! [`Dedup`], which builds both services over one store and runs the reconciler's pass.
+//! The flows themselves live in [`crate::audio`] and [`crate::chat`]; docs/protocol.md gives
+//! the states, invariants and races, and each flow's module says which it closes.
 
-mod codec;
-mod combine;
-mod deletion;
-mod events;
+pub(crate) mod codec;
 pub mod invariants;
 pub mod keys;
-mod library;
-mod message_audio;
-mod messages;
-mod read;
 mod reconcile;
-mod references;
-mod session;
-mod stats;
-mod threads;
-mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use codec::Versioned;
-pub use events::Adoption;
-pub use messages::{NewMessage, SnapshotBody};
-pub use session::{proof_for, CompleteRequest, SessionRequest};
-pub use threads::{parse_cursor, NewThread, DEFAULT_PAGE, MAX_PAGE};
-pub use upload::DirectUpload;
 
+use crate::audio::AudioEngine;
+use crate::chat::ChatService;
 use crate::domain::{ContentHash, Millis};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, Clock, Entropy, OsEntropy, SystemClock, TransactionalIndex};
-use combine::Combiner;
-use references::{AddAnswer, AddRequest};
 
 #[derive(Debug, Clone)]
 pub struct DedupConfig {
@@ -87,15 +73,19 @@ impl Default for DedupConfig {
 /// A batch's reference puts, its audio record and one stats shard fit in one transaction.
 const MAX_ADD_BATCH: usize = crate::ports::MAX_TRANSACTION_OPS - 2;
 
-/// The protocol over one blob store and one index.
-pub struct Dedup<B, I> {
-    blobs: B,
-    index: I,
-    cfg: DedupConfig,
+/// The store both services write through, with the clock and entropy they read.
+pub(crate) struct Core<B, I> {
+    pub(crate) blobs: B,
+    pub(crate) index: I,
+    pub(crate) cfg: DedupConfig,
     clock: Arc<dyn Clock>,
-    entropy: Arc<dyn Entropy>,
-    /// Reference adds waiting to join a batch, by audio.
-    adds: Arc<Combiner<ContentHash, AddRequest, AddAnswer>>,
+    pub(crate) entropy: Arc<dyn Entropy>,
+}
+
+/// The audio engine and the chat service over one blob store and one index.
+pub struct Dedup<B, I> {
+    audio: AudioEngine<B, I>,
+    chat: ChatService<B, I>,
 }
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
@@ -116,7 +106,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
     ) -> Self {
-        Self {
+        let core = Arc::new(Core {
             blobs,
             index,
             cfg: DedupConfig {
@@ -125,32 +115,48 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             },
             clock,
             entropy,
-            adds: Arc::default(),
+        });
+        let audio = AudioEngine::new(core.clone());
+        Self {
+            chat: ChatService::new(core, audio.clone()),
+            audio,
         }
     }
 
+    /// Uploads, sessions, proofs, references, deletion, blob events, stats.
+    pub fn audio(&self) -> &AudioEngine<B, I> {
+        &self.audio
+    }
+
+    /// Threads, messages and the library.
+    pub fn chat(&self) -> &ChatService<B, I> {
+        &self.chat
+    }
+
     pub fn blobs(&self) -> &B {
-        &self.blobs
+        &self.audio.core.blobs
     }
 
     pub fn index(&self) -> &I {
-        &self.index
+        &self.audio.core.index
     }
 
     pub fn config(&self) -> &DedupConfig {
-        &self.cfg
+        &self.audio.core.cfg
     }
+}
 
-    fn now(&self) -> Millis {
+impl<B: BlobStore, I: TransactionalIndex> Core<B, I> {
+    pub(crate) fn now(&self) -> Millis {
         self.clock.now_ms()
     }
 
-    fn blob_key(&self, hash: &ContentHash) -> String {
+    pub(crate) fn blob_key(&self, hash: &ContentHash) -> String {
         keys::blob_key(&self.cfg.key_prefix, hash)
     }
 
     /// Runs one compare-and-swap step until it is done, backing off between lost races.
-    async fn cas<T, F, Fut>(&self, mut step: F) -> Result<T, DedupError>
+    pub(crate) async fn cas<T, F, Fut>(&self, mut step: F) -> Result<T, DedupError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Step<T>, DedupError>>,
@@ -181,13 +187,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         Err(DedupError::Busy)
     }
 
-    fn random_shard(&self) -> u64 {
+    pub(crate) fn random_shard(&self) -> u64 {
         self.entropy.next_u64() % self.cfg.stats_shards.max(1)
     }
 }
 
 /// The outcome of one compare-and-swap attempt.
-enum Step<T> {
+pub(crate) enum Step<T> {
     Done(T),
     /// Lost a race: back off, then read again.
     Lost,
@@ -195,6 +201,6 @@ enum Step<T> {
     Again,
 }
 
-fn ms(d: Duration) -> Millis {
+pub(crate) fn ms(d: Duration) -> Millis {
     d.as_millis().min(i64::MAX as u128) as Millis
 }

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use audio_dedup_core::protocol::{keys, NewMessage, NewThread};
+use audio_dedup_core::chat::{NewMessage, NewThread};
+use audio_dedup_core::protocol::keys;
 use audio_dedup_core::*;
 use serde_json::value::RawValue;
 
@@ -33,6 +34,7 @@ pub fn msg(id: &str, snapshot: &str, audio: Option<ContentHash>) -> NewMessage {
 pub async fn thread<E: Env>(env: &E, owner: &str, id: &str, members: &[&str]) -> ThreadId {
     let (t, created) = env
         .dedup()
+        .chat()
         .create_thread(
             &user(owner),
             NewThread {
@@ -78,7 +80,11 @@ async fn sync_all<E: Env>(
     let mut out = Vec::new();
     let mut cursor = after;
     for _ in 0..10_000 {
-        let page = d.list_messages(&user(who), t, cursor, limit).await.unwrap();
+        let page = d
+            .chat()
+            .list_messages(&user(who), t, cursor, limit)
+            .await
+            .unwrap();
         out.extend(page.items);
         cursor = page.next_cursor.parse().unwrap();
         if !page.has_more {
@@ -95,12 +101,14 @@ pub async fn messages_hold_audio_and_sync_incrementally<E: Env>(env: &E) {
     let t = thread(env, "alice", "t1", &["bob"]).await;
 
     let (m1, created) = d
+        .chat()
         .create_message(&alice, &t, msg("m1", r#"{"bpm":120}"#, Some(audio)))
         .await
         .unwrap();
     assert!(created);
     assert_eq!(audio_refs(env, &audio).await, (AudioState::Active, 1));
     let (m2, _) = d
+        .chat()
         .create_message(&bob, &t, msg("m2", "[1,2,3]", None))
         .await
         .unwrap();
@@ -108,6 +116,7 @@ pub async fn messages_hold_audio_and_sync_incrementally<E: Env>(env: &E) {
 
     // A retry, later, answers the same message and adds nothing.
     let (again, created) = d
+        .chat()
         .create_message(&alice, &t, msg("m1", r#"{"bpm":120}"#, Some(audio)))
         .await
         .unwrap();
@@ -116,6 +125,7 @@ pub async fn messages_hold_audio_and_sync_incrementally<E: Env>(env: &E) {
     assert_eq!(audio_refs(env, &audio).await, (AudioState::Active, 1));
     // The same id with other content is a conflict, not a silent overwrite.
     let e = d
+        .chat()
         .create_message(&alice, &t, msg("m1", r#"{"bpm":121}"#, Some(audio)))
         .await
         .unwrap_err();
@@ -128,25 +138,40 @@ pub async fn messages_hold_audio_and_sync_incrementally<E: Env>(env: &E) {
         ["m1", "m2"]
     );
     assert_eq!(cursor, 2);
-    let e = d.list_messages(&carol, &t, 0, 10).await.unwrap_err();
+    let e = d.chat().list_messages(&carol, &t, 0, 10).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::ThreadNotFound);
     let e = d
+        .chat()
         .create_message(&carol, &t, msg("m9", "{}", None))
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::ThreadNotFound);
     assert_eq!(
-        d.snapshot(&carol, &mid("m1")).await.unwrap_err().code(),
+        d.chat()
+            .snapshot(&carol, &mid("m1"))
+            .await
+            .unwrap_err()
+            .code(),
         ErrorCode::MessageNotFound
     );
-    let snap = d.snapshot(&bob, &mid("m1")).await.unwrap();
+    let snap = d.chat().snapshot(&bob, &mid("m1")).await.unwrap();
     assert_eq!(&snap.json[..], br#"{"bpm":120}"#);
 
     // Only the author deletes; the delete drops the last reference and so the audio.
-    let e = d.delete_message(&bob, &t, &mid("m1")).await.unwrap_err();
+    let e = d
+        .chat()
+        .delete_message(&bob, &t, &mid("m1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::MessageNotFound);
-    d.delete_message(&alice, &t, &mid("m1")).await.unwrap();
-    d.delete_message(&alice, &t, &mid("m1")).await.unwrap();
+    d.chat()
+        .delete_message(&alice, &t, &mid("m1"))
+        .await
+        .unwrap();
+    d.chat()
+        .delete_message(&alice, &t, &mid("m1"))
+        .await
+        .unwrap();
     assert_eq!(audio_refs(env, &audio).await.0, AudioState::Gone);
     let key = keys::blob_key(&d.config().key_prefix, &audio);
     assert!(d.blobs().head(&key).await.unwrap().is_none());
@@ -160,18 +185,22 @@ pub async fn messages_hold_audio_and_sync_incrementally<E: Env>(env: &E) {
     );
     assert_eq!(cursor, 3);
     assert!(
-        d.list_messages(&bob, &t, 4, 10).await.is_err(),
+        d.chat().list_messages(&bob, &t, 4, 10).await.is_err(),
         "cursor ahead"
     );
     // A late retry of the create cannot resurrect it.
     let (late, created) = d
+        .chat()
         .create_message(&alice, &t, msg("m1", r#"{"bpm":120}"#, Some(audio)))
         .await
         .unwrap();
     assert!(!created);
     assert_eq!(late.state, EntryState::Deleted);
     assert_eq!(sync_all(env, "bob", &t, 3, 10).await.0.len(), 0);
-    assert_eq!(d.get_thread(&bob, &t).await.unwrap().message_count, 1);
+    assert_eq!(
+        d.chat().get_thread(&bob, &t).await.unwrap().message_count,
+        1
+    );
     assert_safe(env).await;
     assert_settled(env).await;
 }
@@ -182,21 +211,24 @@ pub async fn create_on_inactive_audio_fails_and_writes_nothing<E: Env>(env: &E) 
     let audio = held_audio(env, "alice", 2).await;
     let t = thread(env, "alice", "t2", &[]).await;
     // Make it go: one library reference, then remove it (the last: deleted at once).
-    d.put_library_item(
-        &alice,
-        &"fav".parse().unwrap(),
-        &AudioSource::Held(audio),
-        "fav",
-    )
-    .await
-    .unwrap();
-    d.delete_library_item(&alice, &"fav".parse().unwrap())
+    d.chat()
+        .put_library_item(
+            &alice,
+            &"fav".parse().unwrap(),
+            &AudioSource::Held(audio),
+            "fav",
+        )
+        .await
+        .unwrap();
+    d.chat()
+        .delete_library_item(&alice, &"fav".parse().unwrap())
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &audio).await.0, AudioState::Gone);
     let never = held_audio(env, "bob", 3).await;
     let before = env.snapshot().await.0;
     let e = d
+        .chat()
         .create_message(&alice, &t, msg("m1", "{}", Some(audio)))
         .await
         .unwrap_err();
@@ -206,6 +238,7 @@ pub async fn create_on_inactive_audio_fails_and_writes_nothing<E: Env>(env: &E) 
         "gone audio is unknown to everyone: {e}"
     );
     let e = d
+        .chat()
         .create_message(&alice, &t, msg("m1", "{}", Some(never)))
         .await
         .unwrap_err();
@@ -227,6 +260,7 @@ pub async fn big_snapshots_go_to_the_blob_store<E: Env>(env: &E) {
         "a".repeat(d.config().snapshot_inline_max + 1)
     );
     let (m, _) = d
+        .chat()
         .create_message(&alice, &t, msg("big", &big, None))
         .await
         .unwrap();
@@ -248,11 +282,12 @@ pub async fn big_snapshots_go_to_the_blob_store<E: Env>(env: &E) {
         "the item holds a pointer, not the snapshot"
     );
     assert_eq!(
-        d.snapshot(&alice, &mid("big")).await.unwrap().json,
+        d.chat().snapshot(&alice, &mid("big")).await.unwrap().json,
         big.as_bytes()
     );
     // A retry reuses the stored object.
-    d.create_message(&alice, &t, msg("big", &big, None))
+    d.chat()
+        .create_message(&alice, &t, msg("big", &big, None))
         .await
         .unwrap();
     assert_eq!(
@@ -265,7 +300,10 @@ pub async fn big_snapshots_go_to_the_blob_store<E: Env>(env: &E) {
         1
     );
     assert_safe(env).await;
-    d.delete_message(&alice, &t, &mid("big")).await.unwrap();
+    d.chat()
+        .delete_message(&alice, &t, &mid("big"))
+        .await
+        .unwrap();
     assert!(env
         .snapshot()
         .await
@@ -288,11 +326,15 @@ pub async fn concurrent_writers_and_an_incremental_reader<E: Env>(env: &E) {
         async move {
             for i in 0..per_writer {
                 let id = format!("{w}-{i}");
-                d.create_message(&user(w), &t, msg(&id, &format!("{{\"i\":{i}}}"), None))
+                d.chat()
+                    .create_message(&user(w), &t, msg(&id, &format!("{{\"i\":{i}}}"), None))
                     .await
                     .unwrap();
                 if i % 3 == 0 {
-                    d.delete_message(&user(w), &t, &mid(&id)).await.unwrap();
+                    d.chat()
+                        .delete_message(&user(w), &t, &mid(&id))
+                        .await
+                        .unwrap();
                 }
             }
         }
@@ -303,6 +345,7 @@ pub async fn concurrent_writers_and_an_incremental_reader<E: Env>(env: &E) {
         let mut cursor = 0;
         for _ in 0..150 {
             let page = d
+                .chat()
                 .list_messages(&user("reader"), &t, cursor, 5)
                 .await
                 .unwrap();
@@ -346,46 +389,58 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
     let a2 = held_audio(env, "alice", 5).await;
     let fav: LibraryItemId = "fav".parse().unwrap();
     let (v, created) = d
+        .chat()
         .put_library_item(&alice, &fav, &AudioSource::Held(a1), "Song")
         .await
         .unwrap();
     assert!(created);
     let (same, created) = d
+        .chat()
         .put_library_item(&alice, &fav, &AudioSource::Held(a1), "Song")
         .await
         .unwrap();
     assert!(!created);
     assert_eq!(same, v, "a repeated put changes nothing");
-    d.put_library_item(&alice, &fav, &AudioSource::Held(a1), "Renamed")
+    d.chat()
+        .put_library_item(&alice, &fav, &AudioSource::Held(a1), "Renamed")
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &a1).await, (AudioState::Active, 1));
     // Moving to other audio drops the old reference (the last: a1 goes).
-    d.put_library_item(&alice, &fav, &AudioSource::Held(a2), "Renamed")
+    d.chat()
+        .put_library_item(&alice, &fav, &AudioSource::Held(a2), "Renamed")
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &a1).await.0, AudioState::Gone);
     assert_eq!(audio_refs(env, &a2).await, (AudioState::Active, 1));
     // Bob sees nothing of it and cannot touch it.
-    assert!(d.list_library(&bob, 0, 100).await.unwrap().items.is_empty());
-    let e = d.delete_library_item(&bob, &fav).await.unwrap_err();
+    assert!(d
+        .chat()
+        .list_library(&bob, 0, 100)
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    let e = d.chat().delete_library_item(&bob, &fav).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::LibraryItemNotFound);
     let e = d
+        .chat()
         .put_library_item(&bob, &fav, &AudioSource::Held(a2), "mine")
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::AudioNotFound, "bob never held a2");
     assert_eq!(audio_refs(env, &a2).await, (AudioState::Active, 1));
     // Delete, delete again, put again (a fresh reference id).
-    d.delete_library_item(&alice, &fav).await.unwrap();
-    d.delete_library_item(&alice, &fav).await.unwrap();
+    d.chat().delete_library_item(&alice, &fav).await.unwrap();
+    d.chat().delete_library_item(&alice, &fav).await.unwrap();
     assert_eq!(audio_refs(env, &a2).await.0, AudioState::Gone);
     let a3 = held_audio(env, "alice", 6).await;
-    d.put_library_item(&alice, &fav, &AudioSource::Held(a3), "Back")
+    d.chat()
+        .put_library_item(&alice, &fav, &AudioSource::Held(a3), "Back")
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &a3).await, (AudioState::Active, 1));
-    let page = d.list_library(&alice, 0, 100).await.unwrap();
+    let page = d.chat().list_library(&alice, 0, 100).await.unwrap();
     let log: Vec<(String, EntryState)> = page
         .items
         .iter()
@@ -393,7 +448,7 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
         .collect();
     assert_eq!(log.len(), 5, "{log:?}");
     assert_eq!(log[3].1, EntryState::Deleted);
-    let delta = d.list_library(&alice, 4, 100).await.unwrap();
+    let delta = d.chat().list_library(&alice, 4, 100).await.unwrap();
     assert_eq!(delta.items.len(), 1);
     assert_eq!(delta.items[0].title.as_deref(), Some("Back"));
     assert_safe(env).await;
@@ -409,13 +464,15 @@ pub async fn create_racing_audio_deletion<E: Env>(env: &E) {
     for round in 0..12u8 {
         let audio = held_audio(env, "alice", 40 + round).await;
         let item: LibraryItemId = format!("i{round}").parse().unwrap();
-        d.put_library_item(&alice, &item, &AudioSource::Held(audio), "x")
+        d.chat()
+            .put_library_item(&alice, &item, &AudioSource::Held(audio), "x")
             .await
             .unwrap();
         let id = format!("race{round}");
         let (created, removed) = tokio::join!(
-            d.create_message(&alice, &t, msg(&id, "{}", Some(audio))),
-            d.delete_library_item(&alice, &item),
+            d.chat()
+                .create_message(&alice, &t, msg(&id, "{}", Some(audio))),
+            d.chat().delete_library_item(&alice, &item),
         );
         removed.unwrap();
         let (state, refs) = audio_refs(env, &audio).await;
@@ -488,23 +545,29 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
     let other = held_audio(env, "alice", 22).await;
     let duo = thread(env, "alice", "duo", &["bob"]).await;
     let side = thread(env, "bob", "side", &["carol"]).await;
-    d.create_message(&alice, &duo, msg("m-track", "{}", Some(track)))
+    d.chat()
+        .create_message(&alice, &duo, msg("m-track", "{}", Some(track)))
         .await
         .unwrap();
-    d.create_message(&alice, &duo, msg("m-text", "{}", None))
+    d.chat()
+        .create_message(&alice, &duo, msg("m-text", "{}", None))
         .await
         .unwrap();
 
     // Bob never uploaded it: the audio route is closed, the message route open.
     assert_eq!(
-        d.describe(&bob, &track).await.unwrap_err().code(),
+        d.audio().describe(&bob, &track).await.unwrap_err().code(),
         ErrorCode::AudioNotFound
     );
-    let v = d.message_audio(&bob, &duo, &mid("m-track")).await.unwrap();
+    let v = d
+        .chat()
+        .message_audio(&bob, &duo, &mid("m-track"))
+        .await
+        .unwrap();
     assert_eq!(v.content_hash, track);
     assert!(!v.url.is_empty());
     assert_eq!(
-        d.describe(&bob, &track).await.unwrap_err().code(),
+        d.audio().describe(&bob, &track).await.unwrap_err().code(),
         ErrorCode::AudioNotFound,
         "playing grants nothing"
     );
@@ -518,11 +581,12 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         (&bob, &duo, "m-unknown"),
     ];
     for (who, t, m) in refusals {
-        let e = d.message_audio(who, t, &mid(m)).await.unwrap_err();
+        let e = d.chat().message_audio(who, t, &mid(m)).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::MessageNotFound, "{who} {t} {m}");
     }
     // Carol cannot reuse what she cannot see, nor name audio by hash.
     let e = d
+        .chat()
         .put_library_item(
             &carol,
             &"x".parse().unwrap(),
@@ -533,6 +597,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::MessageNotFound);
     let e = d
+        .chat()
         .put_library_item(
             &carol,
             &"x".parse().unwrap(),
@@ -548,11 +613,13 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         audio: Some(MessageAudio::FromMessage(mid(from))),
     };
     let e = d
+        .chat()
         .create_message(&carol, &side, forward("c-fwd", "m-track"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::MessageNotFound);
     let e = d
+        .chat()
         .create_message(&bob, &side, forward("b-fwd0", "m-text"))
         .await
         .unwrap_err();
@@ -567,6 +634,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
 
     // Bob forwards it to another thread: the new message holds its own reference.
     let (fwd, created) = d
+        .chat()
         .create_message(&bob, &side, forward("b-fwd", "m-track"))
         .await
         .unwrap();
@@ -576,25 +644,34 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
     assert_eq!(render.format, AudioFormat::Mp3);
     assert_eq!(audio_refs(env, &track).await, (AudioState::Active, 2));
     let (again, created) = d
+        .chat()
         .create_message(&bob, &side, forward("b-fwd", "m-track"))
         .await
         .unwrap();
     assert!(!created, "a retried forward answers the first");
     assert_eq!(again, fwd);
     // Reusing it made Bob a holder of this generation (he could play it anyway).
-    assert_eq!(d.describe(&bob, &track).await.unwrap().content_hash, track);
+    assert_eq!(
+        d.audio().describe(&bob, &track).await.unwrap().content_hash,
+        track
+    );
     // The grant opens only that message's audio.
     assert_eq!(
-        d.describe(&bob, &other).await.unwrap_err().code(),
+        d.audio().describe(&bob, &other).await.unwrap_err().code(),
         ErrorCode::AudioNotFound
     );
     // Carol sees Bob's forward, and may play it.
-    let v = d.message_audio(&carol, &side, &mid("b-fwd")).await.unwrap();
+    let v = d
+        .chat()
+        .message_audio(&carol, &side, &mid("b-fwd"))
+        .await
+        .unwrap();
     assert_eq!(v.content_hash, track);
 
     // Bob saves Alice's original to his library.
     let fav: LibraryItemId = "from-alice".parse().unwrap();
     let (item, created) = d
+        .chat()
         .put_library_item(
             &bob,
             &fav,
@@ -608,15 +685,18 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
     assert_eq!(audio_refs(env, &track).await, (AudioState::Active, 3));
 
     // Alice deletes her message: it grants no more, and Bob's reuses keep the audio.
-    d.delete_message(&alice, &duo, &mid("m-track"))
+    d.chat()
+        .delete_message(&alice, &duo, &mid("m-track"))
         .await
         .unwrap();
     let e = d
+        .chat()
         .message_audio(&bob, &duo, &mid("m-track"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::MessageNotFound);
     let e = d
+        .chat()
         .put_library_item(
             &bob,
             &"late".parse().unwrap(),
@@ -627,8 +707,11 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::MessageNotFound);
     assert_eq!(audio_refs(env, &track).await, (AudioState::Active, 2));
-    d.delete_message(&bob, &side, &mid("b-fwd")).await.unwrap();
-    d.delete_library_item(&bob, &fav).await.unwrap();
+    d.chat()
+        .delete_message(&bob, &side, &mid("b-fwd"))
+        .await
+        .unwrap();
+    d.chat().delete_library_item(&bob, &fav).await.unwrap();
     assert_eq!(audio_refs(env, &track).await.0, AudioState::Gone);
     assert_safe(env).await;
 }

@@ -7,12 +7,11 @@ pub mod chat;
 
 use std::collections::BTreeMap;
 
+use audio_dedup_core::audio::{proof_for, CompleteRequest, DirectUpload, SessionRequest};
 use audio_dedup_core::ports::{
     BlobBody, BlobEvent, BlobStore, Item, ObjectMeta, TransactionalIndex,
 };
-use audio_dedup_core::protocol::{
-    invariants, keys, proof_for, CompleteRequest, DirectUpload, SessionRequest,
-};
+use audio_dedup_core::protocol::{invariants, keys};
 use audio_dedup_core::*;
 use bytes::Bytes;
 
@@ -71,6 +70,7 @@ pub async fn direct<E: Env>(
     reference: Option<&str>,
 ) -> UploadResult {
     env.dedup()
+        .audio()
         .upload_direct(DirectUpload {
             owner: user(owner),
             format: AudioFormat::Mp3,
@@ -96,13 +96,15 @@ pub async fn dedup_then_delete_with_last_reference<E: Env>(env: &E) {
         direct(env, "bob", &data, Some("m2")).await.deduplicated,
         "retry is a no-op"
     );
-    d.add_reference(&user("alice"), &hash, &rid("lib"), ReferenceKind::Library)
+    d.audio()
+        .add_reference(&user("alice"), &hash, &rid("lib"), ReferenceKind::Library)
         .await
         .unwrap();
-    d.add_reference(&user("alice"), &hash, &rid("lib"), ReferenceKind::Library)
+    d.audio()
+        .add_reference(&user("alice"), &hash, &rid("lib"), ReferenceKind::Library)
         .await
         .unwrap();
-    let s = d.stats().await.unwrap();
+    let s = d.audio().stats().await.unwrap();
     assert_eq!(
         (s.unique_files, s.total_references, s.stored_bytes),
         (1, 3, 70_000)
@@ -111,10 +113,12 @@ pub async fn dedup_then_delete_with_last_reference<E: Env>(env: &E) {
     let key = keys::blob_key(&d.config().key_prefix, &hash);
     for (who, r) in [("alice", "m1"), ("bob", "m2"), ("alice", "lib")] {
         assert!(d.blobs().head(&key).await.unwrap().is_some());
-        d.remove_reference(&user(who), &hash, &rid(r))
+        d.audio()
+            .remove_reference(&user(who), &hash, &rid(r))
             .await
             .unwrap();
-        d.remove_reference(&user(who), &hash, &rid(r))
+        d.audio()
+            .remove_reference(&user(who), &hash, &rid(r))
             .await
             .unwrap();
     }
@@ -122,7 +126,7 @@ pub async fn dedup_then_delete_with_last_reference<E: Env>(env: &E) {
         d.blobs().head(&key).await.unwrap().is_none(),
         "deleted with the last reference"
     );
-    assert_eq!(d.stats().await.unwrap().unique_files, 0);
+    assert_eq!(d.audio().stats().await.unwrap().unique_files, 0);
     assert_safe(env).await;
     assert_settled(env).await;
 }
@@ -132,6 +136,7 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
     let data = bytes_of(2, 200_000);
     let hash = ContentHash::of(&data);
     let s = d
+        .audio()
         .open_session(SessionRequest {
             owner: user("alice"),
             hash,
@@ -152,7 +157,7 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
         proof: None,
     };
     assert_eq!(
-        d.complete(done.clone()).await.unwrap_err().code(),
+        d.audio().complete(done.clone()).await.unwrap_err().code(),
         ErrorCode::UploadRequired
     );
     assert_eq!(env.client_put(&s.upload, data.clone()).await, 200);
@@ -161,15 +166,16 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
         412,
         "signed PUTs never overwrite"
     );
-    let r = d.complete(done.clone()).await.unwrap();
+    let r = d.audio().complete(done.clone()).await.unwrap();
     assert_eq!(
         (r.deduplicated, r.state, r.size),
         (false, AudioState::Active, 200_000)
     );
-    assert_eq!(d.complete(done).await.unwrap().content_hash, hash);
-    assert_eq!(d.stats().await.unwrap().total_references, 1);
+    assert_eq!(d.audio().complete(done).await.unwrap().content_hash, hash);
+    assert_eq!(d.audio().stats().await.unwrap().total_references, 1);
     // Bob claims it by proof, without the bytes.
     let s2 = d
+        .audio()
         .open_session(SessionRequest {
             owner: user("bob"),
             hash,
@@ -186,7 +192,7 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
         proof: None,
     };
     assert_eq!(
-        d.complete(bob.clone()).await.unwrap_err().code(),
+        d.audio().complete(bob.clone()).await.unwrap_err().code(),
         ErrorCode::UploadRequired
     );
     let chunks: Vec<&[u8]> = s2
@@ -197,15 +203,16 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
         .collect();
     let proof = proof_for(&s2.challenge.nonce, chunks);
     assert!(
-        d.complete(CompleteRequest {
-            proof: Some(proof),
-            ..bob
-        })
-        .await
-        .unwrap()
-        .deduplicated
+        d.audio()
+            .complete(CompleteRequest {
+                proof: Some(proof),
+                ..bob
+            })
+            .await
+            .unwrap()
+            .deduplicated
     );
-    assert!(d.describe(&user("bob"), &hash).await.is_ok());
+    assert!(d.audio().describe(&user("bob"), &hash).await.is_ok());
     assert_safe(env).await;
 }
 
@@ -214,6 +221,7 @@ pub async fn created_event_completes_first_and_complete_is_a_noop<E: Env>(env: &
     let data = bytes_of(3, 5_000);
     let hash = ContentHash::of(&data);
     let s = d
+        .audio()
         .open_session(SessionRequest {
             owner: user("carol"),
             hash,
@@ -234,10 +242,11 @@ pub async fn created_event_completes_first_and_complete_is_a_noop<E: Env>(env: &
         version: meta.version.clone(),
         sequencer: "1".into(),
     };
-    d.on_blob_event(&event).await.unwrap();
-    d.on_blob_event(&event).await.unwrap();
-    assert_eq!(d.stats().await.unwrap().total_references, 1);
+    d.audio().on_blob_event(&event).await.unwrap();
+    d.audio().on_blob_event(&event).await.unwrap();
+    assert_eq!(d.audio().stats().await.unwrap().total_references, 1);
     let r = d
+        .audio()
         .complete(CompleteRequest {
             owner: user("carol"),
             hash,
@@ -247,7 +256,7 @@ pub async fn created_event_completes_first_and_complete_is_a_noop<E: Env>(env: &
         .await
         .unwrap();
     assert!(!r.deduplicated);
-    assert_eq!(d.stats().await.unwrap().total_references, 1);
+    assert_eq!(d.audio().stats().await.unwrap().total_references, 1);
     assert_safe(env).await;
 }
 

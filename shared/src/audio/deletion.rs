@@ -4,45 +4,49 @@
 //! event, the reconciler): a late or duplicate run can never delete a newer upload of the
 //! same content, because that upload has a different version id.
 
-use super::{Dedup, Step, Versioned};
+use super::AudioEngine;
 use crate::domain::{AudioRecord, AudioState, ContentHash};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, ObjectMeta, TransactionalIndex};
+use crate::protocol::{Step, Versioned};
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// Deletes the recorded version and marks the record `Gone`. No-op unless `Deleting`.
     pub async fn finish_deletion(&self, hash: &ContentHash) -> Result<(), DedupError> {
-        self.cas(|| self.finish_step(hash)).await
+        self.core.cas(|| self.finish_step(hash)).await
     }
 
     async fn finish_step(&self, hash: &ContentHash) -> Result<Step<()>, DedupError> {
-        let Some(p) = self.load_audio(hash).await? else {
+        let Some(p) = self.core.load_audio(hash).await? else {
             return Ok(Step::Done(()));
         };
         if p.value.state != AudioState::Deleting {
             return Ok(Step::Done(()));
         }
-        let key = self.blob_key(hash);
+        let key = self.core.blob_key(hash);
         if cfg!(feature = "mutation-no-exact-version-delete") {
-            if let Some(current) = self.blobs.head(&key).await? {
-                self.blobs.delete_version(&key, &current.version).await?;
+            if let Some(current) = self.core.blobs.head(&key).await? {
+                self.core
+                    .blobs
+                    .delete_version(&key, &current.version)
+                    .await?;
             }
         } else if let Some(version) = &p.value.blob_version {
-            self.blobs.delete_version(&key, version).await?;
+            self.core.blobs.delete_version(&key, version).await?;
         }
         let mut a = p.value.clone();
         a.state = AudioState::Gone;
         a.blob_version = None;
         a.refs = 0;
         a.due_at = None;
-        a.updated_at = self.now();
-        let mut txn = self.txn();
+        a.updated_at = self.core.now();
+        let mut txn = self.core.txn();
         txn.stats.transition(
             Some((AudioState::Deleting, p.value.size)),
             (AudioState::Gone, 0),
         );
         txn.put_audio(&a, Some(&p))?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done(())
         } else {
             Step::Lost
@@ -51,13 +55,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 
     /// An object under our key that we must not keep (bytes do not match, or nobody claims
     /// it): record it as `Deleting` at its exact version, then delete it.
-    pub(super) async fn quarantine(
+    pub(crate) async fn quarantine(
         &self,
         hash: &ContentHash,
         prev: Option<&Versioned<AudioRecord>>,
         meta: &ObjectMeta,
     ) -> Result<bool, DedupError> {
-        let now = self.now();
+        let now = self.core.now();
         let from = prev.map(|p| p.value.clone());
         let a = AudioRecord {
             hash: *hash,
@@ -72,13 +76,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             due_at: None,
             updated_at: now,
         };
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         txn.stats.transition(
             from.as_ref().map(|f| (f.state, f.size)),
             (AudioState::Deleting, a.size),
         );
         txn.put_audio(&a, prev)?;
-        if !self.commit(txn).await? {
+        if !self.core.commit(txn).await? {
             return Ok(false);
         }
         tracing::warn!(%hash, version = %meta.version, "deleting an object nobody may keep");

@@ -2,14 +2,15 @@
 //! transaction as the state change it counts, on a random shard, so the totals are exact
 //! once writes settle, no request scans the table, and no single item takes every write.
 
-use super::{keys, Dedup};
+use super::AudioEngine;
 use crate::domain::Stats;
 use crate::error::DedupError;
 use crate::ports::{BlobStore, TransactionalIndex};
+use crate::protocol::keys;
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     pub async fn stats(&self) -> Result<Stats, DedupError> {
-        let c = self.index.counters(keys::STATS_PK).await?;
+        let c = self.core.index.counters(keys::STATS_PK).await?;
         // Counters of a store written before a counter existed start at 0: never below it.
         let get = |k: &str| c.get(k).copied().unwrap_or(0).max(0);
         let unreferenced_files = get("unreferenced_files").min(get("active_files"));

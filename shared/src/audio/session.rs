@@ -11,13 +11,14 @@
 use sha2::{Digest, Sha256};
 
 use super::references::Attach;
-use super::{keys, ms, Dedup, Step};
+use super::AudioEngine;
 use crate::domain::{
     AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference,
     SessionId, SessionRecord, SessionState, UploadResult, UploadSession, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, PresignPut, TransactionalIndex};
+use crate::protocol::{keys, ms, Step};
 
 /// Largest object a single signed PUT may carry (S3's single-part limit). Only a single-part
 /// PUT proves the whole-object SHA-256.
@@ -58,7 +59,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     pub async fn open_session(&self, req: SessionRequest) -> Result<UploadSession, DedupError> {
         if req.size == 0 || req.size > MAX_SESSION_SIZE {
             return Err(DedupError::refused(
@@ -68,9 +69,9 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
         self.check_reference_usable(&req.hash, &req.owner, req.reference.as_ref())
             .await?;
-        let now = self.now();
+        let now = self.core.now();
         let mut id = [0u8; 16];
-        self.entropy.fill(&mut id);
+        self.core.entropy.fill(&mut id);
         let rec = SessionRecord {
             id: SessionId::from_random(id),
             hash: req.hash,
@@ -81,21 +82,22 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             challenge: self.make_challenge(req.size),
             state: SessionState::Open,
             created_at: now,
-            expires_at: now + ms(self.cfg.session_ttl),
+            expires_at: now + ms(self.core.cfg.session_ttl),
             deduplicated: None,
         };
         let upload = self
+            .core
             .blobs
             .presign_put(&PresignPut {
-                key: self.blob_key(&req.hash),
+                key: self.core.blob_key(&req.hash),
                 sha256: req.hash,
                 size: req.size,
                 content_type: req.format.content_type(),
                 uploader: keys::session_uploader(&rec.id),
-                expires_in: self.cfg.session_ttl,
+                expires_in: self.core.cfg.session_ttl,
             })
             .await?;
-        self.cas(|| self.open_step(&rec)).await?;
+        self.core.cas(|| self.open_step(&rec)).await?;
         Ok(UploadSession {
             session_id: rec.id.clone(),
             content_hash: rec.hash,
@@ -109,10 +111,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     async fn open_step(&self, rec: &SessionRecord) -> Result<Step<()>, DedupError> {
-        let lease_until = rec.expires_at + ms(self.cfg.session_slack);
-        let prev = self.load_audio(&rec.hash).await?;
+        let lease_until = rec.expires_at + ms(self.core.cfg.session_slack);
+        let prev = self.core.load_audio(&rec.hash).await?;
         let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state);
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         match (state, &prev) {
             (AudioState::Deleting, _) => {
                 self.finish_deletion(&rec.hash).await?;
@@ -124,7 +126,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                         &rec.hash,
                         rec.format,
                         prev.as_ref(),
-                        lease_until - self.now(),
+                        lease_until - self.core.now(),
                     )
                     .await;
             }
@@ -137,7 +139,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             _ => {}
         }
         txn.put_session(rec, Expect::Absent)?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done(())
         } else {
             Step::Lost
@@ -146,7 +148,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 
     fn make_challenge(&self, size: u64) -> Challenge {
         let mut nonce = [0u8; 16];
-        self.entropy.fill(&mut nonce);
+        self.core.entropy.fill(&mut nonce);
         let ranges = if size <= WHOLE_FILE_PROOF_MAX {
             vec![ByteRange {
                 offset: 0,
@@ -155,7 +157,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         } else {
             let mut r: Vec<ByteRange> = (0..PROOF_RANGES)
                 .map(|_| ByteRange {
-                    offset: self.entropy.next_u64() % (size - PROOF_RANGE_LEN + 1),
+                    offset: self.core.entropy.next_u64() % (size - PROOF_RANGE_LEN + 1),
                     length: PROOF_RANGE_LEN,
                 })
                 .collect();
@@ -178,7 +180,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 "no such upload session for this caller",
             )
         };
-        let Some(s) = self.load::<SessionRecord>(&key).await? else {
+        let Some(s) = self.core.load::<SessionRecord>(&key).await? else {
             return Err(not_found());
         };
         if s.value.owner != req.owner {
@@ -199,10 +201,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             SessionState::Open => {}
         }
         if let Some(proof) = &req.proof {
-            return self.cas(|| self.prove_step(&s.value, proof)).await;
+            return self.core.cas(|| self.prove_step(&s.value, proof)).await;
         }
-        let blob_key = self.blob_key(&req.hash);
-        let Some(meta) = self.blobs.head(&blob_key).await? else {
+        let blob_key = self.core.blob_key(&req.hash);
+        let Some(meta) = self.core.blobs.head(&blob_key).await? else {
             return Err(DedupError::UploadRequired);
         };
         if meta.uploader.as_deref() != Some(keys::session_uploader(&s.value.id).as_str()) {
@@ -210,7 +212,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             return Err(DedupError::UploadRequired);
         }
         self.adopt_object(&req.hash, &meta).await?;
-        match self.load::<SessionRecord>(&key).await?.map(|s| s.value) {
+        match self
+            .core
+            .load::<SessionRecord>(&key)
+            .await?
+            .map(|s| s.value)
+        {
             Some(done) if done.state == SessionState::Completed => {
                 self.completed_result(&req.hash, done.deduplicated.unwrap_or(false))
                     .await
@@ -226,23 +233,24 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     ) -> Result<Step<UploadResult>, DedupError> {
         // A challenge is answered within the session's life, whether or not the reconciler
         // has marked it expired yet: an old challenge must not stay open to answer at will.
-        if self.now() > s.expires_at {
+        if self.core.now() > s.expires_at {
             return Err(DedupError::refused(
                 ErrorCode::SessionExpired,
                 "the upload session expired; open a new one",
             ));
         }
-        let Some(p) = self.load_audio(&s.hash).await? else {
+        let Some(p) = self.core.load_audio(&s.hash).await? else {
             return Err(DedupError::UploadRequired);
         };
         let version = p.value.blob_version.clone().unwrap_or_default();
         if p.value.state != AudioState::Active || p.value.size != s.size {
             return Err(DedupError::UploadRequired);
         }
-        let key = self.blob_key(&s.hash);
+        let key = self.core.blob_key(&s.hash);
         let mut chunks = Vec::with_capacity(s.challenge.ranges.len());
         for r in &s.challenge.ranges {
             match self
+                .core
                 .blobs
                 .read_range(&key, &version, r.offset, r.length)
                 .await?
@@ -259,7 +267,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             return Err(DedupError::UploadRequired);
         }
         let mut a = p.value.clone();
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         self.plan_attach(
             &mut txn,
             &mut a,
@@ -270,14 +278,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         .await?;
         self.put_or_check_audio(&mut txn, a.clone(), &p)?;
         let sess_key = keys::session(&s.hash, &s.id);
-        let Some(cur) = self.load::<SessionRecord>(&sess_key).await? else {
+        let Some(cur) = self.core.load::<SessionRecord>(&sess_key).await? else {
             return Ok(Step::Lost);
         };
         let mut done = cur.value.clone();
         done.state = SessionState::Completed;
         done.deduplicated = Some(true);
         txn.put_session(&done, cur.expect())?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done(self.upload_result(&a, true).await?)
         } else {
             Step::Lost
@@ -289,7 +297,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         hash: &ContentHash,
         deduplicated: bool,
     ) -> Result<UploadResult, DedupError> {
-        match self.load_audio(hash).await? {
+        match self.core.load_audio(hash).await? {
             Some(p) if p.value.state == AudioState::Active => {
                 self.upload_result(&p.value, deduplicated).await
             }

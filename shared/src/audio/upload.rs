@@ -8,12 +8,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::references::Attach;
-use super::{keys, ms, Dedup, Step, Versioned};
+use super::AudioEngine;
 use crate::domain::{
     AudioFormat, AudioRecord, AudioState, ContentHash, PendingReference, UploadResult, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, ObjectMeta, PutOutcome, PutRequest, TransactionalIndex};
+use crate::protocol::{keys, ms, Step, Versioned};
 
 /// Bytes the caller sent through the API, already hashed while they were spooled.
 #[derive(Debug, Clone)]
@@ -26,7 +27,7 @@ pub struct DirectUpload {
     pub reference: Option<PendingReference>,
 }
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// Stores the content once, grants the caller possession, and attaches the optional
     /// reference, all idempotently.
     pub async fn upload_direct(&self, up: DirectUpload) -> Result<UploadResult, DedupError> {
@@ -37,7 +38,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             ));
         }
         let created = AtomicBool::new(false);
-        self.cas(|| self.direct_step(&up, &created)).await
+        self.core.cas(|| self.direct_step(&up, &created)).await
     }
 
     async fn direct_step(
@@ -45,21 +46,21 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         up: &DirectUpload,
         created: &AtomicBool,
     ) -> Result<Step<UploadResult>, DedupError> {
-        let prev = self.load_audio(&up.hash).await?;
+        let prev = self.core.load_audio(&up.hash).await?;
         let Some(p) = prev.as_ref().filter(|p| p.value.state != AudioState::Gone) else {
             return self
                 .claim_pending(
                     &up.hash,
                     up.format,
                     prev.as_ref(),
-                    ms(self.cfg.direct_lease),
+                    ms(self.core.cfg.direct_lease),
                 )
                 .await;
         };
         match p.value.state {
             AudioState::Active => {
                 let mut a = p.value.clone();
-                let mut txn = self.txn();
+                let mut txn = self.core.txn();
                 self.plan_attach(
                     &mut txn,
                     &mut a,
@@ -69,7 +70,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 )
                 .await?;
                 self.put_or_check_audio(&mut txn, a.clone(), p)?;
-                if !self.commit(txn).await? {
+                if !self.core.commit(txn).await? {
                     return Ok(Step::Lost);
                 }
                 Ok(Step::Done(
@@ -82,7 +83,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 Ok(Step::Again)
             }
             AudioState::PendingUpload => {
-                let key = self.blob_key(&up.hash);
+                let key = self.core.blob_key(&up.hash);
                 let put = PutRequest {
                     key: key.clone(),
                     body: up.body.clone(),
@@ -91,7 +92,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     content_type: up.format.content_type(),
                     uploader: keys::DIRECT_UPLOADER.into(),
                 };
-                let meta = match self.blobs.put_if_absent(put).await? {
+                let meta = match self.core.blobs.put_if_absent(put).await? {
                     PutOutcome::Created { version } => {
                         created.store(true, Ordering::SeqCst);
                         ObjectMeta {
@@ -100,10 +101,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                             size: up.size,
                             sha256: Some(up.hash),
                             uploader: Some(keys::DIRECT_UPLOADER.into()),
-                            last_modified: self.now(),
+                            last_modified: self.core.now(),
                         }
                     }
-                    PutOutcome::AlreadyExists => match self.blobs.head(&key).await? {
+                    PutOutcome::AlreadyExists => match self.core.blobs.head(&key).await? {
                         Some(meta) => meta,
                         None => return Ok(Step::Again),
                     },
@@ -113,7 +114,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     return Ok(Step::Again);
                 }
                 let mut a = self.activated(&p.value, &meta);
-                let mut txn = self.txn();
+                let mut txn = self.core.txn();
                 txn.stats.transition(
                     Some((AudioState::PendingUpload, 0)),
                     (AudioState::Active, a.size),
@@ -127,7 +128,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 )
                 .await?;
                 txn.put_audio(&a, Some(p))?;
-                if !self.commit(txn).await? {
+                if !self.core.commit(txn).await? {
                     return Ok(Step::Lost);
                 }
                 Ok(Step::Done(
@@ -141,14 +142,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 
     /// Claims absent or gone content as `PendingUpload` for `lease_ms`: the fence that makes a
     /// later activation a compare-and-swap against this exact claim.
-    pub(super) async fn claim_pending<T>(
+    pub(crate) async fn claim_pending<T>(
         &self,
         hash: &ContentHash,
         format: AudioFormat,
         prev: Option<&Versioned<AudioRecord>>,
         lease_ms: i64,
     ) -> Result<Step<T>, DedupError> {
-        let now = self.now();
+        let now = self.core.now();
         let a = AudioRecord {
             hash: *hash,
             state: AudioState::PendingUpload,
@@ -160,10 +161,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             due_at: Some(now + lease_ms),
             updated_at: now,
         };
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         txn.stats.transition(None, (AudioState::PendingUpload, 0));
         txn.put_audio(&a, prev)?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Again
         } else {
             Step::Lost
@@ -171,8 +172,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// The active record for a verified object, from a pending (or gone) record.
-    pub(super) fn activated(&self, from: &AudioRecord, meta: &ObjectMeta) -> AudioRecord {
-        let now = self.now();
+    pub(crate) fn activated(&self, from: &AudioRecord, meta: &ObjectMeta) -> AudioRecord {
+        let now = self.core.now();
         let generation = match from.state {
             AudioState::PendingUpload => from.generation,
             _ => from.generation + 1,
@@ -185,15 +186,15 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             size: meta.size,
             blob_version: Some(meta.version.clone()),
             refs: 0,
-            due_at: Some(now + ms(self.cfg.unreferenced_ttl)),
+            due_at: Some(now + ms(self.core.cfg.unreferenced_ttl)),
             updated_at: now,
         }
     }
 
     /// Writes `a` if attaching changed it, else only checks `prev` is still current.
-    pub(super) fn put_or_check_audio(
+    pub(crate) fn put_or_check_audio(
         &self,
-        txn: &mut super::codec::Txn,
+        txn: &mut crate::protocol::codec::Txn,
         mut a: AudioRecord,
         prev: &Versioned<AudioRecord>,
     ) -> Result<(), DedupError> {
@@ -201,13 +202,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             txn.check(keys::audio(&a.hash), prev.expect());
             Ok(())
         } else {
-            a.updated_at = self.now();
+            a.updated_at = self.core.now();
             txn.put_audio(&a, Some(prev))
         }
     }
 
     /// Whether the object's bytes hash to the content's key.
-    pub(super) async fn verify_object(
+    pub(crate) async fn verify_object(
         &self,
         hash: &ContentHash,
         meta: &ObjectMeta,
@@ -217,12 +218,17 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
         let actual = match meta.sha256 {
             Some(h) => Some(h),
-            None => self.blobs.stream_sha256(&meta.key, &meta.version).await?,
+            None => {
+                self.core
+                    .blobs
+                    .stream_sha256(&meta.key, &meta.version)
+                    .await?
+            }
         };
         Ok(actual == Some(*hash))
     }
 
-    pub(super) async fn upload_result(
+    pub(crate) async fn upload_result(
         &self,
         a: &AudioRecord,
         deduplicated: bool,
@@ -239,15 +245,16 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         })
     }
 
-    pub(super) async fn download_url(&self, a: &AudioRecord) -> Result<(String, i64), DedupError> {
+    pub(crate) async fn download_url(&self, a: &AudioRecord) -> Result<(String, i64), DedupError> {
         let version = a.blob_version.as_deref().unwrap_or_default();
         let signed = self
+            .core
             .blobs
             .presign_get(
-                &self.blob_key(&a.hash),
+                &self.core.blob_key(&a.hash),
                 version,
                 a.format.content_type(),
-                self.cfg.download_ttl,
+                self.core.cfg.download_ttl,
             )
             .await?;
         Ok((signed.url, signed.expires_at))

@@ -7,14 +7,15 @@
 
 use serde::de::DeserializeOwned;
 
-use super::codec::{expect_of, Versioned};
-use super::{keys, Dedup, Step};
+use super::ChatService;
 use crate::domain::{
     FeedEntry, LogHead, Page, Seq, ThreadDetail, ThreadId, ThreadRecord, ThreadView, UserId,
     MAX_THREAD_MEMBERS,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
+use crate::protocol::codec::{expect_of, Versioned};
+use crate::protocol::{keys, Step};
 
 /// Most entries one page of a log answers.
 pub const MAX_PAGE: usize = 500;
@@ -28,7 +29,7 @@ pub struct NewThread {
     pub members: Vec<UserId>,
 }
 
-pub(super) fn thread_not_found() -> DedupError {
+pub(crate) fn thread_not_found() -> DedupError {
     DedupError::refused(ErrorCode::ThreadNotFound, "no such thread for this caller")
 }
 
@@ -54,14 +55,14 @@ fn bad_cursor() -> DedupError {
 /// 409: the client's cursor is not a position of this log (another thread's, or invented),
 /// so it conflicts with the log's state; the client syncs again from the start (as sync APIs
 /// answer an expired sync token).
-pub(super) fn ahead_cursor() -> DedupError {
+pub(crate) fn ahead_cursor() -> DedupError {
     DedupError::refused(
         ErrorCode::CursorUnknown,
         "the cursor is not a position of this log; sync again without one",
     )
 }
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
     /// Creates a thread whose members are `members` plus the caller. Retrying with the same
     /// id and the same title and members answers the same thread (`false`: not created now).
     pub async fn create_thread(
@@ -86,7 +87,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             Some(id) => id,
             None => {
                 let mut b = [0u8; 16];
-                self.entropy.fill(&mut b);
+                self.core.entropy.fill(&mut b);
                 ThreadId::from_random(b)
             }
         };
@@ -100,14 +101,18 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             live_messages: 0,
             updated_at: 0,
         };
-        self.cas(|| self.create_thread_step(&wanted)).await
+        self.core.cas(|| self.create_thread_step(&wanted)).await
     }
 
     async fn create_thread_step(
         &self,
         wanted: &ThreadRecord,
     ) -> Result<Step<(ThreadView, bool)>, DedupError> {
-        if let Some(t) = self.load::<ThreadRecord>(&keys::thread(&wanted.id)).await? {
+        if let Some(t) = self
+            .core
+            .load::<ThreadRecord>(&keys::thread(&wanted.id))
+            .await?
+        {
             let same = t.value.created_by == wanted.created_by
                 && t.value.title == wanted.title
                 && t.value.members == wanted.members;
@@ -119,17 +124,17 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 "a different thread exists with this id",
             ));
         }
-        let now = self.now();
+        let now = self.core.now();
         let rec = ThreadRecord {
             created_at: now,
             updated_at: now,
             ..wanted.clone()
         };
         let view = rec.view();
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         txn.put(keys::thread(&rec.id), &rec, crate::ports::Expect::Absent)?;
         for m in &rec.members {
-            let head = self.load::<LogHead>(&keys::feed_head(m)).await?;
+            let head = self.core.load::<LogHead>(&keys::feed_head(m)).await?;
             let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
             txn.put(
                 keys::feed_head(m),
@@ -146,7 +151,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 crate::ports::Expect::Absent,
             )?;
         }
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done((view, true))
         } else {
             Step::Lost
@@ -160,7 +165,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         since: Seq,
         limit: usize,
     ) -> Result<Page<ThreadView>, DedupError> {
-        let head = self.load::<LogHead>(&keys::feed_head(caller)).await?;
+        let head = self.core.load::<LogHead>(&keys::feed_head(caller)).await?;
         if since > head.map_or(0, |h| h.value.last_seq) {
             return Err(ahead_cursor());
         }
@@ -186,12 +191,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// The thread, if the caller is a member; otherwise the same 404 as for no thread.
-    pub(super) async fn member_thread(
+    pub(crate) async fn member_thread(
         &self,
         caller: &UserId,
         id: &ThreadId,
     ) -> Result<Versioned<ThreadRecord>, DedupError> {
-        match self.load::<ThreadRecord>(&keys::thread(id)).await? {
+        match self.core.load::<ThreadRecord>(&keys::thread(id)).await? {
             Some(t) if t.value.is_member(caller) => Ok(t),
             _ => Err(thread_not_found()),
         }
@@ -200,7 +205,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// Entries of the log in partition `pk` after position `after`, oldest first. Reads are
     /// strongly consistent, and positions commit in order, so nothing below the last
     /// position returned can appear later.
-    pub(super) async fn read_log<T: DeserializeOwned>(
+    pub(crate) async fn read_log<T: DeserializeOwned>(
         &self,
         pk: &str,
         after: Seq,
@@ -215,7 +220,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             upto: None,
             limit: limit + 1,
         };
-        let items = self.index.query(&q).await?;
+        let items = self.core.index.query(&q).await?;
         let has_more = items.len() > limit;
         let mut out = Vec::with_capacity(limit.min(items.len()));
         let mut next = after;
@@ -226,7 +231,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     reason: "not a log entry key".into(),
                 }
             })?;
-            out.push(super::codec::decode::<T>(&item)?.value);
+            out.push(crate::protocol::codec::decode::<T>(&item)?.value);
         }
         Ok(Page {
             items: out,

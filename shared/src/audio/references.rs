@@ -13,20 +13,21 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 
-use super::codec::{Txn, Versioned};
 use super::combine::Turn;
 use super::read::audio_not_found;
-use super::{keys, ms, Dedup, Step};
+use super::AudioEngine;
 use crate::domain::{
     AudioRecord, AudioState, ContentHash, HolderRecord, PendingReference, ReferenceId,
     ReferenceKind, ReferenceRecord, ReferenceState, ReferenceView, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
+use crate::protocol::codec::{Txn, Versioned};
+use crate::protocol::{keys, ms, Step};
 
 /// One reference add waiting in a batch.
 #[derive(Debug, Clone)]
-pub(super) struct AddRequest {
+pub(crate) struct AddRequest {
     owner: UserId,
     wanted: PendingReference,
     /// What the request read before it queued, so the batch need not read it again.
@@ -49,10 +50,10 @@ impl AddRequest {
     }
 }
 
-pub(super) type AddAnswer = Result<ReferenceView, DedupError>;
+pub(crate) type AddAnswer = Result<ReferenceView, DedupError>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Attach {
+pub(crate) enum Attach {
     Strict,
     Lenient,
 }
@@ -66,7 +67,7 @@ fn view(r: &ReferenceRecord) -> ReferenceView {
     }
 }
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// Adds a reference owned by `owner`. Requires that `owner` proved possession of the
     /// content in its current generation; otherwise answers 404, as for unknown content.
     ///
@@ -85,7 +86,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         };
         let holder_key = keys::holder(hash, owner);
         let (holder, reference) = tokio::join!(
-            self.load::<HolderRecord>(&holder_key),
+            self.core.load::<HolderRecord>(&holder_key),
             self.existing_reference(hash, owner, &wanted)
         );
         let me = AddRequest {
@@ -103,12 +104,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let mut batch = vec![me];
         // One request per reference key in a batch: a second add of the same reference
         // waits for the next batch, where it finds the first one's record.
-        let others = lead.take(&mut batch, self.cfg.max_add_batch, |chosen, r| {
+        let others = lead.take(&mut batch, self.core.cfg.max_add_batch, |chosen, r| {
             !chosen.iter().any(|c| c.same_reference(r))
         });
         let first = AtomicBool::new(true);
         let attempt = || self.add_batch_step(hash, &batch, first.swap(false, Ordering::Relaxed));
-        let mut answers = match self.cas(attempt).await {
+        let mut answers = match self.core.cas(attempt).await {
             Ok(answers) => answers,
             Err(e) => batch.iter().map(|_| Err(e.duplicate())).collect(),
         };
@@ -129,7 +130,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         batch: &[AddRequest],
         use_seen: bool,
     ) -> Result<Step<Vec<AddAnswer>>, DedupError> {
-        let Some(p) = self.load_audio(hash).await? else {
+        let Some(p) = self.core.load_audio(hash).await? else {
             return Ok(Step::Done(
                 batch.iter().map(|_| Err(audio_not_found())).collect(),
             ));
@@ -177,13 +178,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             return Ok(Step::Done(answers));
         }
         let mut a = p.value.clone();
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         for &i in &new {
             let r = &batch[i];
             answers[i] = Ok(self.plan_new_reference(&mut txn, &mut a, &r.owner, &r.wanted)?);
         }
         self.put_or_check_audio(&mut txn, a, &p)?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done(answers)
         } else {
             Step::Lost
@@ -201,6 +202,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             return Ok(None);
         }
         let Some(r) = self
+            .core
             .load::<ReferenceRecord>(&keys::reference(hash, owner, &wanted.ref_id))
             .await?
         else {
@@ -242,7 +244,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// Plans a reference already checked absent (its `Absent` condition re-checks at commit).
-    pub(super) fn plan_new_reference(
+    pub(crate) fn plan_new_reference(
         &self,
         txn: &mut Txn,
         a: &mut AudioRecord,
@@ -256,7 +258,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             kind: wanted.kind,
             state: ReferenceState::Live,
             generation: a.generation,
-            created_at: self.now(),
+            created_at: self.core.now(),
             removed_at: None,
         };
         let expect = if cfg!(feature = "mutation-no-reference-items") {
@@ -275,7 +277,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// `Attach::Strict` fails on a conflicting reference (the caller is waiting for the
     /// answer); `Attach::Lenient` (events, sweeps) skips it, so an upload can always be
     /// adopted even if its session's reference was removed meanwhile.
-    pub(super) async fn plan_attach(
+    pub(crate) async fn plan_attach(
         &self,
         txn: &mut Txn,
         a: &mut AudioRecord,
@@ -303,7 +305,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// Refuses a reference that can never be attached (removed, or another kind).
-    pub(super) async fn check_reference_usable(
+    pub(crate) async fn check_reference_usable(
         &self,
         hash: &ContentHash,
         owner: &UserId,
@@ -326,7 +328,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         hash: &ContentHash,
         ref_id: &ReferenceId,
     ) -> Result<(), DedupError> {
-        let became_deleting = self.cas(|| self.remove_step(owner, hash, ref_id)).await?;
+        let became_deleting = self
+            .core
+            .cas(|| self.remove_step(owner, hash, ref_id))
+            .await?;
         if became_deleting {
             // A crash here leaves `Deleting`, which the reconciler and the removed-object
             // event both finish.
@@ -337,69 +342,23 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         Ok(())
     }
 
-    /// Plans, in a caller's transaction, the reference a message or library item holds on
-    /// audio. The owner must hold the audio (as for the references API) and it must be
-    /// active; the audio record's version is part of the transaction, so a deletion racing
-    /// this write makes one of the two lose and re-read.
-    pub(super) async fn plan_held_reference(
-        &self,
-        txn: &mut Txn,
-        owner: &UserId,
-        hash: &ContentHash,
-        wanted: &PendingReference,
-    ) -> Result<(), DedupError> {
-        let p = self.held_audio(owner, hash).await?;
-        if p.value.state != AudioState::Active && !cfg!(feature = "mutation-no-state-check") {
-            return Err(not_attachable(p.value.state));
-        }
-        let mut a = p.value.clone();
-        self.plan_new_reference(txn, &mut a, owner, wanted)?;
-        self.put_or_check_audio(txn, a, &p)
-    }
-
-    /// Plans dropping the reference a message or library item holds. Returns whether the
-    /// audio becomes `Deleting`.
-    pub(super) async fn plan_drop_reference(
-        &self,
-        txn: &mut Txn,
-        owner: &UserId,
-        hash: &ContentHash,
-        ref_id: &ReferenceId,
-    ) -> Result<bool, DedupError> {
-        let key = keys::reference(hash, owner, ref_id);
-        let Some(r) = self.load::<ReferenceRecord>(&key).await? else {
-            return Err(crate::error::StoreError::Corrupt {
-                key: key.to_string(),
-                reason: "a live holder without its reference".into(),
-            }
-            .into());
-        };
-        if r.value.state == ReferenceState::Removed {
-            return Ok(false);
-        }
-        let Some(p) = self.load_audio(hash).await? else {
-            return Err(live_reference_without_audio(hash));
-        };
-        self.plan_remove_reference(txn, &r, &p)
-    }
-
     /// Plans removing live reference `r` from audio `p`: the reference becomes a tombstone
     /// and the count drops, both conditioned on the versions read. Returns whether the
     /// audio becomes `Deleting` (the caller then finishes the deletion after committing).
-    pub(super) fn plan_remove_reference(
+    pub(crate) fn plan_remove_reference(
         &self,
         txn: &mut Txn,
         r: &Versioned<ReferenceRecord>,
         p: &Versioned<AudioRecord>,
     ) -> Result<bool, DedupError> {
-        let now = self.now();
+        let now = self.core.now();
         let mut a = p.value.clone();
         a.refs = a.refs.saturating_sub(1);
         a.updated_at = now;
         txn.stats.reference(a.size, -1);
         let mut deleting = false;
         if a.refs == 0 {
-            if self.cfg.deletion_grace.is_zero() {
+            if self.core.cfg.deletion_grace.is_zero() {
                 a.state = AudioState::Deleting;
                 a.due_at = None;
                 txn.stats.transition(
@@ -408,7 +367,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 );
                 deleting = true;
             } else {
-                a.due_at = Some(now + ms(self.cfg.deletion_grace));
+                a.due_at = Some(now + ms(self.core.cfg.deletion_grace));
             }
         }
         let expect = if cfg!(feature = "mutation-no-decrement-guard") {
@@ -431,6 +390,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         ref_id: &ReferenceId,
     ) -> Result<Step<bool>, DedupError> {
         let Some(r) = self
+            .core
             .load::<ReferenceRecord>(&keys::reference(hash, owner, ref_id))
             .await?
         else {
@@ -442,12 +402,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         if r.value.state == ReferenceState::Removed {
             return Ok(Step::Done(false));
         }
-        let Some(p) = self.load_audio(hash).await? else {
+        let Some(p) = self.core.load_audio(hash).await? else {
             return Err(live_reference_without_audio(hash));
         };
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         let deleting = self.plan_remove_reference(&mut txn, &r, &p)?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done(deleting)
         } else {
             Step::Lost
@@ -456,7 +416,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 }
 
 /// 409 for a message or library item naming audio that is not active.
-pub(super) fn not_attachable(state: AudioState) -> DedupError {
+pub(crate) fn not_attachable(state: AudioState) -> DedupError {
     DedupError::refused(
         ErrorCode::AudioNotActive,
         format!(
@@ -466,7 +426,7 @@ pub(super) fn not_attachable(state: AudioState) -> DedupError {
     )
 }
 
-pub(super) fn live_reference_without_audio(hash: &ContentHash) -> DedupError {
+pub(crate) fn live_reference_without_audio(hash: &ContentHash) -> DedupError {
     crate::error::StoreError::Corrupt {
         key: keys::audio(hash).to_string(),
         reason: "live reference without audio".into(),

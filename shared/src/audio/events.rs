@@ -5,10 +5,11 @@
 //! version is ignored), never from the event's order.
 
 use super::references::Attach;
-use super::{keys, Dedup, Step};
+use super::AudioEngine;
 use crate::domain::{AudioState, ContentHash, SessionRecord, SessionState};
 use crate::error::DedupError;
 use crate::ports::{BlobEvent, BlobStore, ObjectMeta, TransactionalIndex};
+use crate::protocol::{keys, Step};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Adoption {
@@ -22,25 +23,25 @@ pub enum Adoption {
     Ignored,
 }
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     pub async fn on_blob_event(&self, event: &BlobEvent) -> Result<Adoption, DedupError> {
         match event {
             BlobEvent::Created { key, version, .. } => {
-                let Some(hash) = keys::hash_from_blob_key(&self.cfg.key_prefix, key) else {
+                let Some(hash) = keys::hash_from_blob_key(&self.core.cfg.key_prefix, key) else {
                     tracing::info!(%key, "ignoring created event for a key we do not own");
                     return Ok(Adoption::Ignored);
                 };
-                match self.blobs.head(key).await? {
+                match self.core.blobs.head(key).await? {
                     Some(meta) if &meta.version == version => self.adopt_object(&hash, &meta).await,
                     _ => Ok(Adoption::Ignored),
                 }
             }
             BlobEvent::Removed { key, version, .. } => {
-                let Some(hash) = keys::hash_from_blob_key(&self.cfg.key_prefix, key) else {
+                let Some(hash) = keys::hash_from_blob_key(&self.core.cfg.key_prefix, key) else {
                     tracing::info!(%key, "ignoring removed event for a key we do not own");
                     return Ok(Adoption::Ignored);
                 };
-                match self.load_audio(&hash).await? {
+                match self.core.load_audio(&hash).await? {
                     Some(p)
                         if p.value.state == AudioState::Deleting
                             && p.value.blob_version.as_ref() == Some(version) =>
@@ -60,7 +61,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         hash: &ContentHash,
         meta: &ObjectMeta,
     ) -> Result<Adoption, DedupError> {
-        self.cas(|| self.adopt_step(hash, meta)).await
+        self.core.cas(|| self.adopt_step(hash, meta)).await
     }
 
     async fn adopt_step(
@@ -71,12 +72,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         // The session whose signed PUT wrote this object, if it still waits for completion.
         let session = match keys::session_from_uploader(meta.uploader.as_deref()) {
             Some(id) => self
+                .core
                 .load::<SessionRecord>(&keys::session(hash, &id))
                 .await?
                 .filter(|s| s.value.state != SessionState::Completed && s.value.size == meta.size),
             None => None,
         };
-        let prev = self.load_audio(hash).await?;
+        let prev = self.core.load_audio(hash).await?;
         let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state);
         match state {
             AudioState::Deleting => {
@@ -95,11 +97,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     return Ok(Step::Done(Adoption::AlreadyActive));
                 };
                 let mut a = p.value.clone();
-                let mut txn = self.txn();
+                let mut txn = self.core.txn();
                 self.complete_uploading_session(&mut txn, &mut a, &s)
                     .await?;
                 self.put_or_check_audio(&mut txn, a, &p)?;
-                Ok(if self.commit(txn).await? {
+                Ok(if self.core.commit(txn).await? {
                     Step::Done(Adoption::AlreadyActive)
                 } else {
                     Step::Lost
@@ -110,6 +112,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 // that still exists now: from here on, deleting it needs a write to this
                 // record, which our compare-and-swap would see. (Found by the simulation.)
                 let Some(fresh) = self
+                    .core
                     .blobs
                     .head(&meta.key)
                     .await?
@@ -143,7 +146,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     },
                 };
                 let mut a = self.activated(&from, meta);
-                let mut txn = self.txn();
+                let mut txn = self.core.txn();
                 txn.stats.transition(
                     prev.as_ref().map(|p| (p.value.state, p.value.size)),
                     (AudioState::Active, a.size),
@@ -152,7 +155,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     self.complete_uploading_session(&mut txn, &mut a, s).await?;
                 }
                 txn.put_audio(&a, prev.as_ref())?;
-                Ok(if self.commit(txn).await? {
+                Ok(if self.core.commit(txn).await? {
                     Step::Done(Adoption::Activated)
                 } else {
                     Step::Lost
@@ -166,9 +169,9 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// session marked completed.
     async fn complete_uploading_session(
         &self,
-        txn: &mut super::codec::Txn,
+        txn: &mut crate::protocol::codec::Txn,
         a: &mut crate::domain::AudioRecord,
-        s: &super::Versioned<SessionRecord>,
+        s: &crate::protocol::Versioned<SessionRecord>,
     ) -> Result<(), DedupError> {
         self.plan_attach(
             txn,

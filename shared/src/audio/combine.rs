@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 /// What batches are keyed by.
-pub(super) trait BatchKey: Eq + Hash + Clone {}
+pub(crate) trait BatchKey: Eq + Hash + Clone {}
 impl<K: Eq + Hash + Clone> BatchKey for K {}
 
 /// After this many lost leaders in a row a request runs alone, outside the queue.
@@ -40,7 +40,7 @@ struct Waiting<K: BatchKey, R: Clone, T> {
 type Queues<K, R, T> = HashMap<K, VecDeque<Waiting<K, R, T>>>;
 
 /// Queues of waiting requests, one per key with a batch running.
-pub(super) struct Combiner<K: BatchKey, R: Clone, T> {
+pub(crate) struct Combiner<K: BatchKey, R: Clone, T> {
     queues: Mutex<Queues<K, R, T>>,
 }
 
@@ -53,13 +53,13 @@ impl<K: BatchKey, R: Clone, T> Default for Combiner<K, R, T> {
 }
 
 /// What joining gives: the answer, computed by another request's batch, or the lead.
-pub(super) enum Turn<K: BatchKey, R: Clone, T> {
+pub(crate) enum Turn<K: BatchKey, R: Clone, T> {
     Done(T),
     Lead(Lead<K, R, T>),
 }
 
 /// The right to run the next batch for a key. Dropping it hands it to the next request.
-pub(super) struct Lead<K: BatchKey, R: Clone, T> {
+pub(crate) struct Lead<K: BatchKey, R: Clone, T> {
     combiner: Arc<Combiner<K, R, T>>,
     key: K,
     /// False for a request running alone (not registered in the queues).
@@ -67,7 +67,7 @@ pub(super) struct Lead<K: BatchKey, R: Clone, T> {
 }
 
 /// A request taken into a batch: answer it with `send`.
-pub(super) struct Taken<K: BatchKey, R: Clone, T> {
+pub(crate) struct Taken<K: BatchKey, R: Clone, T> {
     reply: oneshot::Sender<Message<K, R, T>>,
 }
 

@@ -1,11 +1,12 @@
 //! Reads: one audio's metadata for a caller who holds it.
 
-use super::{keys, Dedup, Versioned};
+use super::AudioEngine;
 use crate::domain::{AudioRecord, AudioState, AudioView, ContentHash, HolderRecord, UserId};
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, TransactionalIndex};
+use crate::protocol::{keys, Versioned};
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// Metadata and a short-lived download URL. Only for callers who proved possession of
     /// the current generation; everyone else gets the same 404 as for unknown content.
     pub async fn describe(
@@ -30,12 +31,12 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
 
     /// The audio record, if `owner` proved possession of its current generation; otherwise
     /// the same 404 as for unknown content, so nothing leaks about other callers' audio.
-    pub(super) async fn held_audio(
+    pub(crate) async fn held_audio(
         &self,
         owner: &UserId,
         hash: &ContentHash,
     ) -> Result<Versioned<AudioRecord>, DedupError> {
-        let Some(p) = self.load_audio(hash).await? else {
+        let Some(p) = self.core.load_audio(hash).await? else {
             return Err(audio_not_found());
         };
         self.check_holds(owner, &p.value).await?;
@@ -43,12 +44,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 
     /// Whether `owner` proved possession of audio `a`'s current generation (404 if not).
-    pub(super) async fn check_holds(
+    pub(crate) async fn check_holds(
         &self,
         owner: &UserId,
         a: &AudioRecord,
     ) -> Result<(), DedupError> {
         let holder = self
+            .core
             .load::<HolderRecord>(&keys::holder(&a.hash, owner))
             .await?;
         if holder.map(|h| h.value.generation) != Some(a.generation) || a.state == AudioState::Gone {
@@ -58,6 +60,6 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     }
 }
 
-pub(super) fn audio_not_found() -> DedupError {
+pub(crate) fn audio_not_found() -> DedupError {
     DedupError::refused(ErrorCode::AudioNotFound, "no such audio for this caller")
 }

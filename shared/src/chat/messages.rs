@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::message_audio::message_not_found;
 use super::threads::ahead_cursor;
-use super::{keys, ms, Dedup, Step};
+use super::ChatService;
 use crate::domain::{
     ContentHash, EntryState, MessageAudio, MessageId, MessageRecord, MessageView, Millis, Page,
     PendingReference, ReferenceId, ReferenceKind, Seq, SnapshotStore, ThreadId, UserId,
@@ -25,6 +25,7 @@ use crate::domain::{
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
+use crate::protocol::{keys, ms, Step};
 
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -74,7 +75,7 @@ fn fingerprint(
     ContentHash::from_bytes(h.finalize().into())
 }
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
     /// Creates a message (`true`), or answers the one an earlier try with this id created
     /// (`false`). If it carries audio, the author's reference is added in the same write;
     /// audio that is not active fails the create with 409 and nothing is written.
@@ -95,10 +96,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let print = fingerprint(thread, &sha, req.audio.as_ref());
         // Checked before anything is stored: a foreign caller or a retry stores nothing.
         self.member_thread(author, thread).await?;
-        if let Some(m) = self.load::<MessageRecord>(&keys::message(&req.id)).await? {
+        if let Some(m) = self
+            .core
+            .load::<MessageRecord>(&keys::message(&req.id))
+            .await?
+        {
             return replay(author, thread, &m.value, &print).map(|v| (v, false));
         }
-        let staged = if text.len() > self.cfg.snapshot_inline_max {
+        let staged = if text.len() > self.core.cfg.snapshot_inline_max {
             // Staging writes an object, so the audio is checked first: a caller who may not
             // attach it cannot fill the store with orphans (the transaction checks again).
             if let Some(choice) = &req.audio {
@@ -108,7 +113,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         } else {
             None
         };
-        self.cas(|| self.create_step(author, thread, &req, sha, print, staged.as_ref()))
+        self.core
+            .cas(|| self.create_step(author, thread, &req, sha, print, staged.as_ref()))
             .await
     }
 
@@ -122,10 +128,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         staged: Option<&Staged>,
     ) -> Result<Step<(MessageView, bool)>, DedupError> {
         let t = self.member_thread(author, thread).await?;
-        if let Some(m) = self.load::<MessageRecord>(&keys::message(&req.id)).await? {
+        if let Some(m) = self
+            .core
+            .load::<MessageRecord>(&keys::message(&req.id))
+            .await?
+        {
             return replay(author, thread, &m.value, &print).map(|v| Step::Done((v, false)));
         }
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         let mut audio = None;
         if let Some(choice) = &req.audio {
             let (source, via) = self.resolve_source(author, &choice.source()).await?;
@@ -140,15 +150,15 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 (MessageAudio::FromMessage(_), render) => render,
             };
         }
-        let now = self.now();
+        let now = self.core.now();
         let snapshot = match staged {
             Some(s) => {
                 // The sweep may delete an object no message records once it is older than
                 // the grace; it first writes a fence, which this transaction checks. An old
                 // or fenced object is not used: the client retries, and stages it anew.
                 let fence = keys::snapshot_fence(&req.id, &s.version);
-                let old = now - s.written_at > ms(self.cfg.snapshot_grace) / 2;
-                if old || self.index.get(&fence).await?.is_some() {
+                let old = now - s.written_at > ms(self.core.cfg.snapshot_grace) / 2;
+                if old || self.core.index.get(&fence).await?.is_some() {
                     return Err(DedupError::Busy);
                 }
                 txn.check(fence, Expect::Absent);
@@ -185,7 +195,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         txn.put(keys::thread(thread), &th, t.expect())?;
         txn.put(keys::message(&msg.id), &msg, Expect::Absent)?;
         txn.put(keys::thread_log(thread, seq), &view, Expect::Absent)?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done((view, true))
         } else {
             Step::Lost
@@ -199,8 +209,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         sha: &ContentHash,
         text: &[u8],
     ) -> Result<Staged, DedupError> {
-        let key = keys::snapshot_blob_key(&self.cfg.key_prefix, id, sha);
-        let now = self.now();
+        let key = keys::snapshot_blob_key(&self.core.cfg.key_prefix, id, sha);
+        let now = self.core.now();
         let req = PutRequest {
             key: key.clone(),
             body: BlobBody::Bytes(Bytes::copy_from_slice(text)),
@@ -209,14 +219,14 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             content_type: "application/json",
             uploader: keys::snapshot_uploader(id),
         };
-        match self.blobs.put_if_absent(req).await? {
+        match self.core.blobs.put_if_absent(req).await? {
             PutOutcome::Created { version } => Ok(Staged {
                 key,
                 version,
                 written_at: now,
             }),
             // An earlier try of this same message and content put it; use that one.
-            PutOutcome::AlreadyExists => match self.blobs.head(&key).await? {
+            PutOutcome::AlreadyExists => match self.core.blobs.head(&key).await? {
                 Some(meta) => Ok(Staged {
                     key,
                     version: meta.version,
@@ -235,8 +245,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         thread: &ThreadId,
         id: &MessageId,
     ) -> Result<(), DedupError> {
-        let (audio_deleting, purge) = self.cas(|| self.delete_step(caller, thread, id)).await?;
-        self.finish_after_drop(audio_deleting).await;
+        let (audio_deleting, purge) = self
+            .core
+            .cas(|| self.delete_step(caller, thread, id))
+            .await?;
+        self.audio.finish_dropped(audio_deleting).await;
         if purge {
             if let Err(e) = self.purge_snapshot(id).await {
                 tracing::warn!(message = %id, error = %e, "snapshot purge left for the reconciler");
@@ -251,7 +264,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         thread: &ThreadId,
         id: &MessageId,
     ) -> Result<Step<(Option<ContentHash>, bool)>, DedupError> {
-        let Some(m) = self.load::<MessageRecord>(&keys::message(id)).await? else {
+        let Some(m) = self.core.load::<MessageRecord>(&keys::message(id)).await? else {
             return Err(message_not_found());
         };
         if &m.value.thread_id != thread || &m.value.author != caller {
@@ -261,18 +274,19 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             return Ok(Step::Done((None, false)));
         }
         let t = self.member_thread(caller, thread).await?;
-        let mut txn = self.txn();
+        let mut txn = self.core.txn();
         let mut deleting = None;
         if let Some(render) = &m.value.audio {
             let ref_id = ReferenceId::of_message(id);
             if self
+                .audio
                 .plan_drop_reference(&mut txn, caller, &render.content_hash, &ref_id)
                 .await?
             {
                 deleting = Some(render.content_hash);
             }
         }
-        let now = self.now();
+        let now = self.core.now();
         let seq = t.value.last_seq + 1;
         let mut th = t.value.clone();
         th.last_seq = seq;
@@ -292,35 +306,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
         txn.put(keys::thread(thread), &th, t.expect())?;
         txn.put(keys::thread_log(thread, seq), &gone.view(), Expect::Absent)?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done((deleting, purge))
-        } else {
-            Step::Lost
-        })
-    }
-
-    /// Deletes a deleted message's snapshot object, then records that it is gone.
-    pub(super) async fn purge_snapshot(&self, id: &MessageId) -> Result<(), DedupError> {
-        self.cas(|| self.purge_step(id)).await
-    }
-
-    async fn purge_step(&self, id: &MessageId) -> Result<Step<()>, DedupError> {
-        let Some(m) = self.load::<MessageRecord>(&keys::message(id)).await? else {
-            return Ok(Step::Done(()));
-        };
-        let SnapshotStore::Blob { key, version } = &m.value.snapshot else {
-            return Ok(Step::Done(()));
-        };
-        if m.value.state != EntryState::Deleted {
-            return Ok(Step::Done(()));
-        }
-        self.blobs.delete_version(key, version).await?;
-        let mut purged = m.value.clone();
-        purged.snapshot = SnapshotStore::Purged;
-        let mut txn = self.txn();
-        txn.put(keys::message(id), &purged, m.expect())?;
-        Ok(if self.commit(txn).await? {
-            Step::Done(())
         } else {
             Step::Lost
         })
@@ -353,6 +340,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let json = match &m.value.snapshot {
             SnapshotStore::Inline { json } => Bytes::copy_from_slice(json.get().as_bytes()),
             SnapshotStore::Blob { key, version } => self
+                .core
                 .blobs
                 .read_range(key, version, 0, m.value.snapshot_size)
                 .await?

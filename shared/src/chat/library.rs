@@ -7,19 +7,20 @@
 //! collide with its old, removed reference.
 
 use super::threads::ahead_cursor;
-use super::{keys, Dedup, Step};
+use super::ChatService;
 use crate::domain::{
     valid_title, AudioSource, ContentHash, EntryState, LibraryItemId, LibraryItemRecord,
     LibraryItemView, LogHead, Page, PendingReference, ReferenceId, ReferenceKind, Seq, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
+use crate::protocol::{keys, Step};
 
 fn item_not_found() -> DedupError {
     DedupError::refused(ErrorCode::LibraryItemNotFound, "no such library item")
 }
 
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
+impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
     /// Creates or replaces the caller's item. Answers the item and whether it was created
     /// (no live item had this id). Putting what is already there changes nothing.
     pub async fn put_library_item(
@@ -36,9 +37,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             ));
         }
         let (view, created, deleting) = self
+            .core
             .cas(|| self.put_item_step(owner, id, source, title))
             .await?;
-        self.finish_after_drop(deleting).await;
+        self.audio.finish_dropped(deleting).await;
         Ok((view, created))
     }
 
@@ -52,6 +54,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         let (source, _) = self.resolve_source(owner, source).await?;
         let hash = &source.hash;
         let item = self
+            .core
             .load::<LibraryItemRecord>(&keys::library_item(owner, id))
             .await?;
         let live = item.as_ref().filter(|i| i.value.state == EntryState::Live);
@@ -60,10 +63,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 return Ok(Step::Done((i.value.view(), false, None)));
             }
         }
-        let head = self.load::<LogHead>(&keys::library_head(owner)).await?;
+        let head = self
+            .core
+            .load::<LogHead>(&keys::library_head(owner))
+            .await?;
         let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
-        let now = self.now();
-        let mut txn = self.txn();
+        let now = self.core.now();
+        let mut txn = self.core.txn();
         let mut deleting = None;
         let mut rec = match &item {
             Some(i) => i.value.clone(),
@@ -85,6 +91,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             if let Some(old) = live {
                 let old_ref = ReferenceId::of_library_item(id, old.value.incarnation);
                 if self
+                    .audio
                     .plan_drop_reference(&mut txn, owner, &old.value.content_hash, &old_ref)
                     .await?
                 {
@@ -112,15 +119,15 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         txn.put(
             keys::library_item(owner, id),
             &rec,
-            super::codec::expect_of(item.as_ref()),
+            crate::protocol::codec::expect_of(item.as_ref()),
         )?;
         txn.put(
             keys::library_head(owner),
             &LogHead { last_seq: seq },
-            super::codec::expect_of(head.as_ref()),
+            crate::protocol::codec::expect_of(head.as_ref()),
         )?;
         txn.put(keys::library_log(owner, seq), &view, Expect::Absent)?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done((view, live.is_none(), deleting))
         } else {
             Step::Lost
@@ -133,8 +140,8 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         owner: &UserId,
         id: &LibraryItemId,
     ) -> Result<(), DedupError> {
-        let deleting = self.cas(|| self.delete_item_step(owner, id)).await?;
-        self.finish_after_drop(deleting).await;
+        let deleting = self.core.cas(|| self.delete_item_step(owner, id)).await?;
+        self.audio.finish_dropped(deleting).await;
         Ok(())
     }
 
@@ -144,6 +151,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         id: &LibraryItemId,
     ) -> Result<Step<Option<ContentHash>>, DedupError> {
         let Some(item) = self
+            .core
             .load::<LibraryItemRecord>(&keys::library_item(owner, id))
             .await?
         else {
@@ -152,12 +160,16 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         if item.value.state == EntryState::Deleted {
             return Ok(Step::Done(None));
         }
-        let head = self.load::<LogHead>(&keys::library_head(owner)).await?;
+        let head = self
+            .core
+            .load::<LogHead>(&keys::library_head(owner))
+            .await?;
         let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
-        let now = self.now();
-        let mut txn = self.txn();
+        let now = self.core.now();
+        let mut txn = self.core.txn();
         let old_ref = ReferenceId::of_library_item(id, item.value.incarnation);
         let deleting = self
+            .audio
             .plan_drop_reference(&mut txn, owner, &item.value.content_hash, &old_ref)
             .await?
             .then_some(item.value.content_hash);
@@ -170,10 +182,10 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         txn.put(
             keys::library_head(owner),
             &LogHead { last_seq: seq },
-            super::codec::expect_of(head.as_ref()),
+            crate::protocol::codec::expect_of(head.as_ref()),
         )?;
         txn.put(keys::library_log(owner, seq), &rec.view(), Expect::Absent)?;
-        Ok(if self.commit(txn).await? {
+        Ok(if self.core.commit(txn).await? {
             Step::Done(deleting)
         } else {
             Step::Lost
@@ -187,19 +199,13 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         since: Seq,
         limit: usize,
     ) -> Result<Page<LibraryItemView>, DedupError> {
-        let head = self.load::<LogHead>(&keys::library_head(owner)).await?;
+        let head = self
+            .core
+            .load::<LogHead>(&keys::library_head(owner))
+            .await?;
         if since > head.map_or(0, |h| h.value.last_seq) {
             return Err(ahead_cursor());
         }
         self.read_log(&keys::library_pk(owner), since, limit).await
-    }
-
-    /// Finishes a deletion that a dropped reference started (the reconciler does if not).
-    pub(super) async fn finish_after_drop(&self, deleting: Option<ContentHash>) {
-        if let Some(hash) = deleting {
-            if let Err(e) = self.finish_deletion(&hash).await {
-                tracing::warn!(%hash, error = %e, "deletion left for the reconciler");
-            }
-        }
     }
 }
