@@ -201,7 +201,7 @@ impl Client {
         audio: LibraryAudio,
         title: &str,
     ) -> Result<LibraryItem, ClientError> {
-        if !audio_dedup_core::valid_title(title) {
+        if audio_dedup_core::Title::new(title).is_err() {
             return Err(ClientError::Invalid(
                 "a title is 1 to 200 characters, not blank, no control characters".into(),
             ));

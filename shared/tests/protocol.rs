@@ -311,7 +311,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
         ErrorCode::UploadRequired
     );
     let wrong = CompleteRequest {
-        proof: Some("00".repeat(32)),
+        proof: Some(Proof::new(&"00".repeat(32)).unwrap()),
         ..bob.clone()
     };
     assert_eq!(
@@ -328,7 +328,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
     let ok =
         h.d.audio()
             .complete(CompleteRequest {
-                proof: Some(proof),
+                proof: Some(Proof::new(&proof).unwrap()),
                 ..bob
             })
             .await
@@ -372,7 +372,7 @@ async fn a_proof_after_the_session_expired_is_refused() {
                 owner: user("bob"),
                 hash,
                 session_id: s.session_id.clone(),
-                proof: Some(proof),
+                proof: Some(Proof::new(&proof).unwrap()),
             })
             .await
             .unwrap_err();
@@ -409,7 +409,7 @@ async fn a_proof_for_absent_content_answers_like_a_wrong_proof() {
                 owner: user("eve"),
                 hash,
                 session_id: s.session_id,
-                proof: Some("ab".repeat(32)),
+                proof: Some(Proof::new(&"ab".repeat(32)).unwrap()),
             })
             .await
             .unwrap_err();

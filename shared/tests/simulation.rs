@@ -1033,7 +1033,7 @@ async fn perform(
                 owner: owner.clone(),
                 hash,
                 session_id: s.session_id.clone(),
-                proof,
+                proof: proof.map(|p| Proof::new(&p).expect("proof_for answers 64 hex digits")),
             };
             if *mode == SessionMode::Proof && prog.put.is_none() {
                 let r = sim
@@ -1131,7 +1131,8 @@ async fn perform(
         } => {
             let req = NewMessage {
                 id: message_id(c.idx, *msg),
-                snapshot: snapshot_of(c.idx, *msg, *snapshot_len),
+                snapshot: Snapshot::new(snapshot_of(c.idx, *msg, *snapshot_len))
+                    .expect("a generated snapshot is valid"),
                 audio: Some(MessageAudio::Render(AudioRender {
                     content_hash: w.hashes[*content],
                     format: AudioFormat::ALL[*content % 2],
@@ -1154,7 +1155,8 @@ async fn perform(
         } => {
             let req = NewMessage {
                 id: message_id(c.idx, *msg),
-                snapshot: snapshot_of(c.idx, *msg, *snapshot_len),
+                snapshot: Snapshot::new(snapshot_of(c.idx, *msg, *snapshot_len))
+                    .expect("a generated snapshot is valid"),
                 audio: Some(MessageAudio::FromMessage(message_id(
                     *from_client,
                     *from_msg,
@@ -1538,8 +1540,8 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
             &users[0],
             NewThread {
                 id: Some(THREAD.parse().expect("valid thread id")),
-                title: "sim".into(),
-                members: users[1..].to_vec(),
+                title: Title::new("sim").expect("a valid title"),
+                members: Members::new(users[1..].to_vec()).expect("at most nine others"),
             },
         )
         .await;

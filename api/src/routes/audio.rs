@@ -12,7 +12,8 @@ use serde::Deserialize;
 use audio_dedup_core::audio::{CompleteRequest, DirectUpload, SessionRequest};
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::{
-    AudioFormat, ContentHash, ErrorCode, PendingReference, ReferenceId, ReferenceKind, SessionId,
+    AudioFormat, ContentHash, ErrorCode, PendingReference, Proof, ReferenceId, ReferenceKind,
+    SessionId,
 };
 
 use super::content_hash;
@@ -172,14 +173,7 @@ pub async fn complete<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     let hash = content_hash(&hash)?;
     let session_id: SessionId = parse(&b.session_id, ErrorCode::InvalidSessionId)?;
-    if let Some(p) = &b.proof {
-        if p.len() != 64 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidProof,
-                "proof is 64 hex digits",
-            ));
-        }
-    }
+    let proof = b.proof.as_deref().map(Proof::new).transpose()?;
     let result = s
         .dedup
         .audio()
@@ -187,7 +181,7 @@ pub async fn complete<B: BlobStore, I: TransactionalIndex>(
             owner: caller.user,
             hash,
             session_id,
-            proof: b.proof,
+            proof,
         })
         .await?;
     Ok(Json(result).into_response())

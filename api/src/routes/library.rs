@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{AudioSource, ErrorCode, LibraryItemId, MessageId};
+use audio_dedup_core::{AudioSource, ErrorCode, LibraryItemId, MessageId, Title};
 
 use super::{content_hash, created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -43,10 +43,11 @@ pub async fn put<B: BlobStore, I: TransactionalIndex>(
         .transpose()?;
     let source = AudioSource::one_of(hash, from)
         .map_err(|reason| ApiError::new(ErrorCode::InvalidAudio, reason))?;
+    let title = Title::new(b.title)?;
     let (view, created) = s
         .dedup
         .chat()
-        .put_library_item(&caller.user, &id, &source, &b.title)
+        .put_library_item(&caller.user, &id, &source, &title)
         .await?;
     Ok(created_or_ok(created, view))
 }

@@ -12,7 +12,9 @@ use serde_json::value::RawValue;
 
 use audio_dedup_core::chat::NewMessage;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{ErrorCode, MessageAudio, MessageId, ThreadId, MAX_SNAPSHOT_BYTES};
+use audio_dedup_core::{
+    ErrorCode, MessageAudio, MessageId, Snapshot, ThreadId, MAX_SNAPSHOT_BYTES,
+};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -40,21 +42,9 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
     let id: MessageId = parse(&b.id, ErrorCode::InvalidMessageId)?;
-    if b.snapshot.get() == "null" {
-        return Err(ApiError::new(
-            ErrorCode::InvalidSnapshot,
-            "a snapshot is a JSON value other than null",
-        ));
-    }
-    if b.snapshot.get().len() > MAX_SNAPSHOT_BYTES {
-        return Err(ApiError::new(
-            ErrorCode::SnapshotTooLarge,
-            format!("a snapshot is at most {MAX_SNAPSHOT_BYTES} bytes of JSON"),
-        ));
-    }
     let req = NewMessage {
         id,
-        snapshot: b.snapshot,
+        snapshot: Snapshot::new(b.snapshot)?,
         audio: b.audio,
     };
     let (view, created) = s

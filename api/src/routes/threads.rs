@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use audio_dedup_core::chat::NewThread;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{valid_title, ErrorCode, ThreadId, UserId, MAX_THREAD_MEMBERS};
+use audio_dedup_core::{ErrorCode, Members, ThreadId, Title};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -35,37 +35,12 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
         b.id.as_deref()
             .map(|i| parse::<ThreadId>(i, ErrorCode::InvalidThreadId))
             .transpose()?;
-    if !valid_title(&b.title) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidTitle,
-            "a title is 1 to 200 characters, not blank, without control characters",
-        ));
-    }
-    if b.members.len() > MAX_THREAD_MEMBERS - 1 {
-        return Err(ApiError::new(
-            ErrorCode::TooManyMembers,
-            format!(
-                "members lists at most {} users besides the caller (who is always a member)",
-                MAX_THREAD_MEMBERS - 1
-            ),
-        ));
-    }
-    let members = b
-        .members
-        .iter()
-        .map(|m| parse::<UserId>(m, ErrorCode::InvalidMember))
-        .collect::<Result<Vec<_>, _>>()?;
+    let title = Title::new(b.title)?;
+    let members = Members::parse(&b.members)?;
     let (view, created) = s
         .dedup
         .chat()
-        .create_thread(
-            &caller.user,
-            NewThread {
-                id,
-                title: b.title,
-                members,
-            },
-        )
+        .create_thread(&caller.user, NewThread { id, title, members })
         .await?;
     Ok(created_or_ok(created, view))
 }

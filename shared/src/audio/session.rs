@@ -14,7 +14,7 @@ use super::references::Attach;
 use super::AudioEngine;
 use crate::domain::{
     AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference,
-    SessionId, SessionRecord, SessionState, UploadResult, UploadSession, UserId,
+    Proof, SessionId, SessionRecord, SessionState, UploadResult, UploadSession, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, PresignPut, TransactionalIndex};
@@ -42,7 +42,7 @@ pub struct CompleteRequest {
     pub hash: ContentHash,
     pub session_id: SessionId,
     /// Hex SHA-256 answer to the session's challenge, to claim content without sending it.
-    pub proof: Option<String>,
+    pub proof: Option<Proof>,
 }
 
 /// The answer to a challenge: SHA-256 over the nonce's bytes, then each range's bytes.
@@ -229,7 +229,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     async fn prove_step(
         &self,
         s: &SessionRecord,
-        proof: &str,
+        proof: &Proof,
     ) -> Result<Step<UploadResult>, DedupError> {
         // A challenge is answered within the session's life, whether or not the reconciler
         // has marked it expired yet: an old challenge must not stay open to answer at will.
@@ -260,10 +260,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             }
         }
         let expected = proof_for(&s.challenge.nonce, chunks.iter().map(|c| c.as_ref()));
-        if !constant_time_eq(
-            expected.as_bytes(),
-            proof.trim().to_ascii_lowercase().as_bytes(),
-        ) {
+        if !constant_time_eq(expected.as_bytes(), proof.as_str().as_bytes()) {
             return Err(DedupError::UploadRequired);
         }
         let mut a = p.value.clone();

@@ -9,8 +9,8 @@
 use super::threads::ahead_cursor;
 use super::ChatService;
 use crate::domain::{
-    valid_title, AudioSource, ContentHash, EntryState, LibraryItemId, LibraryItemRecord,
-    LibraryItemView, LogHead, Page, PendingReference, ReferenceId, ReferenceKind, Seq, UserId,
+    AudioSource, ContentHash, EntryState, LibraryItemId, LibraryItemRecord, LibraryItemView,
+    LogHead, Page, PendingReference, ReferenceId, ReferenceKind, Seq, Title, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
@@ -28,14 +28,9 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         owner: &UserId,
         id: &LibraryItemId,
         source: &AudioSource,
-        title: &str,
+        title: &Title,
     ) -> Result<(LibraryItemView, bool), DedupError> {
-        if !valid_title(title) {
-            return Err(DedupError::refused(
-                ErrorCode::InvalidTitle,
-                "a title is 1 to 200 characters, not blank, without control characters",
-            ));
-        }
+        let title = title.as_str();
         let (view, created, deleting) = self
             .core
             .cas(|| self.put_item_step(owner, id, source, title))

@@ -12,7 +12,6 @@
 //!   it, whatever happened in between (including a delete: it answers the tombstone).
 
 use bytes::Bytes;
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::message_audio::message_not_found;
@@ -20,8 +19,7 @@ use super::threads::ahead_cursor;
 use super::ChatService;
 use crate::domain::{
     ContentHash, EntryState, MessageAudio, MessageId, MessageRecord, MessageView, Millis, Page,
-    PendingReference, ReferenceId, ReferenceKind, Seq, SnapshotStore, ThreadId, UserId,
-    MAX_SNAPSHOT_BYTES,
+    PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot, SnapshotStore, ThreadId, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
@@ -30,8 +28,7 @@ use crate::protocol::{keys, ms, Step};
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub id: MessageId,
-    /// The snapshot's JSON text, exactly as the client sent it.
-    pub snapshot: Box<RawValue>,
+    pub snapshot: Snapshot,
     pub audio: Option<MessageAudio>,
 }
 
@@ -85,13 +82,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         thread: &ThreadId,
         req: NewMessage,
     ) -> Result<(MessageView, bool), DedupError> {
-        let text = req.snapshot.get().as_bytes();
-        if text.len() > MAX_SNAPSHOT_BYTES {
-            return Err(DedupError::refused(
-                ErrorCode::SnapshotTooLarge,
-                format!("a snapshot is at most {MAX_SNAPSHOT_BYTES} bytes of JSON"),
-            ));
-        }
+        let text = req.snapshot.text().as_bytes();
         let sha = ContentHash::of(text);
         let print = fingerprint(thread, &sha, req.audio.as_ref());
         // Checked before anything is stored: a foreign caller or a retry stores nothing.
@@ -168,7 +159,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
                 }
             }
             None => SnapshotStore::Inline {
-                json: req.snapshot.clone(),
+                json: req.snapshot.to_raw(),
             },
         };
         let seq = t.value.last_seq + 1;
@@ -182,7 +173,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             created_at: now,
             deleted_at: None,
             audio,
-            snapshot_size: req.snapshot.get().len() as u64,
+            snapshot_size: req.snapshot.text().len() as u64,
             snapshot_sha256: sha,
             snapshot,
             fingerprint: print,

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::ChatService;
 use crate::domain::{
-    FeedEntry, LogHead, Page, Seq, ThreadDetail, ThreadId, ThreadRecord, ThreadView, UserId,
-    MAX_THREAD_MEMBERS,
+    FeedEntry, LogHead, Members, Page, Seq, ThreadDetail, ThreadId, ThreadRecord, ThreadView,
+    Title, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
@@ -25,8 +25,8 @@ pub const DEFAULT_PAGE: usize = 100;
 pub struct NewThread {
     /// The client's id for the thread (its idempotency key), or `None` for a fresh one.
     pub id: Option<ThreadId>,
-    pub title: String,
-    pub members: Vec<UserId>,
+    pub title: Title,
+    pub members: Members,
 }
 
 pub(crate) fn thread_not_found() -> DedupError {
@@ -72,17 +72,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
     ) -> Result<(ThreadView, bool), DedupError> {
         // The caller first, then the others sorted: a retry listing them in another order
         // is the same thread.
-        let mut others: Vec<UserId> = req.members.into_iter().filter(|m| m != caller).collect();
-        others.sort();
-        others.dedup();
-        let mut members = vec![caller.clone()];
-        members.extend(others);
-        if members.len() > MAX_THREAD_MEMBERS {
-            return Err(DedupError::refused(
-                ErrorCode::TooManyMembers,
-                format!("a thread has at most {MAX_THREAD_MEMBERS} members, the caller included"),
-            ));
-        }
+        let members = req.members.with_caller(caller);
         let id = match req.id {
             Some(id) => id,
             None => {
@@ -93,7 +83,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         };
         let wanted = ThreadRecord {
             id,
-            title: req.title,
+            title: req.title.into(),
             members,
             created_by: caller.clone(),
             created_at: 0,

@@ -231,14 +231,6 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
-/// A title: 1 to 200 characters, no control characters, not blank.
-pub fn valid_title(title: &str) -> bool {
-    let n = title.chars().count();
-    (1..=MAX_TITLE_LEN).contains(&n)
-        && !title.trim().is_empty()
-        && !title.chars().any(char::is_control)
-}
-
 /// The audio a new message carries, as the author names it: audio they hold, or the audio
 /// of a live message they can see (forwarding it; see [`AudioSource::Message`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@ mod chat;
 mod format;
 mod hash;
 mod ids;
+mod input;
 mod records;
 mod views;
 
@@ -13,5 +14,6 @@ pub use hash::{hash_reader, ContentHash, HashParseError, StreamingHasher};
 pub use ids::{
     IdParseError, LibraryItemId, MessageId, ReferenceId, ReferenceKind, SessionId, ThreadId, UserId,
 };
+pub use input::{Members, Proof, Snapshot, Title};
 pub use records::*;
 pub use views::*;

@@ -10,6 +10,14 @@ use serde_json::value::RawValue;
 
 use super::{assert_safe, assert_settled, bytes_of, direct, user, Env};
 
+pub fn snap(json: &str) -> Snapshot {
+    Snapshot::new(raw(json)).unwrap()
+}
+
+pub fn title(t: &str) -> Title {
+    Title::new(t).unwrap()
+}
+
 pub fn raw(json: &str) -> Box<RawValue> {
     RawValue::from_string(json.to_owned()).unwrap()
 }
@@ -21,7 +29,7 @@ pub fn mid(s: &str) -> MessageId {
 pub fn msg(id: &str, snapshot: &str, audio: Option<ContentHash>) -> NewMessage {
     NewMessage {
         id: mid(id),
-        snapshot: raw(snapshot),
+        snapshot: snap(snapshot),
         audio: audio.map(|h| {
             MessageAudio::Render(AudioRender {
                 content_hash: h,
@@ -39,8 +47,8 @@ pub async fn thread<E: Env>(env: &E, owner: &str, id: &str, members: &[&str]) ->
             &user(owner),
             NewThread {
                 id: Some(id.parse().unwrap()),
-                title: format!("thread {id}"),
-                members: members.iter().map(|m| user(m)).collect(),
+                title: title(&format!("thread {id}")),
+                members: Members::new(members.iter().map(|m| user(m)).collect()).unwrap(),
             },
         )
         .await
@@ -216,7 +224,7 @@ pub async fn create_on_inactive_audio_fails_and_writes_nothing<E: Env>(env: &E) 
             &alice,
             &"fav".parse().unwrap(),
             &AudioSource::Held(audio),
-            "fav",
+            &title("fav"),
         )
         .await
         .unwrap();
@@ -390,25 +398,25 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
     let fav: LibraryItemId = "fav".parse().unwrap();
     let (v, created) = d
         .chat()
-        .put_library_item(&alice, &fav, &AudioSource::Held(a1), "Song")
+        .put_library_item(&alice, &fav, &AudioSource::Held(a1), &title("Song"))
         .await
         .unwrap();
     assert!(created);
     let (same, created) = d
         .chat()
-        .put_library_item(&alice, &fav, &AudioSource::Held(a1), "Song")
+        .put_library_item(&alice, &fav, &AudioSource::Held(a1), &title("Song"))
         .await
         .unwrap();
     assert!(!created);
     assert_eq!(same, v, "a repeated put changes nothing");
     d.chat()
-        .put_library_item(&alice, &fav, &AudioSource::Held(a1), "Renamed")
+        .put_library_item(&alice, &fav, &AudioSource::Held(a1), &title("Renamed"))
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &a1).await, (AudioState::Active, 1));
     // Moving to other audio drops the old reference (the last: a1 goes).
     d.chat()
-        .put_library_item(&alice, &fav, &AudioSource::Held(a2), "Renamed")
+        .put_library_item(&alice, &fav, &AudioSource::Held(a2), &title("Renamed"))
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &a1).await.0, AudioState::Gone);
@@ -425,7 +433,7 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
     assert_eq!(e.code(), ErrorCode::LibraryItemNotFound);
     let e = d
         .chat()
-        .put_library_item(&bob, &fav, &AudioSource::Held(a2), "mine")
+        .put_library_item(&bob, &fav, &AudioSource::Held(a2), &title("mine"))
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::AudioNotFound, "bob never held a2");
@@ -436,7 +444,7 @@ pub async fn library_items_hold_references<E: Env>(env: &E) {
     assert_eq!(audio_refs(env, &a2).await.0, AudioState::Gone);
     let a3 = held_audio(env, "alice", 6).await;
     d.chat()
-        .put_library_item(&alice, &fav, &AudioSource::Held(a3), "Back")
+        .put_library_item(&alice, &fav, &AudioSource::Held(a3), &title("Back"))
         .await
         .unwrap();
     assert_eq!(audio_refs(env, &a3).await, (AudioState::Active, 1));
@@ -465,7 +473,7 @@ pub async fn create_racing_audio_deletion<E: Env>(env: &E) {
         let audio = held_audio(env, "alice", 40 + round).await;
         let item: LibraryItemId = format!("i{round}").parse().unwrap();
         d.chat()
-            .put_library_item(&alice, &item, &AudioSource::Held(audio), "x")
+            .put_library_item(&alice, &item, &AudioSource::Held(audio), &title("x"))
             .await
             .unwrap();
         let id = format!("race{round}");
@@ -591,7 +599,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
             &carol,
             &"x".parse().unwrap(),
             &AudioSource::Message(mid("m-track")),
-            "x",
+            &title("x"),
         )
         .await
         .unwrap_err();
@@ -602,14 +610,14 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
             &carol,
             &"x".parse().unwrap(),
             &AudioSource::Held(track),
-            "x",
+            &title("x"),
         )
         .await
         .unwrap_err();
     assert_eq!(e.code(), ErrorCode::AudioNotFound);
     let forward = |id: &str, from: &str| NewMessage {
         id: mid(id),
-        snapshot: raw("{}"),
+        snapshot: snap("{}"),
         audio: Some(MessageAudio::FromMessage(mid(from))),
     };
     let e = d
@@ -676,7 +684,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
             &bob,
             &fav,
             &AudioSource::Message(mid("m-track")),
-            "Alice's take",
+            &title("Alice's take"),
         )
         .await
         .unwrap();
@@ -701,7 +709,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
             &bob,
             &"late".parse().unwrap(),
             &AudioSource::Message(mid("m-track")),
-            "late",
+            &title("late"),
         )
         .await
         .unwrap_err();

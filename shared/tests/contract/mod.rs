@@ -205,7 +205,7 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
     assert!(
         d.audio()
             .complete(CompleteRequest {
-                proof: Some(proof),
+                proof: Some(Proof::new(&proof).unwrap()),
                 ..bob
             })
             .await
