@@ -6,7 +6,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let dedup = audio_dedup_api::lambda::dedup_from_env().await?;
+    let dedup = audio_dedup_core::store::aws::dedup_from_env().await?;
     let handler = |e: LambdaEvent<S3Event>| {
         let dedup = dedup.clone();
         async move {

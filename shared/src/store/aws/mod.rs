@@ -1,9 +1,11 @@
 //! The AWS adapters: DynamoDB for the index, S3 (versioned, private) for blobs.
 
 mod dynamo;
+mod env;
 mod s3;
 
 pub use dynamo::{DynamoIndex, OWNER_INDEX, WORK_INDEX};
+pub use env::{dedup_from_env, AwsDedup, EnvError};
 pub use s3::S3Blobs;
 
 /// Clients from the environment (region, credentials, `AWS_ENDPOINT_URL` for moto).

@@ -1,0 +1,58 @@
+//! The services over DynamoDB and S3, built from a Lambda function's environment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{clients_from_env, DynamoIndex, S3Blobs};
+use crate::{Dedup, DedupConfig};
+
+pub type AwsDedup = Dedup<S3Blobs, DynamoIndex>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("environment variable {0} is required")]
+    Missing(&'static str),
+    #[error("environment variable {0} is not a number of seconds")]
+    NotSeconds(&'static str),
+}
+
+fn var(name: &'static str) -> Result<String, EnvError> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or(EnvError::Missing(name))
+}
+
+fn seconds(name: &'static str, default: u64) -> Result<Duration, EnvError> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|_| EnvError::NotSeconds(name)),
+        _ => Ok(Duration::from_secs(default)),
+    }
+}
+
+/// `TABLE_NAME`, `BUCKET_NAME`, `KEY_PREFIX` (default `audio-dedup/`), `DELETION_GRACE_SECONDS`
+/// (default 0), `S3_FORCE_PATH_STYLE` (moto), plus the SDK's own (`AWS_REGION`,
+/// `AWS_ENDPOINT_URL`, credentials).
+pub async fn dedup_from_env() -> Result<Arc<AwsDedup>, EnvError> {
+    let table = var("TABLE_NAME")?;
+    let bucket = var("BUCKET_NAME")?;
+    let prefix = std::env::var("KEY_PREFIX").unwrap_or_else(|_| "audio-dedup/".into());
+    let path_style = std::env::var("S3_FORCE_PATH_STYLE").is_ok_and(|v| v == "true" || v == "1");
+    let cfg = DedupConfig {
+        key_prefix: prefix.clone(),
+        deletion_grace: seconds("DELETION_GRACE_SECONDS", 0)?,
+        ..DedupConfig::default()
+    };
+    let (ddb, s3) = clients_from_env(path_style).await;
+    // The sweep lists everything under the prefix: audio and snapshot objects.
+    let blobs = S3Blobs::new(s3, bucket, prefix);
+    Ok(Arc::new(Dedup::new(
+        blobs,
+        DynamoIndex::new(ddb, table),
+        cfg,
+    )))
+}
+
