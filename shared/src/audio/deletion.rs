@@ -8,7 +8,7 @@ use super::AudioEngine;
 use crate::domain::{AudioRecord, AudioState, ContentHash};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, ObjectMeta, TransactionalIndex};
-use crate::protocol::{Step, Versioned};
+use crate::protocol::{guards, Step, Versioned};
 
 impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// Deletes the recorded version and marks the record `Gone`. No-op unless `Deleting`.
@@ -24,7 +24,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             return Ok(Step::Done(()));
         }
         let key = self.core.blob_key(hash);
-        if cfg!(feature = "mutation-no-exact-version-delete") {
+        if !guards::EXACT_VERSION_DELETE {
             if let Some(current) = self.core.blobs.head(&key).await? {
                 self.core
                     .blobs

@@ -13,7 +13,7 @@ use crate::domain::{
 use crate::error::DedupError;
 use crate::ports::{BlobStore, TransactionalIndex};
 use crate::protocol::codec::{expect_of, Txn};
-use crate::protocol::keys;
+use crate::protocol::{guards, keys};
 
 /// How the owner of a new reference came to the audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +62,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let p = match possession {
             Possession::Held => {
                 let p = self.held_audio(owner, hash).await?;
-                if p.value.state != AudioState::Active && !cfg!(feature = "mutation-no-state-check")
-                {
+                if p.value.state != AudioState::Active && guards::STATE_CHECK {
                     return Err(not_attachable(p.value.state));
                 }
                 p

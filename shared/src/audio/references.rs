@@ -23,7 +23,7 @@ use crate::domain::{
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
 use crate::protocol::codec::{Txn, Versioned};
-use crate::protocol::{keys, ms, Step};
+use crate::protocol::{guards, keys, ms, Step};
 
 /// One reference add waiting in a batch.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         if new.is_empty() {
             return Ok(Step::Done(answers));
         }
-        if p.value.state != AudioState::Active && !cfg!(feature = "mutation-no-state-check") {
+        if p.value.state != AudioState::Active && guards::STATE_CHECK {
             for &i in &new {
                 answers[i] = Err(DedupError::refused(
                     ErrorCode::AudioNotActive,
@@ -198,7 +198,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         owner: &UserId,
         wanted: &PendingReference,
     ) -> Result<Option<ReferenceView>, DedupError> {
-        if cfg!(feature = "mutation-no-reference-items") {
+        if !guards::REFERENCE_ITEMS {
             return Ok(None);
         }
         let Some(r) = self
@@ -261,10 +261,10 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             created_at: self.core.now(),
             removed_at: None,
         };
-        let expect = if cfg!(feature = "mutation-no-reference-items") {
-            Expect::Any
-        } else {
+        let expect = if guards::REFERENCE_ITEMS {
             Expect::Absent
+        } else {
+            Expect::Any
         };
         txn.put_reference(&rec, expect)?;
         a.refs += 1;
@@ -370,10 +370,10 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 a.due_at = Some(now + ms(self.core.cfg.deletion_grace));
             }
         }
-        let expect = if cfg!(feature = "mutation-no-decrement-guard") {
-            Expect::Any
-        } else {
+        let expect = if guards::DECREMENT_GUARD {
             p.expect()
+        } else {
+            Expect::Any
         };
         txn.put_audio_expecting(&a, Some(&p.value), expect)?;
         let mut removed = r.value.clone();

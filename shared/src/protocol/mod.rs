@@ -5,6 +5,7 @@
 //! the states, invariants and races, and each flow's module says which it closes.
 
 pub(crate) mod codec;
+pub(crate) mod guards;
 pub mod invariants;
 pub mod keys;
 mod reconcile;

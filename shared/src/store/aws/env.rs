@@ -55,4 +55,3 @@ pub async fn dedup_from_env() -> Result<Arc<AwsDedup>, EnvError> {
         cfg,
     )))
 }
-
