@@ -276,7 +276,7 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
     h.blobs.client_put(
         &keys::blob_key("", &hash),
         bytes.clone(),
-        &keys::session_uploader(&s.session_id),
+        &Uploader::Session(s.session_id.clone()).to_string(),
     );
     // The created event wins the race; complete finds it done and answers the same.
     h.deliver_events().await;
@@ -689,7 +689,7 @@ async fn an_upload_whose_session_reference_was_removed_is_still_adopted() {
     h.blobs.client_put(
         &keys::blob_key("", &hash),
         data,
-        &keys::session_uploader(&s.session_id),
+        &Uploader::Session(s.session_id.clone()).to_string(),
     );
     h.deliver_events().await;
     let r =

@@ -1076,7 +1076,7 @@ async fn perform(
                 let out = sim.blobs.client_put(
                     &keys::blob_key("", &hash),
                     bytes.clone(),
-                    &keys::session_uploader(&s.session_id),
+                    &Uploader::Session(s.session_id.clone()).to_string(),
                 );
                 sim.trace.log(|| format!("client PUT C{content}: {out:?}"));
                 sim.trace.bump(match out {
@@ -1414,7 +1414,9 @@ fn stray_object(sim: &Sim, rng: &mut Rng) {
     } else {
         (Bytes::from(format!("not C{c}").into_bytes()), "WRONG bytes")
     };
-    let out = sim.blobs.client_put(&key, bytes, keys::DIRECT_UPLOADER);
+    let out = sim
+        .blobs
+        .client_put(&key, bytes, &Uploader::Direct.to_string());
     sim.trace.bump("stray.put");
     sim.trace
         .log(|| format!("stray object under C{c}'s key ({what}): {out:?}"));

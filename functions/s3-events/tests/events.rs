@@ -6,7 +6,7 @@ use audio_dedup_core::ports::{BlobStore, PutOutcome};
 use audio_dedup_core::protocol::keys;
 use audio_dedup_core::store::memory::{MemoryBlobs, MemoryIndex};
 use audio_dedup_core::{
-    AudioFormat, ContentHash, Dedup, DedupConfig, PendingReference, ReferenceKind, UserId,
+    AudioFormat, ContentHash, Dedup, DedupConfig, PendingReference, ReferenceKind, Uploader, UserId,
 };
 use aws_lambda_events::s3::S3Event;
 use serde_json::{json, Value};
@@ -83,7 +83,7 @@ async fn uploaded_as(
     let PutOutcome::Created { version } = w.blobs.client_put(
         &key,
         bytes::Bytes::from_static(data),
-        &keys::session_uploader(&s.session_id),
+        &Uploader::Session(s.session_id.clone()).to_string(),
     ) else {
         panic!("put")
     };
@@ -152,7 +152,7 @@ async fn url_encoded_keys_are_decoded() {
     let PutOutcome::Created { version } = blobs.client_put(
         &key,
         bytes::Bytes::from_static(data),
-        &keys::session_uploader(&s.session_id),
+        &Uploader::Session(s.session_id.clone()).to_string(),
     ) else {
         panic!("put")
     };

@@ -6,7 +6,7 @@
 
 use super::references::Attach;
 use super::AudioEngine;
-use crate::domain::{AudioState, ContentHash, SessionRecord, SessionState};
+use crate::domain::{AudioState, ContentHash, SessionRecord, SessionState, Uploader};
 use crate::error::DedupError;
 use crate::ports::{BlobEvent, BlobStore, ObjectMeta, TransactionalIndex};
 use crate::protocol::{keys, Step};
@@ -70,13 +70,13 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         meta: &ObjectMeta,
     ) -> Result<Step<Adoption>, DedupError> {
         // The session whose signed PUT wrote this object, if it still waits for completion.
-        let session = match keys::session_from_uploader(meta.uploader.as_deref()) {
-            Some(id) => self
+        let session = match Uploader::parse(meta.uploader.as_deref()) {
+            Some(Uploader::Session(id)) => self
                 .core
                 .load::<SessionRecord>(&keys::session(hash, &id))
                 .await?
                 .filter(|s| s.value.state != SessionState::Completed && s.value.size == meta.size),
-            None => None,
+            _ => None,
         };
         let prev = self.core.load_audio(hash).await?;
         let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state);

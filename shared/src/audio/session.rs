@@ -14,7 +14,7 @@ use super::references::Attach;
 use super::AudioEngine;
 use crate::domain::{
     AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference,
-    Proof, SessionId, SessionRecord, SessionState, UploadResult, UploadSession, UserId,
+    Proof, SessionId, SessionRecord, SessionState, UploadResult, UploadSession, Uploader, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, PresignPut, TransactionalIndex};
@@ -93,7 +93,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 sha256: req.hash,
                 size: req.size,
                 content_type: req.format.content_type(),
-                uploader: keys::session_uploader(&rec.id),
+                uploader: Uploader::Session(rec.id.clone()).to_string(),
                 expires_in: self.core.cfg.session_ttl,
             })
             .await?;
@@ -207,7 +207,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let Some(meta) = self.core.blobs.head(&blob_key).await? else {
             return Err(DedupError::UploadRequired);
         };
-        if meta.uploader.as_deref() != Some(keys::session_uploader(&s.value.id).as_str()) {
+        if Uploader::parse(meta.uploader.as_deref()) != Some(Uploader::Session(s.value.id.clone()))
+        {
             // Someone else's upload: this caller has not shown it has the bytes.
             return Err(DedupError::UploadRequired);
         }

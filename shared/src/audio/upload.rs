@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::references::Attach;
 use super::AudioEngine;
 use crate::domain::{
-    AudioFormat, AudioRecord, AudioState, ContentHash, PendingReference, UploadResult, UserId,
+    AudioFormat, AudioRecord, AudioState, ContentHash, PendingReference, UploadResult, Uploader,
+    UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, ObjectMeta, PutOutcome, PutRequest, TransactionalIndex};
@@ -90,7 +91,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                     sha256: up.hash,
                     size: up.size,
                     content_type: up.format.content_type(),
-                    uploader: keys::DIRECT_UPLOADER.into(),
+                    uploader: Uploader::Direct.to_string(),
                 };
                 let meta = match self.core.blobs.put_if_absent(put).await? {
                     PutOutcome::Created { version } => {
@@ -100,7 +101,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                             version,
                             size: up.size,
                             sha256: Some(up.hash),
-                            uploader: Some(keys::DIRECT_UPLOADER.into()),
+                            uploader: Some(Uploader::Direct.to_string()),
                             last_modified: self.core.now(),
                         }
                     }

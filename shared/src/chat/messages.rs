@@ -19,7 +19,8 @@ use super::threads::ahead_cursor;
 use super::ChatService;
 use crate::domain::{
     ContentHash, EntryState, MessageAudio, MessageId, MessageRecord, MessageView, Millis, Page,
-    PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot, SnapshotStore, ThreadId, UserId,
+    PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot, SnapshotStore, ThreadId, Uploader,
+    UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
@@ -208,7 +209,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             sha256: *sha,
             size: text.len() as u64,
             content_type: "application/json",
-            uploader: keys::snapshot_uploader(id),
+            uploader: Uploader::Snapshot(id.clone()).to_string(),
         };
         match self.core.blobs.put_if_absent(req).await? {
             PutOutcome::Created { version } => Ok(Staged {

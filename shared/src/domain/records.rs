@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AudioFormat, ContentHash, ReferenceId, ReferenceKind, SessionId, UserId};
+use super::{AudioFormat, ContentHash, MessageId, ReferenceId, ReferenceKind, SessionId, UserId};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -124,4 +124,65 @@ pub struct SessionRecord {
     pub expires_at: Millis,
     /// Set when completed: whether the bytes were already stored (so retries answer the same).
     pub deduplicated: Option<bool>,
+}
+
+/// Who put an object, as its `uploader` metadata records it: an upload session's presigned
+/// PUT, a direct upload through the API, or a message's staged snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Uploader {
+    Session(SessionId),
+    Direct,
+    Snapshot(MessageId),
+}
+
+impl Uploader {
+    /// Metadata as the blob store answers it; anything else is no known uploader.
+    pub fn parse(meta: Option<&str>) -> Option<Self> {
+        let meta = meta?;
+        if meta == "direct" {
+            return Some(Self::Direct);
+        }
+        if let Some(id) = meta.strip_prefix("session:") {
+            return id.parse().ok().map(Self::Session);
+        }
+        meta.strip_prefix("message:")?
+            .parse()
+            .ok()
+            .map(Self::Snapshot)
+    }
+}
+
+impl std::fmt::Display for Uploader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Session(id) => write!(f, "session:{id}"),
+            Self::Direct => f.write_str("direct"),
+            Self::Snapshot(id) => write!(f, "message:{id}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod uploader_tests {
+    use super::Uploader;
+
+    #[test]
+    fn uploaders_round_trip_and_unknown_metadata_is_none() {
+        for u in [
+            Uploader::Session("s1".parse().unwrap()),
+            Uploader::Direct,
+            Uploader::Snapshot("m1".parse().unwrap()),
+        ] {
+            assert_eq!(Uploader::parse(Some(&u.to_string())), Some(u));
+        }
+        for other in [
+            None,
+            Some(""),
+            Some("session:"),
+            Some("someone"),
+            Some("session:a/b"),
+        ] {
+            assert_eq!(Uploader::parse(other), None, "{other:?}");
+        }
+    }
 }

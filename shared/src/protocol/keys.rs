@@ -138,20 +138,6 @@ pub fn message_from_snapshot_key(prefix: &str, key: &str) -> Option<MessageId> {
     id.parse().ok()
 }
 
-pub fn snapshot_uploader(id: &MessageId) -> String {
-    format!("message:{id}")
-}
-
-pub fn session_uploader(id: &SessionId) -> String {
-    format!("session:{id}")
-}
-
-pub const DIRECT_UPLOADER: &str = "direct";
-
-pub fn session_from_uploader(uploader: Option<&str>) -> Option<SessionId> {
-    uploader?.strip_prefix("session:")?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,6 +88,13 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+fn unversioned(key: &str) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: "S3 answered without a version id; is bucket versioning on?".into(),
+    }
+}
+
 impl S3Blobs {
     pub fn new(client: Client, bucket: impl Into<String>, list_prefix: impl Into<String>) -> Self {
         Self {
@@ -127,10 +134,7 @@ impl S3Blobs {
         key: &str,
         out: &aws_sdk_s3::operation::head_object::HeadObjectOutput,
     ) -> Result<ObjectMeta, StoreError> {
-        let version = out.version_id().ok_or_else(|| StoreError::Corrupt {
-            key: key.to_owned(),
-            reason: "object has no version id; is bucket versioning on?".into(),
-        })?;
+        let version = out.version_id().ok_or_else(|| unversioned(key))?;
         Ok(ObjectMeta {
             key: key.to_owned(),
             version: version.to_owned(),
@@ -193,9 +197,13 @@ impl BlobStore for S3Blobs {
             .send()
             .await;
         match res {
-            Ok(out) => Ok(PutOutcome::Created {
-                version: out.version_id().unwrap_or_default().to_owned(),
-            }),
+            Ok(out) => match out.version_id() {
+                Some(version) => Ok(PutOutcome::Created {
+                    version: version.to_owned(),
+                }),
+                // A record must own one exact version; an unversioned bucket cannot give one.
+                None => Err(unversioned(&req.key)),
+            },
             // 412: an object exists. 409: a concurrent conditional write; treat as exists and
             // let the caller `head` (and retry if the other write did not land).
             Err(e) if matches!(status_of(&e), Some(412 | 409)) => Ok(PutOutcome::AlreadyExists),
