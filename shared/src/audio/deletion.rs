@@ -5,7 +5,7 @@
 //! same content, because that upload has a different version id.
 
 use super::AudioEngine;
-use crate::domain::{AudioRecord, AudioState, ContentHash};
+use crate::domain::{AudioPhase, AudioRecord, AudioState, ContentHash};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, ObjectMeta, TransactionalIndex};
 use crate::protocol::{guards, Step, Versioned};
@@ -20,7 +20,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let Some(p) = self.core.load_audio(hash).await? else {
             return Ok(Step::Done(()));
         };
-        if p.value.state != AudioState::Deleting {
+        if p.value.state() != AudioState::Deleting {
             return Ok(Step::Done(()));
         }
         let key = self.core.blob_key(hash);
@@ -31,14 +31,12 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                     .delete_version(&key, &current.version)
                     .await?;
             }
-        } else if let Some(version) = &p.value.blob_version {
+        } else if let Some(version) = p.value.blob_version() {
             self.core.blobs.delete_version(&key, version).await?;
         }
         let mut a = p.value.clone();
-        a.state = AudioState::Gone;
-        a.blob_version = None;
+        a.phase = AudioPhase::Gone;
         a.refs = 0;
-        a.due_at = None;
         a.updated_at = self.core.now();
         let mut txn = self.core.txn();
         txn.stats.transition(
@@ -65,20 +63,20 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let from = prev.map(|p| p.value.clone());
         let a = AudioRecord {
             hash: *hash,
-            state: AudioState::Deleting,
+            phase: AudioPhase::Deleting {
+                blob_version: meta.version.clone(),
+            },
             generation: from.as_ref().map_or(1, |f| f.generation + 1),
             format: from
                 .as_ref()
                 .map_or(crate::domain::AudioFormat::Mp3, |f| f.format),
             size: meta.size,
-            blob_version: Some(meta.version.clone()),
             refs: 0,
-            due_at: None,
             updated_at: now,
         };
         let mut txn = self.core.txn();
         txn.stats.transition(
-            from.as_ref().map(|f| (f.state, f.size)),
+            from.as_ref().map(|f| (f.state(), f.size)),
             (AudioState::Deleting, a.size),
         );
         txn.put_audio(&a, prev)?;

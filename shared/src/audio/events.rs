@@ -6,7 +6,7 @@
 
 use super::references::Attach;
 use super::AudioEngine;
-use crate::domain::{AudioState, ContentHash, SessionRecord, SessionState, Uploader};
+use crate::domain::{AudioPhase, AudioState, ContentHash, SessionRecord, SessionState, Uploader};
 use crate::error::DedupError;
 use crate::ports::{BlobEvent, BlobStore, ObjectMeta, TransactionalIndex};
 use crate::protocol::{keys, Step};
@@ -43,8 +43,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 };
                 match self.core.load_audio(&hash).await? {
                     Some(p)
-                        if p.value.state == AudioState::Deleting
-                            && p.value.blob_version.as_ref() == Some(version) =>
+                        if p.value.state() == AudioState::Deleting
+                            && p.value.blob_version() == Some(version.as_str()) =>
                     {
                         self.finish_deletion(&hash).await?;
                         Ok(Adoption::Deleted)
@@ -79,7 +79,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             _ => None,
         };
         let prev = self.core.load_audio(hash).await?;
-        let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state);
+        let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state());
         match state {
             AudioState::Deleting => {
                 self.finish_deletion(hash).await?;
@@ -89,7 +89,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 let Some(p) = prev else {
                     return Ok(Step::Again);
                 };
-                if p.value.blob_version.as_deref() != Some(meta.version.as_str()) {
+                if p.value.blob_version() != Some(meta.version.as_str()) {
                     tracing::warn!(%hash, version = %meta.version, "object version differs from the active one; left alone");
                     return Ok(Step::Done(Adoption::Ignored));
                 }
@@ -133,22 +133,20 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                     Some(p) => p.value.clone(),
                     None => crate::domain::AudioRecord {
                         hash: *hash,
-                        state: AudioState::Gone,
+                        phase: AudioPhase::Gone,
                         generation: 0,
                         format: session
                             .as_ref()
                             .map_or(crate::domain::AudioFormat::Mp3, |s| s.value.format),
                         size: 0,
-                        blob_version: None,
                         refs: 0,
-                        due_at: None,
                         updated_at: 0,
                     },
                 };
                 let mut a = self.activated(&from, meta);
                 let mut txn = self.core.txn();
                 txn.stats.transition(
-                    prev.as_ref().map(|p| (p.value.state, p.value.size)),
+                    prev.as_ref().map(|p| (p.value.state(), p.value.size)),
                     (AudioState::Active, a.size),
                 );
                 if let Some(s) = &session {

@@ -42,8 +42,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 None => return Err(live_reference_without_audio(hash)),
             },
         };
-        if a.value.state != AudioState::Active {
-            return Err(not_attachable(a.value.state));
+        if a.value.state() != AudioState::Active {
+            return Err(not_attachable(a.value.state()));
         }
         Ok(())
     }
@@ -62,8 +62,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let p = match possession {
             Possession::Held => {
                 let p = self.held_audio(owner, hash).await?;
-                if p.value.state != AudioState::Active && guards::STATE_CHECK {
-                    return Err(not_attachable(p.value.state));
+                if p.value.state() != AudioState::Active && guards::STATE_CHECK {
+                    return Err(not_attachable(p.value.state()));
                 }
                 p
             }
@@ -71,7 +71,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 let Some(p) = self.core.load_audio(hash).await? else {
                     return Err(live_reference_without_audio(hash));
                 };
-                if p.value.state != AudioState::Active {
+                if p.value.state() != AudioState::Active {
                     // Only a store out of step reaches here: the live message holds a
                     // reference.
                     return Err(audio_not_found());
@@ -131,7 +131,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let Some(a) = self.core.load_audio(hash).await? else {
             return Err(live_reference_without_audio(hash));
         };
-        if a.value.state != AudioState::Active {
+        if a.value.state() != AudioState::Active {
             return Ok(None);
         }
         let (url, url_expires_at) = self.download_url(&a.value).await?;
@@ -139,7 +139,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             content_hash: *hash,
             format: a.value.format,
             size: a.value.size,
-            state: a.value.state,
+            state: a.value.state(),
             url,
             url_expires_at,
         }))

@@ -15,7 +15,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         hash: &ContentHash,
     ) -> Result<AudioView, DedupError> {
         let p = self.held_audio(owner, hash).await?;
-        if p.value.state != AudioState::Active {
+        if p.value.state() != AudioState::Active {
             return Err(audio_not_found());
         }
         let (url, url_expires_at) = self.download_url(&p.value).await?;
@@ -23,7 +23,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             content_hash: *hash,
             format: p.value.format,
             size: p.value.size,
-            state: p.value.state,
+            state: p.value.state(),
             url,
             url_expires_at,
         })
@@ -53,7 +53,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             .core
             .load::<HolderRecord>(&keys::holder(&a.hash, owner))
             .await?;
-        if holder.map(|h| h.value.generation) != Some(a.generation) || a.state == AudioState::Gone {
+        if holder.map(|h| h.value.generation) != Some(a.generation) || a.state() == AudioState::Gone
+        {
             return Err(audio_not_found());
         }
         Ok(())

@@ -6,7 +6,7 @@
 use super::events::Adoption;
 use super::AudioEngine;
 use crate::domain::{
-    AudioRecord, AudioState, ContentHash, ReconcileReport, SessionRecord, SessionState,
+    AudioPhase, AudioRecord, AudioState, ContentHash, ReconcileReport, SessionRecord, SessionState,
 };
 use crate::error::DedupError;
 use crate::ports::{BlobStore, ObjectMeta, TransactionalIndex};
@@ -25,8 +25,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             let Some(p) = self.core.load_audio(&hash).await? else {
                 return Ok(());
             };
-            let due = p.value.due_at.is_some_and(|d| d <= self.core.now());
-            match p.value.state {
+            let due = p.value.due_at().is_some_and(|d| d <= self.core.now());
+            match p.value.state() {
                 AudioState::Deleting => {
                     self.finish_deletion(&hash).await?;
                     report.deletions_finished += 1;
@@ -76,8 +76,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     ) -> Result<(), DedupError> {
         let hash = *hash;
         let accounted = self.core.load_audio(&hash).await?.is_some_and(|p| {
-            p.value.state == AudioState::Active
-                && p.value.blob_version.as_deref() == Some(meta.version.as_str())
+            p.value.state() == AudioState::Active
+                && p.value.blob_version() == Some(meta.version.as_str())
         });
         if accounted {
             return Ok(());
@@ -104,14 +104,13 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let Some(p) = self.core.load_audio(hash).await? else {
             return Ok(Step::Done(()));
         };
-        if p.value.state != AudioState::PendingUpload
-            || p.value.due_at.is_some_and(|d| d > self.core.now())
+        if p.value.state() != AudioState::PendingUpload
+            || p.value.due_at().is_some_and(|d| d > self.core.now())
         {
             return Ok(Step::Done(()));
         }
         let a = AudioRecord {
-            state: AudioState::Gone,
-            due_at: None,
+            phase: AudioPhase::Gone,
             updated_at: self.core.now(),
             ..p.value.clone()
         };
@@ -130,13 +129,17 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let Some(p) = self.core.load_audio(hash).await? else {
             return Ok(Step::Done(false));
         };
-        let due = p.value.due_at.is_some_and(|d| d <= self.core.now());
-        if p.value.state != AudioState::Active || p.value.refs != 0 || !due {
+        let due = p.value.due_at().is_some_and(|d| d <= self.core.now());
+        let AudioPhase::Active { blob_version, .. } = &p.value.phase else {
+            return Ok(Step::Done(false));
+        };
+        if p.value.refs != 0 || !due {
             return Ok(Step::Done(false));
         }
         let a = AudioRecord {
-            state: AudioState::Deleting,
-            due_at: None,
+            phase: AudioPhase::Deleting {
+                blob_version: blob_version.clone(),
+            },
             updated_at: self.core.now(),
             ..p.value.clone()
         };

@@ -17,7 +17,7 @@ use super::combine::Turn;
 use super::read::audio_not_found;
 use super::AudioEngine;
 use crate::domain::{
-    AudioRecord, AudioState, ContentHash, HolderRecord, PendingReference, ReferenceId,
+    AudioPhase, AudioRecord, AudioState, ContentHash, HolderRecord, PendingReference, ReferenceId,
     ReferenceKind, ReferenceRecord, ReferenceState, ReferenceView, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
@@ -139,7 +139,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             let seen = &r.seen;
             if use_seen
                 && seen.holder_generation == Some(p.value.generation)
-                && p.value.state != AudioState::Gone
+                && p.value.state() != AudioState::Gone
             {
                 return match &seen.reference {
                     Ok(existing) => Ok(existing.clone()),
@@ -165,13 +165,13 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         if new.is_empty() {
             return Ok(Step::Done(answers));
         }
-        if p.value.state != AudioState::Active && guards::STATE_CHECK {
+        if p.value.state() != AudioState::Active && guards::STATE_CHECK {
             for &i in &new {
                 answers[i] = Err(DedupError::refused(
                     ErrorCode::AudioNotActive,
                     format!(
                         "the audio is {}; a reference can only be added to active audio",
-                        p.value.state.as_str()
+                        p.value.state().as_str()
                     ),
                 ));
             }
@@ -268,7 +268,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         };
         txn.put_reference(&rec, expect)?;
         a.refs += 1;
-        a.due_at = None;
+        if let AudioPhase::Active { due_at, .. } = &mut a.phase {
+            *due_at = None;
+        }
         txn.stats.reference(a.size, 1);
         Ok(view(&rec))
     }
@@ -357,17 +359,21 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         a.updated_at = now;
         txn.stats.reference(a.size, -1);
         let mut deleting = false;
-        if a.refs == 0 {
+        if let (0, AudioPhase::Active { blob_version, .. }) = (a.refs, &a.phase) {
             if self.core.cfg.deletion_grace.is_zero() {
-                a.state = AudioState::Deleting;
-                a.due_at = None;
+                a.phase = AudioPhase::Deleting {
+                    blob_version: blob_version.clone(),
+                };
                 txn.stats.transition(
                     Some((AudioState::Active, a.size)),
                     (AudioState::Deleting, a.size),
                 );
                 deleting = true;
             } else {
-                a.due_at = Some(now + ms(self.core.cfg.deletion_grace));
+                a.phase = AudioPhase::Active {
+                    blob_version: blob_version.clone(),
+                    due_at: Some(now + ms(self.core.cfg.deletion_grace)),
+                };
             }
         }
         let expect = if guards::DECREMENT_GUARD {

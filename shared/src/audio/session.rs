@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 use super::references::Attach;
 use super::AudioEngine;
 use crate::domain::{
-    AudioFormat, AudioState, ByteRange, Challenge, ChallengeView, ContentHash, PendingReference,
-    Proof, SessionId, SessionRecord, SessionState, UploadResult, UploadSession, Uploader, UserId,
+    AudioFormat, AudioPhase, AudioState, ByteRange, Challenge, ChallengeView, ContentHash,
+    PendingReference, Proof, SessionId, SessionRecord, SessionState, UploadResult, UploadSession,
+    Uploader, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, PresignPut, TransactionalIndex};
@@ -113,7 +114,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     async fn open_step(&self, rec: &SessionRecord) -> Result<Step<()>, DedupError> {
         let lease_until = rec.expires_at + ms(self.core.cfg.session_slack);
         let prev = self.core.load_audio(&rec.hash).await?;
-        let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state);
+        let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state());
         let mut txn = self.core.txn();
         match (state, &prev) {
             (AudioState::Deleting, _) => {
@@ -133,7 +134,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             (AudioState::PendingUpload, Some(p)) => {
                 // Keep the claim alive until this session's URL (plus slack) runs out too.
                 let mut a = p.value.clone();
-                a.due_at = Some(a.due_at.unwrap_or(0).max(lease_until));
+                if let AudioPhase::PendingUpload { due_at } = &mut a.phase {
+                    *due_at = (*due_at).max(lease_until);
+                }
                 self.put_or_check_audio(&mut txn, a, p)?;
             }
             _ => {}
@@ -243,8 +246,11 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let Some(p) = self.core.load_audio(&s.hash).await? else {
             return Err(DedupError::UploadRequired);
         };
-        let version = p.value.blob_version.clone().unwrap_or_default();
-        if p.value.state != AudioState::Active || p.value.size != s.size {
+        let AudioPhase::Active { blob_version, .. } = &p.value.phase else {
+            return Err(DedupError::UploadRequired);
+        };
+        let version = blob_version.clone();
+        if p.value.size != s.size {
             return Err(DedupError::UploadRequired);
         }
         let key = self.core.blob_key(&s.hash);
@@ -296,7 +302,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         deduplicated: bool,
     ) -> Result<UploadResult, DedupError> {
         match self.core.load_audio(hash).await? {
-            Some(p) if p.value.state == AudioState::Active => {
+            Some(p) if p.value.state() == AudioState::Active => {
                 self.upload_result(&p.value, deduplicated).await
             }
             _ => Err(DedupError::refused(

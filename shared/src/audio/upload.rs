@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::references::Attach;
 use super::AudioEngine;
 use crate::domain::{
-    AudioFormat, AudioRecord, AudioState, ContentHash, PendingReference, UploadResult, Uploader,
-    UserId,
+    AudioFormat, AudioPhase, AudioRecord, AudioState, ContentHash, PendingReference, UploadResult,
+    Uploader, UserId,
 };
-use crate::error::{DedupError, ErrorCode};
+use crate::error::{DedupError, ErrorCode, StoreError};
 use crate::ports::{BlobBody, BlobStore, ObjectMeta, PutOutcome, PutRequest, TransactionalIndex};
 use crate::protocol::{keys, ms, Step, Versioned};
 
@@ -48,7 +48,10 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         created: &AtomicBool,
     ) -> Result<Step<UploadResult>, DedupError> {
         let prev = self.core.load_audio(&up.hash).await?;
-        let Some(p) = prev.as_ref().filter(|p| p.value.state != AudioState::Gone) else {
+        let Some(p) = prev
+            .as_ref()
+            .filter(|p| p.value.state() != AudioState::Gone)
+        else {
             return self
                 .claim_pending(
                     &up.hash,
@@ -58,7 +61,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 )
                 .await;
         };
-        match p.value.state {
+        match p.value.state() {
             AudioState::Active => {
                 let mut a = p.value.clone();
                 let mut txn = self.core.txn();
@@ -153,13 +156,13 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let now = self.core.now();
         let a = AudioRecord {
             hash: *hash,
-            state: AudioState::PendingUpload,
+            phase: AudioPhase::PendingUpload {
+                due_at: now + lease_ms,
+            },
             generation: prev.map_or(0, |p| p.value.generation) + 1,
             format,
             size: 0,
-            blob_version: None,
             refs: 0,
-            due_at: Some(now + lease_ms),
             updated_at: now,
         };
         let mut txn = self.core.txn();
@@ -175,19 +178,20 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// The active record for a verified object, from a pending (or gone) record.
     pub(crate) fn activated(&self, from: &AudioRecord, meta: &ObjectMeta) -> AudioRecord {
         let now = self.core.now();
-        let generation = match from.state {
+        let generation = match from.state() {
             AudioState::PendingUpload => from.generation,
             _ => from.generation + 1,
         };
         AudioRecord {
             hash: from.hash,
-            state: AudioState::Active,
+            phase: AudioPhase::Active {
+                blob_version: meta.version.clone(),
+                due_at: Some(now + ms(self.core.cfg.unreferenced_ttl)),
+            },
             generation,
             format: from.format,
             size: meta.size,
-            blob_version: Some(meta.version.clone()),
             refs: 0,
-            due_at: Some(now + ms(self.core.cfg.unreferenced_ttl)),
             updated_at: now,
         }
     }
@@ -242,12 +246,20 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             url,
             url_expires_at,
             deduplicated,
-            state: a.state,
+            state: a.state(),
         })
     }
 
     pub(crate) async fn download_url(&self, a: &AudioRecord) -> Result<(String, i64), DedupError> {
-        let version = a.blob_version.as_deref().unwrap_or_default();
+        let AudioPhase::Active { blob_version, .. } = &a.phase else {
+            // Callers serve only active audio; anything else is a store out of step.
+            return Err(StoreError::Corrupt {
+                key: keys::audio(&a.hash).to_string(),
+                reason: format!("a download of {} audio", a.state().as_str()),
+            }
+            .into());
+        };
+        let version = blob_version.as_str();
         let signed = self
             .core
             .blobs

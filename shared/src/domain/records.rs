@@ -37,20 +37,75 @@ impl AudioState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AudioRecord {
     pub hash: ContentHash,
-    pub state: AudioState,
+    /// The state, with what only that state has (stored flat: `state`, `blob_version`,
+    /// `due_at`, as before it was an enum).
+    #[serde(flatten)]
+    pub phase: AudioPhase,
     /// Bumped each time the content comes back after `Gone`; grants are per generation.
     pub generation: u64,
     pub format: AudioFormat,
     /// Verified size once active; 0 while pending.
     pub size: u64,
-    /// The blob store's version id of the object this record owns.
-    pub blob_version: Option<String>,
     /// Live references. Equal to the number of live reference records, by construction.
     pub refs: u64,
-    /// While pending: when the upload lease ends. While active with no references: when the
-    /// content becomes eligible for deletion.
-    pub due_at: Option<Millis>,
     pub updated_at: Millis,
+}
+
+/// An audio record's state and what it carries: a version id exists exactly while there is
+/// an object to own, and a due time exactly while something is waiting for one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AudioPhase {
+    /// An upload is in flight; its claim (the lease) ends at `due_at`.
+    PendingUpload { due_at: Millis },
+    /// The verified object is `blob_version`. With no references it may be deleted from
+    /// `due_at` (its grace or unreferenced lifetime); `None` while references hold it.
+    Active {
+        blob_version: String,
+        #[serde(default)]
+        due_at: Option<Millis>,
+    },
+    /// No references remain; exactly `blob_version` is being deleted.
+    Deleting { blob_version: String },
+    /// Deleted. The record stays as a version fence.
+    Gone,
+}
+
+impl AudioPhase {
+    pub fn state(&self) -> AudioState {
+        match self {
+            Self::PendingUpload { .. } => AudioState::PendingUpload,
+            Self::Active { .. } => AudioState::Active,
+            Self::Deleting { .. } => AudioState::Deleting,
+            Self::Gone => AudioState::Gone,
+        }
+    }
+}
+
+impl AudioRecord {
+    pub fn state(&self) -> AudioState {
+        self.phase.state()
+    }
+
+    /// The object version the record owns (active or being deleted).
+    pub fn blob_version(&self) -> Option<&str> {
+        match &self.phase {
+            AudioPhase::Active { blob_version, .. } | AudioPhase::Deleting { blob_version } => {
+                Some(blob_version)
+            }
+            AudioPhase::PendingUpload { .. } | AudioPhase::Gone => None,
+        }
+    }
+
+    /// When the reconciler must look at it: a pending claim's lease end, or when active audio
+    /// no reference holds may be deleted.
+    pub fn due_at(&self) -> Option<Millis> {
+        match &self.phase {
+            AudioPhase::PendingUpload { due_at } => Some(*due_at),
+            AudioPhase::Active { due_at, .. } => *due_at,
+            AudioPhase::Deleting { .. } | AudioPhase::Gone => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,6 +214,60 @@ impl std::fmt::Display for Uploader {
             Self::Direct => f.write_str("direct"),
             Self::Snapshot(id) => write!(f, "message:{id}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod audio_record_tests {
+    use super::*;
+
+    /// Records written before the state was an enum (every field present, nulls included)
+    /// read as the same states, and a written record keeps the flat field names.
+    #[test]
+    fn stored_records_keep_their_flat_shape() {
+        let h = "ab".repeat(32);
+        let old = |state: &str, version: &str, due: &str| {
+            format!(
+                r#"{{"hash":"{h}","state":"{state}","generation":1,"format":"mp3","size":3,"blob_version":{version},"refs":0,"due_at":{due},"updated_at":5}}"#
+            )
+        };
+        let read = |j: String| serde_json::from_str::<AudioRecord>(&j).unwrap().phase;
+        assert_eq!(
+            read(old("pending_upload", "null", "9")),
+            AudioPhase::PendingUpload { due_at: 9 }
+        );
+        assert_eq!(
+            read(old("active", "\"v1\"", "null")),
+            AudioPhase::Active {
+                blob_version: "v1".into(),
+                due_at: None
+            }
+        );
+        assert_eq!(
+            read(old("deleting", "\"v1\"", "null")),
+            AudioPhase::Deleting {
+                blob_version: "v1".into()
+            }
+        );
+        assert_eq!(read(old("gone", "null", "null")), AudioPhase::Gone);
+        // An active record must name its version.
+        assert!(serde_json::from_str::<AudioRecord>(&old("active", "null", "null")).is_err());
+        let written = serde_json::to_value(AudioRecord {
+            hash: h.parse().unwrap(),
+            phase: AudioPhase::Active {
+                blob_version: "v2".into(),
+                due_at: Some(7),
+            },
+            generation: 1,
+            format: AudioFormat::Mp3,
+            size: 3,
+            refs: 0,
+            updated_at: 5,
+        })
+        .unwrap();
+        assert_eq!(written["state"], "active");
+        assert_eq!(written["blob_version"], "v2");
+        assert_eq!(written["due_at"], 7);
     }
 }
 

@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use super::{keys, ms, Core};
 use crate::domain::{
-    AudioRecord, AudioState, HolderRecord, Millis, ReferenceRecord, SessionRecord, SessionState,
+    AudioPhase, AudioRecord, AudioState, HolderRecord, Millis, ReferenceRecord, SessionRecord,
+    SessionState,
 };
 use crate::error::{DedupError, StoreError};
 use crate::ports::{BlobStore, Expect, Item, Key, TransactionalIndex, TxnError, WriteOp};
@@ -139,7 +140,7 @@ impl StatsDelta {
     /// Counts an audio record entering or leaving "active with no reference", from the
     /// record before and after the write, so no flow has to remember to.
     fn unreferenced(&mut self, before: Option<&AudioRecord>, after: &AudioRecord) {
-        let unreferenced = |a: &AudioRecord| a.state == AudioState::Active && a.refs == 0;
+        let unreferenced = |a: &AudioRecord| a.state() == AudioState::Active && a.refs == 0;
         for (a, sign) in before.map(|b| (b, -1)).into_iter().chain([(after, 1)]) {
             if unreferenced(a) {
                 self.unreferenced_files += sign;
@@ -208,10 +209,10 @@ impl Txn {
         expect: Expect,
     ) -> Result<(), DedupError> {
         self.stats.unreferenced(before, rec);
-        let due = match rec.state {
-            AudioState::PendingUpload => rec.due_at,
-            AudioState::Active if rec.refs == 0 => rec.due_at,
-            AudioState::Deleting => Some(rec.updated_at),
+        let due = match &rec.phase {
+            AudioPhase::PendingUpload { due_at } => Some(*due_at),
+            AudioPhase::Active { due_at, .. } if rec.refs == 0 => *due_at,
+            AudioPhase::Deleting { .. } => Some(rec.updated_at),
             _ => None,
         };
         self.put_json(keys::audio(&rec.hash), rec, expect, None, due)

@@ -44,7 +44,7 @@ pub fn safety(
         if a.refs != n {
             bad.push(format!("{hash}: count {} but {n} live references", a.refs));
         }
-        match a.state {
+        match a.state() {
             AudioState::Active => {
                 active += 1;
                 stored += a.size as i64;
@@ -53,8 +53,8 @@ pub fn safety(
                     unreferenced_bytes += a.size as i64;
                 }
                 let key = keys::blob_key(prefix, hash);
-                match (objects.get(key.as_str()), &a.blob_version) {
-                    (Some(o), Some(v)) if &o.version == v => {
+                match (objects.get(key.as_str()), a.blob_version()) {
+                    (Some(o), Some(v)) if o.version == v => {
                         if o.sha256 != Some(*hash) {
                             bad.push(format!("{hash}: stored bytes do not hash to the key"));
                         }
@@ -72,10 +72,10 @@ pub fn safety(
             AudioState::Deleting => deleting += 1,
             AudioState::Gone => {}
         }
-        if a.state != AudioState::Active && n > 0 {
+        if a.state() != AudioState::Active && n > 0 {
             bad.push(format!(
                 "{hash}: {n} live references to {} audio",
-                a.state.as_str()
+                a.state().as_str()
             ));
         }
     }
@@ -181,18 +181,17 @@ pub fn settled(items: &[Item], objects: &[ObjectMeta], prefix: &str) -> Vec<Stri
     for item in items {
         if item.key.sk == "META" && item.key.pk.starts_with("AUDIO#") {
             if let Ok(a) = serde_json::from_str::<AudioRecord>(&item.body) {
-                match a.state {
+                match a.state() {
                     AudioState::PendingUpload | AudioState::Deleting => {
-                        bad.push(format!("{}: stuck in {}", a.hash, a.state.as_str()))
+                        bad.push(format!("{}: stuck in {}", a.hash, a.state().as_str()))
                     }
                     AudioState::Active if a.refs == 0 => {
                         bad.push(format!("{}: active with no references", a.hash))
                     }
                     AudioState::Active => {
-                        active_versions.insert(
-                            keys::blob_key(prefix, &a.hash),
-                            a.blob_version.clone().unwrap_or_default(),
-                        );
+                        if let Some(v) = a.blob_version() {
+                            active_versions.insert(keys::blob_key(prefix, &a.hash), v.to_owned());
+                        }
                     }
                     AudioState::Gone => {}
                 }

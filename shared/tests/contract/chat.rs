@@ -72,7 +72,7 @@ async fn audio_refs<E: Env>(env: &E, hash: &ContentHash) -> (AudioState, u64) {
         .unwrap()
         .expect("audio record");
     let a: AudioRecord = serde_json::from_str(&item.body).unwrap();
-    (a.state, a.refs)
+    (a.state(), a.refs)
 }
 
 use audio_dedup_core::ports::{BlobStore as _, TransactionalIndex as _};
