@@ -8,7 +8,7 @@ mod extract;
 pub mod lambda;
 mod openapi;
 mod routes;
-mod spool;
+pub mod spool;
 
 use std::path::PathBuf;
 use std::sync::Arc;

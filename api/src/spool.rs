@@ -1,5 +1,6 @@
-//! Direct-upload bodies, hashed while they arrive and never held whole in memory (except
-//! where the platform already holds them: a Lambda event).
+//! The one request-body spooler: bodies are hashed while they arrive and written to a file,
+//! never held whole in memory (except where the platform already holds them: a Lambda
+//! event). Direct uploads use it, and so do the local server's signed blob PUTs.
 
 use std::path::{Path, PathBuf};
 
@@ -31,51 +32,79 @@ pub struct Spooled {
     _temp: Option<TempPath>,
 }
 
+/// Why a body was not spooled.
+#[derive(Debug)]
+pub enum SpoolError {
+    /// More bytes than the limit arrived.
+    TooLong,
+    /// The connection failed mid-body.
+    Unreadable,
+    Io(std::io::Error),
+}
+
+impl SpoolError {
+    /// The answer for a body that was not spooled; `too_long` names the limit's meaning.
+    pub fn into_api(self, too_long: impl FnOnce() -> ApiError) -> ApiError {
+        match self {
+            Self::TooLong => too_long(),
+            Self::Unreadable => ApiError::new(
+                ErrorCode::UnreadableBody,
+                "the request body could not be read",
+            ),
+            Self::Io(e) => {
+                tracing::error!(error = %e, "spooling a request body failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
 fn too_large(limit: u64) -> ApiError {
     ApiError::new(ErrorCode::BodyTooLarge,
         format!("direct uploads are at most {limit} bytes; open an upload session with POST /v1/audio/uploads"),
     )
 }
 
-fn io_error(e: std::io::Error) -> ApiError {
-    tracing::error!(error = %e, "spooling an upload failed");
-    ApiError::internal()
+/// A direct upload's body, at most `limit` bytes (413 `body_too_large` past it).
+pub async fn spool(body: Body, limit: u64, dir: Option<&Path>) -> Result<Spooled, ApiError> {
+    spool_body(body, limit, dir)
+        .await
+        .map_err(|e| e.into_api(|| too_large(limit)))
 }
 
-pub async fn spool(body: Body, limit: u64, dir: Option<&Path>) -> Result<Spooled, ApiError> {
+/// Spools `body` into a new file in `dir` (in memory without one), hashing it, refusing it
+/// once more than `limit` bytes have arrived.
+pub async fn spool_body(body: Body, limit: u64, dir: Option<&Path>) -> Result<Spooled, SpoolError> {
     let mut hasher = StreamingHasher::new();
     let mut body = body;
     let (mut file, temp) = match dir {
         Some(d) => {
             let path = d.join(format!("{}.upload", uuid::Uuid::new_v4().simple()));
-            let f = tokio::fs::File::create(&path).await.map_err(io_error)?;
+            let f = tokio::fs::File::create(&path)
+                .await
+                .map_err(SpoolError::Io)?;
             (Some(f), Some(TempPath(path)))
         }
         None => (None, None),
     };
     let mut mem = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| {
-            ApiError::new(
-                ErrorCode::UnreadableBody,
-                "the request body could not be read",
-            )
-        })?;
+        let frame = frame.map_err(|_| SpoolError::Unreadable)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
         if hasher.len() + data.len() as u64 > limit {
-            return Err(too_large(limit));
+            return Err(SpoolError::TooLong);
         }
         hasher.update(&data);
         match file.as_mut() {
-            Some(f) => f.write_all(&data).await.map_err(io_error)?,
+            Some(f) => f.write_all(&data).await.map_err(SpoolError::Io)?,
             None => mem.extend_from_slice(&data),
         }
     }
     if let Some(mut f) = file {
-        f.flush().await.map_err(io_error)?;
-        f.sync_all().await.map_err(io_error)?;
+        f.flush().await.map_err(SpoolError::Io)?;
+        f.sync_all().await.map_err(SpoolError::Io)?;
     }
     let (hash, size) = hasher.finish();
     let body = match &temp {

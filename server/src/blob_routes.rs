@@ -9,12 +9,12 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::BodyExt;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use audio_dedup_api::spool::spool_body;
 use audio_dedup_api::ApiError;
-use audio_dedup_core::ports::{BlobBody, BlobStore, PutOutcome, PutRequest};
+use audio_dedup_core::ports::{BlobStore, PutOutcome, PutRequest};
 use audio_dedup_core::store::embedded::{FsBlobStore, SignError};
 use audio_dedup_core::{protocol::keys, ErrorCode};
 
@@ -90,27 +90,13 @@ pub async fn put_object(
         }
         Some(_) => {}
     }
-    let mut spool = state.blobs.spool().await.map_err(internal)?;
-    let mut body = body;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| {
-            ApiError::new(
-                ErrorCode::UnreadableBody,
-                "the request body could not be read",
-            )
+    // Spooled in the store's own folder, so the put links the file into place.
+    let spooled = spool_body(body, grant.size, Some(&state.blobs.spool_dir()))
+        .await
+        .map_err(|e| {
+            e.into_api(|| ApiError::new(ErrorCode::SizeMismatch, "the body is longer than signed"))
         })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if spool.len() + data.len() as u64 > grant.size {
-            return Err(ApiError::new(
-                ErrorCode::SizeMismatch,
-                "the body is longer than signed",
-            ));
-        }
-        spool.write(&data).await.map_err(internal)?;
-    }
-    let (path, hash, size) = spool.finish().await.map_err(internal)?;
+    let (hash, size) = (spooled.hash, spooled.size);
     if size != grant.size {
         return Err(ApiError::new(
             ErrorCode::SizeMismatch,
@@ -130,7 +116,7 @@ pub async fn put_object(
         .unwrap_or("application/octet-stream");
     let put = PutRequest {
         key,
-        body: BlobBody::File(path),
+        body: spooled.body.clone(),
         sha256: hash,
         size,
         content_type,

@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::signing::UrlSigner;
-use crate::domain::{hash_reader, ContentHash, SignedRequest, StreamingHasher};
+use crate::domain::{hash_reader, ContentHash, SignedRequest};
 use crate::error::StoreError;
 use crate::ports::{
     BlobBody, BlobEvent, BlobStore, Clock, ObjectMeta, ObjectPage, PresignPut, PutOutcome,
@@ -61,48 +60,6 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// A request body being written to a temporary file and hashed as it arrives.
-pub struct SpooledFile {
-    path: PathBuf,
-    file: Option<tokio::fs::File>,
-    hasher: StreamingHasher,
-}
-
-impl SpooledFile {
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.hasher.update(chunk);
-        match self.file.as_mut() {
-            Some(f) => Ok(f.write_all(chunk).await?),
-            None => Err(StoreError::Unavailable("spool already finished".into())),
-        }
-    }
-
-    pub fn len(&self) -> u64 {
-        self.hasher.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hasher.is_empty()
-    }
-
-    /// Flushes and fsyncs; returns the file's path, hash and size. The temp name is removed
-    /// when this value drops (a put links the file into place, so the object stays).
-    pub async fn finish(&mut self) -> Result<(PathBuf, ContentHash, u64), StoreError> {
-        if let Some(mut f) = self.file.take() {
-            f.flush().await?;
-            f.sync_all().await?;
-        }
-        let (hash, len) = self.hasher.clone().finish();
-        Ok((self.path.clone(), hash, len))
-    }
-}
-
-impl Drop for SpooledFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 struct Found {
     path: PathBuf,
     meta: ObjectMeta,
@@ -141,18 +98,9 @@ impl FsBlobStore {
         &self.inner.clock
     }
 
-    pub async fn spool(&self) -> Result<SpooledFile, StoreError> {
-        let path = self
-            .inner
-            .root
-            .join("tmp")
-            .join(format!("{}.part", uuid::Uuid::new_v4().simple()));
-        let file = tokio::fs::File::create(&path).await?;
-        Ok(SpooledFile {
-            path,
-            file: Some(file),
-            hasher: StreamingHasher::new(),
-        })
+    /// Where a body is spooled before a put links it into place (same filesystem).
+    pub fn spool_dir(&self) -> PathBuf {
+        self.inner.root.join("tmp")
     }
 
     /// The file holding one exact version, for serving a signed GET.
