@@ -12,7 +12,12 @@ pub use s3::S3Blobs;
 pub async fn clients_from_env(
     force_path_style: bool,
 ) -> (aws_sdk_dynamodb::Client, aws_sdk_s3::Client) {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
     let cfg = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(https)
         .load()
         .await;
     let s3_cfg = aws_sdk_s3::config::Builder::from(&cfg)
