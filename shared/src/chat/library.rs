@@ -14,6 +14,7 @@ use crate::domain::{
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
+use crate::protocol::codec::{Txn, Versioned};
 use crate::protocol::{keys, Step};
 
 fn item_not_found() -> DedupError {
@@ -58,11 +59,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
                 return Ok(Step::Done((i.value.view(), false, None)));
             }
         }
-        let head = self
-            .core
-            .load::<LogHead>(&keys::library_head(owner))
-            .await?;
-        let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
+        let (head, seq) = self.next_log_position(owner).await?;
         let now = self.core.now();
         let mut txn = self.core.txn();
         let mut deleting = None;
@@ -116,12 +113,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             &rec,
             crate::protocol::codec::expect_of(item.as_ref()),
         )?;
-        txn.put(
-            keys::library_head(owner),
-            &LogHead { last_seq: seq },
-            crate::protocol::codec::expect_of(head.as_ref()),
-        )?;
-        txn.put(keys::library_log(owner, seq), &view, Expect::Absent)?;
+        append_log(&mut txn, owner, head.as_ref(), seq, &view)?;
         Ok(if self.core.commit(txn).await? {
             Step::Done((view, live.is_none(), deleting))
         } else {
@@ -155,11 +147,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         if item.value.state == EntryState::Deleted {
             return Ok(Step::Done(None));
         }
-        let head = self
-            .core
-            .load::<LogHead>(&keys::library_head(owner))
-            .await?;
-        let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
+        let (head, seq) = self.next_log_position(owner).await?;
         let now = self.core.now();
         let mut txn = self.core.txn();
         let old_ref = ReferenceId::of_library_item(id, item.value.incarnation);
@@ -174,17 +162,25 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         rec.updated_at = now;
         rec.deleted_at = Some(now);
         txn.put(keys::library_item(owner, id), &rec, item.expect())?;
-        txn.put(
-            keys::library_head(owner),
-            &LogHead { last_seq: seq },
-            crate::protocol::codec::expect_of(head.as_ref()),
-        )?;
-        txn.put(keys::library_log(owner, seq), &rec.view(), Expect::Absent)?;
+        append_log(&mut txn, owner, head.as_ref(), seq, &rec.view())?;
         Ok(if self.core.commit(txn).await? {
             Step::Done(deleting)
         } else {
             Step::Lost
         })
+    }
+
+    /// The caller's library log head as read, and the position the next change takes.
+    async fn next_log_position(
+        &self,
+        owner: &UserId,
+    ) -> Result<(Option<Versioned<LogHead>>, Seq), DedupError> {
+        let head = self
+            .core
+            .load::<LogHead>(&keys::library_head(owner))
+            .await?;
+        let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
+        Ok((head, seq))
     }
 
     /// Changes to the caller's library after position `since`, oldest first.
@@ -203,4 +199,21 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         }
         self.read_log(&keys::library_pk(owner), since, limit).await
     }
+}
+
+/// Plans a change's log entry at `seq` and the head that moves to it (conditioned on the
+/// head as read, so two changes never take one position).
+fn append_log(
+    txn: &mut Txn,
+    owner: &UserId,
+    head: Option<&Versioned<LogHead>>,
+    seq: Seq,
+    view: &LibraryItemView,
+) -> Result<(), DedupError> {
+    txn.put(
+        keys::library_head(owner),
+        &LogHead { last_seq: seq },
+        crate::protocol::codec::expect_of(head),
+    )?;
+    txn.put(keys::library_log(owner, seq), view, Expect::Absent)
 }
