@@ -922,3 +922,47 @@ async fn a_cancelled_batch_leader_strands_no_one() {
     assert_eq!(h.d.audio().stats().await.unwrap().total_references, 31);
     h.check();
 }
+
+/// Counts index reads, to compare what two requests cost.
+#[derive(Default)]
+struct CountGets(AtomicU32);
+impl FaultHook for CountGets {
+    fn fault(&self, op: Op) -> Fault {
+        if op == Op::IndexGet {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        Fault::None
+    }
+}
+
+#[tokio::test]
+async fn content_someone_else_holds_costs_a_stranger_what_unknown_content_does() {
+    let gets = Arc::new(CountGets::default());
+    let h = harness_with(DedupConfig::default(), gets.clone());
+    h.upload("alice", b"alice's track", Some("m1"))
+        .await
+        .unwrap();
+    let stored = ContentHash::of(b"alice's track");
+    let unknown = ContentHash::of(b"nobody's track");
+    let cost = |hash: ContentHash| {
+        let (h, gets) = (&h, gets.clone());
+        async move {
+            let before = gets.0.load(Ordering::SeqCst);
+            let e =
+                h.d.audio()
+                    .describe(&user("mallory"), &hash)
+                    .await
+                    .unwrap_err();
+            assert_eq!(e.code(), ErrorCode::AudioNotFound);
+            gets.0.load(Ordering::SeqCst) - before
+        }
+    };
+    let (for_stored, for_unknown) = (cost(stored).await, cost(unknown).await);
+    assert_eq!(
+        for_stored, for_unknown,
+        "reads for a stranger: held elsewhere vs unknown"
+    );
+    assert_eq!(for_unknown, 1, "only the caller's holder record is read");
+    // The holder still reads what it holds.
+    assert!(h.d.audio().describe(&user("alice"), &stored).await.is_ok());
+}

@@ -31,15 +31,26 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
 
     /// The audio record, if `owner` proved possession of its current generation; otherwise
     /// the same 404 as for unknown content, so nothing leaks about other callers' audio.
+    /// The caller's holder record is read first: without one, unknown content and someone
+    /// else's cost the same single read.
     pub(crate) async fn held_audio(
         &self,
         owner: &UserId,
         hash: &ContentHash,
     ) -> Result<Versioned<AudioRecord>, DedupError> {
+        let Some(holder) = self
+            .core
+            .load::<HolderRecord>(&keys::holder(hash, owner))
+            .await?
+        else {
+            return Err(audio_not_found());
+        };
         let Some(p) = self.core.load_audio(hash).await? else {
             return Err(audio_not_found());
         };
-        self.check_holds(owner, &p.value).await?;
+        if holder.value.generation != p.value.generation || p.value.state() == AudioState::Gone {
+            return Err(audio_not_found());
+        }
         Ok(p)
     }
 
