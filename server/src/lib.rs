@@ -2,6 +2,7 @@
 //! the blob-event pump and the scheduled reconciler.
 
 mod blob_routes;
+pub mod in_process;
 mod private_files;
 pub mod tokens;
 

@@ -4,13 +4,12 @@
 pub mod spec;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use audio_dedup_core::ports::{Item, Key, ObjectMeta};
 use audio_dedup_core::protocol::{invariants, keys};
-use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_core::DedupConfig;
-use audio_dedup_server::{ServerConfig, TokenTable};
+use audio_dedup_server::in_process::TempServer;
+use audio_dedup_server::TokenTable;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -20,11 +19,11 @@ pub const ADMIN: &str = "admin-token-000000000003";
 /// A third user, in none of the others' threads unless a test adds her.
 pub const CAROL: &str = "carol-token-0000000000004";
 
+/// The local server in-process (`audio_dedup_server::in_process`) with four users, and a
+/// client that checks every answer against the spec.
 pub struct TestServer {
     pub base: String,
-    pub dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<Result<(), audio_dedup_server::ServerError>>>,
+    inner: TempServer,
 }
 
 impl TestServer {
@@ -33,52 +32,18 @@ impl TestServer {
     }
 
     pub async fn start_with(dedup: DedupConfig) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
         let mut tokens = TokenTable::default();
         tokens.insert(ALICE, "alice", false).expect("token");
         tokens.insert(BOB, "bob", false).expect("token");
         tokens.insert(ADMIN, "root", true).expect("token");
         tokens.insert(CAROL, "carol", false).expect("token");
-        let cfg = ServerConfig {
-            data_dir: dir.path().to_owned(),
-            public_url: None,
-            tokens,
-            dedup,
-            reconcile_every: Duration::ZERO,
-            sync: Synchronous::Normal,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let inner = TempServer::start(tokens, |cfg| cfg.dedup = dedup)
             .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
-            let _ = rx.await;
-        }));
-        let server = Self {
-            base,
-            dir,
-            shutdown: Some(tx),
-            handle: Some(handle),
-        };
-        server.wait_ready().await;
-        server
-    }
-
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http
-                .get(format!("{}/healthz", self.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            .expect("start the test server");
+        Self {
+            base: inner.url(),
+            inner,
         }
-        panic!("test server did not become ready in 2 s");
     }
 
     pub fn client(&self, token: &str) -> Client {
@@ -97,32 +62,22 @@ impl TestServer {
         }
     }
 
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+    pub fn data_dir(&self) -> PathBuf {
+        self.inner.data_dir()
     }
 
     /// Stops the server gracefully; returns what `run` returned.
-    pub async fn stop(mut self) -> Result<(), String> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match self.handle.take() {
-            Some(h) => match tokio::time::timeout(Duration::from_secs(10), h).await {
-                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("shutdown timed out".into()),
-            },
-            None => Ok(()),
-        }
+    pub async fn stop(self) -> Result<(), String> {
+        self.inner.stop().await
     }
 
     pub fn blob_dir(&self, hash: &str) -> PathBuf {
-        self.dir.path().join("blobs/objects/audio").join(hash)
+        self.data_dir().join("blobs/objects/audio").join(hash)
     }
 
     /// Everything the server stores: index rows, counters and blob files.
     pub fn dump(&self) -> StoreDump {
-        StoreDump::read(self.dir.path())
+        StoreDump::read(&self.data_dir())
     }
 
     /// Safety invariants over the real stores.
@@ -136,14 +91,6 @@ impl TestServer {
         let d = self.dump();
         let bad = invariants::settled(&d.items, &d.objects, "");
         assert!(bad.is_empty(), "not settled: {bad:#?}");
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 

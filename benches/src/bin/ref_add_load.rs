@@ -34,7 +34,8 @@ use audio_dedup_benches::{
 };
 use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_core::DedupConfig;
-use audio_dedup_server::{ServerConfig, TokenTable};
+use audio_dedup_server::in_process::{test_config, InProcess};
+use audio_dedup_server::TokenTable;
 
 const TOKEN: &str = "bench-user-a-token-0001";
 const TARGET_RPS: f64 = 10_000.0;
@@ -395,17 +396,9 @@ fn run_one(
     tokens
         .insert(TOKEN, "user-a", false)
         .map_err(|e| e.to_string())?;
-    let cfg = ServerConfig {
-        data_dir: dir.path().to_owned(),
-        public_url: None,
-        tokens,
-        dedup: DedupConfig {
-            max_add_batch: batch,
-            ..DedupConfig::default()
-        },
-        reconcile_every: Duration::ZERO,
-        sync,
-    };
+    let mut cfg = test_config(dir.path(), tokens);
+    cfg.dedup.max_add_batch = batch;
+    cfg.sync = sync;
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(knobs.server_threads)
@@ -413,14 +406,10 @@ fn run_one(
         .enable_all()
         .build()
         .map_err(|e| format!("server runtime: {e}"))?;
-    let listener = server_rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .map_err(|e| format!("bind: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = server_rt.spawn(audio_dedup_server::run(listener, cfg, async move {
-        let _ = stop_rx.await;
-    }));
+    // Started inside the server runtime, so its tasks run on the server's workers.
+    let mut server =
+        server_rt.block_on(InProcess::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    let addr = server.addr();
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(knobs.client_threads)
@@ -437,15 +426,7 @@ fn run_one(
     });
     drop(client_rt);
 
-    let _ = stop_tx.send(());
-    let stopped = server_rt.block_on(async {
-        match tokio::time::timeout(Duration::from_secs(10), server).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(format!("server: {e}")),
-            Ok(Err(e)) => Err(format!("server task: {e}")),
-            Err(_) => Err("server did not stop within 10 s".into()),
-        }
-    });
+    let stopped = server_rt.block_on(server.stop());
     server_rt.shutdown_timeout(Duration::from_secs(5));
     let mut r = outcome?;
     stopped?;

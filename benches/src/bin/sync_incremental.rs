@@ -19,12 +19,10 @@ use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, StatusCode};
 
-use audio_dedup_benches::{
-    call, connect, env_u64, machine_summary, pass_fail, percentile, wait_healthy,
-};
+use audio_dedup_benches::{call, connect, env_u64, machine_summary, pass_fail, percentile};
 use audio_dedup_core::store::embedded::Synchronous;
-use audio_dedup_core::DedupConfig;
-use audio_dedup_server::{ServerConfig, TokenTable};
+use audio_dedup_server::in_process::{test_config, InProcess};
+use audio_dedup_server::TokenTable;
 
 const ALICE: &str = "bench-alice-token-00001";
 const BOB: &str = "bench-bob-token-0000002";
@@ -130,23 +128,10 @@ async fn run() -> Result<bool, String> {
     tokens
         .insert(BOB, "bob", false)
         .map_err(|e| e.to_string())?;
-    let cfg = ServerConfig {
-        data_dir: dir.path().to_owned(),
-        public_url: None,
-        tokens,
-        dedup: DedupConfig::default(),
-        reconcile_every: Duration::ZERO,
-        sync: Synchronous::Full,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("bind: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
-        let _ = stop_rx.await;
-    }));
-    wait_healthy(addr, Duration::from_secs(5)).await?;
+    let mut cfg = test_config(dir.path(), tokens);
+    cfg.sync = Synchronous::Full;
+    let mut server = InProcess::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = server.addr();
     let mut c = connect(addr).await?;
     for (thread, size) in [("big", n), ("small", 100)] {
         let body = format!(r#"{{"id":"{thread}","title":"{thread}","members":["bob"]}}"#);
@@ -224,8 +209,7 @@ async fn run() -> Result<bool, String> {
         }
     }
     let full_ms = t.elapsed().as_secs_f64() * 1e3;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    let _ = server.stop().await;
 
     println!();
     println!("{}", machine_summary());

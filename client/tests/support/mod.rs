@@ -11,20 +11,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use audio_dedup_core::store::embedded::Synchronous;
-use audio_dedup_core::DedupConfig;
-use audio_dedup_server::{ServerConfig, TokenTable};
+use audio_dedup_server::in_process::{test_config, InProcess};
+use audio_dedup_server::TokenTable;
 
 pub const ALICE: &str = "client-alice-token-00001";
 pub const BOB: &str = "client-bob-token-0000002";
 /// A third user, in no thread of the others.
 pub const CAROL: &str = "client-carol-token-00003";
 
+/// The server (`audio_dedup_server::in_process`) with the three users, plus the calls a
+/// second device would make.
 pub struct Server {
     pub addr: SocketAddr,
-    data: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    inner: InProcess,
 }
 
 impl Server {
@@ -34,82 +33,31 @@ impl Server {
         tokens.insert(ALICE, "alice", false).expect("token");
         tokens.insert(BOB, "bob", false).expect("token");
         tokens.insert(CAROL, "carol", false).expect("token");
-        let cfg = ServerConfig {
-            data_dir: data.to_owned(),
-            public_url: None,
-            tokens,
-            dedup: DedupConfig::default(),
-            reconcile_every: Duration::ZERO,
-            sync: Synchronous::Normal,
-        };
-        let mut listener = None;
-        for _ in 0..100 {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => {
-                    listener = Some(l);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
+        let inner = InProcess::start(test_config(data, tokens), addr)
+            .await
+            .expect("start the server");
+        Self {
+            addr: inner.addr(),
+            inner,
         }
-        let listener = listener.expect("bind the server port");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = audio_dedup_server::run(listener, cfg, async move {
-                let _ = rx.await;
-            })
-            .await;
-        });
-        let s = Self {
-            addr,
-            data: data.to_owned(),
-            stop: Some(tx),
-            task: Some(task),
-        };
-        s.wait_ready().await;
-        s
-    }
-
-    async fn wait_ready(&self) {
-        let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http
-                .get(format!("http://{}/healthz", self.addr))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("server not ready");
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.inner.url()
     }
 
     /// Where the server keeps the object of `hash` (absent once the audio is deleted).
     pub fn blob_path(&self, hash: &str) -> PathBuf {
-        self.data.join("blobs/objects/audio").join(hash)
+        self.inner.data_dir().join("blobs/objects/audio").join(hash)
     }
 
     /// Stops it; the port is free again once this returns.
     pub async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+        let _ = self.inner.stop().await;
     }
 
     pub async fn restart(&mut self) {
-        self.stop().await;
-        let again = Server::start(&self.data, self.addr).await;
-        *self = again;
+        self.inner.restart().await.expect("restart the server");
     }
 
     /// Direct HTTP calls, as another device would make them.
@@ -153,14 +101,6 @@ impl Server {
             }
         }
         out
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
