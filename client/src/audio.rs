@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use audio_dedup_core::{AudioRender, AudioView, ContentHash, MessageId, StreamingHasher, ThreadId};
 use futures_util::StreamExt;
-use rusqlite::{params, OptionalExtension};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{ApiError, ClientError};
@@ -257,8 +256,8 @@ impl<'a> Reporter<'a> {
     }
 }
 
-/// SHA-256 and length of a file, streamed (never the whole file in memory).
-pub(crate) async fn hash_file_sized(path: &Path) -> Result<(ContentHash, u64), ClientError> {
+/// SHA-256 and length of a file, streamed (never the whole file in memory), off the executor.
+pub(crate) async fn hash_file(path: &Path) -> Result<(ContentHash, u64), ClientError> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || -> Result<(ContentHash, u64), ClientError> {
         let f = std::fs::File::open(&path)?;
@@ -299,14 +298,6 @@ impl Drop for Partial {
     }
 }
 
-fn next_tick(c: &rusqlite::Connection) -> rusqlite::Result<i64> {
-    c.query_row(
-        "SELECT COALESCE(MAX(last_access), 0) + 1 FROM audio",
-        [],
-        |r| r.get(0),
-    )
-}
-
 enum Lookup {
     Hit,
     Miss,
@@ -338,7 +329,7 @@ impl Client {
     ) -> Result<AudioHandle, ClientError> {
         let hash = render.content_hash;
         if let Some(local) = local_path_if_recorded {
-            match hash_file_sized(local).await {
+            match hash_file(local).await {
                 Ok((h, _)) if h == hash => {
                     return Ok(AudioHandle::new(
                         &self.audio.pins,
@@ -370,8 +361,10 @@ impl Client {
         message: &MessageId,
         progress: Option<Progress<'_>>,
     ) -> Result<AudioHandle, ClientError> {
+        let (t, m) = (thread.clone(), message.clone());
         let known = self
-            .local_message(thread, message)?
+            .blocking(move |c| c.store.local_message(&t, &m))
+            .await?
             .and_then(|m| m.audio)
             .map(|r| r.content_hash);
         match known {
@@ -414,10 +407,17 @@ impl Client {
         );
         let turn = self.audio.turn(hash);
         let _writer = turn.m.lock().await;
-        match self.lookup(&hash)? {
-            Lookup::Hit => return Ok(handle),
-            Lookup::Damaged => remove_if_present(&self.audio.path_of(&hash))?,
-            Lookup::Miss => {}
+        let found = self
+            .blocking(move |c| {
+                let found = c.lookup(&hash)?;
+                if let Lookup::Damaged = found {
+                    remove_if_present(&c.audio.path_of(&hash))?;
+                }
+                Ok(found)
+            })
+            .await?;
+        if let Lookup::Hit = found {
+            return Ok(handle);
         }
         let view = match origin {
             Origin::Described(v) => v,
@@ -441,19 +441,11 @@ impl Client {
             ) => e,
             Err(e) => return Err(e.into()),
         };
-        let key = hash.as_bytes().to_vec();
-        let carriers: Vec<(String, String)> = self.db.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT thread_id, id FROM messages
-                 WHERE audio_hash = ?1 AND state = 'live' AND seq IS NOT NULL LIMIT 5",
-            )?;
-            let rows = stmt.query_map([key], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })?;
+        let h = *hash;
+        let carriers = self
+            .blocking(move |c| c.store.audio_carriers(&h, 5))
+            .await?;
         for (t, m) in carriers {
-            let (Ok(t), Ok(m)) = (t.parse::<ThreadId>(), m.parse::<MessageId>()) else {
-                continue;
-            };
             match self.api.message_audio(&t, &m).await {
                 Ok(v) => return Ok(v),
                 Err(ApiError::Rejected { status: 404, .. }) => continue,
@@ -464,31 +456,21 @@ impl Client {
     }
 
     /// Looks a hash up in the table; a hit becomes the most recently used. A row whose file
-    /// is gone or has the wrong length (a stat, not a re-hash) is forgotten.
+    /// is gone or has the wrong length (a stat, not a re-hash) is forgotten. Blocking.
     fn lookup(&self, hash: &ContentHash) -> Result<Lookup, ClientError> {
         let path = self.audio.path_of(hash);
-        let key = hash.to_hex();
-        self.db.write(false, |tx| {
-            let size: Option<i64> = tx
-                .query_row("SELECT size FROM audio WHERE hash = ?1", [&key], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            let Some(size) = size else {
+        self.store.write_cache(|tx| {
+            let Some(size) = tx.audio_size(hash)? else {
                 return Ok(Lookup::Miss);
             };
             let intact = std::fs::metadata(&path)
                 .is_ok_and(|m| m.is_file() && i64::try_from(m.len()) == Ok(size));
             if intact {
-                let tick = next_tick(tx)?;
-                tx.execute(
-                    "UPDATE audio SET last_access = ?2 WHERE hash = ?1",
-                    params![key, tick],
-                )?;
+                tx.touch_audio(hash)?;
                 Ok(Lookup::Hit)
             } else {
-                tracing::warn!(hash = %key, "cached audio file missing or damaged; fetching again");
-                tx.execute("DELETE FROM audio WHERE hash = ?1", [&key])?;
+                tracing::warn!(%hash, "cached audio file missing or damaged; fetching again");
+                tx.forget_audio(hash)?;
                 Ok(Lookup::Damaged)
             }
         })
@@ -558,7 +540,9 @@ impl Client {
         }
         file.sync_all().await?;
         drop(file);
-        self.insert_audio_file(hash, total, &tmp)?;
+        let h = *hash;
+        self.blocking(move |c| c.insert_audio_file(&h, total, &tmp))
+            .await?;
         partial.0 = None;
         Ok(())
     }
@@ -566,31 +550,24 @@ impl Client {
     /// Moves a complete, verified and fsynced file into the cache as `audio/<sha256>` (rename,
     /// then the folder fsynced), records it as the most recently used, and enforces the
     /// bounds. The caller holds the hash's pin if the file must survive this insert (a file
-    /// bigger than the whole bound does not otherwise).
-    pub(crate) fn insert_audio_file(
+    /// bigger than the whole bound does not otherwise). Blocking.
+    fn insert_audio_file(
         &self,
         hash: &ContentHash,
         size: u64,
         path_of_temp: &Path,
     ) -> Result<PathBuf, ClientError> {
         // After logout nothing of the previous user is written back.
-        if self.db.is_closed() {
+        if self.store.is_closed() {
             return Err(ClientError::Closed);
         }
         let dest = self.audio.path_of(hash);
         std::fs::rename(path_of_temp, &dest)?;
         sync_dir(&self.audio.dir)?;
         let now = self.cfg.now_ms();
-        let key = hash.to_hex();
         // Durable: a row lost to a power cut would leave a file nothing counts.
-        self.db.write(true, |tx| {
-            let tick = next_tick(tx)?;
-            tx.execute(
-                "INSERT INTO audio (hash, size, fetched_ms, last_access) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (hash) DO UPDATE SET size = ?2, fetched_ms = ?3, last_access = ?4",
-                params![key, to_i64(size), now, tick],
-            )
-        })?;
+        self.store
+            .write_durable(|tx| Ok(tx.record_audio(hash, to_i64(size), now)?))?;
         self.enforce_audio_bounds()?;
         Ok(dest)
     }
@@ -609,43 +586,11 @@ impl Client {
         let max_age = to_i64(u64::try_from(self.cfg.audio_max_age.as_millis()).unwrap_or(u64::MAX));
         let cutoff = self.cfg.now_ms().saturating_sub(max_age);
         let max_bytes = to_i64(self.cfg.audio_max_bytes);
-        let victims: Vec<String> = self.db.read(|c| {
-            let pinned = |h: &str| {
-                h.parse::<ContentHash>()
-                    .is_ok_and(|h| pins.contains_key(&h))
-            };
-            let mut victims = Vec::new();
-            let mut chosen = std::collections::HashSet::new();
-            let mut total: i64 =
-                c.query_row("SELECT COALESCE(SUM(size), 0) FROM audio", [], |r| r.get(0))?;
-            let mut stmt = c.prepare(
-                "SELECT hash, size FROM audio WHERE fetched_ms < ?1 ORDER BY last_access",
-            )?;
-            let mut rows = stmt.query([cutoff])?;
-            while let Some(r) = rows.next()? {
-                let (h, size): (String, i64) = (r.get(0)?, r.get(1)?);
-                if !pinned(&h) {
-                    total -= size;
-                    chosen.insert(h.clone());
-                    victims.push(h);
-                }
-            }
-            if total > max_bytes {
-                let mut stmt = c.prepare("SELECT hash, size FROM audio ORDER BY last_access")?;
-                let mut rows = stmt.query([])?;
-                while let Some(r) = rows.next()? {
-                    if total <= max_bytes {
-                        break;
-                    }
-                    let (h, size): (String, i64) = (r.get(0)?, r.get(1)?);
-                    if !pinned(&h) && !chosen.contains(&h) {
-                        total -= size;
-                        victims.push(h);
-                    }
-                }
-            }
-            Ok(victims)
-        })?;
+        let pinned = |h: &str| {
+            h.parse::<ContentHash>()
+                .is_ok_and(|h| pins.contains_key(&h))
+        };
+        let victims = self.store.audio_victims(cutoff, max_bytes, pinned)?;
         let n = self.remove_entries(&victims)?;
         drop(pins);
         if n > 0 {
@@ -672,53 +617,29 @@ impl Client {
         if gone.is_empty() {
             return Ok(0);
         }
-        self.db.write(false, |tx| {
-            let mut n = 0;
-            for key in &gone {
-                n += tx.execute("DELETE FROM audio WHERE hash = ?1", [key])?;
-            }
-            Ok(n)
-        })
+        self.store.forget_audio_keys(&gone)
     }
 
     /// Bytes of cached audio (from the table; no folder scan).
     pub fn audio_cache_size(&self) -> Result<u64, ClientError> {
-        let n: i64 = self
-            .db
-            .read(|c| c.query_row("SELECT COALESCE(SUM(size), 0) FROM audio", [], |r| r.get(0)))?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        self.store.audio_bytes()
     }
 
     /// The cached contents, most recently used first.
     pub fn cached_audio(&self) -> Result<Vec<ContentHash>, ClientError> {
-        let keys: Vec<String> = self.db.read(|c| {
-            let mut stmt = c.prepare("SELECT hash FROM audio ORDER BY last_access DESC")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect()
-        })?;
+        let keys = self.store.audio_keys_by_recency()?;
         Ok(keys.iter().filter_map(|k| k.parse().ok()).collect())
     }
 
     /// Whether `hash` is in the cache (no request, recency unchanged).
     pub fn is_audio_cached(&self, hash: &ContentHash) -> Result<bool, ClientError> {
-        let key = hash.to_hex();
-        Ok(self
-            .db
-            .read(|c| {
-                c.query_row("SELECT 1 FROM audio WHERE hash = ?1", [&key], |_| Ok(()))
-                    .optional()
-            })?
-            .is_some())
+        self.store.is_audio_cached(hash)
     }
 
     /// Removes every cached file and its row, except files in use (pinned), which stay.
     pub fn clear_audio(&self) -> Result<(), ClientError> {
         let pins = lock(&self.audio.pins);
-        let keys: Vec<String> = self.db.read(|c| {
-            let mut stmt = c.prepare("SELECT hash FROM audio")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            rows.collect()
-        })?;
+        let keys = self.store.audio_keys()?;
         let victims: Vec<String> = keys
             .into_iter()
             .filter(|k| {

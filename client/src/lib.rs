@@ -8,8 +8,9 @@
 //!
 //! - Threads: [`Client::threads`] answers from the cache at once and syncs in the background
 //!   when the last sync is older than 60 s ([`Client::sync_threads`] forces it).
-//! - Messages: [`Client::messages`], [`Client::sync_messages`] (incremental, by cursor),
-//!   [`Client::send_message`] and [`Client::delete_message`] (optimistic, queued).
+//! - Messages: [`Client::messages`], [`Client::messages_page`] (a page of a long thread),
+//!   [`Client::sync_messages`] (incremental, by cursor), [`Client::send_message`] and
+//!   [`Client::delete_message`] (optimistic, queued).
 //! - Snapshots: [`Client::snapshot`] (LRU of 30, exact).
 //! - Audio: [`Client::playable_path`] (size-bounded LRU, 1 GiB).
 //! - Library: [`Client::library`], [`Client::sync_library`], [`Client::put_library_item`]
@@ -22,11 +23,14 @@
 //! - Uploads: [`Client::upload_audio`] hashes the file before anything leaves the device.
 //! - Updates for the UI: [`Client::subscribe`].
 //! - Monitoring and maintenance: [`Client::cache_stats`], [`Client::clear_all`].
+//!
+//! SQL lives in `store` only; the modules above call its typed functions. Async methods run
+//! that blocking work on tokio's blocking pool (`Client::blocking`), never on an executor
+//! thread; sync methods (cache reads) run it in place.
 
 pub mod api;
 mod audio;
 pub mod config;
-mod db;
 pub mod error;
 mod library;
 mod maintenance;
@@ -34,6 +38,8 @@ mod messages;
 mod queue;
 mod sender;
 mod snapshots;
+mod store;
+mod sync;
 mod threads;
 pub mod updates;
 mod upload;
@@ -46,21 +52,21 @@ pub use config::ClientConfig;
 pub use error::{ApiError, ClientError};
 pub use library::{LibraryAudio, LibraryItem};
 pub use maintenance::CacheStats;
-pub use messages::LocalMessage;
-pub use messages::{Attachment, SyncReport};
+pub use messages::{Attachment, LocalMessage, MessagePage, MessagePosition};
 pub use queue::{Lane, QueueEntry, QueueParseError, QueueReport, QueueState, QueuedOp};
+pub use sync::SyncReport;
 pub use updates::{Direction, SendState, Update};
 pub use upload::UploadOutcome;
 
 use api::Api;
-use db::Db;
+use store::Store;
 use updates::Updates;
 
 /// The client. Cheap to clone; clones share the cache and the update stream.
 #[derive(Clone)]
 pub struct Client {
     cfg: ClientConfig,
-    db: Db,
+    store: Store,
     api: Api,
     updates: Updates,
     audio: audio::AudioState,
@@ -78,7 +84,7 @@ impl Client {
     /// started; call [`Client::start_background_sender`] from inside one).
     pub fn open(cfg: ClientConfig) -> Result<Self, ClientError> {
         let updates = Updates::default();
-        let (db, opened) = Db::open(&cfg.data_dir, cfg.now_ms())?;
+        let (store, opened) = Store::open(&cfg.data_dir, cfg.now_ms())?;
         let bg = sender::Background::new();
         let api = Api::new(
             &cfg.base_url,
@@ -97,7 +103,7 @@ impl Client {
         }
         let client = Self {
             cfg,
-            db,
+            store,
             api,
             updates,
             audio,
@@ -133,5 +139,17 @@ impl Client {
     /// The typed API, for calls the caches do not wrap.
     pub fn api(&self) -> &Api {
         &self.api
+    }
+
+    /// Runs blocking work (SQLite, the file system) on tokio's blocking pool with a clone of
+    /// this client, so async methods never block an executor thread.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Client) -> Result<T, ClientError> + Send + 'static,
+    ) -> Result<T, ClientError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| ClientError::Invalid(format!("blocking task: {e}")))?
     }
 }

@@ -7,31 +7,7 @@ use crate::error::ClientError;
 use crate::updates::Update;
 use crate::Client;
 
-/// What the cache holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CacheStats {
-    pub threads: u64,
-    /// Live messages (tombstones and pending deletions not counted).
-    pub messages: u64,
-    /// Live messages not yet acknowledged by the server (`sending` or `failed`).
-    pub unsent_messages: u64,
-    pub snapshots: u64,
-    pub snapshot_bytes: u64,
-    /// Audio files the `audio` table knows of, and their bytes.
-    pub audio_files: u64,
-    pub audio_bytes: u64,
-    pub pending_operations: u64,
-    pub failed_operations: u64,
-    /// Last sync time (ms since the epoch) per scope (`threads`, `messages:<thread>`, ...),
-    /// sorted by scope.
-    pub last_syncs: Vec<(String, i64)>,
-    /// Size of the cache database on disk (`cache.sqlite` and its WAL).
-    pub database_bytes: u64,
-}
-
-fn file_len(p: &Path) -> u64 {
-    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
-}
+pub use crate::store::maintenance::CacheStats;
 
 /// Deletes everything inside `dir` (files and folders); a missing `dir` is fine.
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
@@ -61,47 +37,7 @@ impl Client {
     /// Counts and sizes of everything cached, read from the database (the audio folder is
     /// not scanned: the `audio` table is its index).
     pub fn cache_stats(&self) -> Result<CacheStats, ClientError> {
-        let mut s = self.db.read(|c| {
-            let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
-            let (snapshots, snapshot_bytes) = c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(length(json)), 0) FROM snapshots",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )?;
-            let (audio_files, audio_bytes) = c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM audio",
-                [],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-            )?;
-            let mut stmt = c.prepare(
-                "SELECT scope, last_sync_ms FROM sync_state
-                 WHERE last_sync_ms IS NOT NULL ORDER BY scope",
-            )?;
-            let last_syncs = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(CacheStats {
-                threads: count("SELECT COUNT(*) FROM threads")? as u64,
-                messages: count("SELECT COUNT(*) FROM messages WHERE state = 'live'")? as u64,
-                unsent_messages: count(
-                    "SELECT COUNT(*) FROM messages WHERE state = 'live' AND send_state <> 'sent'",
-                )? as u64,
-                snapshots: snapshots as u64,
-                snapshot_bytes: snapshot_bytes as u64,
-                audio_files: audio_files as u64,
-                audio_bytes: audio_bytes as u64,
-                pending_operations: count("SELECT COUNT(*) FROM queue WHERE state = 'pending'")?
-                    as u64,
-                failed_operations: count("SELECT COUNT(*) FROM queue WHERE state = 'failed'")?
-                    as u64,
-                last_syncs,
-                database_bytes: 0,
-            })
-        })?;
-        let db = self.db.path();
-        let wal = db.with_file_name("cache.sqlite-wal");
-        s.database_bytes = file_len(db) + file_len(&wal);
-        Ok(s)
+        self.store.stats()
     }
 
     /// For logout: removes every cache and the whole queue, so the next user of the device
@@ -120,44 +56,35 @@ impl Client {
     /// sent with this client's token); nothing is sent or written afterwards. Reads still
     /// work; the next user opens a new `Client`.
     pub async fn clear_all(&self) -> Result<(), ClientError> {
-        self.db.close();
+        self.store.close();
         self.bg.stop();
         // A pass in flight checks the flag before each operation: it ends after this one.
         let _turn = self.queue_lock.lock().await;
-        self.db.wipe(|tx| {
-            tx.execute_batch(
-                "DELETE FROM threads;
-                 DELETE FROM messages;
-                 DELETE FROM library;
-                 DELETE FROM sync_state;
-                 DELETE FROM snapshots;
-                 DELETE FROM audio;
-                 DELETE FROM queue;",
-            )
-        })?;
+        self.blocking(|c| c.store.wipe_all()).await?;
         self.updates.send(Update::Queue {
             pending: 0,
             failed: 0,
         });
-        empty_dir(&self.audio.dir)?;
-        std::fs::create_dir_all(&self.audio.dir)?;
-        if let Ok(entries) = std::fs::read_dir(&self.cfg.data_dir) {
-            for e in entries.flatten() {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with("cache.sqlite.corrupt-")
-                {
-                    std::fs::remove_file(e.path())?;
+        self.blocking(|c| {
+            empty_dir(&c.audio.dir)?;
+            std::fs::create_dir_all(&c.audio.dir)?;
+            if let Ok(entries) = std::fs::read_dir(&c.cfg.data_dir) {
+                for e in entries.flatten() {
+                    if e.file_name()
+                        .to_string_lossy()
+                        .starts_with("cache.sqlite.corrupt-")
+                    {
+                        std::fs::remove_file(e.path())?;
+                    }
                 }
             }
-        }
+            Ok(())
+        })
+        .await?;
         drop(_turn);
         // Best effort: the rows are gone already; this only returns their pages to the
         // file system and drops the old contents from the WAL.
-        if let Err(e) = self.db.read(|c| {
-            c.execute_batch("VACUUM;")?;
-            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        }) {
+        if let Err(e) = self.blocking(|c| c.store.compact()).await {
             tracing::warn!(error = %e, "compacting the cache after clear_all failed");
         }
         Ok(())
@@ -256,13 +183,8 @@ mod tests {
         std::fs::create_dir_all(offline.audio.dir.join("partial")).expect("subdir");
         std::fs::write(offline.audio.dir.join("partial/x.tmp"), b"xx").expect("temp file");
         offline
-            .db
-            .write(false, |tx| {
-                tx.execute(
-                    "INSERT INTO audio (hash, size, fetched_ms, last_access) VALUES (?1, 4, 1, 1)",
-                    [hash.to_string()],
-                )
-            })
+            .store
+            .write_cache(|tx| Ok(tx.record_audio(&hash, 4, 1)?))
             .expect("audio row");
         let corrupt = dir.path().join("cache.sqlite.corrupt-1");
         std::fs::write(&corrupt, b"old").expect("corrupt copy");

@@ -80,7 +80,7 @@ impl Client {
             return false;
         };
         let stop = life.subscribe();
-        if *stop.borrow() || self.db.is_closed() {
+        if *stop.borrow() || self.store.is_closed() {
             return false;
         }
         if self.bg.started.swap(true, Ordering::SeqCst) {
@@ -103,7 +103,7 @@ impl Client {
         let mut back_online = false;
         // Bounded by the lifeline: it ends when the last client goes or on logout.
         loop {
-            if *stop.borrow() || self.db.is_closed() {
+            if *stop.borrow() || self.store.is_closed() {
                 break;
             }
             let pass = async {
@@ -124,7 +124,7 @@ impl Client {
                 }
             }
             let now = self.cfg.now_ms();
-            let sleep = match self.next_due() {
+            let sleep = match self.blocking(|c| c.store.next_due()).await {
                 Ok(Some(due)) if due > now => {
                     Duration::from_millis(u64::try_from(due - now).unwrap_or(0)).min(MAX_SLEEP)
                 }

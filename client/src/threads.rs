@@ -3,15 +3,13 @@
 //! data wins.
 
 use audio_dedup_core::{ThreadId, ThreadView};
-use rusqlite::params;
 
 use crate::api::ThreadInfo;
 use crate::error::ClientError;
-use crate::messages::SYNC_PAGE;
+use crate::store::sync_state::Scope;
+use crate::sync::SYNC_PAGE;
 use crate::updates::Update;
 use crate::Client;
-
-const SCOPE: &str = "threads";
 
 impl Client {
     /// The cached threads, at once. If the last sync is older than the interval, a sync
@@ -31,42 +29,21 @@ impl Client {
 
     /// Whether the last thread sync is older than the interval (or never happened).
     pub fn threads_stale(&self) -> Result<bool, ClientError> {
-        let last = self.last_sync(SCOPE)?;
+        let last = self.last_sync(&Scope::Threads.key())?;
         let interval = self.cfg.thread_sync_interval.as_millis() as i64;
         Ok(last.is_none_or(|t| self.cfg.now_ms() - t >= interval))
     }
 
     pub fn cached_threads(&self) -> Result<Vec<ThreadView>, ClientError> {
-        self.db.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT json FROM threads ORDER BY rowid")?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for j in rows {
-                if let Ok(t) = serde_json::from_str(&j?) {
-                    out.push(t);
-                }
-            }
-            Ok(out)
-        })
+        self.store.threads()
     }
 
     /// Syncs the thread list now: the feed after the stored cursor.
     pub async fn sync_threads(&self) -> Result<usize, ClientError> {
         let report = self
-            .sync_log(
-                SCOPE,
-                |cursor| async move { self.api.list_threads(&cursor, SYNC_PAGE).await },
-                |tx, items: &[ThreadView]| {
-                    for t in items {
-                        tx.execute(
-                            "INSERT INTO threads (id, json) VALUES (?1, ?2)
-                             ON CONFLICT (id) DO UPDATE SET json = ?2",
-                            params![t.id.as_str(), serde_json::to_string(t).unwrap_or_default()],
-                        )?;
-                    }
-                    Ok((items.len(), 0))
-                },
-            )
+            .sync_log(Scope::Threads, |cursor| async move {
+                self.api.list_threads(&cursor, SYNC_PAGE).await
+            })
             .await?;
         let changed = report.new;
         if changed > 0 {
@@ -83,12 +60,9 @@ impl Client {
         members: &[String],
     ) -> Result<ThreadView, ClientError> {
         let t = self.api.create_thread(id, title, members).await?;
-        self.db.write(false, |tx| {
-            tx.execute(
-                "INSERT INTO threads (id, json) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET json = ?2",
-                params![t.id.as_str(), serde_json::to_string(&t).unwrap_or_default()],
-            )
-        })?;
+        let cached = t.clone();
+        self.blocking(move |c| c.store.write_cache(|tx| Ok(tx.put_thread(&cached)?)))
+            .await?;
         Ok(t)
     }
 

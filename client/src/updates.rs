@@ -14,15 +14,6 @@ pub enum SendState {
     Failed,
 }
 
-/// How a send state is stored.
-pub(crate) fn send_state_str(s: SendState) -> &'static str {
-    match s {
-        SendState::Sending => "sending",
-        SendState::Sent => "sent",
-        SendState::Failed => "failed",
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Upload,

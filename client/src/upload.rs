@@ -23,7 +23,7 @@ use bytes::Bytes;
 use reqwest::Method;
 use tokio::io::AsyncReadExt;
 
-use crate::audio::{hash_file_sized, Progress, Reporter};
+use crate::audio::{hash_file, Progress, Reporter};
 use crate::error::{ApiError, ClientError};
 use crate::updates::Direction;
 use crate::Client;
@@ -135,7 +135,7 @@ impl Client {
         progress: Option<Progress<'_>>,
     ) -> Result<UploadOutcome, ClientError> {
         tracing::info!(path = %path.display(), "calculating content hash");
-        let (hash, size) = hash_file_sized(path).await?;
+        let (hash, size) = hash_file(path).await?;
         tracing::info!(%hash, size, "file hash");
         self.upload_hashed(path, hash, size, format, progress).await
     }
@@ -150,7 +150,7 @@ impl Client {
         format: AudioFormat,
     ) -> Result<UploadOutcome, ClientError> {
         tracing::info!(path = %path.display(), "calculating content hash");
-        let (hash, size) = hash_file_sized(path).await?;
+        let (hash, size) = hash_file(path).await?;
         tracing::info!(%hash, size, "file hash");
         if hash != expected {
             return Err(ClientError::Invalid(format!(

@@ -12,6 +12,10 @@
 //! - scaling: `messages()` at each of `BENCH_SCALE_SIZES`; target: the cost per message grows
 //!   < 2x from the smallest to the largest thread, and the smallest thread reads in < 2x the
 //!   time once the largest one is cached too (the cache does not slow as it grows);
+//! - paging: `messages_page()` of `BENCH_PAGE` (50) messages at each of `BENCH_SCALE_SIZES`,
+//!   the newest page (what an app opening the thread shows first) and a page from the middle
+//!   of the thread; target: the newest page of the largest thread reads in < 2x the time of
+//!   the smallest's (a page costs the page, not the thread);
 //! - append: one message into the 10,000-message thread with `send_message` while offline
 //!   (the message row, its snapshot and its queue row in one `synchronous=FULL` transaction)
 //!   versus the seed's design, done here as a baseline: read `messages/<thread>.json`
@@ -22,7 +26,7 @@
 //! Knobs: `BENCH_THREADS` (1000), `BENCH_MESSAGES` (10000, the warm-read and append thread),
 //! `BENCH_SCALE_SIZES` ("1000,10000,100000"), `BENCH_SNAPSHOT_BYTES` (1000000), `BENCH_REPS`
 //! (200; reads of big threads do fewer, at least 20), `BENCH_COLD_REPS` (50),
-//! `BENCH_APPENDS` (200), `BENCH_BASELINE_REPS` (50), `BENCH_FILL_CONNS` (8).
+//! `BENCH_APPENDS` (200), `BENCH_BASELINE_REPS` (50), `BENCH_FILL_CONNS` (8), `BENCH_PAGE` (50).
 //! Exit codes: 0 targets met, 2 a target missed, 1 error.
 
 use std::io::Write as _;
@@ -220,6 +224,7 @@ async fn run() -> Result<bool, String> {
     let appends = env_u64("BENCH_APPENDS", 200).max(5);
     let base_reps = env_u64("BENCH_BASELINE_REPS", 50).max(5);
     let conns = env_u64("BENCH_FILL_CONNS", 8).max(1);
+    let page = env_u64("BENCH_PAGE", 50).max(1) as usize;
     let reps_for = |size: u64| (reps * 10_000 / size.max(1)).clamp(20, reps);
 
     let srv_dir = tempfile::tempdir().map_err(err)?;
@@ -360,6 +365,28 @@ async fn run() -> Result<bool, String> {
             client.messages(&id).map(|m| m.len()).map_err(err)
         })?;
         scaled.push((size, s));
+    }
+
+    // Paging: the newest page, and a page from the middle (its position read untimed).
+    let mut paged = Vec::new();
+    for &size in &scale {
+        let id: ThreadId = format!("s{size}").parse().map_err(err)?;
+        let page_len = |p: audio_dedup_client::MessagePage| p.messages.len();
+        let newest = Samples::time(reps, || {
+            client
+                .messages_page(&id, None, page)
+                .map(page_len)
+                .map_err(err)
+        })?;
+        let half = usize::try_from(size / 2).map_err(err)?.max(1);
+        let middle = client.messages_page(&id, None, half).map_err(err)?.older;
+        let mid = Samples::time(reps, || {
+            client
+                .messages_page(&id, middle, page)
+                .map(page_len)
+                .map_err(err)
+        })?;
+        paged.push((size, newest, mid));
     }
 
     // Cold open: a new Client on the existing cache, then its first read.
@@ -528,6 +555,27 @@ async fn run() -> Result<bool, String> {
                 ratio < 2.0,
                 format!("thread of {n0} read with the whole cache filled: < 2x"),
             ));
+        }
+    }
+
+    println!("paging: messages_page() of {page} messages:");
+    for (size, newest, mid) in &paged {
+        println!(
+            "{}",
+            newest.line(&format!("messages_page(), newest {page} of {size}"))
+        );
+        println!(
+            "{}",
+            mid.line(&format!(
+                "messages_page(), {page} from the middle of {size}"
+            ))
+        );
+    }
+    if let (Some((n0, s0, _)), Some((n1, s1, _))) = (paged.first(), paged.last()) {
+        if n1 > n0 {
+            let ratio = s1.ms(50.0) / s0.ms(50.0).max(1e-9);
+            println!("  newest page {n0} → {n1}: {ratio:.2}x");
+            lines.push((ratio < 2.0, format!("newest page of {n1} vs of {n0}: < 2x")));
         }
     }
 

@@ -1,17 +1,10 @@
-//! The cache database: one SQLite file in WAL mode for metadata, messages, threads, sync
-//! state, LRU bookkeeping and the queue. One file, so an operation can leave the queue in
-//! the same transaction that records the server's acknowledgement.
-//!
-//! Durability per transaction: writes that touch the queue commit with
-//! `synchronous=FULL` (an acknowledged enqueue survives power loss); cache-only writes with
-//! `NORMAL` (in WAL mode: consistent, and made durable by the next FULL commit or checkpoint).
+//! The cache's layout: the tables, the migrations from older layouts, and opening a file
+//! (rebuilding an unreadable one, carrying over its queue).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, Transaction};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::ClientError;
 
@@ -48,6 +41,8 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_position ON messages (thread_id, seq);
 CREATE INDEX IF NOT EXISTS messages_by_local_order ON messages (thread_id, local_order);
+-- Unsent messages in local order: a page of the thread's tail reads only these, not the thread.
+CREATE INDEX IF NOT EXISTS messages_unsent ON messages (thread_id, local_order) WHERE seq IS NULL;
 -- Message ids are global: a snapshot is fetched by message id alone.
 CREATE INDEX IF NOT EXISTS messages_by_id ON messages (id);
 CREATE TABLE IF NOT EXISTS sync_state (
@@ -112,34 +107,32 @@ CREATE TABLE IF NOT EXISTS library (
 );
 "#;
 
-/// Layout changes since version 1, applied in order by `open_checked` to an older file
-/// (`SCHEMA` has already created the tables that are new).
-const MIGRATIONS: [(&str, &str); 1] = [(
-    "1",
-    // Why an operation waits: an explicit Retry-After is kept apart from the backoff, so
-    // `process_queue` can skip the backoff and still honour the server. Lanes get a prefix,
-    // so a thread named `library` is not the library's lane.
-    "ALTER TABLE queue ADD COLUMN retry_after_ms INTEGER;
-     ALTER TABLE queue ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
-     UPDATE queue SET lane = 'thread:' || lane;",
-)];
+/// Layout changes, applied in order by `open_checked` to an older file (`SCHEMA` has already
+/// created the tables and indexes that are new): `(from version, SQL)`.
+const MIGRATIONS: [(&str, &str); 2] = [
+    (
+        "1",
+        // Why an operation waits: an explicit Retry-After is kept apart from the backoff, so
+        // `process_queue` can skip the backoff and still honour the server. Lanes get a prefix,
+        // so a thread named `library` is not the library's lane.
+        "ALTER TABLE queue ADD COLUMN retry_after_ms INTEGER;
+         ALTER TABLE queue ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
+         UPDATE queue SET lane = 'thread:' || lane;",
+    ),
+    (
+        "2",
+        // Paged reads of a thread's tail (`SCHEMA` creates it; named here as what changed).
+        "CREATE INDEX IF NOT EXISTS messages_unsent ON messages (thread_id, local_order) WHERE seq IS NULL;",
+    ),
+];
 
 /// Bumped when the layout changes; an older file is migrated (`MIGRATIONS`), an unknown one
 /// rebuilt from the server (the queue is carried over).
-const SCHEMA_VERSION: &str = "2";
-
-#[derive(Clone)]
-pub struct Db {
-    conn: Arc<Mutex<Connection>>,
-    path: PathBuf,
-    /// Set by `clear_all`: every later write is refused, so nothing of the previous user
-    /// is written back after the wipe (a pass or download that was in flight).
-    closed: Arc<AtomicBool>,
-}
+const SCHEMA_VERSION: &str = "3";
 
 /// What opening found.
 #[derive(Debug, Default)]
-pub struct Opened {
+pub(crate) struct Opened {
     /// Set when the file was unreadable and moved aside.
     pub moved_to: Option<PathBuf>,
     /// Queued operations carried over from the unreadable file.
@@ -235,120 +228,98 @@ fn salvage(path: &Path, table: &str, select: &str, tail: &str) -> Vec<Vec<Value>
     }
 }
 
-impl Db {
-    /// Opens (or creates) the cache. An unreadable file is moved aside to
-    /// `cache.sqlite.corrupt-<ms>` and a fresh one is built; the queue rows that can still be
-    /// read are carried over, so queued operations are never dropped silently.
-    pub fn open(dir: &Path, now_ms: i64) -> Result<(Self, Opened), ClientError> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("cache.sqlite");
-        let mut opened = Opened::default();
-        let conn = match open_checked(&path) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, path = %path.display(), "cache unreadable; rebuilding");
-                let aside = dir.join(format!("cache.sqlite.corrupt-{now_ms}"));
-                std::fs::rename(&path, &aside)?;
-                for ext in ["-wal", "-shm"] {
-                    let side = dir.join(format!("cache.sqlite{ext}"));
-                    if side.exists() {
-                        let _ = std::fs::rename(
-                            &side,
-                            dir.join(format!("cache.sqlite.corrupt-{now_ms}{ext}")),
-                        );
-                    }
+/// Opens (or creates) the cache. An unreadable file is moved aside to
+/// `cache.sqlite.corrupt-<ms>` and a fresh one is built; the queue rows that can still be
+/// read are carried over, so queued operations are never dropped silently.
+pub(super) fn open(dir: &Path, now_ms: i64) -> Result<(Connection, PathBuf, Opened), ClientError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("cache.sqlite");
+    let mut opened = Opened::default();
+    let conn = match open_checked(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "cache unreadable; rebuilding");
+            let aside = dir.join(format!("cache.sqlite.corrupt-{now_ms}"));
+            std::fs::rename(&path, &aside)?;
+            for ext in ["-wal", "-shm"] {
+                let side = dir.join(format!("cache.sqlite{ext}"));
+                if side.exists() {
+                    let _ = std::fs::rename(
+                        &side,
+                        dir.join(format!("cache.sqlite.corrupt-{now_ms}{ext}")),
+                    );
                 }
-                let c = open_checked(&path).map_err(ClientError::Db)?;
-                {
-                    let tx = c.unchecked_transaction().map_err(ClientError::Db)?;
-                    for (table, cols, select, tail) in SALVAGED {
-                        let rows = salvage(&aside, table, select, tail);
-                        let marks = vec!["?"; cols.split(',').count()].join(", ");
-                        let sql =
-                            format!("INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})");
-                        for r in &rows {
-                            tx.execute(&sql, rusqlite::params_from_iter(r))
-                                .map_err(ClientError::Db)?;
-                        }
-                        if table == "queue" {
-                            opened.salvaged = rows.len();
-                        }
-                    }
-                    tx.commit().map_err(ClientError::Db)?;
-                }
-                opened.moved_to = Some(aside);
-                c
             }
-        };
-        Ok((
-            Self {
-                conn: Arc::new(Mutex::new(conn)),
-                path,
-                closed: Arc::default(),
-            },
-            opened,
-        ))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Refuses every later write but `wipe`'s.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::SeqCst)
-    }
-
-    /// Runs `f` in one transaction. `durable`: commit with `synchronous=FULL` (anything that
-    /// touches the queue); otherwise `NORMAL`. Refused once closed.
-    pub fn write<T>(
-        &self,
-        durable: bool,
-        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> Result<T, ClientError> {
-        let mut c = self.lock();
-        // Checked under the connection's lock: `wipe` takes it too, so no write lands after it.
-        if self.is_closed() {
-            return Err(ClientError::Closed);
+            let c = open_checked(&path).map_err(ClientError::Db)?;
+            {
+                let tx = c.unchecked_transaction().map_err(ClientError::Db)?;
+                for (table, cols, select, tail) in SALVAGED {
+                    let rows = salvage(&aside, table, select, tail);
+                    let marks = vec!["?"; cols.split(',').count()].join(", ");
+                    let sql = format!("INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})");
+                    for r in &rows {
+                        tx.execute(&sql, rusqlite::params_from_iter(r))
+                            .map_err(ClientError::Db)?;
+                    }
+                    if table == "queue" {
+                        opened.salvaged = rows.len();
+                    }
+                }
+                tx.commit().map_err(ClientError::Db)?;
+            }
+            opened.moved_to = Some(aside);
+            c
         }
-        Self::commit(&mut c, durable, f)
+    };
+    Ok((conn, path, opened))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(c: &Connection) -> String {
+        c.query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+            r.get(0)
+        })
+        .expect("schema version")
     }
 
-    /// A durable write that runs even when closed: the logout wipe.
-    pub fn wipe<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> Result<T, ClientError> {
-        let mut c = self.lock();
-        Self::commit(&mut c, true, f)
+    fn has_index(c: &Connection, name: &str) -> bool {
+        c.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .expect("sqlite_master")
+            == 1
     }
 
-    fn commit<T>(
-        c: &mut Connection,
-        durable: bool,
-        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> Result<T, ClientError> {
-        c.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
-        let tx = c.transaction()?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// Runs a read.
-    pub fn read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, ClientError> {
-        let c = self.lock();
-        Ok(f(&c)?)
+    /// A file of the previous layout (version 2: no `messages_unsent`) opens in place, keeps
+    /// its rows, and gets the index.
+    #[test]
+    fn a_version_2_cache_gets_the_paging_index_in_place() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("cache.sqlite");
+        {
+            let c = open_checked(&path).expect("create");
+            c.execute_batch(
+                "DROP INDEX messages_unsent;
+                 INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json,
+                                       author, created_at)
+                    VALUES ('t', 'm', NULL, 1, 'sending', 'live', '{}', 'me', 1);
+                 UPDATE meta SET value = '2' WHERE key = 'schema';",
+            )
+            .expect("back to version 2");
+            assert!(!has_index(&c, "messages_unsent"));
+        }
+        let (c, _, opened) = open(dir.path(), 1).expect("open");
+        assert!(opened.moved_to.is_none(), "migrated, not rebuilt");
+        assert_eq!(version(&c), SCHEMA_VERSION);
+        assert!(has_index(&c, "messages_unsent"));
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 1, "the unsent message is still there");
     }
 }
