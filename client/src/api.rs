@@ -18,7 +18,7 @@ use audio_dedup_core::{
     UploadResult, UploadSession,
 };
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::updates::{Update, Updates};
 
 #[derive(Clone)]
@@ -169,7 +169,9 @@ impl Api {
         }
         let after = retry_after(&res);
         let body: serde_json::Value = res.json().await.unwrap_or_default();
-        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        // A code this build does not know (or none) is `Unknown`; the status still classifies.
+        let code =
+            serde_json::from_value(body["error"]["code"].clone()).unwrap_or(ErrorCode::Unknown);
         let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
         let s = status.as_u16();
         if status.is_server_error()

@@ -264,7 +264,7 @@ pub(crate) async fn hash_file(path: &Path) -> Result<(ContentHash, u64), ClientE
         Ok(audio_dedup_core::hash_reader(f)?)
     })
     .await
-    .map_err(|e| ClientError::Invalid(format!("hashing task: {e}")))?
+    .map_err(|e| ClientError::Task(format!("hashing task: {e}")))?
 }
 
 /// Makes a rename in `dir` durable.

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use audio_dedup_core::ErrorCode;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// No answer: connection refused, reset, timed out. Retryable; flips the client offline.
@@ -12,14 +14,14 @@ pub enum ApiError {
     #[error("temporarily refused ({status} {code})")]
     Retryable {
         status: u16,
-        code: String,
+        code: ErrorCode,
         retry_after: Option<Duration>,
     },
     /// Any other 4xx: retrying the same request cannot succeed.
     #[error("refused ({status} {code}): {message}")]
     Rejected {
         status: u16,
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     /// A 2xx the client could not read.
@@ -39,11 +41,11 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &str {
+    /// The server's error code, when the server answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Retryable { code, .. } | Self::Rejected { code, .. } => code,
-            Self::Offline(_) => "offline",
-            Self::Protocol(_) => "protocol",
+            Self::Retryable { code, .. } | Self::Rejected { code, .. } => Some(*code),
+            Self::Offline(_) | Self::Protocol(_) => None,
         }
     }
 }
@@ -56,8 +58,22 @@ pub enum ClientError {
     Db(#[from] rusqlite::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The caller's input is refused before anything is sent: an empty file, a null
+    /// snapshot, a bad title, a page of no messages.
     #[error("{0}")]
-    Invalid(String),
+    InvalidInput(String),
+    /// Not possible in the item's current state (discarding an operation that has not failed).
+    #[error("{0}")]
+    WrongState(String),
+    /// A queued file changed or vanished since it was queued: sending it can never succeed.
+    #[error("{0}")]
+    FileChanged(String),
+    /// Data the client itself wrote could not be read back.
+    #[error("local data: {0}")]
+    Corrupt(String),
+    /// Work the client ran on a blocking thread failed (it panicked or was cancelled).
+    #[error("background task: {0}")]
+    Task(String),
     #[error("not found: {0}")]
     NotFound(String),
     /// Downloaded or local bytes do not hash to the expected content.
@@ -79,6 +95,6 @@ impl ClientError {
 
 impl From<serde_json::Error> for ClientError {
     fn from(e: serde_json::Error) -> Self {
-        Self::Invalid(format!("JSON: {e}"))
+        Self::Corrupt(format!("JSON: {e}"))
     }
 }

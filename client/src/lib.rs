@@ -49,7 +49,7 @@ use std::path::PathBuf;
 pub use api::AudioChoice;
 pub use audio::{AudioHandle, AudioSource, Progress};
 pub use config::ClientConfig;
-pub use error::{ApiError, ClientError};
+pub use error::{ApiError, ClientError, ErrorCode};
 pub use library::{LibraryAudio, LibraryItem};
 pub use maintenance::CacheStats;
 pub use messages::{Attachment, LocalMessage, MessagePage, MessagePosition};
@@ -150,6 +150,6 @@ impl Client {
         let me = self.clone();
         tokio::task::spawn_blocking(move || f(&me))
             .await
-            .map_err(|e| ClientError::Invalid(format!("blocking task: {e}")))?
+            .map_err(|e| ClientError::Task(format!("blocking task: {e}")))?
     }
 }

@@ -70,7 +70,7 @@ impl Client {
         title: &str,
     ) -> Result<LibraryItem, ClientError> {
         if audio_dedup_core::Title::new(title).is_err() {
-            return Err(ClientError::Invalid(
+            return Err(ClientError::InvalidInput(
                 "a title is 1 to 200 characters, not blank, no control characters".into(),
             ));
         }
@@ -192,7 +192,7 @@ impl Client {
             (Some(m), _) => LibrarySource::Message(m),
             (None, Some(h)) => LibrarySource::Hash(h),
             (None, None) => {
-                return Err(ClientError::Invalid(format!(
+                return Err(ClientError::Corrupt(format!(
                     "library item {id} is queued without audio"
                 )))
             }

@@ -74,7 +74,7 @@ impl Client {
         limit: usize,
     ) -> Result<MessagePage, ClientError> {
         if limit == 0 {
-            return Err(ClientError::Invalid(
+            return Err(ClientError::InvalidInput(
                 "a page holds at least one message".into(),
             ));
         }
@@ -126,7 +126,7 @@ impl Client {
         audio: Option<Attachment>,
     ) -> Result<LocalMessage, ClientError> {
         if snapshot.is_null() {
-            return Err(ClientError::Invalid(
+            return Err(ClientError::InvalidInput(
                 "a snapshot is a JSON value other than null".into(),
             ));
         }
@@ -134,7 +134,7 @@ impl Client {
         let id: MessageId = uuid::Uuid::now_v7()
             .to_string()
             .parse()
-            .map_err(|e| ClientError::Invalid(format!("{e}")))?;
+            .map_err(|e| ClientError::Corrupt(format!("{e}")))?;
         let mut from_message = None;
         let (render, upload) = match audio {
             None => (None, None),
@@ -160,7 +160,7 @@ impl Client {
             thread_id: thread.clone(),
             author: "me"
                 .parse()
-                .map_err(|e| ClientError::Invalid(format!("{e}")))?,
+                .map_err(|e| ClientError::Corrupt(format!("{e}")))?,
             cursor: String::new(),
             created_at: now,
             state: EntryState::Live,

@@ -192,7 +192,7 @@ impl Client {
             return Err(ClientError::NotFound(format!("queued operation {op_id}")));
         };
         if e.state != QueueState::Failed {
-            return Err(ClientError::Invalid(format!(
+            return Err(ClientError::WrongState(format!(
                 "operation {op_id} has not failed; only failed operations are discarded"
             )));
         }

@@ -3,7 +3,7 @@
 
 use audio_dedup_core::Page;
 
-use crate::error::{ApiError, ClientError};
+use crate::error::{ApiError, ClientError, ErrorCode};
 use crate::store::sync_state::{LogItem, Scope};
 use crate::Client;
 
@@ -46,7 +46,7 @@ impl Client {
             let page = match fetch(cursor.clone()).await {
                 Ok(p) => p,
                 Err(ApiError::Rejected { code, .. })
-                    if code == "cursor_unknown" && cursor != "0" =>
+                    if code == ErrorCode::CursorUnknown && cursor != "0" =>
                 {
                     cursor = "0".into();
                     continue;

@@ -24,7 +24,7 @@ use reqwest::Method;
 use tokio::io::AsyncReadExt;
 
 use crate::audio::{hash_file, Progress, Reporter};
-use crate::error::{ApiError, ClientError};
+use crate::error::{ApiError, ClientError, ErrorCode};
 use crate::updates::Direction;
 use crate::Client;
 
@@ -70,8 +70,11 @@ async fn read_ranges(
         let mut f = std::fs::File::open(&path)?;
         let mut out = Vec::with_capacity(ranges.len());
         for r in &ranges {
-            let len = usize::try_from(r.length)
-                .map_err(|_| ClientError::Invalid("challenge range too long".into()))?;
+            let len = usize::try_from(r.length).map_err(|_| {
+                ClientError::Api(ApiError::Protocol(
+                    "a challenged range too long to read".into(),
+                ))
+            })?;
             let mut buf = vec![0u8; len];
             f.seek(SeekFrom::Start(r.offset))?;
             match f.read_exact(&mut buf) {
@@ -85,7 +88,7 @@ async fn read_ranges(
         Ok(Some(out))
     })
     .await
-    .map_err(|e| ClientError::Invalid(format!("reading the challenged ranges: {e}")))?
+    .map_err(|e| ClientError::Task(format!("reading the challenged ranges: {e}")))?
 }
 
 /// The file's first `size` bytes as a body stream; publishes the bytes handed out so far
@@ -153,7 +156,7 @@ impl Client {
         let (hash, size) = hash_file(path).await?;
         tracing::info!(%hash, size, "file hash");
         if hash != expected {
-            return Err(ClientError::Invalid(format!(
+            return Err(ClientError::FileChanged(format!(
                 "{} changed since it was queued: it hashes to {hash}, not {expected}",
                 path.display()
             )));
@@ -170,7 +173,7 @@ impl Client {
         progress: Option<Progress<'_>>,
     ) -> Result<UploadOutcome, ClientError> {
         if size == 0 {
-            return Err(ClientError::Invalid(format!(
+            return Err(ClientError::InvalidInput(format!(
                 "{} is empty: there is no audio to upload",
                 path.display()
             )));
@@ -206,7 +209,7 @@ impl Client {
                 }
                 return Err(ApiError::Retryable {
                     status: 412,
-                    code: "precondition_failed".into(),
+                    code: ErrorCode::PreconditionFailed,
                     retry_after: Some(Duration::from_secs(1)),
                 }
                 .into());
@@ -246,8 +249,9 @@ impl Client {
         {
             Ok(_) => Ok(true),
             Err(ApiError::Rejected {
-                status: 409, code, ..
-            }) if code == "upload_required" => Ok(false),
+                code: ErrorCode::UploadRequired,
+                ..
+            }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -333,7 +337,7 @@ mod tests {
             .upload_queued(&file, queued, AudioFormat::Wav)
             .await
             .unwrap_err();
-        assert!(matches!(err, ClientError::Invalid(_)), "{err:?}");
+        assert!(matches!(err, ClientError::FileChanged(_)), "{err:?}");
         assert!(err.to_string().contains("changed since it was queued"));
         assert!(client.is_online(), "no request was made");
     }
@@ -363,7 +367,7 @@ mod tests {
             .upload_audio(&file, AudioFormat::Mp3, None)
             .await
             .unwrap_err();
-        assert!(matches!(err, ClientError::Invalid(_)), "{err:?}");
+        assert!(matches!(err, ClientError::InvalidInput(_)), "{err:?}");
         assert!(client.is_online(), "no request was made");
     }
 

@@ -207,7 +207,7 @@ fn format_of(path: &Path, given: Option<AudioFormat>) -> Result<AudioFormat, Cli
         .or_else(|| ext.to_ascii_lowercase().parse().ok())
         .ok_or_else(|| {
             let p = path.display();
-            ClientError::Invalid(format!("cannot tell the format of {p}; pass --format"))
+            ClientError::InvalidInput(format!("cannot tell the format of {p}; pass --format"))
         })
 }
 
@@ -295,14 +295,14 @@ fn new_item_id() -> Result<LibraryItemId, ClientError> {
     uuid::Uuid::now_v7()
         .to_string()
         .parse()
-        .map_err(|e| ClientError::Invalid(format!("{e}")))
+        .map_err(|e| ClientError::InvalidInput(format!("{e}")))
 }
 
 /// Exit 1 when the queue refused the item for good.
 fn check_item(state: SendState, error: Option<String>, what: &str) -> Res {
     if state == SendState::Failed {
         let why = error.unwrap_or_default();
-        return Err(ClientError::Invalid(format!("{what} failed: {why}")));
+        return Err(ClientError::InvalidInput(format!("{what} failed: {why}")));
     }
     Ok(())
 }
@@ -386,7 +386,7 @@ fn state(s: SendState) -> String {
 
 async fn run(cli: Cli) -> Res {
     let token = cli.token.filter(|t| !t.is_empty()).ok_or_else(|| {
-        ClientError::Invalid("a token is required (--token or AUDIO_DEDUP_TOKEN)".into())
+        ClientError::InvalidInput("a token is required (--token or AUDIO_DEDUP_TOKEN)".into())
     })?;
     let mut cfg = ClientConfig::new(&cli.server, token, &cli.data_dir);
     // One-shot commands: each sends what it queued itself; `queue process` sends the rest.
@@ -461,7 +461,7 @@ async fn run(cli: Cli) -> Res {
                     handle?
                 }
                 (None, None) => {
-                    return Err(ClientError::Invalid("name a hash or --message".into()))
+                    return Err(ClientError::InvalidInput("name a hash or --message".into()))
                 }
             };
             let shown = match out {
@@ -527,7 +527,7 @@ async fn run(cli: Cli) -> Res {
             out!("{} {}", m.id, state(m.send_state));
             if m.send_state == SendState::Failed {
                 let why = format!("message {} failed: {}", m.id, m.error.unwrap_or_default());
-                return Err(ClientError::Invalid(why));
+                return Err(ClientError::InvalidInput(why));
             }
         }
         Cmd::Delete { thread, message } => {

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use audio_dedup_client::{Attachment, AudioSource, Client, ClientError, LibraryAudio, SendState};
+use audio_dedup_client::{
+    Attachment, AudioSource, Client, ClientError, ErrorCode, LibraryAudio, SendState,
+};
 use audio_dedup_core::{AudioFormat, ContentHash, ThreadId};
 use serde_json::json;
 
@@ -140,7 +142,10 @@ pub async fn two_devices(
         .message_audio(&thread, &sent.id)
         .await
         .unwrap_err();
-    assert_eq!((e.status(), e.code()), (Some(404), "message_not_found"));
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(404), Some(ErrorCode::MessageNotFound))
+    );
     assert_eq!(
         carol.api().describe(&take_hash).await.unwrap_err().status(),
         Some(404)
