@@ -40,13 +40,11 @@ use http_body_util::Full;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, StatusCode};
 
-use audio_dedup_benches::{
-    call, connect, env_u64, machine_summary, pass_fail, percentile, wait_healthy,
-};
+use audio_dedup_benches::{call, connect, env_u64, machine_summary, pass_fail, percentile};
 use audio_dedup_client::{Client, ClientConfig};
-use audio_dedup_core::store::embedded::Synchronous;
-use audio_dedup_core::{DedupConfig, MessageId, ThreadId};
-use audio_dedup_server::{ServerConfig, TokenTable};
+use audio_dedup_core::{MessageId, ThreadId};
+use audio_dedup_server::in_process::TempServer;
+use audio_dedup_server::TokenTable;
 
 const ALICE: &str = "bench-cache-alice-00001";
 const LIMIT: Duration = Duration::from_secs(30);
@@ -227,28 +225,13 @@ async fn run() -> Result<bool, String> {
     let page = env_u64("BENCH_PAGE", 50).max(1) as usize;
     let reps_for = |size: u64| (reps * 10_000 / size.max(1)).clamp(20, reps);
 
-    let srv_dir = tempfile::tempdir().map_err(err)?;
     let cli_dir = tempfile::tempdir().map_err(err)?;
     let mut tokens = TokenTable::default();
     tokens.insert(ALICE, "alice", false).map_err(err)?;
-    let cfg = ServerConfig {
-        data_dir: srv_dir.path().to_owned(),
-        public_url: None,
-        tokens,
-        dedup: DedupConfig::default(),
-        reconcile_every: Duration::ZERO,
-        // Only the fill goes through the server; its durability is not measured.
-        sync: Synchronous::Normal,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(err)?;
-    let addr = listener.local_addr().map_err(err)?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(audio_dedup_server::run(listener, cfg, async move {
-        let _ = stop_rx.await;
-    }));
-    wait_healthy(addr, Duration::from_secs(5)).await?;
+    // Only the fill goes through the server (synchronous=NORMAL, the test configuration);
+    // its durability is not measured.
+    let server = TempServer::start(tokens, |_| {}).await?;
+    let addr = server.server.addr();
     let online_cfg = ClientConfig::new(format!("http://{addr}"), ALICE, cli_dir.path());
     let client = Client::open(online_cfg.clone()).map_err(err)?;
     let mut lines = Vec::new();
@@ -472,8 +455,7 @@ async fn run() -> Result<bool, String> {
     })?;
     let stats = offline.cache_stats().map_err(err)?;
     drop(offline);
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    let _ = server.stop().await;
 
     // Report.
     println!();
