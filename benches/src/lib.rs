@@ -383,6 +383,33 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// An async benchmark's `main`: runs `run` on a multi-threaded runtime. Exit 0 when every
+/// target passed, 2 when one missed, 1 on an error.
+pub fn main_async<F>(name: &str, run: impl FnOnce() -> F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<bool, String>>,
+{
+    use std::process::ExitCode;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub fn pass_fail(ok: bool) -> &'static str {
     if ok {
         "PASS"

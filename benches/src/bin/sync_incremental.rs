@@ -249,22 +249,5 @@ async fn run() -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(2),
-        Err(e) => {
-            eprintln!("sync_incremental: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    audio_dedup_benches::main_async("sync_incremental", run)
 }
