@@ -125,7 +125,9 @@ async fn the_same_file_twice_sends_its_bytes_once() {
     assert_eq!(st["unreferenced_files"], 1, "{st}");
     assert_eq!(st["unreferenced_bytes"], total, "{st}");
     assert_eq!(st["unique_files"], 0, "{st}");
-    assert_eq!(st["pending_uploads"], 0, "{st}");
+    // Claims in flight are an admin's figure: a caller without the bytes could tell from
+    // it whether a file exists.
+    assert!(st.get("pending_uploads").is_none(), "{st}");
 }
 
 #[tokio::test]

@@ -207,7 +207,7 @@ async fn last_reference_removed_deletes_at_once_and_retries_are_noops() {
             s.stored_bytes,
             s.deleting
         ),
-        (0, 0, 0, 0)
+        (0, 0, 0, Some(0))
     );
     h.check();
     h.settled();
@@ -432,7 +432,7 @@ async fn crash_between_index_write_and_blob_delete_is_finished_by_the_reconciler
         .await
         .unwrap();
     assert_eq!(h.object_count(), 1, "blob delete failed");
-    assert_eq!(h.d.audio().stats().await.unwrap().deleting, 1);
+    assert_eq!(h.d.audio().stats().await.unwrap().deleting, Some(1));
     // A new reference cannot land on content being deleted.
     let e =
         h.d.audio()

@@ -461,3 +461,39 @@ async fn bad_input_is_a_4xx_json_error_and_stores_nothing() {
     assert_eq!(s.dump(), before, "bad input changed the stores");
     s.assert_invariants();
 }
+
+/// A caller without the bytes learns nothing from the stats: opening sessions on content
+/// nobody stored and on content someone did leaves what they see unchanged. The operator's
+/// counters, which do move, are in an admin's view only.
+#[tokio::test]
+async fn stats_tell_a_caller_without_the_bytes_nothing_about_existence() {
+    let s = TestServer::start().await;
+    let (alice, mallory, admin) = (s.client(ALICE), s.client(BOB), s.client(ADMIN));
+    let stored = audio(7, 50_000);
+    assert_eq!(
+        alice.upload(&stored, "format=mp3").await.status,
+        StatusCode::CREATED
+    );
+    let seen = mallory.stats().await.body;
+    assert!(
+        seen.get("pending_uploads").is_none() && seen.get("deleting").is_none(),
+        "{seen}"
+    );
+    let pending = |v: &serde_json::Value| v["pending_uploads"].as_i64().expect("an admin sees it");
+    let before = pending(&admin.stats().await.body);
+
+    let absent = sha256_hex(&audio(8, 50_000));
+    for hash in [absent, sha256_hex(&stored)] {
+        let r = mallory
+            .open_session(json!({ "sha256": hash, "size": 50_000, "format": "mp3" }))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+        assert_eq!(
+            mallory.stats().await.body,
+            seen,
+            "after a session on {hash}"
+        );
+    }
+    // The claim on the absent content is real, and only the operator sees it.
+    assert_eq!(pending(&admin.stats().await.body), before + 1);
+}

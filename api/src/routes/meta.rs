@@ -30,9 +30,11 @@ pub async fn openapi() -> Result<Response, ApiError> {
 
 pub async fn stats<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
-    _caller: Caller,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.dedup.audio().stats().await?).into_response())
+    let stats = s.dedup.audio().stats().await?;
+    let stats = if caller.admin { stats } else { stats.public() };
+    Ok(Json(stats).into_response())
 }
 
 pub async fn reconcile<B: BlobStore, I: TransactionalIndex>(

@@ -486,9 +486,20 @@ async fn run(cli: Cli) -> Res {
                     ("bytes saved", s.bytes_saved.to_string()),
                     ("unreferenced files", s.unreferenced_files.to_string()),
                     ("unreferenced bytes", s.unreferenced_bytes.to_string()),
-                    ("pending uploads", s.pending_uploads.to_string()),
-                    ("deleting", s.deleting.to_string()),
                 ];
+                let admin_only = [
+                    ("pending uploads", s.pending_uploads),
+                    ("deleting", s.deleting),
+                ];
+                // An admin's view also has the operator's counters.
+                let rows: Vec<_> = rows
+                    .into_iter()
+                    .chain(
+                        admin_only
+                            .into_iter()
+                            .filter_map(|(k, v)| v.map(|v| (k, v.to_string()))),
+                    )
+                    .collect();
                 table(format!("server {}", client.config().base_url), &rows);
             }
         }

@@ -255,5 +255,5 @@ async fn a_removed_event_finishes_an_interrupted_deletion() {
         .unwrap();
     assert_eq!(out.applied + out.ignored, 2);
     let s = w.d.audio().stats().await.unwrap();
-    assert_eq!((s.unique_files, s.deleting), (0, 0));
+    assert_eq!((s.unique_files, s.deleting), (0, Some(0)));
 }

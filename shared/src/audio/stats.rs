@@ -32,8 +32,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             bytes_saved: referenced - stored,
             unreferenced_files,
             unreferenced_bytes,
-            pending_uploads: get("pending"),
-            deleting: get("deleting"),
+            pending_uploads: Some(get("pending")),
+            deleting: Some(get("deleting")),
         })
     }
 }

@@ -85,8 +85,24 @@ pub struct Stats {
     pub unreferenced_files: i64,
     #[serde(default)]
     pub unreferenced_bytes: i64,
-    pub pending_uploads: i64,
-    pub deleting: i64,
+    /// Upload claims in flight and files being deleted: an operator's figures, in an admin's
+    /// view only. Opening a session on absent content claims it, so a public count would tell
+    /// any caller, without the bytes, whether someone stored a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_uploads: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleting: Option<i64>,
+}
+
+impl Stats {
+    /// What any caller may see: without the operator's counters.
+    pub fn public(self) -> Self {
+        Self {
+            pending_uploads: None,
+            deleting: None,
+            ..self
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
