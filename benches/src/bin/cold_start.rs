@@ -201,7 +201,6 @@ async fn main() -> std::process::ExitCode {
         ("AWS_SECRET_ACCESS_KEY", "testing".into()),
         ("AWS_REGION", "us-east-1".into()),
         ("S3_FORCE_PATH_STYLE", "1".into()),
-        ("AWS_LC_SYS_NO_JITTER_ENTROPY", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
