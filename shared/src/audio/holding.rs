@@ -4,7 +4,7 @@
 //! The audio records, holders and counters stay the engine's.
 
 use super::read::audio_not_found;
-use super::references::{live_reference_without_audio, not_attachable};
+use super::references::not_attachable;
 use super::AudioEngine;
 use crate::domain::{
     AudioRecord, AudioState, AudioView, ContentHash, HolderRecord, PendingReference, ReferenceId,
@@ -37,10 +37,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     ) -> Result<(), DedupError> {
         let a = match possession {
             Possession::Held => self.held_audio(owner, hash).await?,
-            Possession::Shared => match self.core.load_audio(hash).await? {
-                Some(a) => a,
-                None => return Err(live_reference_without_audio(hash)),
-            },
+            Possession::Shared => self.referenced_audio(hash).await?,
         };
         if a.value.state() != AudioState::Active {
             return Err(not_attachable(a.value.state()));
@@ -68,9 +65,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 p
             }
             Possession::Shared => {
-                let Some(p) = self.core.load_audio(hash).await? else {
-                    return Err(live_reference_without_audio(hash));
-                };
+                let p = self.referenced_audio(hash).await?;
                 if p.value.state() != AudioState::Active {
                     // Only a store out of step reaches here: the live message holds a
                     // reference.
@@ -107,9 +102,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         if r.value.state == ReferenceState::Removed {
             return Ok(false);
         }
-        let Some(p) = self.core.load_audio(hash).await? else {
-            return Err(live_reference_without_audio(hash));
-        };
+        let p = self.referenced_audio(hash).await?;
         self.plan_remove_reference(txn, &r, &p)
     }
 
@@ -128,21 +121,11 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         &self,
         hash: &ContentHash,
     ) -> Result<Option<AudioView>, DedupError> {
-        let Some(a) = self.core.load_audio(hash).await? else {
-            return Err(live_reference_without_audio(hash));
-        };
+        let a = self.referenced_audio(hash).await?;
         if a.value.state() != AudioState::Active {
             return Ok(None);
         }
-        let (url, url_expires_at) = self.download_url(&a.value).await?;
-        Ok(Some(AudioView {
-            content_hash: *hash,
-            format: a.value.format,
-            size: a.value.size,
-            state: a.value.state(),
-            url,
-            url_expires_at,
-        }))
+        self.view_with_url(&a.value).await.map(Some)
     }
 
     /// Makes `owner` a holder of `a`'s current generation, unless they are already.

@@ -18,12 +18,18 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         if p.value.state() != AudioState::Active {
             return Err(audio_not_found());
         }
-        let (url, url_expires_at) = self.download_url(&p.value).await?;
+        self.view_with_url(&p.value).await
+    }
+
+    /// What a caller allowed to play active audio `a` gets: its metadata and a short-lived
+    /// URL for its exact version.
+    pub(crate) async fn view_with_url(&self, a: &AudioRecord) -> Result<AudioView, DedupError> {
+        let (url, url_expires_at) = self.download_url(a).await?;
         Ok(AudioView {
-            content_hash: *hash,
-            format: p.value.format,
-            size: p.value.size,
-            state: p.value.state(),
+            content_hash: a.hash,
+            format: a.format,
+            size: a.size,
+            state: a.state(),
             url,
             url_expires_at,
         })

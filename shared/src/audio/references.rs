@@ -68,6 +68,18 @@ fn view(r: &ReferenceRecord) -> ReferenceView {
 }
 
 impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
+    /// The audio a live reference (or a live message) holds. It exists by the invariants,
+    /// so its absence is a store out of step with itself, not a caller's mistake.
+    pub(crate) async fn referenced_audio(
+        &self,
+        hash: &ContentHash,
+    ) -> Result<Versioned<AudioRecord>, DedupError> {
+        match self.core.load_audio(hash).await? {
+            Some(p) => Ok(p),
+            None => Err(live_reference_without_audio(hash)),
+        }
+    }
+
     /// Adds a reference owned by `owner`. Requires that `owner` proved possession of the
     /// content in its current generation; otherwise answers 404, as for unknown content.
     ///
@@ -408,9 +420,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         if r.value.state == ReferenceState::Removed {
             return Ok(Step::Done(false));
         }
-        let Some(p) = self.core.load_audio(hash).await? else {
-            return Err(live_reference_without_audio(hash));
-        };
+        let p = self.referenced_audio(hash).await?;
         let mut txn = self.core.txn();
         let deleting = self.plan_remove_reference(&mut txn, &r, &p)?;
         Ok(if self.core.commit(txn).await? {
@@ -432,7 +442,7 @@ pub(crate) fn not_attachable(state: AudioState) -> DedupError {
     )
 }
 
-pub(crate) fn live_reference_without_audio(hash: &ContentHash) -> DedupError {
+fn live_reference_without_audio(hash: &ContentHash) -> DedupError {
     crate::error::StoreError::Corrupt {
         key: keys::audio(hash).to_string(),
         reason: "live reference without audio".into(),
