@@ -11,6 +11,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429 and 503).
+    pub retry_after: Option<u64>,
 }
 
 /// Each code's one HTTP status. Exhaustive: a new code does not compile until it has one.
@@ -41,6 +43,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::MessageIdConflict
         | C::CursorUnknown => StatusCode::CONFLICT,
         C::SessionExpired => StatusCode::GONE,
+        C::QuotaExceeded | C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         C::Busy | C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         C::Internal | C::Unknown => StatusCode::INTERNAL_SERVER_ERROR,
         C::InvalidPath
@@ -80,6 +83,7 @@ impl ApiError {
             status: status_of(code),
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -102,7 +106,12 @@ impl From<DedupError> for ApiError {
             // Full detail to the logs only.
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "request failed");
         }
-        Self::new(e.code(), e.public_message())
+        let mut api = Self::new(e.code(), e.public_message());
+        // Whole seconds, never 0: a client that honours it must wait.
+        api.retry_after = e
+            .retry_after()
+            .map(|d| d.as_secs_f64().ceil().max(1.0) as u64);
+        api
     }
 }
 
@@ -110,6 +119,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
         let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

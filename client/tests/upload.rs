@@ -137,7 +137,7 @@ async fn another_user_with_the_same_content_claims_it_by_proof() {
     let alice = client(&server, ALICE, &dir.path().join("alice"));
     let bob = client(&server, BOB, &dir.path().join("bob"));
     // One file above the whole-file proof size (sampled ranges), one below it (whole file).
-    for (seed, len) in [(2u64, 700_000usize), (3, 40_000)] {
+    for (seed, len) in [(2u64, 1_200_000usize), (3, 40_000)] {
         let song = audio(seed, len);
         let a = write(dir.path(), &format!("alice-{seed}.flac"), &song);
         let b = write(dir.path(), &format!("bob-{seed}.flac"), &song);

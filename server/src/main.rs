@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use audio_dedup_core::protocol::Limits;
 use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_core::DedupConfig;
 use audio_dedup_server::{run, ServerConfig, TokenTable};
@@ -41,6 +42,18 @@ struct Args {
     /// SQLite synchronous mode: full (survives power loss) or normal.
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     sync: String,
+    /// Upload sessions one user may hold open at once (default 20).
+    #[arg(long, env = "AUDIO_DEDUP_MAX_OPEN_SESSIONS")]
+    max_open_sessions: Option<u32>,
+    /// Bytes one user may upload per UTC day (default 20 GiB).
+    #[arg(long, env = "AUDIO_DEDUP_MAX_UPLOAD_BYTES_PER_DAY")]
+    max_upload_bytes_per_day: Option<u64>,
+    /// Failed proofs of one content before that user is locked out of proving it (default 3).
+    #[arg(long, env = "AUDIO_DEDUP_PROOF_FAILURES")]
+    proof_failures: Option<u32>,
+    /// Seconds that lockout lasts (default 3600).
+    #[arg(long, env = "AUDIO_DEDUP_PROOF_LOCKOUT_SECS")]
+    proof_lockout_secs: Option<u64>,
     /// Log format.
     #[arg(long, env = "AUDIO_DEDUP_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -87,12 +100,14 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if tokens.is_empty() {
         return Err(Box::new(audio_dedup_server::tokens::TokenError::Missing));
     }
+    let limits = limits(&args);
     let cfg = ServerConfig {
         data_dir: args.data_dir,
         public_url: args.public_url,
         tokens,
         dedup: DedupConfig {
             deletion_grace: Duration::from_secs(args.deletion_grace_secs),
+            limits,
             ..DedupConfig::default()
         },
         reconcile_every: Duration::from_secs(args.reconcile_every_secs),
@@ -106,6 +121,21 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     run(listener, cfg, shutdown).await?;
     Ok(())
+}
+
+/// The per-user limits: the core's defaults, each one overridable.
+fn limits(args: &Args) -> Limits {
+    let d = Limits::default();
+    Limits {
+        open_sessions: args.max_open_sessions.unwrap_or(d.open_sessions),
+        upload_bytes_per_day: args
+            .max_upload_bytes_per_day
+            .unwrap_or(d.upload_bytes_per_day),
+        proof_failures: args.proof_failures.unwrap_or(d.proof_failures),
+        proof_lockout: args
+            .proof_lockout_secs
+            .map_or(d.proof_lockout, Duration::from_secs),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed now, before the server

@@ -247,3 +247,15 @@ async fn members_reach_audio_through_messages() {
     let Some(env) = Aws::new().await else { return };
     contract::chat::members_reach_audio_through_messages(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_flood_stops_at_the_quota() {
+    let Some(env) = Aws::new().await else { return };
+    contract::limits::a_session_flood_stops_at_the_quota(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_holder_cannot_reroll_or_keep_guessing() {
+    let Some(env) = Aws::new().await else { return };
+    contract::limits::a_partial_holder_cannot_reroll_or_keep_guessing(&env).await;
+}

@@ -170,3 +170,13 @@ async fn reconciler_sweeps_unrecorded_snapshots() {
 async fn members_reach_audio_through_messages() {
     contract::chat::members_reach_audio_through_messages(&Embedded::new()).await;
 }
+
+#[tokio::test]
+async fn a_session_flood_stops_at_the_quota() {
+    contract::limits::a_session_flood_stops_at_the_quota(&Embedded::new()).await;
+}
+
+#[tokio::test]
+async fn a_partial_holder_cannot_reroll_or_keep_guessing() {
+    contract::limits::a_partial_holder_cannot_reroll_or_keep_guessing(&Embedded::new()).await;
+}

@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use audio_dedup_core::audio::{proof_for, Adoption, CompleteRequest, DirectUpload, SessionRequest};
+use audio_dedup_core::audio::{
+    proof_for, Adoption, CompleteRequest, DirectUpload, SessionRequest, WHOLE_FILE_PROOF_MAX,
+};
 use audio_dedup_core::chat::{NewMessage, NewThread};
 use audio_dedup_core::ports::{
     BlobBody, BlobEvent, Clock, Item, Key, ManualClock, PutOutcome, SeededEntropy,
@@ -346,9 +348,10 @@ fn generate(seed: u64) -> Workload {
     };
     let mut contents = Vec::new();
     for i in 0..n_contents {
-        // Mostly small; sometimes one just over 64 KiB so proofs use sampled ranges.
+        // Mostly small; sometimes one just over the whole-file proof size, so proofs use
+        // sampled ranges.
         let size = if i == 0 && r.chance(0.1) {
-            65_536 + r.range(1, 8192) as usize
+            WHOLE_FILE_PROOF_MAX as usize + r.range(1, 8192) as usize
         } else {
             r.range(1, 256) as usize
         };

@@ -179,6 +179,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             Attach::Lenient,
         )
         .await?;
+        if s.value.state == SessionState::Open {
+            self.plan_session_closed(txn, &s.value.owner).await?;
+        }
         let mut done = s.value.clone();
         done.state = SessionState::Completed;
         done.deduplicated = Some(false);

@@ -7,6 +7,7 @@ mod combine;
 mod deletion;
 mod events;
 pub(crate) mod holding;
+mod quota;
 mod read;
 pub(crate) mod reconcile;
 mod references;
@@ -17,7 +18,9 @@ mod upload;
 use std::sync::Arc;
 
 pub use events::Adoption;
-pub use session::{proof_for, CompleteRequest, SessionRequest};
+pub use session::{
+    proof_for, CompleteRequest, SessionRequest, PROOF_RANGES, PROOF_RANGE_LEN, WHOLE_FILE_PROOF_MAX,
+};
 pub use upload::DirectUpload;
 
 use crate::domain::ContentHash;

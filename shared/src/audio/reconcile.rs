@@ -57,6 +57,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                     e.state = SessionState::Expired;
                     let mut txn = self.core.txn();
                     txn.put_session(&e, s.expect())?;
+                    self.plan_session_closed(&mut txn, &e.owner).await?;
                     if self.core.commit(txn).await? {
                         report.sessions_expired += 1;
                     }

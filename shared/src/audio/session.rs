@@ -5,28 +5,40 @@
 //! not the content exists (`upload_required`), and the session itself looks the same in both
 //! cases, so neither the session nor a failed proof reveals that a hash exists.
 //!
+//! Against a partial holder (`docs/protocol.md` has the arithmetic): a challenge samples
+//! [`PROOF_RANGES`] ranges (the whole file when small); one user gets one standing challenge
+//! per content until it is answered or expires, whatever sessions they open; and after
+//! `limits.proof_failures` failed answers they are locked out of proving it for a while.
+//!
 //! Race closed: a session that never completes. Its pending claim has a due time; the
 //! reconciler resolves it (adopting an object that did land, or dropping the claim).
 
+use futures_util::{stream, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 
 use super::references::Attach;
 use super::AudioEngine;
 use crate::domain::{
-    AudioFormat, AudioPhase, AudioState, ByteRange, Challenge, ChallengeView, ContentHash,
-    PendingReference, Proof, SessionId, SessionRecord, SessionState, UploadResult, UploadSession,
-    Uploader, UserId,
+    AudioFormat, AudioPhase, AudioRecord, AudioState, ByteRange, Challenge, ChallengeView,
+    ContentHash, PendingReference, Proof, ProverRecord, SessionId, SessionRecord, SessionState,
+    UploadResult, UploadSession, Uploader, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, PresignPut, TransactionalIndex};
-use crate::protocol::{keys, ms, Step};
+use crate::protocol::codec::{expect_of, Txn};
+use crate::protocol::{keys, ms, Step, Versioned};
 
 /// Largest object a single signed PUT may carry (S3's single-part limit). Only a single-part
 /// PUT proves the whole-object SHA-256.
 pub const MAX_SESSION_SIZE: u64 = 5 * 1024 * 1024 * 1024;
-const WHOLE_FILE_PROOF_MAX: u64 = 64 * 1024;
-const PROOF_RANGES: u64 = 8;
-const PROOF_RANGE_LEN: u64 = 4096;
+/// Content up to this size is challenged on all of its bytes.
+pub const WHOLE_FILE_PROOF_MAX: u64 = 1024 * 1024;
+/// Ranges a challenge samples from larger content: someone missing 10% of the bytes answers
+/// it with probability below 2^-20 (docs/protocol.md).
+pub const PROOF_RANGES: u64 = 140;
+pub const PROOF_RANGE_LEN: u64 = 1024;
+/// Ranged reads one proof check keeps in flight.
+const PROOF_READS_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct SessionRequest {
@@ -73,7 +85,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let now = self.core.now();
         let mut id = [0u8; 16];
         self.core.entropy.fill(&mut id);
-        let rec = SessionRecord {
+        let fresh = SessionRecord {
             id: SessionId::from_random(id),
             hash: req.hash,
             owner: req.owner.clone(),
@@ -86,6 +98,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             expires_at: now + ms(self.core.cfg.session_ttl),
             deduplicated: None,
         };
+        let rec = self.core.cas(|| self.open_step(&fresh)).await?;
         let upload = self
             .core
             .blobs
@@ -98,7 +111,6 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 expires_in: self.core.cfg.session_ttl,
             })
             .await?;
-        self.core.cas(|| self.open_step(&rec)).await?;
         Ok(UploadSession {
             session_id: rec.id.clone(),
             content_hash: rec.hash,
@@ -111,21 +123,27 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         })
     }
 
-    async fn open_step(&self, rec: &SessionRecord) -> Result<Step<()>, DedupError> {
-        let lease_until = rec.expires_at + ms(self.core.cfg.session_slack);
-        let prev = self.core.load_audio(&rec.hash).await?;
+    /// Writes the session, its owner's standing challenge (reused while live) and quota, and
+    /// the pending claim the PUT will complete. Returns the session as written.
+    async fn open_step(&self, fresh: &SessionRecord) -> Result<Step<SessionRecord>, DedupError> {
+        let lease_until = fresh.expires_at + ms(self.core.cfg.session_slack);
+        let prev = self.core.load_audio(&fresh.hash).await?;
         let state = prev.as_ref().map_or(AudioState::Gone, |p| p.value.state());
         let mut txn = self.core.txn();
+        // Limits first: a refused open writes nothing, not even the claim below.
+        let rec = self.plan_standing_challenge(&mut txn, fresh).await?;
+        self.plan_session_opened(&mut txn, &rec.owner, rec.size)
+            .await?;
         match (state, &prev) {
             (AudioState::Deleting, _) => {
-                self.finish_deletion(&rec.hash).await?;
+                self.finish_deletion(&fresh.hash).await?;
                 return Ok(Step::Again);
             }
             (AudioState::Gone, _) => {
                 return self
                     .claim_pending(
-                        &rec.hash,
-                        rec.format,
+                        &fresh.hash,
+                        fresh.format,
                         prev.as_ref(),
                         lease_until - self.core.now(),
                     )
@@ -141,12 +159,44 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             }
             _ => {}
         }
-        txn.put_session(rec, Expect::Absent)?;
+        txn.put_session(&rec, Expect::Absent)?;
         Ok(if self.core.commit(txn).await? {
-            Step::Done(())
+            Step::Done(rec)
         } else {
             Step::Lost
         })
+    }
+
+    /// The session to write: `fresh`, carrying its owner's live challenge on this content if
+    /// there is one (extended to this session's life), else its own new one.
+    async fn plan_standing_challenge(
+        &self,
+        txn: &mut Txn,
+        fresh: &SessionRecord,
+    ) -> Result<SessionRecord, DedupError> {
+        let key = keys::prover(&fresh.hash, &fresh.owner);
+        let prev = self.core.load::<ProverRecord>(&key).await?;
+        let mut rec = fresh.clone();
+        let prover = match prev.as_ref().map(|p| &p.value) {
+            Some(p) if p.expires_at > self.core.now() => {
+                rec.challenge = p.challenge.clone();
+                ProverRecord {
+                    expires_at: p.expires_at.max(rec.expires_at),
+                    ..p.clone()
+                }
+            }
+            // Failures and a lockout outlive the challenge they were counted on.
+            other => ProverRecord {
+                owner: rec.owner.clone(),
+                hash: rec.hash,
+                challenge: rec.challenge.clone(),
+                expires_at: rec.expires_at,
+                failures: other.map_or(0, |p| p.failures),
+                locked_until: other.and_then(|p| p.locked_until),
+            },
+        };
+        txn.put(key, &prover, expect_of(prev.as_ref()))?;
+        Ok(rec)
     }
 
     fn make_challenge(&self, size: u64) -> Challenge {
@@ -235,41 +285,31 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         s: &SessionRecord,
         proof: &Proof,
     ) -> Result<Step<UploadResult>, DedupError> {
+        let now = self.core.now();
         // A challenge is answered within the session's life, whether or not the reconciler
         // has marked it expired yet: an old challenge must not stay open to answer at will.
-        if self.core.now() > s.expires_at {
+        if now > s.expires_at {
             return Err(DedupError::refused(
                 ErrorCode::SessionExpired,
                 "the upload session expired; open a new one",
             ));
         }
-        let Some(p) = self.core.load_audio(&s.hash).await? else {
-            return Err(DedupError::UploadRequired);
+        let prover_key = keys::prover(&s.hash, &s.owner);
+        let prover = self.core.load::<ProverRecord>(&prover_key).await?;
+        if let Some(until) = prover
+            .as_ref()
+            .and_then(|p| p.value.locked_until)
+            .filter(|u| *u > now)
+        {
+            return Err(DedupError::limited(
+                ErrorCode::RateLimited,
+                "too many failed proofs of this content; upload the bytes or wait",
+                std::time::Duration::from_millis((until - now) as u64),
+            ));
+        }
+        let Some(p) = self.answered_audio(s, proof).await? else {
+            return self.record_failed_proof(s, prover.as_ref()).await;
         };
-        let AudioPhase::Active { blob_version, .. } = &p.value.phase else {
-            return Err(DedupError::UploadRequired);
-        };
-        let version = blob_version.clone();
-        if p.value.size != s.size {
-            return Err(DedupError::UploadRequired);
-        }
-        let key = self.core.blob_key(&s.hash);
-        let mut chunks = Vec::with_capacity(s.challenge.ranges.len());
-        for r in &s.challenge.ranges {
-            match self
-                .core
-                .blobs
-                .read_range(&key, &version, r.offset, r.length)
-                .await?
-            {
-                Some(bytes) if bytes.len() as u64 == r.length => chunks.push(bytes),
-                _ => return Err(DedupError::UploadRequired),
-            }
-        }
-        let expected = proof_for(&s.challenge.nonce, chunks.iter().map(|c| c.as_ref()));
-        if !constant_time_eq(expected.as_bytes(), proof.as_str().as_bytes()) {
-            return Err(DedupError::UploadRequired);
-        }
         let mut a = p.value.clone();
         let mut txn = self.core.txn();
         self.plan_attach(
@@ -289,11 +329,88 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         done.state = SessionState::Completed;
         done.deduplicated = Some(true);
         txn.put_session(&done, cur.expect())?;
+        if cur.value.state == SessionState::Open {
+            self.plan_session_closed(&mut txn, &s.owner).await?;
+        }
+        if let Some(pr) = &prover {
+            // Answered: the next session on this content (another generation) draws afresh.
+            let answered = ProverRecord {
+                expires_at: now,
+                failures: 0,
+                ..pr.value.clone()
+            };
+            txn.put(prover_key, &answered, pr.expect())?;
+        }
         Ok(if self.core.commit(txn).await? {
             Step::Done(self.upload_result(&a, true).await?)
         } else {
             Step::Lost
         })
+    }
+
+    /// The active audio record if `proof` answers the session's challenge over its stored
+    /// bytes; `None` for every other case, absent content included.
+    async fn answered_audio(
+        &self,
+        s: &SessionRecord,
+        proof: &Proof,
+    ) -> Result<Option<Versioned<AudioRecord>>, DedupError> {
+        let Some(p) = self.core.load_audio(&s.hash).await? else {
+            return Ok(None);
+        };
+        let AudioPhase::Active { blob_version, .. } = &p.value.phase else {
+            return Ok(None);
+        };
+        if p.value.size != s.size {
+            return Ok(None);
+        }
+        let key = self.core.blob_key(&s.hash);
+        let (blobs, version) = (&self.core.blobs, blob_version.as_str());
+        let reads = stream::iter(s.challenge.ranges.clone())
+            .map(|r| blobs.read_range(&key, version, r.offset, r.length))
+            .buffered(PROOF_READS_IN_FLIGHT);
+        let chunks: Vec<Option<bytes::Bytes>> = reads.try_collect().await?;
+        let mut held = Vec::with_capacity(chunks.len());
+        for (r, chunk) in s.challenge.ranges.iter().zip(chunks) {
+            match chunk {
+                Some(bytes) if bytes.len() as u64 == r.length => held.push(bytes),
+                _ => return Ok(None),
+            }
+        }
+        let expected = proof_for(&s.challenge.nonce, held.iter().map(|c| c.as_ref()));
+        Ok(constant_time_eq(expected.as_bytes(), proof.as_str().as_bytes()).then_some(p))
+    }
+
+    /// Counts a failed answer against the owner's standing challenge (the same whether or not
+    /// the content exists), locking them out of proving it after `limits.proof_failures`.
+    async fn record_failed_proof<T>(
+        &self,
+        s: &SessionRecord,
+        prev: Option<&Versioned<ProverRecord>>,
+    ) -> Result<Step<T>, DedupError> {
+        let limits = &self.core.cfg.limits;
+        let mut pr = prev
+            .map(|p| p.value.clone())
+            .unwrap_or_else(|| ProverRecord {
+                owner: s.owner.clone(),
+                hash: s.hash,
+                challenge: s.challenge.clone(),
+                expires_at: s.expires_at,
+                failures: 0,
+                locked_until: None,
+            });
+        pr.failures += 1;
+        if pr.failures >= limits.proof_failures {
+            pr.failures = 0;
+            pr.locked_until = Some(self.core.now() + ms(limits.proof_lockout));
+        }
+        let mut txn = self.core.txn();
+        txn.put(keys::prover(&s.hash, &s.owner), &pr, expect_of(prev))?;
+        if self.core.commit(txn).await? {
+            Err(DedupError::UploadRequired)
+        } else {
+            Ok(Step::Lost)
+        }
     }
 
     async fn completed_result(

@@ -38,6 +38,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 "the audio body is empty",
             ));
         }
+        self.charge_direct_upload(&up.owner, up.size).await?;
         let created = AtomicBool::new(false);
         self.core.cas(|| self.direct_step(&up, &created)).await
     }

@@ -151,6 +151,34 @@ pub struct Challenge {
     pub ranges: Vec<ByteRange>,
 }
 
+/// One user's standing challenge on one content. Every session that user opens on that
+/// content gets this challenge until it is answered or expires, so a challenge cannot be
+/// re-rolled until it falls inside the bytes someone holds. Failed answers are counted here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProverRecord {
+    pub owner: UserId,
+    pub hash: ContentHash,
+    pub challenge: Challenge,
+    /// When the last session carrying the challenge expires; a new one is drawn after.
+    pub expires_at: Millis,
+    /// Failed answers since the last lockout.
+    pub failures: u32,
+    /// While set and in the future, this user may not prove this content.
+    pub locked_until: Option<Millis>,
+}
+
+/// What one user holds open and has declared for upload today, kept exact in the same
+/// transactions that open and close sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserQuota {
+    /// Sessions in state `Open`.
+    pub open_sessions: u32,
+    /// The UTC day (days since the epoch) `bytes_today` counts.
+    pub day: i64,
+    /// Bytes declared by sessions opened and sent by direct uploads on `day`.
+    pub bytes_today: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {

@@ -72,6 +72,8 @@ pub enum ErrorCode {
     PreconditionFailed,
     ObjectNotFound,
     // The service.
+    QuotaExceeded,
+    RateLimited,
     Busy,
     Unavailable,
     Internal,

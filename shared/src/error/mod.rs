@@ -50,6 +50,14 @@ pub enum DedupError {
     /// One answer for both, so it never tells whether the content exists.
     #[error("upload the bytes to the session's URL, then complete again")]
     UploadRequired,
+    /// Over a per-user limit: nothing was written; the same request may pass after
+    /// `retry_after`.
+    #[error("{message}")]
+    Limited {
+        code: ErrorCode,
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// Compare-and-swap retries exhausted under contention.
     #[error("too much contention on this content; retry")]
     Busy,
@@ -65,12 +73,40 @@ impl DedupError {
         }
     }
 
+    pub fn limited(
+        code: ErrorCode,
+        message: impl Into<String>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        Self::Limited {
+            code,
+            message: message.into(),
+            retry_after,
+        }
+    }
+
+    /// How long a caller should wait before the same request may succeed, when known.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Limited { retry_after, .. } => Some(*retry_after),
+            Self::Busy | Self::Store(StoreError::Unavailable(_)) => {
+                Some(std::time::Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+
     /// The same error for another caller (a batch's shared failure): same variant and
     /// code; a store error's source is carried as its text.
     pub fn duplicate(&self) -> Self {
         match self {
             Self::Refused { code, message } => Self::refused(*code, message.clone()),
             Self::UploadRequired => Self::UploadRequired,
+            Self::Limited {
+                code,
+                message,
+                retry_after,
+            } => Self::limited(*code, message.clone(), *retry_after),
             Self::Busy => Self::Busy,
             Self::Store(e) => Self::Store(e.duplicate()),
         }
@@ -78,7 +114,7 @@ impl DedupError {
 
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Refused { code, .. } => *code,
+            Self::Refused { code, .. } | Self::Limited { code, .. } => *code,
             Self::UploadRequired => ErrorCode::UploadRequired,
             Self::Busy => ErrorCode::Busy,
             Self::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,

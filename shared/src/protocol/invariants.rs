@@ -7,6 +7,7 @@ use super::keys;
 use crate::domain::{
     AudioRecord, AudioState, ContentHash, EntryState, LibraryItemRecord, MessageRecord,
     ReferenceId, ReferenceRecord, ReferenceState, SessionRecord, SessionState, SnapshotStore,
+    UserQuota,
 };
 use crate::ports::{Item, ObjectMeta};
 
@@ -85,6 +86,7 @@ pub fn safety(
         }
     }
     bad.extend(holders(items, &objects));
+    bad.extend(open_session_quotas(items));
     let total_live: i64 = live.values().map(|n| *n as i64).sum();
     let referenced: i64 = live
         .iter()
@@ -105,6 +107,48 @@ pub fn safety(
             bad.push(format!(
                 "stats {name} = {} but the records say {want}",
                 c(name)
+            ));
+        }
+    }
+    bad
+}
+
+/// Each user's quota counts exactly their sessions still open.
+fn open_session_quotas(items: &[Item]) -> Vec<String> {
+    let mut open: BTreeMap<String, u32> = BTreeMap::new();
+    let mut counted: BTreeMap<String, u32> = BTreeMap::new();
+    let mut bad = Vec::new();
+    for item in items {
+        if item.key.sk.starts_with("SESSION#") {
+            match serde_json::from_str::<SessionRecord>(&item.body) {
+                Ok(s) if s.state == SessionState::Open => {
+                    *open.entry(s.owner.to_string()).or_default() += 1
+                }
+                Ok(_) => {}
+                Err(e) => bad.push(format!("undecodable session {}: {e}", item.key)),
+            }
+        } else if item.key.sk == "QUOTA" {
+            match serde_json::from_str::<UserQuota>(&item.body) {
+                Ok(q) => {
+                    let user = item.key.pk.trim_start_matches("USER#").to_owned();
+                    counted.insert(user, q.open_sessions);
+                }
+                Err(e) => bad.push(format!("undecodable quota {}: {e}", item.key)),
+            }
+        }
+    }
+    for user in open
+        .keys()
+        .chain(counted.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let (o, c) = (
+            open.get(user).copied().unwrap_or(0),
+            counted.get(user).copied().unwrap_or(0),
+        );
+        if o != c {
+            bad.push(format!(
+                "{user}: quota counts {c} open sessions, {o} are open"
             ));
         }
     }

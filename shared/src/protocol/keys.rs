@@ -33,6 +33,16 @@ pub fn session(hash: &ContentHash, id: &SessionId) -> Key {
     Key::new(audio_pk(hash), format!("SESSION#{id}"))
 }
 
+/// `owner`'s standing challenge on `hash`.
+pub fn prover(hash: &ContentHash, owner: &UserId) -> Key {
+    Key::new(audio_pk(hash), format!("PROVER#{owner}"))
+}
+
+/// `owner`'s quota counters.
+pub fn user_quota(owner: &UserId) -> Key {
+    Key::new(format!("USER#{owner}"), "QUOTA")
+}
+
 pub fn stats_shard(shard: u64) -> Key {
     Key::new(STATS_PK, format!("SHARD#{shard:03}"))
 }

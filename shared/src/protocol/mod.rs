@@ -50,6 +50,33 @@ pub struct DedupConfig {
     /// transaction; adds to one audio still take turns rather than race).
     /// Clamped to 1..=`MAX_ADD_BATCH`, so a batch fits in one index transaction.
     pub max_add_batch: usize,
+    /// What one user may make the system keep or do.
+    pub limits: Limits,
+}
+
+/// Per-user limits. Quotas are kept exact in the index, in the transactions that open and
+/// close sessions; none costs a write on reference adds or message creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Upload sessions one user may hold open at once.
+    pub open_sessions: u32,
+    /// Bytes one user may declare in sessions and send in direct uploads per UTC day.
+    pub upload_bytes_per_day: u64,
+    /// Failed proofs of one content before that user is locked out of proving it.
+    pub proof_failures: u32,
+    /// How long that lockout lasts.
+    pub proof_lockout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            open_sessions: 20,
+            upload_bytes_per_day: 20 * 1024 * 1024 * 1024,
+            proof_failures: 3,
+            proof_lockout: Duration::from_secs(60 * 60),
+        }
+    }
 }
 
 impl Default for DedupConfig {
@@ -67,6 +94,7 @@ impl Default for DedupConfig {
             snapshot_grace: Duration::from_secs(15 * 60),
             max_attempts: 64,
             max_add_batch: 20,
+            limits: Limits::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod limits;
 
 use std::collections::BTreeMap;
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{clients_from_env, DynamoIndex, S3Blobs};
+use crate::protocol::Limits;
 use crate::{Dedup, DedupConfig};
 
 pub type AwsDedup = Dedup<S3Blobs, DynamoIndex>;
@@ -14,6 +15,8 @@ pub enum EnvError {
     Missing(&'static str),
     #[error("environment variable {0} is not a number of seconds")]
     NotSeconds(&'static str),
+    #[error("environment variable {0} is not a number")]
+    NotNumber(&'static str),
 }
 
 fn var(name: &'static str) -> Result<String, EnvError> {
@@ -33,6 +36,25 @@ fn seconds(name: &'static str, default: u64) -> Result<Duration, EnvError> {
     }
 }
 
+/// `MAX_OPEN_SESSIONS`, `MAX_UPLOAD_BYTES_PER_DAY`, `PROOF_FAILURES` and
+/// `PROOF_LOCKOUT_SECONDS`, each defaulting to [`Limits::default`].
+fn limits_from_env() -> Result<Limits, EnvError> {
+    let d = Limits::default();
+    Ok(Limits {
+        open_sessions: number("MAX_OPEN_SESSIONS", d.open_sessions)?,
+        upload_bytes_per_day: number("MAX_UPLOAD_BYTES_PER_DAY", d.upload_bytes_per_day)?,
+        proof_failures: number("PROOF_FAILURES", d.proof_failures)?,
+        proof_lockout: seconds("PROOF_LOCKOUT_SECONDS", d.proof_lockout.as_secs())?,
+    })
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, EnvError> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v.trim().parse().map_err(|_| EnvError::NotNumber(name)),
+        _ => Ok(default),
+    }
+}
+
 /// `TABLE_NAME`, `BUCKET_NAME`, `KEY_PREFIX` (default `audio-dedup/`), `DELETION_GRACE_SECONDS`
 /// (default 0), `S3_FORCE_PATH_STYLE` (moto), plus the SDK's own (`AWS_REGION`,
 /// `AWS_ENDPOINT_URL`, credentials).
@@ -44,6 +66,7 @@ pub async fn dedup_from_env() -> Result<Arc<AwsDedup>, EnvError> {
     let cfg = DedupConfig {
         key_prefix: prefix.clone(),
         deletion_grace: seconds("DELETION_GRACE_SECONDS", 0)?,
+        limits: limits_from_env()?,
         ..DedupConfig::default()
     };
     let (ddb, s3) = clients_from_env(path_style).await;
