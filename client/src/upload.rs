@@ -45,6 +45,16 @@ const CHUNK: usize = 256 * 1024;
 /// from memory: the bytes are sent instead.
 const MAX_PROOF_BYTES: u64 = 1024 * 1024;
 
+/// How the server answered a proof of possession.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Accepted,
+    /// Not accepted: the bytes must be sent.
+    Refused,
+    /// Too many wrong answers for this content: no proof is taken for this long.
+    LockedOut(Duration),
+}
+
 /// Reads the challenged ranges; `None` when a range lies outside the file or the challenge
 /// is unreasonably large.
 async fn read_ranges(
@@ -192,7 +202,8 @@ impl Client {
             deduplicated: true,
             bytes_sent: 0,
         };
-        if self.claim_by_proof(path, size, &session).await? {
+        // Locked out of proving (earlier wrong answers): sending the bytes still works.
+        if self.claim_by_proof(path, size, &session).await? == Claim::Accepted {
             tracing::info!(%hash, "already on the server (deduplicated)");
             return Ok(deduplicated);
         }
@@ -203,14 +214,19 @@ impl Client {
         {
             Ok(()) => {}
             Err(ClientError::Api(ApiError::Rejected { status: 412, .. })) => {
-                if self.claim_by_proof(path, size, &session).await? {
-                    tracing::info!(%hash, "already on the server (deduplicated)");
-                    return Ok(deduplicated);
-                }
+                // The content is stored: only a proof claims it now.
+                let (status, code, wait) = match self.claim_by_proof(path, size, &session).await? {
+                    Claim::Accepted => {
+                        tracing::info!(%hash, "already on the server (deduplicated)");
+                        return Ok(deduplicated);
+                    }
+                    Claim::LockedOut(wait) => (429, ErrorCode::RateLimited, wait),
+                    Claim::Refused => (412, ErrorCode::PreconditionFailed, Duration::from_secs(1)),
+                };
                 return Err(ApiError::Retryable {
-                    status: 412,
-                    code: ErrorCode::PreconditionFailed,
-                    retry_after: Some(Duration::from_secs(1)),
+                    status,
+                    code,
+                    retry_after: Some(wait),
                 }
                 .into());
             }
@@ -230,16 +246,16 @@ impl Client {
         })
     }
 
-    /// Answers the session's possession challenge from the local file. `true`: the server
-    /// accepted it (the content exists and is now the caller's too).
+    /// Answers the session's possession challenge from the local file. `Accepted`: the
+    /// content exists and is now the caller's too.
     async fn claim_by_proof(
         &self,
         path: &Path,
         size: u64,
         session: &UploadSession,
-    ) -> Result<bool, ClientError> {
+    ) -> Result<Claim, ClientError> {
         let Some(chunks) = read_ranges(path, size, &session.challenge.ranges).await? else {
-            return Ok(false);
+            return Ok(Claim::Refused);
         };
         let proof = proof_for(&session.challenge.nonce, chunks.iter().map(Vec::as_slice));
         match self
@@ -247,11 +263,18 @@ impl Client {
             .complete(&session.content_hash, &session.session_id, Some(&proof))
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(Claim::Accepted),
             Err(ApiError::Rejected {
                 code: ErrorCode::UploadRequired,
                 ..
-            }) => Ok(false),
+            }) => Ok(Claim::Refused),
+            Err(ApiError::Retryable {
+                code: ErrorCode::RateLimited,
+                retry_after,
+                ..
+            }) => Ok(Claim::LockedOut(
+                retry_after.unwrap_or(Duration::from_secs(60)),
+            )),
             Err(e) => Err(e.into()),
         }
     }

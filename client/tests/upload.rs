@@ -235,3 +235,56 @@ async fn errors_are_classified() {
     assert!(err.api().is_some_and(|e| e.is_retryable()), "{err:?}");
     assert!(!offline.is_online());
 }
+
+/// Bob answered wrongly three times and is locked out of proving alice's song. His honest
+/// upload then neither fails for good nor loops: it tries the bytes (stored already, so the
+/// PUT is refused), and answers a retryable 429 that says how long the lockout lasts.
+#[tokio::test]
+async fn a_locked_out_uploader_gets_a_retryable_429_with_the_lockout() {
+    use audio_dedup_client::ApiError;
+    use audio_dedup_core::ErrorCode;
+
+    let server = TempServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let alice = client(&server, ALICE, &dir.path().join("alice"));
+    let bob = client(&server, BOB, &dir.path().join("bob"));
+    let song = audio(11, 1_500_000);
+    let path = write(dir.path(), "song.flac", &song);
+    let hash = ContentHash::of(&song);
+    alice
+        .upload_audio(&path, AudioFormat::Flac, None)
+        .await
+        .expect("alice uploads");
+    let session = bob
+        .api()
+        .open_session(&hash, song.len() as u64, AudioFormat::Flac, None)
+        .await
+        .expect("bob opens a session");
+    for _ in 0..3 {
+        let wrong = bob
+            .api()
+            .complete(&hash, &session.session_id, Some(&"ab".repeat(32)))
+            .await
+            .expect_err("a wrong proof");
+        assert!(matches!(
+            wrong,
+            ApiError::Rejected {
+                code: ErrorCode::UploadRequired,
+                ..
+            }
+        ));
+    }
+    let e = bob
+        .upload_audio(&path, AudioFormat::Flac, None)
+        .await
+        .expect_err("locked out");
+    assert!(e.api().is_some_and(ApiError::is_retryable), "{e:?}");
+    match e.api() {
+        Some(ApiError::Retryable {
+            status: 429,
+            code: ErrorCode::RateLimited,
+            retry_after: Some(wait),
+        }) => assert!(*wait > Duration::from_secs(59 * 60), "{wait:?}"),
+        other => panic!("expected a retryable 429 with the lockout, got {other:?}"),
+    }
+}
