@@ -113,12 +113,12 @@ ddb = session.client("dynamodb", endpoint_url=MOTO)
 ddb.create_table(
     TableName=TABLE,
     BillingMode="PAY_PER_REQUEST",
-    AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ["pk", "sk", "opk", "osk", "wpk", "wsk"]],
+    AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in ["pk", "sk", "wpk", "wsk"]],
     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
     GlobalSecondaryIndexes=[
         {"IndexName": name, "Projection": {"ProjectionType": "ALL"},
          "KeySchema": [{"AttributeName": h, "KeyType": "HASH"}, {"AttributeName": r, "KeyType": "RANGE"}]}
-        for name, h, r in [("owner", "opk", "osk"), ("work", "wpk", "wsk")]
+        for name, h, r in [("work", "wpk", "wsk")]
     ],
 )
 s3.create_bucket(Bucket=BUCKET)

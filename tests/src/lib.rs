@@ -117,7 +117,6 @@ impl StoreDump {
                     },
                     version: r.get::<_, i64>(2)? as u64,
                     body: r.get(3)?,
-                    owner_key: None,
                     work_key: None,
                 })
             })

@@ -34,8 +34,6 @@ pub struct Item {
     pub version: u64,
     /// JSON text of the record.
     pub body: String,
-    /// Key in the owner index (listing one user's items), if any.
-    pub owner_key: Option<Key>,
     /// Key in the sparse work index (what the reconciler must look at, by due time), if any.
     pub work_key: Option<Key>,
 }
@@ -82,7 +80,6 @@ pub enum TxnError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IndexName {
     Primary,
-    Owner,
     Work,
 }
 

@@ -167,7 +167,6 @@ impl Txn {
         key: Key,
         value: &T,
         expect: Expect,
-        owner_key: Option<Key>,
         work_due: Option<i64>,
     ) -> Result<(), DedupError> {
         let version = match expect {
@@ -184,7 +183,6 @@ impl Txn {
                 key,
                 version,
                 body,
-                owner_key,
                 work_key,
             },
             expect,
@@ -215,7 +213,7 @@ impl Txn {
             AudioPhase::Deleting { .. } => Some(rec.updated_at),
             _ => None,
         };
-        self.put_json(keys::audio(&rec.hash), rec, expect, None, due)
+        self.put_json(keys::audio(&rec.hash), rec, expect, due)
     }
 
     pub fn put_reference(
@@ -223,12 +221,10 @@ impl Txn {
         rec: &ReferenceRecord,
         expect: Expect,
     ) -> Result<(), DedupError> {
-        let owner_key = Some(keys::reference_owner(&rec.hash, &rec.owner, &rec.ref_id));
         self.put_json(
             keys::reference(&rec.hash, &rec.owner, &rec.ref_id),
             rec,
             expect,
-            owner_key,
             None,
         )
     }
@@ -239,12 +235,12 @@ impl Txn {
         rec: &HolderRecord,
         expect: Expect,
     ) -> Result<(), DedupError> {
-        self.put_json(keys::holder(hash, &rec.owner), rec, expect, None, None)
+        self.put_json(keys::holder(hash, &rec.owner), rec, expect, None)
     }
 
     pub fn put_session(&mut self, rec: &SessionRecord, expect: Expect) -> Result<(), DedupError> {
         let due = (rec.state == SessionState::Open).then_some(rec.expires_at + self.slack);
-        self.put_json(keys::session(&rec.hash, &rec.id), rec, expect, None, due)
+        self.put_json(keys::session(&rec.hash, &rec.id), rec, expect, due)
     }
 
     /// Writes any other record (threads, messages, logs, library items).
@@ -254,7 +250,7 @@ impl Txn {
         value: &T,
         expect: Expect,
     ) -> Result<(), DedupError> {
-        self.put_json(key, value, expect, None, None)
+        self.put_json(key, value, expect, None)
     }
 
     /// Writes a record the reconciler must visit at `due`.
@@ -265,7 +261,7 @@ impl Txn {
         expect: Expect,
         due: Millis,
     ) -> Result<(), DedupError> {
-        self.put_json(key, value, expect, None, Some(due))
+        self.put_json(key, value, expect, Some(due))
     }
 
     pub fn check(&mut self, key: Key, expect: Expect) {

@@ -21,10 +21,6 @@ pub fn reference(hash: &ContentHash, owner: &UserId, ref_id: &ReferenceId) -> Ke
     Key::new(audio_pk(hash), format!("REF#{owner}#{ref_id}"))
 }
 
-pub fn reference_owner(hash: &ContentHash, owner: &UserId, ref_id: &ReferenceId) -> Key {
-    Key::new(format!("OWNER#{owner}"), format!("REF#{hash}#{ref_id}"))
-}
-
 pub fn holder(hash: &ContentHash, owner: &UserId) -> Key {
     Key::new(audio_pk(hash), format!("HOLDER#{owner}"))
 }

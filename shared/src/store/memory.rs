@@ -215,7 +215,6 @@ impl TransactionalIndex for MemoryIndex {
         let key_of = |i: &Item| -> Option<Key> {
             match q.index {
                 IndexName::Primary => Some(i.key.clone()),
-                IndexName::Owner => i.owner_key.clone(),
                 IndexName::Work => i.work_key.clone(),
             }
         };

@@ -1,5 +1,5 @@
 //! `TransactionalIndex` over one DynamoDB table: `pk`/`sk` strings, `v` (version), `body`
-//! (JSON), optional `opk`/`osk` (owner GSI) and `wpk`/`wsk` (sparse work GSI), counters as
+//! (JSON), optional `wpk`/`wsk` (the sparse work GSI), counters as
 //! `c_<name>` numbers updated with `ADD`. Conditions are `attribute_not_exists(pk)` and
 //! `v = :v`; failed conditions return the old item (`ALL_OLD`), surfaced in the error.
 
@@ -16,7 +16,6 @@ use aws_sdk_dynamodb::Client;
 use crate::error::StoreError;
 use crate::ports::{Expect, IndexName, Item, Key, Query, TransactionalIndex, TxnError, WriteOp};
 
-pub const OWNER_INDEX: &str = "owner";
 pub const WORK_INDEX: &str = "work";
 const MAX_QUERY_PAGES: usize = 50;
 
@@ -73,7 +72,6 @@ fn item_from(map: &HashMap<String, AttributeValue>) -> Result<Item, StoreError> 
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| corrupt("missing version"))?,
         body: get_s("body").ok_or_else(|| corrupt("missing body"))?,
-        owner_key: pair("opk", "osk"),
         work_key: pair("wpk", "wsk"),
     })
 }
@@ -142,7 +140,7 @@ impl DynamoIndex {
                 .build()
                 .map_err(StoreError::backend)
         };
-        let defs = ["pk", "sk", "opk", "osk", "wpk", "wsk"]
+        let defs = ["pk", "sk", "wpk", "wsk"]
             .map(attr)
             .into_iter()
             .collect::<Result<Vec<_>, _>>();
@@ -157,7 +155,6 @@ impl DynamoIndex {
                     .collect::<Result<_, _>>()
                     .map_err(StoreError::backend)?,
             ))
-            .global_secondary_indexes(gsi(OWNER_INDEX, "opk", "osk")?)
             .global_secondary_indexes(gsi(WORK_INDEX, "wpk", "wsk")?)
             .send()
             .await
@@ -200,10 +197,6 @@ impl DynamoIndex {
                 let mut attrs = key_map(&item.key);
                 attrs.insert("v".into(), n(item.version as i64));
                 attrs.insert("body".into(), s(&item.body));
-                if let Some(k) = &item.owner_key {
-                    attrs.insert("opk".into(), s(&k.pk));
-                    attrs.insert("osk".into(), s(&k.sk));
-                }
                 if let Some(k) = &item.work_key {
                     attrs.insert("wpk".into(), s(&k.pk));
                     attrs.insert("wsk".into(), s(&k.sk));
@@ -280,7 +273,6 @@ impl TransactionalIndex for DynamoIndex {
     async fn query(&self, q: &Query) -> Result<Vec<Item>, StoreError> {
         let (index, pk_attr, sk_attr) = match q.index {
             IndexName::Primary => (None, "pk", "sk"),
-            IndexName::Owner => (Some(OWNER_INDEX), "opk", "osk"),
             IndexName::Work => (Some(WORK_INDEX), "wpk", "wsk"),
         };
         let names = HashMap::from([

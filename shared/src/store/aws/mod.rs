@@ -4,7 +4,7 @@ mod dynamo;
 mod env;
 mod s3;
 
-pub use dynamo::{DynamoIndex, OWNER_INDEX, WORK_INDEX};
+pub use dynamo::{DynamoIndex, WORK_INDEX};
 pub use env::{dedup_from_env, AwsDedup, EnvError};
 pub use s3::S3Blobs;
 

@@ -24,10 +24,9 @@ pub enum Synchronous {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS items (
     pk TEXT NOT NULL, sk TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL,
-    owner_pk TEXT, owner_sk TEXT, work_pk TEXT, work_sk TEXT,
+    work_pk TEXT, work_sk TEXT,
     PRIMARY KEY (pk, sk)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS items_owner ON items(owner_pk, owner_sk) WHERE owner_pk IS NOT NULL;
 CREATE INDEX IF NOT EXISTS items_work ON items(work_pk, work_sk) WHERE work_pk IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (
     pk TEXT NOT NULL, sk TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
@@ -119,12 +118,11 @@ fn row_item(r: &rusqlite::Row<'_>) -> Result<Item, rusqlite::Error> {
         },
         version: r.get::<_, i64>(2)? as u64,
         body: r.get(3)?,
-        owner_key: pair(r.get(4)?, r.get(5)?),
-        work_key: pair(r.get(6)?, r.get(7)?),
+        work_key: pair(r.get(4)?, r.get(5)?),
     })
 }
 
-const COLS: &str = "pk, sk, version, body, owner_pk, owner_sk, work_pk, work_sk";
+const COLS: &str = "pk, sk, version, body, work_pk, work_sk";
 
 fn get_item(conn: &Connection, key: &Key) -> Result<Option<Item>, rusqlite::Error> {
     conn.prepare_cached(&format!(
@@ -265,25 +263,19 @@ fn apply_one(conn: &Connection, ops: &[WriteOp]) -> Result<(), TxnError> {
                         .map_or(1, |v| v + 1),
                     _ => item.version,
                 };
-                let (opk, osk) = item
-                    .owner_key
-                    .as_ref()
-                    .map(|k| (k.pk.as_str(), k.sk.as_str()))
-                    .unzip();
                 let (wpk, wsk) = item
                     .work_key
                     .as_ref()
                     .map(|k| (k.pk.as_str(), k.sk.as_str()))
                     .unzip();
                 conn.prepare_cached(
-                    "INSERT INTO items (pk, sk, version, body, owner_pk, owner_sk, work_pk, work_sk)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                    "INSERT INTO items (pk, sk, version, body, work_pk, work_sk)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT(pk, sk) DO UPDATE SET version = excluded.version, body = excluded.body,
-                       owner_pk = excluded.owner_pk, owner_sk = excluded.owner_sk,
                        work_pk = excluded.work_pk, work_sk = excluded.work_sk",
                 )
                 .and_then(|mut s| {
-                    s.execute(params![item.key.pk, item.key.sk, version as i64, item.body, opk, osk, wpk, wsk])
+                    s.execute(params![item.key.pk, item.key.sk, version as i64, item.body, wpk, wsk])
                 })
                 .map_err(sql)?;
             }
@@ -337,7 +329,6 @@ impl TransactionalIndex for SqliteIndex {
         self.read(move |c| {
             let (p, s) = match q.index {
                 IndexName::Primary => ("pk", "sk"),
-                IndexName::Owner => ("owner_pk", "owner_sk"),
                 IndexName::Work => ("work_pk", "work_sk"),
             };
             // Bounds as ranges on the index (not functions of the column), so SQLite seeks to
