@@ -72,7 +72,10 @@ impl TestServer {
     }
 
     pub fn blob_dir(&self, hash: &str) -> PathBuf {
-        self.data_dir().join("blobs/objects/audio").join(hash)
+        audio_dedup_core::store::embedded::object_dir(
+            &self.data_dir().join("blobs/objects"),
+            &format!("audio/{hash}"),
+        )
     }
 
     /// Everything the server stores: index rows, counters and blob files.
@@ -135,12 +138,18 @@ impl StoreDump {
             .expect("rows");
         let mut objects = Vec::new();
         let mut files = Vec::new();
-        // Audio (`audio/<sha256>`) and big snapshots (`snapshots/<message>-<sha256>`).
+        // Audio (`audio/<sha256>`) and big snapshots (`snapshots/<message>-<sha256>`), each
+        // in its fan-out folder (`objects/<top>/~<first two bytes>/<name>/<version file>`).
         for top in ["audio", "snapshots"] {
-            let Ok(entries) = std::fs::read_dir(data_dir.join("blobs/objects").join(top)) else {
+            let Ok(fans) = std::fs::read_dir(data_dir.join("blobs/objects").join(top)) else {
                 continue;
             };
-            for e in entries.flatten() {
+            for e in fans
+                .flatten()
+                .flat_map(|fan| std::fs::read_dir(fan.path()))
+                .flatten()
+                .flatten()
+            {
                 let leaf = e.file_name().to_string_lossy().into_owned();
                 for f in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
                     let name = f.file_name().to_string_lossy().into_owned();

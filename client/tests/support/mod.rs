@@ -48,7 +48,10 @@ impl Server {
 
     /// Where the server keeps the object of `hash` (absent once the audio is deleted).
     pub fn blob_path(&self, hash: &str) -> PathBuf {
-        self.inner.data_dir().join("blobs/objects/audio").join(hash)
+        audio_dedup_core::store::embedded::object_dir(
+            &self.inner.data_dir().join("blobs/objects"),
+            &format!("audio/{hash}"),
+        )
     }
 
     /// Stops it; the port is free again once this returns.

@@ -83,7 +83,12 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         if accounted {
             return Ok(());
         }
-        match self.adopt_object(&hash, meta).await {
+        // A listing may leave out the uploader and checksum (S3 lists without them): the few
+        // objects the index does not account for are looked at whole.
+        let Some(meta) = self.core.blobs.head(&meta.key).await? else {
+            return Ok(());
+        };
+        match self.adopt_object(&hash, &meta).await {
             Ok(Adoption::Deleted) => report.orphans_deleted += 1,
             Ok(Adoption::Activated) => report.activated += 1,
             Ok(_) => {}

@@ -151,6 +151,16 @@ pub struct Challenge {
     pub ranges: Vec<ByteRange>,
 }
 
+/// Where the reconciler's blob sweep resumes: each pass covers the next pages of the key
+/// space, so a pass costs the same however many objects are stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepCursor {
+    /// The last key swept; `None`: the next pass starts a new cycle.
+    pub after: Option<String>,
+    /// When the current cycle began.
+    pub cycle_started_at: Millis,
+}
+
 /// One user's standing challenge on one content. Every session that user opens on that
 /// content gets this challenge until it is answered or expires, so a challenge cannot be
 /// re-rolled until it falls inside the bytes someone holds. Failed answers are counted here.

@@ -114,4 +114,14 @@ pub struct ReconcileReport {
     pub orphans_deleted: u64,
     pub activated: u64,
     pub snapshots_purged: u64,
+    /// Due work items this pass looked at.
+    pub work_items: u64,
+    /// Due items left when the pass ended (counted up to a bound: at least this many).
+    pub due_left: u64,
+    /// Age of the oldest due item left, in seconds (0: none left).
+    pub oldest_due_age_seconds: u64,
+    /// Blob-store objects this pass swept (the sweep resumes where the last pass stopped).
+    pub objects_swept: u64,
+    /// Whether this pass reached the end of the key space (the next one starts over).
+    pub sweep_cycle_completed: bool,
 }

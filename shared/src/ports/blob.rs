@@ -131,7 +131,9 @@ pub trait BlobStore: Send + Sync + 'static {
         expires_in: Duration,
     ) -> impl Future<Output = Result<SignedRequest, StoreError>> + Send;
 
-    /// Current objects in key order, one page at a time (the reconciler's orphan sweep).
+    /// Current objects in the store's key order (total and stable; `after` is a key from an
+    /// earlier page), one page at a time, at a cost that follows the page (the reconciler's
+    /// sweep). A listing may leave `sha256` and `uploader` out; `head` has them.
     fn list(
         &self,
         after: Option<&str>,

@@ -4,10 +4,15 @@
 use crate::domain::{
     ContentHash, LibraryItemId, MessageId, Millis, ReferenceId, Seq, SessionId, ThreadId, UserId,
 };
+use sha2::{Digest, Sha256};
+
 use crate::ports::Key;
 
 pub const STATS_PK: &str = "STATS";
-pub const WORK_PK: &str = "WORK";
+/// The work index's partition before it was sharded; still read, so old items drain.
+pub const LEGACY_WORK_PK: &str = "WORK";
+/// Due items spread over this many work partitions, so no one partition takes them all.
+pub const WORK_SHARDS: u8 = 16;
 
 fn audio_pk(hash: &ContentHash) -> String {
     format!("AUDIO#{hash}")
@@ -107,9 +112,28 @@ pub fn library_log(owner: &UserId, seq: Seq) -> Key {
 /// Work index entry: sorted by due time, unique per item.
 pub fn work(due: Millis, of: &Key) -> Key {
     Key::new(
-        WORK_PK,
+        work_shard(of),
         format!("{}#{}#{}", work_due_prefix(due), of.pk, of.sk),
     )
+}
+
+/// `WORK#00`..`WORK#15`, by a hash of the record's partition (stable across releases).
+fn work_shard(of: &Key) -> String {
+    let digest = Sha256::digest(of.pk.as_bytes());
+    format!("WORK#{:02}", digest[0] % WORK_SHARDS)
+}
+
+/// Every work partition a pass reads: the shards, then the legacy one.
+pub fn work_partitions() -> Vec<String> {
+    (0..WORK_SHARDS)
+        .map(|s| format!("WORK#{s:02}"))
+        .chain([LEGACY_WORK_PK.to_owned()])
+        .collect()
+}
+
+/// Where the blob sweep resumes.
+pub fn sweep_cursor() -> Key {
+    Key::new("RECONCILE", "SWEEP")
 }
 
 pub fn work_due_prefix(due: Millis) -> String {

@@ -52,6 +52,33 @@ pub struct DedupConfig {
     pub max_add_batch: usize,
     /// What one user may make the system keep or do.
     pub limits: Limits,
+    /// What one reconciler pass may do.
+    pub reconcile: ReconcileBudget,
+}
+
+/// How much one reconciler pass may do: its cost follows this, not what is stored. What is
+/// left is due again at the next pass, which resumes where this one stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileBudget {
+    /// Due work items looked at per pass.
+    pub work_items: usize,
+    /// Blob-store pages swept per pass.
+    pub sweep_pages: usize,
+    /// Objects per sweep page.
+    pub sweep_page_size: usize,
+    /// Wall time after which a pass starts nothing new.
+    pub time: Duration,
+}
+
+impl Default for ReconcileBudget {
+    fn default() -> Self {
+        Self {
+            work_items: 2_000,
+            sweep_pages: 10,
+            sweep_page_size: 100,
+            time: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Per-user limits. Quotas are kept exact in the index, in the transactions that open and
@@ -95,6 +122,7 @@ impl Default for DedupConfig {
             max_attempts: 64,
             max_add_batch: 20,
             limits: Limits::default(),
+            reconcile: ReconcileBudget::default(),
         }
     }
 }

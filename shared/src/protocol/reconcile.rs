@@ -1,51 +1,114 @@
 //! The reconciler's pass: finishes what crashes, lost events and abandoned sessions left
-//! behind. Driven by the sparse work index (records carry their due time there), then a
-//! sweep of the blob store for orphans; each item goes to the service whose record it is.
+//! behind. Driven by the sparse work index (records carry their due time there, spread over
+//! `WORK_SHARDS` partitions), then a slice of a sweep of the blob store for orphans; each
+//! item goes to the service whose record it is.
+//!
+//! A pass costs what its budget allows, never what is stored: it reads only due items, in
+//! pages taken in turn from each shard (so a flood in one kind or one shard cannot starve
+//! the rest), and the sweep resumes from a persisted cursor.
 
+use std::time::Instant;
+
+use super::codec::expect_of;
 use super::{keys, Dedup};
-use crate::domain::{ContentHash, ReconcileReport};
+use crate::domain::{ContentHash, ReconcileReport, SweepCursor};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
 
-const BATCH: usize = 100;
-const MAX_BATCHES: usize = 1000;
-const MAX_SWEEP_PAGES: usize = 10_000;
+/// Due items read from one shard at a time, before the next shard's turn.
+const SHARD_PAGE: usize = 25;
+/// Due items counted per shard for the backlog figure.
+const BACKLOG_COUNT: usize = 100;
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
-    /// One full pass. Bounded: at most `MAX_BATCHES` work batches and `MAX_SWEEP_PAGES` pages.
+    /// One pass, within `cfg.reconcile`'s budget.
     pub async fn reconcile(&self) -> Result<ReconcileReport, DedupError> {
-        let core = &self.audio.core;
+        let started = Instant::now();
         let mut report = ReconcileReport::default();
-        let mut seen_stuck = std::collections::HashSet::new();
-        for _ in 0..MAX_BATCHES {
-            let now = core.now();
-            let q = Query {
-                index: IndexName::Work,
-                pk: keys::WORK_PK.into(),
-                sk_prefix: String::new(),
-                after: None,
-                upto: Some(format!("{}~", keys::work_due_prefix(now))),
-                limit: BATCH,
-            };
-            let items = core.index.query(&q).await?;
-            let fresh: Vec<_> = items
-                .into_iter()
-                .filter(|i| seen_stuck.insert((i.key.clone(), i.version)))
-                .collect();
-            if fresh.is_empty() {
-                break;
-            }
-            for item in fresh {
-                if let Err(e) = self
-                    .reconcile_item(&item.key.pk, &item.key.sk, &mut report)
-                    .await
+        self.work_due(started, &mut report).await?;
+        self.backlog(&mut report).await?;
+        self.sweep_orphans(started, &mut report).await?;
+        Ok(report)
+    }
+
+    fn due_query(&self, pk: &str, after: Option<String>, limit: usize) -> Query {
+        Query {
+            index: IndexName::Work,
+            pk: pk.to_owned(),
+            sk_prefix: String::new(),
+            after,
+            upto: Some(format!("{}~", keys::work_due_prefix(self.audio.core.now()))),
+            limit,
+        }
+    }
+
+    /// Due items, a page from each shard in turn, until none is due or the budget is spent.
+    /// Each shard is read forward from where its last page ended, so an item that stays due
+    /// (its step failed) is not looked at again this pass and cannot hide the ones after it.
+    async fn work_due(
+        &self,
+        started: Instant,
+        report: &mut ReconcileReport,
+    ) -> Result<(), DedupError> {
+        let budget = &self.audio.core.cfg.reconcile;
+        let shards = keys::work_partitions();
+        let mut after: Vec<Option<String>> = vec![None; shards.len()];
+        let mut drained = vec![false; shards.len()];
+        while drained.iter().any(|d| !d) {
+            for (i, pk) in shards.iter().enumerate() {
+                if drained[i] {
+                    continue;
+                }
+                if report.work_items as usize >= budget.work_items
+                    || started.elapsed() >= budget.time
                 {
-                    tracing::warn!(key = %item.key, error = %e, "reconcile step failed; will retry next run");
+                    return Ok(());
+                }
+                let q = self.due_query(pk, after[i].clone(), SHARD_PAGE);
+                let items = self.audio.core.index.query(&q).await?;
+                if items.len() < SHARD_PAGE {
+                    drained[i] = true;
+                }
+                after[i] = items
+                    .last()
+                    .and_then(|i| i.work_key.as_ref())
+                    .map(|w| w.sk.clone())
+                    .or(after[i].take());
+                for item in items {
+                    report.work_items += 1;
+                    if let Err(e) = self
+                        .reconcile_item(&item.key.pk, &item.key.sk, report)
+                        .await
+                    {
+                        tracing::warn!(key = %item.key, error = %e, "reconcile step failed; will retry next run");
+                    }
                 }
             }
         }
-        self.sweep_orphans(&mut report).await?;
-        Ok(report)
+        Ok(())
+    }
+
+    /// What is still due after the pass: a bounded count, and the oldest due time.
+    async fn backlog(&self, report: &mut ReconcileReport) -> Result<(), DedupError> {
+        let core = &self.audio.core;
+        let now = core.now();
+        let mut oldest: Option<i64> = None;
+        for pk in keys::work_partitions() {
+            let items = core
+                .index
+                .query(&self.due_query(&pk, None, BACKLOG_COUNT))
+                .await?;
+            report.due_left += items.len() as u64;
+            let first_due = items
+                .first()
+                .and_then(|i| i.work_key.as_ref())
+                .and_then(|w| w.sk.split('#').next()?.parse::<i64>().ok());
+            if let Some(due) = first_due {
+                oldest = Some(oldest.map_or(due, |o| o.min(due)));
+            }
+        }
+        report.oldest_due_age_seconds = oldest.map_or(0, |due| ((now - due).max(0) / 1000) as u64);
+        Ok(())
     }
 
     async fn reconcile_item(
@@ -69,12 +132,30 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
         }
     }
 
-    /// Every object in the blob store goes to the service whose key space it is in.
-    async fn sweep_orphans(&self, report: &mut ReconcileReport) -> Result<(), DedupError> {
+    /// The next slice of the blob store: every object goes to the service whose key space it
+    /// is in. Resumes from the cursor the last pass saved; at the end of the key space the
+    /// cycle is complete and the next pass starts over.
+    async fn sweep_orphans(
+        &self,
+        started: Instant,
+        report: &mut ReconcileReport,
+    ) -> Result<(), DedupError> {
         let core = &self.audio.core;
-        let mut after: Option<String> = None;
-        for _ in 0..MAX_SWEEP_PAGES {
-            let page = core.blobs.list(after.as_deref(), BATCH).await?;
+        let budget = &core.cfg.reconcile;
+        let saved = core.load::<SweepCursor>(&keys::sweep_cursor()).await?;
+        let mut cursor = saved.as_ref().map(|c| c.value.clone()).unwrap_or_default();
+        if cursor.after.is_none() {
+            cursor.cycle_started_at = core.now();
+        }
+        for _ in 0..budget.sweep_pages {
+            if started.elapsed() >= budget.time {
+                break;
+            }
+            let page = core
+                .blobs
+                .list(cursor.after.as_deref(), budget.sweep_page_size)
+                .await?;
+            report.objects_swept += page.objects.len() as u64;
             for meta in &page.objects {
                 if let Some(id) = keys::message_from_snapshot_key(&core.cfg.key_prefix, &meta.key) {
                     match self.chat.sweep_snapshot(&id, meta).await {
@@ -90,11 +171,21 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                     self.audio.sweep_object(&hash, meta, report).await?;
                 }
             }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
+            cursor.after = page.next;
+            if cursor.after.is_none() {
+                report.sweep_cycle_completed = true;
+                break;
             }
         }
+        // Unchanged (the whole key space fits in one pass): nothing to write, so a store at
+        // rest stays at rest.
+        if saved.as_ref().map(|c| &c.value.after).unwrap_or(&None) == &cursor.after {
+            return Ok(());
+        }
+        // A concurrent pass that saved first wins; this one's slice is simply swept again.
+        let mut txn = core.txn();
+        txn.put(keys::sweep_cursor(), &cursor, expect_of(saved.as_ref()))?;
+        core.commit(txn).await?;
         Ok(())
     }
 }

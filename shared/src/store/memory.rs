@@ -505,11 +505,14 @@ impl BlobStore for MemoryBlobs {
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<ObjectPage, StoreError> {
         gate(&*self.hook, Op::BlobList).await?;
         let s = lock(&self.state);
+        let from = match after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
         let objects: Vec<ObjectMeta> = s
             .objects
-            .values()
-            .map(|(m, _)| m.clone())
-            .filter(|m| after.is_none_or(|a| m.key.as_str() > a))
+            .range::<str, _>((from, std::ops::Bound::Unbounded))
+            .map(|(_, (m, _))| m.clone())
             .take(limit)
             .collect();
         let next = (objects.len() == limit)

@@ -321,29 +321,50 @@ impl BlobStore for S3Blobs {
         Ok(signed(p, ttl.min(MAX_PRESIGN_GET), now_ms()))
     }
 
+    /// ListObjectVersions, not ListObjectsV2 + a HEAD each: the listing carries each
+    /// current version's id, size and time, which is all the sweep needs for objects the index
+    /// accounts for. (It has no uploader or checksum; the sweep HEADs the rare others.)
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<ObjectPage, StoreError> {
         let out = self
             .client
-            .list_objects_v2()
+            .list_object_versions()
             .bucket(&self.bucket)
             .prefix(&self.list_prefix)
-            .set_start_after(after.map(str::to_owned))
+            .set_key_marker(after.map(str::to_owned))
             .max_keys(limit.clamp(1, 1000) as i32)
             .send()
             .await
             .map_err(backend)?;
-        let mut objects = Vec::new();
-        for o in out.contents() {
-            let Some(key) = o.key() else { continue };
-            if let Some(meta) = self.head(key).await? {
-                objects.push(meta);
-            }
-        }
+        // Versions come newest first per key; delete markers are listed apart, so a key
+        // whose newest entry is a delete marker has no version here marked latest.
+        let objects: Vec<ObjectMeta> = out
+            .versions()
+            .iter()
+            .filter(|v| v.is_latest().unwrap_or(false))
+            .filter_map(|v| {
+                Some(ObjectMeta {
+                    key: v.key()?.to_owned(),
+                    version: v.version_id()?.to_owned(),
+                    size: v.size().unwrap_or(0).max(0) as u64,
+                    sha256: None,
+                    uploader: None,
+                    last_modified: v
+                        .last_modified()
+                        .and_then(|t| t.to_millis().ok())
+                        .unwrap_or(0),
+                })
+            })
+            .collect();
+        // The last key this page listed (the rest of its versions, if cut, are older ones).
+        let last_key = out
+            .versions()
+            .iter()
+            .filter_map(|v| v.key())
+            .chain(out.delete_markers().iter().filter_map(|d| d.key()))
+            .max()
+            .map(str::to_owned);
         let next = if out.is_truncated().unwrap_or(false) {
-            out.contents()
-                .last()
-                .and_then(|o| o.key())
-                .map(str::to_owned)
+            last_key
         } else {
             None
         };

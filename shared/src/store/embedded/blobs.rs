@@ -1,6 +1,8 @@
 //! A versioned blob store on the local file system, emulating an S3 bucket with versioning:
-//! `objects/<key>/<version>~<sha256>~<uploader>`. Writes go to `tmp/`, are fsynced, linked
-//! into place and the folder fsynced. At most one current object per key (if-none-match).
+//! `objects/<parent>/~<fan>/<name>/<version>~<sha256>~<uploader>` for key `<parent>/<name>`,
+//! `<fan>` being the name's first two bytes ([`object_dir`]). Writes go to `tmp/`, are
+//! fsynced, linked into place and the folder fsynced. At most one current object per key
+//! (if-none-match). The fan-out lets a listing page read only the folders its keys are in.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -32,6 +34,26 @@ struct Inner {
     events: Option<UnboundedSender<BlobEvent>>,
     sequencer: AtomicU64,
     clock: Arc<dyn Clock>,
+}
+
+/// Written once the store is in the fan-out layout (new, or migrated from one folder per key).
+const LAYOUT_MARK: &str = ".layout-fanout";
+
+/// The folder holding `key`'s versions, under the store's `objects/` folder.
+pub fn object_dir(objects: &Path, key: &str) -> PathBuf {
+    let (parent, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let mut dir = objects.to_path_buf();
+    if !parent.is_empty() {
+        dir.push(parent);
+    }
+    dir.push(format!("~{}", fan_of(name)));
+    dir.push(name);
+    dir
+}
+
+/// A name's first two bytes (keys are ASCII: `valid_key`).
+fn fan_of(name: &str) -> &str {
+    &name[..name.len().min(2)]
 }
 
 /// Keys are ours (`<prefix>audio/<hash>`), but signed URLs carry them back from clients, so
@@ -73,6 +95,7 @@ impl FsBlobStore {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root.join("objects"))?;
+        migrate_to_fanout(&root.join("objects"))?;
         let tmp = root.join("tmp");
         // Leftover temp files are from requests that died mid-body: nobody owns them.
         let _ = std::fs::remove_dir_all(&tmp);
@@ -147,12 +170,15 @@ impl Inner {
         if !valid_key(key) {
             return Err(bad_key(key));
         }
-        Ok(self.root.join("objects").join(key))
+        Ok(object_dir(&self.root.join("objects"), key))
     }
 
     fn find(&self, key: &str) -> Result<Option<Found>, StoreError> {
-        let dir = self.dir(key)?;
-        let entries = match std::fs::read_dir(&dir) {
+        self.find_in(&self.dir(key)?, key)
+    }
+
+    fn find_in(&self, dir: &Path, key: &str) -> Result<Option<Found>, StoreError> {
+        let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -190,36 +216,150 @@ impl Inner {
         Ok(None)
     }
 
-    fn walk(
+    /// Appends to `out`, in key order, the objects under `dir` (keys `rel/...`) that come
+    /// after the cursor `after` (its components still to match here), until `limit`. Reads
+    /// this folder, and only the fan-out folders that can hold keys past the cursor.
+    fn collect(
         &self,
         dir: &Path,
         rel: &str,
+        mut after: Option<&[&str]>,
+        limit: usize,
+        out: &mut Vec<ObjectMeta>,
         depth: usize,
-        out: &mut Vec<String>,
-    ) -> std::io::Result<()> {
-        if depth > 8 {
+    ) -> Result<(), StoreError> {
+        if depth > 8 || out.len() >= limit {
             return Ok(());
         }
-        for entry in std::fs::read_dir(dir)? {
+        // By fan: whether it has a fan-out folder (keys named here), and the subfolders
+        // whose names share it (keys further down).
+        let mut groups: std::collections::BTreeMap<String, (bool, Vec<String>)> =
+            Default::default();
+        for entry in read_dir_if_any(dir)? {
             let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
             let name = entry.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            if entry.file_type()?.is_dir() {
-                let has_file = std::fs::read_dir(entry.path())?
-                    .flatten()
-                    .any(|e| e.file_type().is_ok_and(|t| t.is_file()));
-                if has_file {
-                    out.push(child.clone());
+            match name.strip_prefix('~') {
+                Some(fan) => groups.entry(fan.to_owned()).or_default().0 = true,
+                None => groups
+                    .entry(fan_of(&name).to_owned())
+                    .or_default()
+                    .1
+                    .push(name),
+            }
+        }
+        for (fan, (has_fan, subs)) in groups {
+            if out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| fan.as_str() < fan_of(a[0])) {
+                continue; // every key in this group sorts before the cursor
+            }
+            // (name, is_subfolder): a key sorts before the keys below a folder of its name.
+            let mut items: Vec<(String, bool)> = subs.into_iter().map(|n| (n, true)).collect();
+            if has_fan {
+                for entry in read_dir_if_any(&dir.join(format!("~{fan}")))? {
+                    let entry = entry?;
+                    if entry.file_type()?.is_dir() {
+                        items.push((entry.file_name().to_string_lossy().into_owned(), false));
+                    }
                 }
-                self.walk(&entry.path(), &child, depth + 1, out)?;
+            }
+            items.sort();
+            for (name, is_sub) in items {
+                if out.len() >= limit {
+                    break;
+                }
+                let below = match after {
+                    None => None,
+                    Some(a) => match name.as_str().cmp(a[0]) {
+                        std::cmp::Ordering::Less => continue,
+                        std::cmp::Ordering::Equal if is_sub => a.get(1..).filter(|r| !r.is_empty()),
+                        // The cursor itself, or a key before the cursor's folder of that name.
+                        std::cmp::Ordering::Equal => continue,
+                        std::cmp::Ordering::Greater => None,
+                    },
+                };
+                after = None; // everything after this item sorts after the cursor
+                let key = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if is_sub {
+                    self.collect(&dir.join(&name), &key, below, limit, out, depth + 1)?;
+                } else if let Some(found) =
+                    self.find_in(&dir.join(format!("~{fan}")).join(&name), &key)?
+                {
+                    out.push(found.meta);
+                }
             }
         }
         Ok(())
     }
+}
+
+fn read_dir_if_any(dir: &Path) -> std::io::Result<Vec<std::io::Result<std::fs::DirEntry>>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => Ok(entries.collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves a store from one folder per key (`objects/<key>/`) to the fan-out layout, once.
+fn migrate_to_fanout(objects: &Path) -> Result<(), StoreError> {
+    let mark = objects.join(LAYOUT_MARK);
+    if mark.exists() {
+        return Ok(());
+    }
+    let mut old = Vec::new();
+    old_key_dirs(objects, "", 0, &mut old)?;
+    for key in old {
+        let from = objects.join(&key);
+        let to = object_dir(objects, &key);
+        std::fs::create_dir_all(&to)?;
+        for entry in std::fs::read_dir(&from)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::rename(entry.path(), to.join(entry.file_name()))?;
+            }
+        }
+        fsync_dir(&to)?;
+        let _ = std::fs::remove_dir(&from);
+    }
+    std::fs::write(&mark, b"")?;
+    fsync_dir(objects)?;
+    Ok(())
+}
+
+/// Keys in the old layout: folders holding version files, not under a fan-out folder.
+fn old_key_dirs(dir: &Path, rel: &str, depth: usize, out: &mut Vec<String>) -> std::io::Result<()> {
+    if depth > 8 {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_dir() || name.starts_with('~') {
+            continue;
+        }
+        let child = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let has_file = std::fs::read_dir(entry.path())?
+            .flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_file()));
+        if has_file {
+            out.push(child.clone());
+        }
+        old_key_dirs(&entry.path(), &child, depth + 1, out)?;
+    }
+    Ok(())
 }
 
 impl BlobStore for FsBlobStore {
@@ -384,26 +524,17 @@ impl BlobStore for FsBlobStore {
             .sign_get(key, version, content_type, expires_at))
     }
 
+    /// In component order (a key before the keys below a folder of its name), at the cost of
+    /// the folders the page's keys are in.
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<ObjectPage, StoreError> {
         let inner = self.inner.clone();
         let after = after.map(str::to_owned);
         blocking(move || {
-            let mut keys = Vec::new();
-            inner.walk(&inner.root.join("objects"), "", 0, &mut keys)?;
-            keys.sort();
+            let cursor: Option<Vec<&str>> = after.as_deref().map(|a| a.split('/').collect());
             let mut objects = Vec::new();
-            for k in keys
-                .into_iter()
-                .filter(|k| after.as_ref().is_none_or(|a| k > a))
-            {
-                if objects.len() == limit {
-                    break;
-                }
-                if let Some(f) = inner.find(&k)? {
-                    objects.push(f.meta);
-                }
-            }
-            let next = (objects.len() == limit)
+            let root = inner.root.join("objects");
+            inner.collect(&root, "", cursor.as_deref(), limit.max(1), &mut objects, 0)?;
+            let next = (objects.len() >= limit.max(1))
                 .then(|| objects.last().map(|m| m.key.clone()))
                 .flatten();
             Ok(ObjectPage { objects, next })

@@ -5,6 +5,6 @@ mod blobs;
 mod index;
 mod signing;
 
-pub use blobs::FsBlobStore;
+pub use blobs::{object_dir, FsBlobStore};
 pub use index::{SqliteIndex, Synchronous};
 pub use signing::{SignError, SignedGet, SignedPut, UrlSigner};
