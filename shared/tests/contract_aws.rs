@@ -42,6 +42,10 @@ fn endpoint() -> Option<String> {
 
 impl Aws {
     async fn new() -> Option<Self> {
+        Self::with_config(DedupConfig::default()).await
+    }
+
+    async fn with_config(base: DedupConfig) -> Option<Self> {
         let endpoint = endpoint()?;
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
@@ -56,7 +60,7 @@ impl Aws {
         blobs.create_bucket().await.expect("create bucket");
         let cfg = DedupConfig {
             key_prefix: "prod/".into(),
-            ..DedupConfig::default()
+            ..base
         };
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
         let d = Dedup::with_env(
@@ -258,4 +262,15 @@ async fn a_session_flood_stops_at_the_quota() {
 async fn a_partial_holder_cannot_reroll_or_keep_guessing() {
     let Some(env) = Aws::new().await else { return };
     contract::limits::a_partial_holder_cannot_reroll_or_keep_guessing(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_across_passes_collects_every_orphan() {
+    let mut cfg = DedupConfig::default();
+    cfg.reconcile.sweep_pages = 1;
+    cfg.reconcile.sweep_page_size = 2;
+    let Some(env) = Aws::with_config(cfg).await else {
+        return;
+    };
+    contract::a_sweep_across_passes_collects_every_orphan(&env).await;
 }

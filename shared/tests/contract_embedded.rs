@@ -24,6 +24,10 @@ struct Embedded {
 
 impl Embedded {
     fn new() -> Self {
+        Self::with_config(DedupConfig::default())
+    }
+
+    fn with_config(cfg: DedupConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let signer = UrlSigner::new("http://127.0.0.1:9", [3; 32]);
         let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
@@ -33,7 +37,7 @@ impl Embedded {
         let d = Dedup::with_env(
             blobs.clone(),
             index.clone(),
-            DedupConfig::default(),
+            cfg,
             clock.clone(),
             Arc::new(OsEntropy),
         );
@@ -179,4 +183,17 @@ async fn a_session_flood_stops_at_the_quota() {
 #[tokio::test]
 async fn a_partial_holder_cannot_reroll_or_keep_guessing() {
     contract::limits::a_partial_holder_cannot_reroll_or_keep_guessing(&Embedded::new()).await;
+}
+
+fn small_sweep() -> DedupConfig {
+    let mut cfg = DedupConfig::default();
+    cfg.reconcile.sweep_pages = 1;
+    cfg.reconcile.sweep_page_size = 2;
+    cfg
+}
+
+#[tokio::test]
+async fn a_sweep_across_passes_collects_every_orphan() {
+    contract::a_sweep_across_passes_collects_every_orphan(&Embedded::with_config(small_sweep()))
+        .await;
 }

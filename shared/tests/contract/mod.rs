@@ -282,3 +282,72 @@ pub async fn reconciler_removes_orphans<E: Env>(env: &E) {
     assert_safe(env).await;
     assert_settled(env).await;
 }
+
+/// A budget of one page of two objects per pass: the sweep takes several passes over eight
+/// objects, never sweeps more than its budget in one, resumes where it stopped, and still
+/// collects every orphan while keeping what references hold. (The env is built with
+/// `sweep_pages: 1, sweep_page_size: 2`.)
+pub async fn a_sweep_across_passes_collects_every_orphan<E: Env>(env: &E) {
+    let d = env.dedup();
+    assert_eq!(
+        (
+            d.config().reconcile.sweep_pages,
+            d.config().reconcile.sweep_page_size
+        ),
+        (1, 2)
+    );
+    let mut kept = Vec::new();
+    for i in 0..3u8 {
+        let data = bytes_of(40 + i, 2_000);
+        let r = direct(env, "alice", &data, Some(&format!("k{i}"))).await;
+        kept.push(keys::blob_key(&d.config().key_prefix, &r.content_hash));
+    }
+    let mut orphans = Vec::new();
+    for i in 0..5u8 {
+        let data = bytes_of(60 + i, 1_000);
+        let hash = ContentHash::of(&data);
+        let key = keys::blob_key(&d.config().key_prefix, &hash);
+        let put = audio_dedup_core::ports::PutRequest {
+            key: key.clone(),
+            body: BlobBody::Bytes(Bytes::from(data)),
+            sha256: hash,
+            size: 1_000,
+            content_type: "audio/mpeg",
+            uploader: "direct".into(),
+        };
+        d.blobs().put_if_absent(put).await.unwrap();
+        orphans.push(key);
+    }
+    let (mut passes, mut swept, mut deleted, mut cycles) = (0, 0, 0, 0);
+    while passes < 12 && (deleted < orphans.len() as u64 || cycles == 0) {
+        let r = d.reconcile().await.unwrap();
+        passes += 1;
+        assert!(
+            r.objects_swept <= 2,
+            "pass {passes} swept {} objects",
+            r.objects_swept
+        );
+        swept += r.objects_swept;
+        deleted += r.orphans_deleted;
+        cycles += u64::from(r.sweep_cycle_completed);
+    }
+    assert_eq!(deleted, 5, "every orphan collected within {passes} passes");
+    assert!(
+        passes >= 4,
+        "8 objects at 2 a pass take at least 4 passes, took {passes}"
+    );
+    assert!(swept >= 8);
+    for key in &orphans {
+        assert!(
+            d.blobs().head(key).await.unwrap().is_none(),
+            "{key} still stored"
+        );
+    }
+    for key in &kept {
+        assert!(
+            d.blobs().head(key).await.unwrap().is_some(),
+            "{key} was held"
+        );
+    }
+    assert_safe(env).await;
+}
