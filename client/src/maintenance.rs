@@ -95,9 +95,8 @@ impl Client {
 mod tests {
     use std::time::Duration;
 
-    use audio_dedup_core::store::embedded::Synchronous;
-    use audio_dedup_core::{DedupConfig, ThreadId};
-    use audio_dedup_server::{ServerConfig, TokenTable};
+    use audio_dedup_core::ThreadId;
+    use audio_dedup_server::TokenTable;
 
     use crate::{Client, ClientConfig, Update};
 
@@ -123,14 +122,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let mut tokens = TokenTable::default();
         tokens.insert(TOKEN, "alice", false).expect("token");
-        let cfg = ServerConfig {
-            data_dir: dir.path().to_owned(),
-            public_url: None,
-            tokens,
-            dedup: DedupConfig::default(),
-            reconcile_every: Duration::ZERO,
-            sync: Synchronous::Normal,
-        };
+        let cfg = audio_dedup_server::in_process::test_config(dir.path(), tokens);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

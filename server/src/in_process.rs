@@ -139,6 +139,7 @@ pub fn test_config(data_dir: &Path, tokens: TokenTable) -> ServerConfig {
         dedup: audio_dedup_core::DedupConfig::default(),
         reconcile_every: Duration::ZERO,
         sync: audio_dedup_core::store::embedded::Synchronous::Normal,
+        connections: crate::ConnectionLimits::default(),
     }
 }
 

@@ -4,6 +4,7 @@
 mod blob_routes;
 pub mod in_process;
 mod private_files;
+pub mod serve;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -15,6 +16,9 @@ use axum::routing::put;
 use axum::Router;
 use rand::RngCore;
 use tokio::net::TcpListener;
+
+use serve::serve;
+pub use serve::ConnectionLimits;
 use tower_http::trace::TraceLayer;
 
 use audio_dedup_api::{router, ApiConfig, RouteSet};
@@ -36,6 +40,8 @@ pub struct ServerConfig {
     /// How often the reconciler runs; zero disables the schedule.
     pub reconcile_every: Duration,
     pub sync: Synchronous,
+    /// Open connections, and deadlines for slow clients.
+    pub connections: ConnectionLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,9 +163,14 @@ pub async fn run(
         });
     }
     tracing::info!(addr = %bound, data_dir = %cfg.data_dir.display(), "audio-dedup listening");
-    axum::serve(listener, built.app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve(
+        listener,
+        built.app,
+        &cfg.connections,
+        shutdown,
+        Duration::from_secs(30),
+    )
+    .await;
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -10,7 +10,7 @@ use clap::Parser;
 use audio_dedup_core::protocol::Limits;
 use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_core::DedupConfig;
-use audio_dedup_server::{run, ServerConfig, TokenTable};
+use audio_dedup_server::{run, ConnectionLimits, ServerConfig, TokenTable};
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -54,6 +54,15 @@ struct Args {
     /// Seconds that lockout lasts (default 3600).
     #[arg(long, env = "AUDIO_DEDUP_PROOF_LOCKOUT_SECS")]
     proof_lockout_secs: Option<u64>,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Longest pause, in seconds, while a request body is being received.
+    #[arg(long, default_value_t = 30)]
+    body_idle_timeout_secs: u64,
     /// Log format.
     #[arg(long, env = "AUDIO_DEDUP_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -115,6 +124,11 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Synchronous::Normal
         } else {
             Synchronous::Full
+        },
+        connections: ConnectionLimits {
+            max_connections: args.max_connections,
+            header_read_timeout: Duration::from_secs(args.header_timeout_secs),
+            body_idle_timeout: Duration::from_secs(args.body_idle_timeout_secs),
         },
     };
     let shutdown = shutdown_signal();

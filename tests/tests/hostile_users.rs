@@ -144,3 +144,100 @@ async fn a_partial_holder_cannot_reroll_the_challenge_and_is_locked_out() {
     assert_eq!(bob.describe(&hash).await.status, StatusCode::OK);
     s.assert_invariants();
 }
+
+/// Slow clients against a server with 3 connection slots, a 1 s header deadline and a 1 s
+/// body idle deadline: a client that trickles its headers, idle connections that fill every
+/// slot, and a body that stalls are all cut off, and an honest request is still served.
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
+    use audio_dedup_server::in_process::TempServer;
+    use audio_dedup_server::{ConnectionLimits, TokenTable};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let mut tokens = TokenTable::default();
+    tokens.insert(ALICE, "alice", false).expect("token");
+    let server = TempServer::start(tokens, |cfg| {
+        cfg.connections = ConnectionLimits {
+            max_connections: 3,
+            header_read_timeout: Duration::from_secs(1),
+            body_idle_timeout: Duration::from_secs(1),
+        }
+    })
+    .await
+    .expect("start");
+    let addr = server.server.addr();
+    let healthz = || async {
+        reqwest::Client::new()
+            .get(format!("http://{addr}/healthz"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map(|r| r.status())
+    };
+    /// Reads until the server closes the connection; what it sent, if anything.
+    async fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<String> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(limit, async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        read.ok()
+            .map(|()| String::from_utf8_lossy(&got).into_owned())
+    }
+
+    // Headers trickled and never finished.
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    assert_eq!(healthz().await.expect("served"), StatusCode::OK);
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a client that never finishes its headers is disconnected"
+    );
+
+    // Every slot taken by connections that send nothing: an honest request waits for the
+    // header deadline to free one, then is served.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(healthz().await.expect("served"), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    for s in &mut idle {
+        assert!(closed_within(s, Duration::from_secs(5)).await.is_some());
+    }
+
+    // A body that stalls halfway.
+    let mut stalled = TcpStream::connect(addr).await.expect("connect");
+    stalled
+        .write_all(
+            format!(
+                "POST /v1/audio?format=mp3 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ALICE}\r\n\
+                 content-type: application/octet-stream\r\ncontent-length: 100000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    stalled.write_all(&[7u8; 1000]).await.expect("write");
+    let answer = closed_within(&mut stalled, Duration::from_secs(6))
+        .await
+        .expect("a stalled body is cut off");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "a stalled body stores nothing and answers no success: {answer:?}"
+    );
+    assert_eq!(healthz().await.expect("served"), StatusCode::OK);
+}
