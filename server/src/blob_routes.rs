@@ -1,9 +1,15 @@
 //! `/blob/{key}`: the local stand-in for S3 presigned URLs. PUT stores a body only if its
 //! signature, expiry, signed headers, length and SHA-256 all check out, and never overwrites.
 //! GET serves one exact version, with Range support, until the URL expires.
+//!
+//! Before a body is read, each user (the owner of the signing session) is charged its size:
+//! at most `put_bytes_per_day` bytes a day through signed PUTs, failed ones included, so a
+//! URL cannot be replayed to make the server read without end. (A 412 for an existing object
+//! comes only after the body has been read and verified: answering it earlier would tell a
+//! caller without the bytes that the content exists.)
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -15,12 +21,49 @@ use tower_http::services::ServeFile;
 use audio_dedup_api::spool::spool_body;
 use audio_dedup_api::ApiError;
 use audio_dedup_core::ports::{BlobStore, PutOutcome, PutRequest};
-use audio_dedup_core::store::embedded::{FsBlobStore, SignError};
-use audio_dedup_core::{protocol::keys, ErrorCode};
+use audio_dedup_core::store::embedded::{FsBlobStore, SignError, SqliteIndex};
+use audio_dedup_core::{protocol::keys, ErrorCode, Uploader, UserId};
 
 pub struct BlobState {
     pub blobs: FsBlobStore,
     pub key_prefix: String,
+    pub dedup: Arc<LocalDedup>,
+    /// Bytes each user may send through signed PUTs per UTC day.
+    pub put_bytes_per_day: u64,
+    /// Bytes received per user: (UTC day, bytes).
+    pub put_bytes: Mutex<HashMap<UserId, (i64, u64)>>,
+}
+
+pub type LocalDedup = audio_dedup_core::Dedup<FsBlobStore, SqliteIndex>;
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+impl BlobState {
+    /// Reserves `size` bytes of `owner`'s day, or refuses with 429.
+    fn reserve(&self, owner: &UserId, size: u64, now: i64) -> Result<(), ApiError> {
+        let today = now.div_euclid(DAY_MS);
+        let mut used = self.put_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        // Yesterday's counts are dropped, so the map holds only today's senders.
+        used.retain(|_, (day, _)| *day == today);
+        let entry = used.entry(owner.clone()).or_insert((today, 0));
+        match entry.1.checked_add(size) {
+            Some(total) if total <= self.put_bytes_per_day => {
+                entry.1 = total;
+                Ok(())
+            }
+            _ => {
+                let mut e = ApiError::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "at most {} bytes a day may be sent through signed uploads",
+                        self.put_bytes_per_day
+                    ),
+                );
+                e.retry_after = Some((((today + 1) * DAY_MS - now) / 1000).max(1) as u64);
+                Err(e)
+            }
+        }
+    }
 }
 
 fn sign_error(e: SignError) -> ApiError {
@@ -90,6 +133,26 @@ pub async fn put_object(
         }
         Some(_) => {}
     }
+    let owner = match (
+        keys::hash_from_blob_key(&state.key_prefix, &key),
+        Uploader::parse(Some(&grant.uploader)),
+    ) {
+        (Some(hash), Some(Uploader::Session(id))) => state
+            .dedup
+            .audio()
+            .session_owner(&hash, &id)
+            .await
+            .map_err(internal)?,
+        _ => None,
+    };
+    // Only sessions sign PUTs; a grant naming no live session has nobody to charge.
+    let Some(owner) = owner else {
+        return Err(ApiError::new(
+            ErrorCode::SignatureInvalid,
+            "this URL names no upload session",
+        ));
+    };
+    state.reserve(&owner, grant.size, now)?;
     // Spooled in the store's own folder, so the put links the file into place.
     let spooled = spool_body(body, grant.size, Some(&state.blobs.spool_dir()))
         .await

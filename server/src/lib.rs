@@ -124,6 +124,9 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
     let blob_state = Arc::new(blob_routes::BlobState {
         blobs,
         key_prefix: cfg.dedup.key_prefix.clone(),
+        dedup: dedup.clone(),
+        put_bytes_per_day: cfg.dedup.limits.upload_bytes_per_day,
+        put_bytes: Default::default(),
     });
     let blob_routes = Router::new()
         .route(

@@ -241,3 +241,49 @@ async fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
     );
     assert_eq!(healthz().await.expect("served"), StatusCode::OK);
 }
+
+/// A signed URL replayed with a wrong body: each attempt is read and refused, and once the
+/// owner's daily budget of bytes through signed PUTs is spent the server refuses with 429
+/// before reading another byte.
+#[tokio::test]
+async fn a_replayed_signed_put_stops_at_the_owners_daily_byte_cap() {
+    let s = TestServer::start_with(DedupConfig {
+        limits: Limits {
+            upload_bytes_per_day: 3_000,
+            ..Limits::default()
+        },
+        ..DedupConfig::default()
+    })
+    .await;
+    let alice = s.client(ALICE);
+    let song = audio(5, 1_000);
+    let sess = alice
+        .open_session(json!({ "sha256": sha256_hex(&song), "size": 1_000, "format": "mp3" }))
+        .await;
+    assert_eq!(sess.status, StatusCode::CREATED);
+    let garbage = vec![0u8; 1_000];
+    let mut refused = Vec::new();
+    for _ in 0..4 {
+        refused.push(
+            alice
+                .put_signed(&sess.body["upload"], garbage.clone())
+                .await,
+        );
+    }
+    let statuses: Vec<StatusCode> = refused.iter().map(|(st, _)| *st).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
+            StatusCode::TOO_MANY_REQUESTS
+        ],
+        "{refused:?}"
+    );
+    assert_eq!(refused[3].1["error"]["code"], "quota_exceeded");
+    // The real bytes are refused as well today: the budget counts what was sent.
+    let (st, _) = alice.put_signed(&sess.body["upload"], song).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    s.assert_invariants();
+}

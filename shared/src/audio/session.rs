@@ -223,6 +223,20 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         }
     }
 
+    /// Who opened session `id` on `hash`, if it exists (the local server charges signed
+    /// PUTs to them).
+    pub async fn session_owner(
+        &self,
+        hash: &ContentHash,
+        id: &SessionId,
+    ) -> Result<Option<UserId>, DedupError> {
+        Ok(self
+            .core
+            .load::<SessionRecord>(&keys::session(hash, id))
+            .await?
+            .map(|s| s.value.owner))
+    }
+
     /// Finishes a session: after the PUT (the stored object must be this session's upload),
     /// or with a proof of possession. Idempotent.
     pub async fn complete(&self, req: CompleteRequest) -> Result<UploadResult, DedupError> {
