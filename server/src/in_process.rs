@@ -140,6 +140,7 @@ pub fn test_config(data_dir: &Path, tokens: TokenTable) -> ServerConfig {
         reconcile_every: Duration::ZERO,
         sync: audio_dedup_core::store::embedded::Synchronous::Normal,
         connections: crate::ConnectionLimits::default(),
+        request_rate: None,
     }
 }
 

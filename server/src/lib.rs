@@ -4,6 +4,7 @@
 mod blob_routes;
 pub mod in_process;
 mod private_files;
+pub mod rate_limit;
 pub mod serve;
 pub mod tokens;
 
@@ -42,6 +43,8 @@ pub struct ServerConfig {
     pub sync: Synchronous,
     /// Open connections, and deadlines for slow clients.
     pub connections: ConnectionLimits,
+    /// Requests per user (none: unlimited, as in tests and benchmarks).
+    pub request_rate: Option<rate_limit::RequestRate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,12 +118,15 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
     let api_cfg = ApiConfig {
         spool_dir: Some(blob_root.join("tmp")),
     };
-    let api = router(
-        dedup.clone(),
-        Arc::new(cfg.tokens.clone()),
-        api_cfg,
-        RouteSet::All,
-    );
+    let tokens = Arc::new(cfg.tokens.clone());
+    let mut api = router(dedup.clone(), tokens.clone(), api_cfg, RouteSet::All);
+    if let Some(rate) = cfg.request_rate {
+        let limit = Arc::new(rate_limit::UserRateLimit::new(tokens, rate));
+        api = api.layer(axum::middleware::from_fn_with_state(
+            limit,
+            rate_limit::limit_per_user,
+        ));
+    }
     let blob_state = Arc::new(blob_routes::BlobState {
         blobs,
         key_prefix: cfg.dedup.key_prefix.clone(),

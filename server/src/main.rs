@@ -2,6 +2,7 @@
 //! Python. `--dev` makes a token (kept in the data directory) and prints it.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use clap::Parser;
 use audio_dedup_core::protocol::Limits;
 use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_core::DedupConfig;
+use audio_dedup_server::rate_limit::RequestRate;
 use audio_dedup_server::{run, ConnectionLimits, ServerConfig, TokenTable};
 
 #[derive(Parser, Debug)]
@@ -63,6 +65,12 @@ struct Args {
     /// Longest pause, in seconds, while a request body is being received.
     #[arg(long, default_value_t = 30)]
     body_idle_timeout_secs: u64,
+    /// Requests per second one user may make (0: unlimited).
+    #[arg(long, default_value_t = 50)]
+    rate_per_user: u32,
+    /// Requests one user may make in a burst above that rate.
+    #[arg(long, default_value_t = 200)]
+    burst_per_user: u32,
     /// Log format.
     #[arg(long, env = "AUDIO_DEDUP_LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
     log_format: String,
@@ -125,6 +133,10 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Synchronous::Full
         },
+        request_rate: NonZeroU32::new(args.rate_per_user).map(|per_second| RequestRate {
+            per_second,
+            burst: NonZeroU32::new(args.burst_per_user).unwrap_or(per_second),
+        }),
         connections: ConnectionLimits {
             max_connections: args.max_connections,
             header_read_timeout: Duration::from_secs(args.header_timeout_secs),

@@ -287,3 +287,50 @@ async fn a_replayed_signed_put_stops_at_the_owners_daily_byte_cap() {
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
     s.assert_invariants();
 }
+
+/// One user over the request rate gets 429 `rate_limited` with `Retry-After`; another user
+/// is served meanwhile.
+#[tokio::test]
+async fn a_user_over_the_request_rate_is_throttled_and_others_are_not() {
+    use std::num::NonZeroU32;
+
+    use audio_dedup_server::in_process::TempServer;
+    use audio_dedup_server::rate_limit::RequestRate;
+    use audio_dedup_server::TokenTable;
+
+    let mut tokens = TokenTable::default();
+    tokens.insert(ALICE, "alice", false).expect("token");
+    tokens.insert(BOB, "bob", false).expect("token");
+    let server = TempServer::start(tokens, |cfg| {
+        cfg.request_rate = Some(RequestRate {
+            per_second: NonZeroU32::MIN,
+            burst: NonZeroU32::new(3).expect("3"),
+        })
+    })
+    .await
+    .expect("start");
+    let http = reqwest::Client::new();
+    let stats = |token: &'static str| {
+        http.get(format!("{}/v1/audio/stats", server.url()))
+            .bearer_auth(token)
+            .send()
+    };
+    for i in 0..3 {
+        assert_eq!(
+            stats(ALICE).await.expect("answer").status(),
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+    let throttled = stats(ALICE).await.expect("answer");
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = throttled.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&wait), "{wait}");
+    let body: Value = throttled.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(stats(BOB).await.expect("answer").status(), StatusCode::OK);
+}
