@@ -34,6 +34,7 @@ use audio_dedup_core::audio::{
 use audio_dedup_core::chat::{NewMessage, NewThread};
 use audio_dedup_core::ports::{
     BlobBody, BlobEvent, Clock, Item, Key, ManualClock, PutOutcome, SeededEntropy,
+    TransactionalIndex,
 };
 use audio_dedup_core::protocol::{invariants, keys};
 use audio_dedup_core::store::memory::{Fault, FaultHook, MemoryBlobs, MemoryIndex, Op};
@@ -224,6 +225,11 @@ enum Action {
     Unpost {
         msg: u32,
     },
+    /// A hostile user opening `sessions` upload sessions on content nobody has: the quota
+    /// refuses those past the limit, and the honest clients' work must still settle.
+    Flood {
+        sessions: u32,
+    },
     /// The same request as step `of` of this client, again (possibly much later).
     Retry {
         of: usize,
@@ -303,6 +309,7 @@ fn describe(client: usize, a: &Action) -> String {
             format.as_str(),
             rf(reference)
         ),
+        Action::Flood { sessions } => format!("flood: open {sessions} sessions on absent content"),
         Action::Add { content, reference } => format!(
             "add_reference C{content} {}/{}",
             ref_id(client, *reference),
@@ -404,13 +411,27 @@ fn generate(seed: u64) -> Workload {
     };
     let n_clients = r.range(5, 8) as usize;
     let n_users = r.range(3, n_clients as u64) as usize;
-    let clients = (0..n_clients)
+    let mut clients: Vec<Client> = (0..n_clients)
         .map(|c| Client {
             idx: c,
             user: format!("u{}", c % n_users).parse().expect("valid user"),
             steps: client_script(seed, c, n_clients, n_contents, &params),
         })
         .collect();
+    // In some seeds, a flooding user beside the honest ones.
+    if r.chance(0.15) {
+        clients.push(Client {
+            idx: n_clients,
+            user: "mallory".parse().expect("valid user"),
+            steps: vec![Step {
+                id: 0,
+                pause_ms: r.range(0, 50),
+                action: Action::Flood {
+                    sessions: r.range(21, 40) as u32,
+                },
+            }],
+        });
+    }
     Workload {
         seed,
         params,
@@ -969,6 +990,57 @@ async fn perform(
         })
     };
     match action {
+        Action::Flood { sessions } => {
+            let limit = sim.d.config().limits.open_sessions;
+            let (mut opened, mut refused) = (0u32, 0u32);
+            for i in 0..*sessions {
+                let hash = ContentHash::of(format!("flood {} {i}", w.seed).as_bytes());
+                let r = sim
+                    .d
+                    .audio()
+                    .open_session(SessionRequest {
+                        owner: owner.clone(),
+                        hash,
+                        size: 1000,
+                        format: AudioFormat::Mp3,
+                        reference: None,
+                    })
+                    .await;
+                sim.check(|| format!("c{} flooded session {i}", c.idx));
+                match r {
+                    Ok(_) => opened += 1,
+                    Err(e) if e.code() == ErrorCode::QuotaExceeded => refused += 1,
+                    // An injected fault: the flood goes on.
+                    Err(e) if e.is_transient() || e.is_internal() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // Sessions expire meanwhile (the clock jumps), so more than `limit` may open over
+            // the flood; never more than `limit` at once (the quota record counts exactly the
+            // open ones: an invariant checked after every step).
+            let quota = sim
+                .d
+                .index()
+                .get(&keys::user_quota(owner))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|i| serde_json::from_str::<UserQuota>(&i.body).ok());
+            if let Some(q) = quota.filter(|q| q.open_sessions > limit) {
+                sim.fail(
+                    "quota",
+                    "a flooding user",
+                    vec![format!(
+                        "{} sessions open at once, the limit is {limit}",
+                        q.open_sessions
+                    )],
+                );
+            }
+            if refused > 0 {
+                sim.trace.bump("flood.refused");
+            }
+            Ok(format!("flood: {opened} opened, {refused} refused"))
+        }
         Action::Upload {
             content,
             format,
@@ -1538,6 +1610,15 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
     let mut users: Vec<UserId> = w.clients.iter().map(|c| c.user.clone()).collect();
     users.sort();
     users.dedup();
+    if users.is_empty() {
+        // Shrunk to no client at all: nothing to run.
+        return RunResult {
+            failure: None,
+            trace: Vec::new(),
+            counters: BTreeMap::new(),
+            digest: 0,
+        };
+    }
     let made = sim
         .d
         .chat()
@@ -1993,6 +2074,7 @@ fn workload_exercises_every_flow_and_fault() {
         panic!("seed {seed} failed: {f:?}");
     }
     for name in [
+        "flood.refused",
         "upload.stored",
         "upload.deduplicated",
         "session.opened",
