@@ -81,18 +81,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match run().await {
-        Ok(ok) => {
-            println!("verdict: {}", pass_fail(ok));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("reconcile_pass: {e}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> ExitCode {
+    audio_dedup_benches::main_async("reconcile_pass", run)
 }
 
 async fn run() -> Result<bool, String> {
@@ -195,5 +185,7 @@ async fn run() -> Result<bool, String> {
         ratio,
         ms(last.1)
     );
-    Ok(ratio <= 1.2 && ms(last.1) < 100.0)
+    let ok = ratio <= 1.2 && ms(last.1) < 100.0;
+    println!("verdict: {}", pass_fail(ok));
+    Ok(ok)
 }
