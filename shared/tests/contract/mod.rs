@@ -261,21 +261,26 @@ pub async fn created_event_completes_first_and_complete_is_a_noop<E: Env>(env: &
     assert_safe(env).await;
 }
 
-pub async fn reconciler_removes_orphans<E: Env>(env: &E) {
-    let d = env.dedup();
-    let data = bytes_of(4, 3_000);
+/// Stores `data` in the blob store with nothing in the index; its key.
+async fn put_orphan<B: BlobStore, I: TransactionalIndex>(d: &Dedup<B, I>, data: Vec<u8>) -> String {
     let hash = ContentHash::of(&data);
     let key = keys::blob_key(&d.config().key_prefix, &hash);
-    // An object with no claim in the index: a crash after the put, long ago.
     let put = audio_dedup_core::ports::PutRequest {
         key: key.clone(),
+        size: data.len() as u64,
         body: BlobBody::Bytes(Bytes::from(data)),
         sha256: hash,
-        size: 3_000,
         content_type: "audio/mpeg",
         uploader: "direct".into(),
     };
     d.blobs().put_if_absent(put).await.unwrap();
+    key
+}
+
+pub async fn reconciler_removes_orphans<E: Env>(env: &E) {
+    let d = env.dedup();
+    // An object with no claim in the index: a crash after the put, long ago.
+    let key = put_orphan(d, bytes_of(4, 3_000)).await;
     let report = d.reconcile().await.unwrap();
     assert_eq!(report.orphans_deleted, 1);
     assert!(d.blobs().head(&key).await.unwrap().is_none());
@@ -304,19 +309,7 @@ pub async fn a_sweep_across_passes_collects_every_orphan<E: Env>(env: &E) {
     }
     let mut orphans = Vec::new();
     for i in 0..5u8 {
-        let data = bytes_of(60 + i, 1_000);
-        let hash = ContentHash::of(&data);
-        let key = keys::blob_key(&d.config().key_prefix, &hash);
-        let put = audio_dedup_core::ports::PutRequest {
-            key: key.clone(),
-            body: BlobBody::Bytes(Bytes::from(data)),
-            sha256: hash,
-            size: 1_000,
-            content_type: "audio/mpeg",
-            uploader: "direct".into(),
-        };
-        d.blobs().put_if_absent(put).await.unwrap();
-        orphans.push(key);
+        orphans.push(put_orphan(d, bytes_of(60 + i, 1_000)).await);
     }
     let (mut passes, mut swept, mut deleted, mut cycles) = (0, 0, 0, 0);
     while passes < 12 && (deleted < orphans.len() as u64 || cycles == 0) {

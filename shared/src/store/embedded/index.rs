@@ -48,6 +48,16 @@ pub struct SqliteIndex {
     read_permits: Arc<tokio::sync::Semaphore>,
 }
 
+/// Retries of a read that met `SQLITE_BUSY` (1, 2, 4 … 32 ms apart: 63 ms in all).
+const READ_BUSY_RETRIES: usize = 6;
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::backend(e)
 }
@@ -84,9 +94,12 @@ impl SqliteIndex {
         })
     }
 
+    /// Runs `f` on a free reader connection. A reader can meet `SQLITE_BUSY` at once, without
+    /// the busy timeout, while the writer checkpoints the WAL: that is retried a few times,
+    /// then answered as `Unavailable` (503 with Retry-After), never as an internal error.
     async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+        f: impl Fn(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
         let permit = self
@@ -102,7 +115,23 @@ impl SqliteIndex {
                 .iter()
                 .find_map(|m| m.try_lock().ok())
                 .unwrap_or_else(|| readers[0].lock().unwrap_or_else(|p| p.into_inner()));
-            f(&guard).map_err(db_err)
+            let mut pause = std::time::Duration::from_millis(1);
+            for _ in 0..READ_BUSY_RETRIES {
+                match f(&guard) {
+                    Err(e) if is_busy(&e) => {
+                        std::thread::sleep(pause);
+                        pause *= 2;
+                    }
+                    other => return other.map_err(db_err),
+                }
+            }
+            match f(&guard) {
+                Err(e) if is_busy(&e) => {
+                    tracing::warn!(error = %e, "index reader still busy after retries");
+                    Err(StoreError::Unavailable("the index is busy".into()))
+                }
+                other => other.map_err(db_err),
+            }
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))?
@@ -165,7 +194,10 @@ fn apply_group<'a>(
     conn: &mut Connection,
     txns: impl Iterator<Item = &'a Vec<WriteOp>>,
 ) -> Result<Vec<Result<(), TxnError>>, rusqlite::Error> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: the write lock is taken up front, where the busy timeout applies. A deferred
+    // transaction reads first and then upgrades, and an upgrade that meets another writer
+    // fails at once with SQLITE_BUSY, whatever the timeout.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::new();
     for ops in txns {
         let sp = tx.unchecked_transaction_savepoint()?;
@@ -385,5 +417,67 @@ impl TransactionalIndex for SqliteIndex {
             rows.collect()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod stress_tests {
+    use super::*;
+    use crate::ports::{Expect, Item, Key, TransactionalIndex, WriteOp};
+
+    /// Readers on every connection while the writer commits and another connection forces
+    /// WAL checkpoints (what makes a reader meet `SQLITE_BUSY` at once): no read fails.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reads_never_fail_while_the_writer_commits_and_the_wal_is_checkpointed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("index.sqlite");
+        let index = SqliteIndex::open(&path, Synchronous::Normal).expect("open");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpointer = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let conn = Connection::open(&path).expect("open");
+                let mut rounds = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && rounds < 100_000 {
+                    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+                    rounds += 1;
+                }
+            })
+        };
+        let mut readers = tokio::task::JoinSet::new();
+        for r in 0..8 {
+            let index = index.clone();
+            readers.spawn(async move {
+                for i in 0..400u32 {
+                    let key = Key::new(format!("P{}", (i + r) % 20), "S");
+                    index
+                        .get(&key)
+                        .await
+                        .map_err(|e| format!("read {i}: {e}"))?;
+                }
+                Ok::<(), String>(())
+            });
+        }
+        for i in 0..400u32 {
+            let op = WriteOp::Put {
+                item: Item {
+                    key: Key::new(format!("P{}", i % 20), format!("S{i}")),
+                    version: 1,
+                    body: "{}".into(),
+                    work_key: None,
+                },
+                expect: Expect::Any,
+            };
+            index.transact(vec![op]).await.expect("write");
+        }
+        let mut failures = Vec::new();
+        while let Some(r) = readers.join_next().await {
+            if let Err(e) = r.expect("reader task") {
+                failures.push(e);
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        checkpointer.join().expect("checkpointer");
+        assert!(failures.is_empty(), "{failures:?}");
     }
 }
