@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use audio_dedup_core::protocol::Limits;
+use audio_dedup_core::protocol::{Limits, ReconcileBudget};
 use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_core::DedupConfig;
 use audio_dedup_server::rate_limit::RequestRate;
@@ -44,6 +44,15 @@ struct Args {
     /// SQLite synchronous mode: full (survives power loss) or normal.
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     sync: String,
+    /// Due work items one reconciler pass looks at (default 2000).
+    #[arg(long)]
+    reconcile_work_items: Option<usize>,
+    /// Blob-store pages of 100 one reconciler pass sweeps (default 10).
+    #[arg(long)]
+    sweep_pages: Option<usize>,
+    /// Seconds after which a reconciler pass starts nothing new (default 60).
+    #[arg(long)]
+    reconcile_budget_secs: Option<u64>,
     /// Upload sessions one user may hold open at once (default 20).
     #[arg(long, env = "AUDIO_DEDUP_MAX_OPEN_SESSIONS")]
     max_open_sessions: Option<u32>,
@@ -118,6 +127,7 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err(Box::new(audio_dedup_server::tokens::TokenError::Missing));
     }
     let limits = limits(&args);
+    let reconcile_budget = reconcile_budget(&args);
     let cfg = ServerConfig {
         data_dir: args.data_dir,
         public_url: args.public_url,
@@ -125,6 +135,7 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         dedup: DedupConfig {
             deletion_grace: Duration::from_secs(args.deletion_grace_secs),
             limits,
+            reconcile: reconcile_budget,
             ..DedupConfig::default()
         },
         reconcile_every: Duration::from_secs(args.reconcile_every_secs),
@@ -147,6 +158,19 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
     run(listener, cfg, shutdown).await?;
     Ok(())
+}
+
+/// What one reconciler pass may do: the core's defaults, each one overridable.
+fn reconcile_budget(args: &Args) -> ReconcileBudget {
+    let d = ReconcileBudget::default();
+    ReconcileBudget {
+        work_items: args.reconcile_work_items.unwrap_or(d.work_items),
+        sweep_pages: args.sweep_pages.unwrap_or(d.sweep_pages),
+        time: args
+            .reconcile_budget_secs
+            .map_or(d.time, Duration::from_secs),
+        ..d
+    }
 }
 
 /// The per-user limits: the core's defaults, each one overridable.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{clients_from_env, DynamoIndex, S3Blobs};
-use crate::protocol::Limits;
+use crate::protocol::{Limits, ReconcileBudget};
 use crate::{Dedup, DedupConfig};
 
 pub type AwsDedup = Dedup<S3Blobs, DynamoIndex>;
@@ -48,6 +48,18 @@ fn limits_from_env() -> Result<Limits, EnvError> {
     })
 }
 
+/// `RECONCILE_WORK_ITEMS`, `RECONCILE_SWEEP_PAGES` and `RECONCILE_BUDGET_SECONDS`, each
+/// defaulting to [`ReconcileBudget::default`].
+fn reconcile_budget_from_env() -> Result<ReconcileBudget, EnvError> {
+    let d = ReconcileBudget::default();
+    Ok(ReconcileBudget {
+        work_items: number("RECONCILE_WORK_ITEMS", d.work_items)?,
+        sweep_pages: number("RECONCILE_SWEEP_PAGES", d.sweep_pages)?,
+        time: seconds("RECONCILE_BUDGET_SECONDS", d.time.as_secs())?,
+        ..d
+    })
+}
+
 fn number<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, EnvError> {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v.trim().parse().map_err(|_| EnvError::NotNumber(name)),
@@ -67,6 +79,7 @@ pub async fn dedup_from_env() -> Result<Arc<AwsDedup>, EnvError> {
         key_prefix: prefix.clone(),
         deletion_grace: seconds("DELETION_GRACE_SECONDS", 0)?,
         limits: limits_from_env()?,
+        reconcile: reconcile_budget_from_env()?,
         ..DedupConfig::default()
     };
     let (ddb, s3) = clients_from_env(path_style).await;
