@@ -923,16 +923,61 @@ async fn a_cancelled_batch_leader_strands_no_one() {
     h.check();
 }
 
-/// Counts index reads, to compare what two requests cost.
+/// Counts index reads (and transactions), to compare what two requests cost.
 #[derive(Default)]
-struct CountGets(AtomicU32);
+struct CountGets(AtomicU32, AtomicU32);
 impl FaultHook for CountGets {
     fn fault(&self, op: Op) -> Fault {
-        if op == Op::IndexGet {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
+        match op {
+            Op::IndexGet => self.0.fetch_add(1, Ordering::SeqCst),
+            Op::IndexTransact => self.1.fetch_add(1, Ordering::SeqCst),
+            _ => 0,
+        };
         Fault::None
     }
+}
+
+/// Opening a session on stored content and on content nobody has: the same index reads and
+/// one transaction each (the claim rides in the session's transaction), so the work done
+/// does not tell a caller without the bytes which it was.
+#[tokio::test]
+async fn a_session_on_stored_content_costs_what_one_on_absent_content_does() {
+    let counts = Arc::new(CountGets::default());
+    let h = harness_with(DedupConfig::default(), counts.clone());
+    h.upload("alice", b"alice's track", Some("m1"))
+        .await
+        .unwrap();
+    let cost = |content: &'static [u8]| {
+        let (h, counts) = (&h, counts.clone());
+        async move {
+            let (gets, txns) = (
+                counts.0.load(Ordering::SeqCst),
+                counts.1.load(Ordering::SeqCst),
+            );
+            h.d.audio()
+                .open_session(SessionRequest {
+                    owner: user("mallory"),
+                    hash: ContentHash::of(content),
+                    size: content.len() as u64,
+                    format: AudioFormat::Mp3,
+                    reference: None,
+                })
+                .await
+                .unwrap();
+            (
+                counts.0.load(Ordering::SeqCst) - gets,
+                counts.1.load(Ordering::SeqCst) - txns,
+            )
+        }
+    };
+    let stored = cost(b"alice's track").await;
+    let absent = cost(b"nobody's track").await;
+    assert_eq!(
+        stored, absent,
+        "(index reads, transactions): stored vs absent"
+    );
+    assert_eq!(absent.1, 1, "one transaction");
+    h.check();
 }
 
 #[tokio::test]

@@ -139,16 +139,15 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 self.finish_deletion(&fresh.hash).await?;
                 return Ok(Step::Again);
             }
-            (AudioState::Gone, _) => {
-                return self
-                    .claim_pending(
-                        &fresh.hash,
-                        fresh.format,
-                        prev.as_ref(),
-                        lease_until - self.core.now(),
-                    )
-                    .await;
-            }
+            // The claim goes in the session's own transaction, and stored content is checked
+            // there: one transaction either way, so the work does not say which it was.
+            (AudioState::Gone, _) => self.plan_claim(
+                &mut txn,
+                &fresh.hash,
+                fresh.format,
+                prev.as_ref(),
+                lease_until - self.core.now(),
+            )?,
             (AudioState::PendingUpload, Some(p)) => {
                 // Keep the claim alive until this session's URL (plus slack) runs out too.
                 let mut a = p.value.clone();
@@ -157,7 +156,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 }
                 self.put_or_check_audio(&mut txn, a, p)?;
             }
-            _ => {}
+            (_, Some(p)) => txn.check(keys::audio(&fresh.hash), p.expect()),
+            (_, None) => {}
         }
         txn.put_session(&rec, Expect::Absent)?;
         Ok(if self.core.commit(txn).await? {

@@ -154,6 +154,24 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         prev: Option<&Versioned<AudioRecord>>,
         lease_ms: i64,
     ) -> Result<Step<T>, DedupError> {
+        let mut txn = self.core.txn();
+        self.plan_claim(&mut txn, hash, format, prev, lease_ms)?;
+        Ok(if self.core.commit(txn).await? {
+            Step::Again
+        } else {
+            Step::Lost
+        })
+    }
+
+    /// Plans the claim of absent or gone content as `PendingUpload` for `lease_ms` in `txn`.
+    pub(crate) fn plan_claim(
+        &self,
+        txn: &mut crate::protocol::codec::Txn,
+        hash: &ContentHash,
+        format: AudioFormat,
+        prev: Option<&Versioned<AudioRecord>>,
+        lease_ms: i64,
+    ) -> Result<(), DedupError> {
         let now = self.core.now();
         let a = AudioRecord {
             hash: *hash,
@@ -166,14 +184,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             refs: 0,
             updated_at: now,
         };
-        let mut txn = self.core.txn();
         txn.stats.transition(None, (AudioState::PendingUpload, 0));
-        txn.put_audio(&a, prev)?;
-        Ok(if self.core.commit(txn).await? {
-            Step::Again
-        } else {
-            Step::Lost
-        })
+        txn.put_audio(&a, prev)
     }
 
     /// The active record for a verified object, from a pending (or gone) record.
