@@ -141,6 +141,7 @@ pub fn test_config(data_dir: &Path, tokens: TokenTable) -> ServerConfig {
         sync: audio_dedup_core::store::embedded::Synchronous::Normal,
         connections: crate::ConnectionLimits::default(),
         request_rate: None,
+        live: crate::live::LiveConfig::default(),
     }
 }
 

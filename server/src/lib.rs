@@ -3,6 +3,7 @@
 
 mod blob_routes;
 pub mod in_process;
+pub mod live;
 mod private_files;
 pub mod rate_limit;
 pub mod serve;
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub sync: Synchronous,
     /// Open connections, and deadlines for slow clients.
     pub connections: ConnectionLimits,
+    /// Live updates (`GET /v1/events`): heartbeat and per-connection queue.
+    pub live: live::LiveConfig,
     /// Requests per user (none: unlimited, as in tests and benchmarks).
     pub request_rate: Option<rate_limit::RequestRate>,
 }
@@ -97,6 +100,7 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
     let blob_root = cfg.data_dir.join("blobs");
     let blobs = FsBlobStore::open(&blob_root, signer, Some(tx), clock.clone())?;
     let index = SqliteIndex::open(&cfg.data_dir.join("index.sqlite"), cfg.sync)?;
+    let commits = index.subscribe_commits();
     let dedup = Arc::new(Dedup::with_env(
         blobs.clone(),
         index,
@@ -121,7 +125,7 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
     let tokens = Arc::new(cfg.tokens.clone());
     let mut api = router(dedup.clone(), tokens.clone(), api_cfg, RouteSet::All);
     if let Some(rate) = cfg.request_rate {
-        let limit = Arc::new(rate_limit::UserRateLimit::new(tokens, rate));
+        let limit = Arc::new(rate_limit::UserRateLimit::new(tokens.clone(), rate));
         api = api.layer(axum::middleware::from_fn_with_state(
             limit,
             rate_limit::limit_per_user,
@@ -141,7 +145,14 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
         )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(blob_state);
-    let app = blob_routes.merge(api).layer(TraceLayer::new_for_http());
+    let hub = live::LiveHub::start(dedup.clone(), tokens, cfg.live.clone(), commits);
+    let live_routes = Router::new()
+        .route("/v1/events", axum::routing::get(live::events))
+        .with_state(hub.clone());
+    let app = blob_routes
+        .merge(live_routes)
+        .merge(api)
+        .layer(TraceLayer::new_for_http());
     Ok(Built { app, dedup })
 }
 

@@ -144,6 +144,7 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         } else {
             Synchronous::Full
         },
+        live: Default::default(),
         request_rate: NonZeroU32::new(args.rate_per_user).map(|per_second| RequestRate {
             per_second,
             burst: NonZeroU32::new(args.burst_per_user).unwrap_or(per_second),

@@ -180,6 +180,16 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         })
     }
 
+    /// Who may read the thread's log (live updates tell them it moved). Empty for no thread.
+    pub async fn thread_members(&self, id: &ThreadId) -> Result<Vec<UserId>, DedupError> {
+        Ok(self
+            .core
+            .load::<ThreadRecord>(&keys::thread(id))
+            .await?
+            .map(|t| t.value.members)
+            .unwrap_or_default())
+    }
+
     /// The thread, if the caller is a member; otherwise the same 404 as for no thread.
     pub(crate) async fn member_thread(
         &self,

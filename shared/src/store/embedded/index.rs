@@ -46,7 +46,13 @@ pub struct SqliteIndex {
     /// One permit per reader connection: a read waits here (async) rather than parking a
     /// blocking thread on a busy connection, so load cannot pile up threads.
     read_permits: Arc<tokio::sync::Semaphore>,
+    /// The keys each committed transaction wrote, in commit order: the local stand-in for
+    /// DynamoDB Streams (live updates read it). Lossy: a lagging subscriber skips ahead.
+    commits: tokio::sync::broadcast::Sender<Key>,
 }
+
+/// Committed keys a subscriber may lag behind by before it skips ahead.
+const COMMIT_FEED: usize = 4096;
 
 /// Retries of a read that met `SQLITE_BUSY` (1, 2, 4 … 32 ms apart: 63 ms in all).
 const READ_BUSY_RETRIES: usize = 6;
@@ -83,15 +89,23 @@ impl SqliteIndex {
             .map(|_| open(path, sync).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel::<(Vec<WriteOp>, Reply)>();
+        let (commits, _) = tokio::sync::broadcast::channel(COMMIT_FEED);
+        let feed = commits.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))
+            .spawn(move || writer_loop(writer_conn, rx, feed))
             .map_err(StoreError::Io)?;
         Ok(Self {
             writer: tx,
             readers: Arc::new(readers),
             read_permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
+            commits,
         })
+    }
+
+    /// The keys of every transaction committed from now on.
+    pub fn subscribe_commits(&self) -> tokio::sync::broadcast::Receiver<Key> {
+        self.commits.subscribe()
     }
 
     /// Runs `f` on a free reader connection. A reader can meet `SQLITE_BUSY` at once, without
@@ -161,7 +175,11 @@ fn get_item(conn: &Connection, key: &Key) -> Result<Option<Item>, rusqlite::Erro
     .optional()
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<WriteOp>, Reply)>) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<(Vec<WriteOp>, Reply)>,
+    commits: tokio::sync::broadcast::Sender<Key>,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -173,7 +191,15 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<(Vec<WriteOp>, Reply)>) 
         let results = apply_group(&mut conn, group.iter().map(|(ops, _)| ops));
         match results {
             Ok(results) => {
-                for ((_, reply), r) in group.into_iter().zip(results) {
+                for ((ops, reply), r) in group.into_iter().zip(results) {
+                    // Nobody listening is the common case: `send` then just returns an error.
+                    if r.is_ok() && commits.receiver_count() > 0 {
+                        for op in &ops {
+                            if let WriteOp::Put { item, .. } = op {
+                                let _ = commits.send(item.key.clone());
+                            }
+                        }
+                    }
                     let _ = reply.send(r);
                 }
             }
