@@ -153,6 +153,16 @@ impl Api {
             .bearer_auth(&self.token)
     }
 
+    /// Opens the live-update stream (`GET /v1/events`). Its total time is capped at a day
+    /// (the client reconnects then); a dead connection shows as missing heartbeats.
+    pub async fn open_events(&self) -> Result<Response, ApiError> {
+        self.send(
+            self.req(Method::GET, "/v1/events")
+                .timeout(Duration::from_secs(24 * 60 * 60)),
+        )
+        .await
+    }
+
     /// Sends, classifies the answer, and returns the response of a 2xx.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
         let res = match rb.send().await {

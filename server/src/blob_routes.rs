@@ -21,7 +21,9 @@ use tower_http::services::ServeFile;
 use audio_dedup_api::spool::spool_body;
 use audio_dedup_api::ApiError;
 use audio_dedup_core::ports::{BlobStore, PutOutcome, PutRequest};
-use audio_dedup_core::store::embedded::{FsBlobStore, SignError, SqliteIndex};
+use audio_dedup_core::store::embedded::{FsBlobStore, SignError};
+
+use crate::LocalDedup;
 use audio_dedup_core::{protocol::keys, ErrorCode, Uploader, UserId};
 
 pub struct BlobState {
@@ -33,8 +35,6 @@ pub struct BlobState {
     /// Bytes received per user: (UTC day, bytes).
     pub put_bytes: Mutex<HashMap<UserId, (i64, u64)>>,
 }
-
-pub type LocalDedup = audio_dedup_core::Dedup<FsBlobStore, SqliteIndex>;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 

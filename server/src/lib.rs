@@ -61,6 +61,7 @@ pub enum ServerError {
 pub struct Built {
     pub app: Router,
     pub dedup: Arc<LocalDedup>,
+    pub live: Arc<live::LiveHub>,
 }
 
 /// The URL-signing key, kept in the data directory. A new key is written to a temporary
@@ -153,7 +154,11 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
         .merge(live_routes)
         .merge(api)
         .layer(TraceLayer::new_for_http());
-    Ok(Built { app, dedup })
+    Ok(Built {
+        app,
+        dedup,
+        live: hub,
+    })
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.
@@ -187,7 +192,14 @@ pub async fn run(
         listener,
         built.app,
         &cfg.connections,
-        shutdown,
+        // Event streams never end by themselves: close them, so connections can drain.
+        {
+            let live = built.live.clone();
+            async move {
+                shutdown.await;
+                live.close_all();
+            }
+        },
         Duration::from_secs(30),
     )
     .await;

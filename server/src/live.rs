@@ -32,8 +32,7 @@ use audio_dedup_core::ports::Key;
 use audio_dedup_core::protocol::pokes::{poke_for, Audience, Poke};
 use audio_dedup_core::UserId;
 
-use crate::blob_routes::LocalDedup;
-use crate::TokenTable;
+use crate::{LocalDedup, TokenTable};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveConfig {
@@ -141,6 +140,11 @@ impl LiveHub {
         conns.retain(|(_, tx)| !tx.is_closed());
         conns.push((id, tx));
         rx
+    }
+
+    /// Ends every event stream (at shutdown: clients reconnect and re-sync).
+    pub fn close_all(&self) {
+        self.listeners().clear();
     }
 
     /// Connections open now, for tests and logs.
