@@ -465,3 +465,66 @@ async fn two_people_two_devices_through_the_cli() {
         r.stderr
     );
 }
+
+/// Two windows: bob runs `audio-dedup watch jam` while alice sends from her own cache; her
+/// messages appear in bob's output by themselves, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_the_other_members_messages_as_they_arrive() {
+    use support::{ALICE, BOB};
+    let srv = tempfile::tempdir().expect("dir");
+    let server = support::Server::start(srv.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("dir");
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let made = cli_as(
+        ALICE,
+        &url,
+        &a,
+        &[
+            "threads", "create", "--id", "jam", "--title", "jam", "--member", "bob",
+        ],
+    )
+    .await;
+    assert_eq!(made.code, 0, "{}{}", made.stdout, made.stderr);
+    let watcher = {
+        let (url, b) = (url.clone(), b.clone());
+        tokio::spawn(
+            async move { cli_as(BOB, &url, &b, &["watch", "jam", "--for-secs", "6"]).await },
+        )
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let snapshot = dir.path().join("s.json");
+    std::fs::write(&snapshot, br#"{"bpm": 128}"#).expect("write");
+    let mut sent_ids = Vec::new();
+    for _ in 0..2 {
+        let sent = cli_as(
+            ALICE,
+            &url,
+            &a,
+            &[
+                "send",
+                "jam",
+                "--snapshot",
+                snapshot.to_str().expect("utf-8"),
+            ],
+        )
+        .await;
+        assert_eq!(sent.code, 0, "{}{}", sent.stdout, sent.stderr);
+        sent_ids.push(first_word(&sent));
+    }
+    let watched = watcher.await.expect("watch ran");
+    assert_eq!(watched.code, 0, "{}", watched.stderr);
+    let printed: Vec<&str> = watched
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("jam  "))
+        .collect();
+    assert_eq!(printed.len(), 2, "each message once: {}", watched.stdout);
+    for id in &sent_ids {
+        assert!(
+            printed.iter().any(|l| l.contains(id.as_str())),
+            "{id} in {}",
+            watched.stdout
+        );
+    }
+}

@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use audio_dedup_client::{
     Attachment, AudioHandle, Client, ClientConfig, ClientError, LibraryAudio, QueuedOp, SendState,
+    Update,
 };
 use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, LibraryItemId, MessageId, ThreadId};
 use clap::{Args, Parser, Subcommand};
@@ -89,6 +90,15 @@ enum Cmd {
     Messages {
         /// The thread's id.
         thread: ThreadId,
+    },
+    /// Print messages as they arrive (live updates), in one thread or in all of yours.
+    /// Runs until interrupted.
+    Watch {
+        /// Only this thread.
+        thread: Option<ThreadId>,
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        for_secs: Option<u64>,
     },
     /// Send a message (queued if offline).
     Send(SendArgs),
@@ -273,6 +283,61 @@ fn print_messages(client: &Client, thread: &ThreadId) -> Res {
         out!("  {cursor:>6}  {id}  by {author}  {at}  {st}{snap}{audio}{err}");
     }
     Ok(())
+}
+
+/// Prints each message of the watched threads once, as live updates bring them.
+async fn watch(client: &Client, only: Option<&ThreadId>, limit: Option<Duration>) -> Res {
+    let mut updates = client.subscribe();
+    let _live = client.go_live();
+    let what = only.map_or_else(|| "all your threads".to_owned(), |t| format!("thread {t}"));
+    out!("watching {what} (Ctrl-C to stop)");
+    let mut seen = std::collections::HashSet::new();
+    let show = |thread: &ThreadId, seen: &mut std::collections::HashSet<String>| -> Res {
+        for m in client.messages(thread)? {
+            if m.cursor.is_some() && seen.insert(m.id.to_string()) {
+                let author = m.author.as_deref().unwrap_or("me");
+                let snap = opt(m.snapshot, |s| format!("  snapshot {} B", s.size));
+                out!(
+                    "{thread}  {}  by {author}  {}{snap}",
+                    m.id,
+                    time(m.created_at)
+                );
+            }
+        }
+        Ok(())
+    };
+    let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+    loop {
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, updates.recv()).await.ok(),
+                None => Some(updates.recv().await),
+            }
+        };
+        let update = tokio::select! {
+            u = next => match u {
+                Some(u) => u,
+                None => return Ok(()),
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match update {
+            Ok(Update::MessagesSynced { thread_id, .. })
+                if only.is_none_or(|t| *t == thread_id) =>
+            {
+                show(&thread_id, &mut seen)?
+            }
+            Ok(_) => {}
+            // Fell behind the update stream: show every watched thread again (once each).
+            Err(_) => {
+                for t in client.cached_threads()? {
+                    if only.is_none_or(|o| *o == t.id) {
+                        show(&t.id, &mut seen)?;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn print_library(client: &Client) -> Res {
@@ -524,6 +589,10 @@ async fn run(cli: Cli) -> Res {
                     print_messages(&client, &thread)?;
                 }
             }
+        }
+        Cmd::Watch { thread, for_secs } => {
+            let limit = for_secs.map(Duration::from_secs);
+            watch(&client, thread.as_ref(), limit).await?;
         }
         Cmd::Send(a) => {
             let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&a.snapshot)?)?;
