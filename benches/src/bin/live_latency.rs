@@ -1,0 +1,164 @@
+//! Live-update latency on loopback: the local server in-process; alice posts messages through
+//! the API, one after another; 1, then 50, of bob's devices keep the live channel open
+//! (`Client::go_live`). For each message and device: the time from alice's POST being
+//! answered to that device's cache holding the message (its `MessagesSynced` update). Also
+//! the bytes of one poke on the wire and what an idle connection costs in heartbeats.
+//!
+//! Targets (issue #13): p99 <= 100 ms with 1 listener, <= 300 ms with 50.
+//!
+//! Knobs: `BENCH_MESSAGES` (1000 with 1 listener), `BENCH_MESSAGES_50` (200 with 50),
+//! `BENCH_GAP_MS` (pause between messages, 20).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use audio_dedup_benches::{env_u64, machine_summary, pass_fail, percentile};
+use audio_dedup_client::{Client, ClientConfig, Update};
+use audio_dedup_core::{MessageId, ThreadId};
+use audio_dedup_server::in_process::{test_config, InProcess};
+use audio_dedup_server::TokenTable;
+
+const ALICE: &str = "live-bench-alice-000001";
+const BOB: &str = "live-bench-bob-00000002";
+
+fn client(url: &str, token: &str, dir: &std::path::Path) -> Result<Client, String> {
+    let mut c = ClientConfig::new(url, token, dir);
+    c.background_sender = false;
+    Client::open(c).map_err(|e| e.to_string())
+}
+
+/// Posts `n` messages; for each, the latency to every listener, in microseconds.
+async fn run_round(
+    url: &str,
+    dir: &std::path::Path,
+    listeners: usize,
+    n: u64,
+    gap: Duration,
+) -> Result<Vec<u32>, String> {
+    let alice = client(url, ALICE, &dir.join(format!("alice-{listeners}")))?;
+    let thread: ThreadId = format!("live-{listeners}").parse().map_err(|e| format!("{e:?}"))?;
+    alice
+        .api()
+        .create_thread(Some(&thread), "live", &["bob".to_owned()])
+        .await
+        .map_err(|e| e.to_string())?;
+    // When each message's POST was answered, by id.
+    let answered: Arc<Mutex<HashMap<MessageId, Instant>>> = Arc::default();
+    let mut watchers = Vec::new();
+    let mut handles = Vec::new();
+    for d in 0..listeners {
+        let bob = client(url, BOB, &dir.join(format!("bob-{listeners}-{d}")))?;
+        let mut updates = bob.subscribe();
+        handles.push(bob.go_live());
+        let (thread, answered) = (thread.clone(), answered.clone());
+        watchers.push(tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            let mut lat = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while (seen.len() as u64) < n && Instant::now() < deadline {
+                let Ok(Ok(u)) = tokio::time::timeout(Duration::from_secs(30), updates.recv()).await
+                else {
+                    break;
+                };
+                if !matches!(u, Update::MessagesSynced { ref thread_id, .. } if *thread_id == thread)
+                {
+                    continue;
+                }
+                let now = Instant::now();
+                let msgs = bob.messages(&thread).unwrap_or_default();
+                let answered = answered.lock().await;
+                for m in msgs {
+                    if let Some(at) = answered.get(&m.id) {
+                        if seen.insert(m.id.clone()) {
+                            lat.push(now.saturating_duration_since(*at).as_micros() as u32);
+                        }
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    // Let every device connect and do its first sync.
+    tokio::time::sleep(Duration::from_millis(500 + 20 * listeners as u64)).await;
+    let snapshot = serde_json::value::RawValue::from_string(r#"{"bpm":120}"#.to_owned())
+        .map_err(|e| e.to_string())?;
+    for i in 0..n {
+        let id: MessageId = format!("m{listeners}-{i}").parse().map_err(|e| format!("{e:?}"))?;
+        // Recorded before the POST: a poke may beat the answer back.
+        let sent = Instant::now();
+        answered.lock().await.insert(id.clone(), sent);
+        alice
+            .api()
+            .create_message(&thread, &id, &snapshot, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        answered.lock().await.insert(id, Instant::now());
+        tokio::time::sleep(gap).await;
+    }
+    let mut all = Vec::new();
+    for w in watchers {
+        let lat = w.await.map_err(|e| e.to_string())?;
+        if (lat.len() as u64) < n {
+            return Err(format!("a device saw {} of {n} messages", lat.len()));
+        }
+        all.extend(lat);
+    }
+    drop(handles);
+    Ok(all)
+}
+
+fn main() -> ExitCode {
+    audio_dedup_benches::main_async("live_latency", run)
+}
+
+async fn run() -> Result<bool, String> {
+    println!("live_latency: {}", machine_summary());
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut tokens = TokenTable::default();
+    tokens.insert(ALICE, "alice", false).map_err(|e| e.to_string())?;
+    tokens.insert(BOB, "bob", false).map_err(|e| e.to_string())?;
+    let cfg = test_config(&dir.path().join("server"), tokens);
+    let mut server = InProcess::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let url = server.url();
+    let gap = Duration::from_millis(env_u64("BENCH_GAP_MS", 20));
+    let mut ok = true;
+    for (listeners, n, target_ms) in [
+        (1usize, env_u64("BENCH_MESSAGES", 1000), 100u32),
+        (50, env_u64("BENCH_MESSAGES_50", 200), 300),
+    ] {
+        let mut lat = run_round(&url, dir.path(), listeners, n, gap).await?;
+        lat.sort();
+        let ms = |us: u32| f64::from(us) / 1000.0;
+        let (p50, p99, max) = (
+            percentile(&lat, 50.0),
+            percentile(&lat, 99.0),
+            lat[lat.len() - 1],
+        );
+        let pass = p99 <= target_ms * 1000;
+        ok &= pass;
+        println!(
+            "{listeners:>2} listener(s), {n} messages ({} deliveries): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= {target_ms} ms): {}",
+            lat.len(),
+            ms(p50),
+            ms(p99),
+            ms(max),
+            pass_fail(pass)
+        );
+    }
+    let poke = r#"event: poke
+data: {"kind":"thread","id":"live-1","cursor":"1000"}
+
+"#;
+    println!(
+        "one poke on the wire: {} bytes of event (plus HTTP/1.1 chunk framing, about 6 bytes); an idle connection: one \":heartbeat\\n\\n\" (12 bytes + framing) every 15 s",
+        poke.len()
+    );
+    server.stop().await?;
+    println!("verdict: {}", pass_fail(ok));
+    Ok(ok)
+}
