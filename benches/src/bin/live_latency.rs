@@ -41,7 +41,9 @@ async fn run_round(
     gap: Duration,
 ) -> Result<Vec<u32>, String> {
     let alice = client(url, ALICE, &dir.join(format!("alice-{listeners}")))?;
-    let thread: ThreadId = format!("live-{listeners}").parse().map_err(|e| format!("{e:?}"))?;
+    let thread: ThreadId = format!("live-{listeners}")
+        .parse()
+        .map_err(|e| format!("{e:?}"))?;
     alice
         .api()
         .create_thread(Some(&thread), "live", &["bob".to_owned()])
@@ -88,7 +90,9 @@ async fn run_round(
     let snapshot = serde_json::value::RawValue::from_string(r#"{"bpm":120}"#.to_owned())
         .map_err(|e| e.to_string())?;
     for i in 0..n {
-        let id: MessageId = format!("m{listeners}-{i}").parse().map_err(|e| format!("{e:?}"))?;
+        let id: MessageId = format!("m{listeners}-{i}")
+            .parse()
+            .map_err(|e| format!("{e:?}"))?;
         // Recorded before the POST: a poke may beat the answer back.
         let sent = Instant::now();
         answered.lock().await.insert(id.clone(), sent);
@@ -120,8 +124,12 @@ async fn run() -> Result<bool, String> {
     println!("live_latency: {}", machine_summary());
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut tokens = TokenTable::default();
-    tokens.insert(ALICE, "alice", false).map_err(|e| e.to_string())?;
-    tokens.insert(BOB, "bob", false).map_err(|e| e.to_string())?;
+    tokens
+        .insert(ALICE, "alice", false)
+        .map_err(|e| e.to_string())?;
+    tokens
+        .insert(BOB, "bob", false)
+        .map_err(|e| e.to_string())?;
     let cfg = test_config(&dir.path().join("server"), tokens);
     let mut server = InProcess::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let url = server.url();

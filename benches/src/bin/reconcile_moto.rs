@@ -20,16 +20,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use audio_dedup_benches::{env_u64, machine_summary, pass_fail};
-use audio_dedup_core::audio::DirectUpload;
 use audio_dedup_core::ports::{
-    BlobBody, BlobStore, ObjectMeta, ObjectPage, OsEntropy, PresignPut, PutOutcome, PutRequest,
-    SystemClock,
+    BlobStore, ObjectMeta, ObjectPage, OsEntropy, PresignPut, PutOutcome, PutRequest, SystemClock,
 };
 use audio_dedup_core::store::aws::{clients_from_env, DynamoIndex, S3Blobs};
-use audio_dedup_core::{
-    AudioFormat, ContentHash, Dedup, DedupConfig, PendingReference, ReferenceKind, SignedRequest,
-    StoreError,
-};
+use audio_dedup_core::{ContentHash, Dedup, DedupConfig, SignedRequest, StoreError};
 
 /// The S3 adapter, counting its calls by operation.
 #[derive(Clone)]
@@ -114,42 +109,6 @@ fn sizes() -> Vec<u64> {
         .unwrap_or_else(|| vec![1_000, 10_000])
 }
 
-type Aws = Dedup<Counted, DynamoIndex>;
-
-async fn grow(d: &Arc<Aws>, from: u64, to: u64, concurrency: u64) -> Result<(), String> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..concurrency {
-        let d = d.clone();
-        tasks.spawn(async move {
-            let mut i = from + w;
-            while i < to {
-                let body = Bytes::from(format!("{i:064}"));
-                let up = DirectUpload {
-                    owner: "bench".parse().map_err(|e| format!("{e:?}"))?,
-                    format: AudioFormat::Mp3,
-                    hash: ContentHash::of(&body),
-                    size: body.len() as u64,
-                    body: BlobBody::Bytes(body),
-                    reference: Some(PendingReference {
-                        kind: ReferenceKind::Library,
-                        ref_id: format!("r{i}").parse().map_err(|e| format!("{e:?}"))?,
-                    }),
-                };
-                d.audio()
-                    .upload_direct(up)
-                    .await
-                    .map_err(|e| format!("upload {i}: {e}"))?;
-                i += concurrency;
-            }
-            Ok::<(), String>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| e.to_string())??;
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
     audio_dedup_benches::main_async("reconcile_moto", run)
 }
@@ -185,7 +144,7 @@ async fn run() -> Result<bool, String> {
     let (mut stored, mut ok) = (0u64, true);
     for n in sizes() {
         let t = Instant::now();
-        grow(&d, stored, n, concurrency).await?;
+        audio_dedup_benches::grow_store(&d, stored, n, concurrency).await?;
         stored = n.max(stored);
         println!("{n} objects stored in {:.0} s", t.elapsed().as_secs_f64());
         // Steady state: one whole cycle since the store grew.

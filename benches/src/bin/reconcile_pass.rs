@@ -16,17 +16,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use audio_dedup_benches::{env_u64, machine_summary, pass_fail, percentile};
-use audio_dedup_core::audio::DirectUpload;
-use audio_dedup_core::ports::{BlobBody, OsEntropy, SystemClock};
+use audio_dedup_core::ports::{OsEntropy, SystemClock};
 use audio_dedup_core::store::embedded::{FsBlobStore, SqliteIndex, Synchronous, UrlSigner};
-use audio_dedup_core::{
-    AudioFormat, ContentHash, Dedup, DedupConfig, PendingReference, ReconcileReport, ReferenceKind,
-};
-
-type Local = Dedup<FsBlobStore, SqliteIndex>;
+use audio_dedup_core::{Dedup, DedupConfig, ReconcileReport};
 
 fn sizes() -> Vec<u64> {
     std::env::var("BENCH_SIZES")
@@ -36,42 +29,7 @@ fn sizes() -> Vec<u64> {
         .unwrap_or_else(|| vec![1_000, 10_000, 100_000])
 }
 
-/// Uploads objects `from..to`: 64 distinct bytes each, with a library reference.
-async fn grow(d: &Arc<Local>, from: u64, to: u64, concurrency: u64) -> Result<(), String> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..concurrency {
-        let d = d.clone();
-        tasks.spawn(async move {
-            let mut i = from + w;
-            while i < to {
-                let body = Bytes::from(format!("{i:064}"));
-                let up = DirectUpload {
-                    owner: "bench".parse().map_err(|e| format!("{e:?}"))?,
-                    format: AudioFormat::Mp3,
-                    hash: ContentHash::of(&body),
-                    size: body.len() as u64,
-                    body: BlobBody::Bytes(body),
-                    reference: Some(PendingReference {
-                        kind: ReferenceKind::Library,
-                        ref_id: format!("r{i}").parse().map_err(|e| format!("{e:?}"))?,
-                    }),
-                };
-                d.audio()
-                    .upload_direct(up)
-                    .await
-                    .map_err(|e| format!("upload {i}: {e}"))?;
-                i += concurrency;
-            }
-            Ok::<(), String>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| e.to_string())??;
-    }
-    Ok(())
-}
-
-async fn pass(d: &Local) -> Result<(Duration, ReconcileReport), String> {
+async fn pass(d: &Dedup<FsBlobStore, SqliteIndex>) -> Result<(Duration, ReconcileReport), String> {
     let t = Instant::now();
     let r = d.reconcile().await.map_err(|e| e.to_string())?;
     Ok((t.elapsed(), r))
@@ -121,7 +79,7 @@ async fn run() -> Result<bool, String> {
     let mut last_cycle = None;
     for n in sizes() {
         let t = Instant::now();
-        grow(&d, stored, n, concurrency).await?;
+        audio_dedup_benches::grow_store(&d, stored, n, concurrency).await?;
         stored = n.max(stored);
         let setup = t.elapsed();
         // Steady state: the sweep has gone round once since the store last grew.
