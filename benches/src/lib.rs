@@ -418,6 +418,54 @@ pub fn pass_fail(ok: bool) -> &'static str {
     }
 }
 
+/// Grows a store by direct uploads `from..to` through the protocol: 64 distinct bytes each,
+/// with a library reference (so nothing becomes due), `concurrency` at a time.
+pub async fn grow_store<B, I>(
+    d: &std::sync::Arc<audio_dedup_core::Dedup<B, I>>,
+    from: u64,
+    to: u64,
+    concurrency: u64,
+) -> Result<(), String>
+where
+    B: audio_dedup_core::ports::BlobStore,
+    I: audio_dedup_core::ports::TransactionalIndex,
+{
+    use audio_dedup_core::audio::DirectUpload;
+    use audio_dedup_core::ports::BlobBody;
+    use audio_dedup_core::{AudioFormat, ContentHash, PendingReference, ReferenceKind};
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let d = d.clone();
+        tasks.spawn(async move {
+            let mut i = from + w;
+            while i < to {
+                let body = bytes::Bytes::from(format!("{i:064}"));
+                let up = DirectUpload {
+                    owner: "bench".parse().map_err(|e| format!("{e:?}"))?,
+                    format: AudioFormat::Mp3,
+                    hash: ContentHash::of(&body),
+                    size: body.len() as u64,
+                    body: BlobBody::Bytes(body),
+                    reference: Some(PendingReference {
+                        kind: ReferenceKind::Library,
+                        ref_id: format!("r{i}").parse().map_err(|e| format!("{e:?}"))?,
+                    }),
+                };
+                d.audio()
+                    .upload_direct(up)
+                    .await
+                    .map_err(|e| format!("upload {i}: {e}"))?;
+                i += concurrency;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,52 +525,4 @@ mod tests {
         assert_eq!(g["srv"], 2.5);
         assert_eq!(g["loadgen"], 1.5);
     }
-}
-
-/// Grows a store by direct uploads `from..to` through the protocol: 64 distinct bytes each,
-/// with a library reference (so nothing becomes due), `concurrency` at a time.
-pub async fn grow_store<B, I>(
-    d: &std::sync::Arc<audio_dedup_core::Dedup<B, I>>,
-    from: u64,
-    to: u64,
-    concurrency: u64,
-) -> Result<(), String>
-where
-    B: audio_dedup_core::ports::BlobStore,
-    I: audio_dedup_core::ports::TransactionalIndex,
-{
-    use audio_dedup_core::audio::DirectUpload;
-    use audio_dedup_core::ports::BlobBody;
-    use audio_dedup_core::{AudioFormat, ContentHash, PendingReference, ReferenceKind};
-    let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..concurrency {
-        let d = d.clone();
-        tasks.spawn(async move {
-            let mut i = from + w;
-            while i < to {
-                let body = bytes::Bytes::from(format!("{i:064}"));
-                let up = DirectUpload {
-                    owner: "bench".parse().map_err(|e| format!("{e:?}"))?,
-                    format: AudioFormat::Mp3,
-                    hash: ContentHash::of(&body),
-                    size: body.len() as u64,
-                    body: BlobBody::Bytes(body),
-                    reference: Some(PendingReference {
-                        kind: ReferenceKind::Library,
-                        ref_id: format!("r{i}").parse().map_err(|e| format!("{e:?}"))?,
-                    }),
-                };
-                d.audio()
-                    .upload_direct(up)
-                    .await
-                    .map_err(|e| format!("upload {i}: {e}"))?;
-                i += concurrency;
-            }
-            Ok::<(), String>(())
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| e.to_string())??;
-    }
-    Ok(())
 }
