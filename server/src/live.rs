@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -54,7 +54,9 @@ impl Default for LiveConfig {
 type Listeners = HashMap<UserId, Vec<(u64, mpsc::Sender<Poke>)>>;
 
 pub struct LiveHub {
-    dedup: Arc<LocalDedup>,
+    /// Weak: the hub's task must not keep the stores (and so the commit feed it reads) alive
+    /// after the server that owns them is gone; the feed closing ends the task.
+    dedup: Weak<LocalDedup>,
     tokens: Arc<TokenTable>,
     cfg: LiveConfig,
     listeners: Mutex<Listeners>,
@@ -70,7 +72,7 @@ impl LiveHub {
         commits: broadcast::Receiver<Key>,
     ) -> Arc<Self> {
         let hub = Arc::new(Self {
-            dedup,
+            dedup: Arc::downgrade(&dedup),
             tokens,
             cfg,
             listeners: Mutex::default(),
@@ -110,7 +112,10 @@ impl LiveHub {
     ) -> Result<(), audio_dedup_core::DedupError> {
         let users = match audience {
             Audience::User(user) => vec![user],
-            Audience::ThreadMembers(id) => self.dedup.chat().thread_members(&id).await?,
+            Audience::ThreadMembers(id) => match self.dedup.upgrade() {
+                Some(dedup) => dedup.chat().thread_members(&id).await?,
+                None => return Ok(()),
+            },
         };
         let mut listeners = self.listeners();
         for user in users {
