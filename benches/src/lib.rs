@@ -418,6 +418,17 @@ pub fn pass_fail(ok: bool) -> &'static str {
     }
 }
 
+/// A token table of two users, `alice` and `bob`, with the given tokens.
+pub fn alice_and_bob(alice: &str, bob: &str) -> Result<audio_dedup_server::TokenTable, String> {
+    let mut tokens = audio_dedup_server::TokenTable::default();
+    for (token, user) in [(alice, "alice"), (bob, "bob")] {
+        tokens
+            .insert(token, user, false)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(tokens)
+}
+
 /// Grows a store by direct uploads `from..to` through the protocol: 64 distinct bytes each,
 /// with a library reference (so nothing becomes due), `concurrency` at a time.
 pub async fn grow_store<B, I>(

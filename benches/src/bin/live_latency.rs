@@ -21,7 +21,6 @@ use audio_dedup_benches::{env_u64, machine_summary, pass_fail, percentile};
 use audio_dedup_client::{Client, ClientConfig, Update};
 use audio_dedup_core::{MessageId, ThreadId};
 use audio_dedup_server::in_process::{test_config, InProcess};
-use audio_dedup_server::TokenTable;
 
 const ALICE: &str = "live-bench-alice-000001";
 const BOB: &str = "live-bench-bob-00000002";
@@ -123,13 +122,7 @@ fn main() -> ExitCode {
 async fn run() -> Result<bool, String> {
     println!("live_latency: {}", machine_summary());
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut tokens = TokenTable::default();
-    tokens
-        .insert(ALICE, "alice", false)
-        .map_err(|e| e.to_string())?;
-    tokens
-        .insert(BOB, "bob", false)
-        .map_err(|e| e.to_string())?;
+    let tokens = audio_dedup_benches::alice_and_bob(ALICE, BOB)?;
     let cfg = test_config(&dir.path().join("server"), tokens);
     let mut server = InProcess::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let url = server.url();

@@ -22,7 +22,6 @@ use hyper::{Method, StatusCode};
 use audio_dedup_benches::{call, connect, env_u64, machine_summary, pass_fail, percentile};
 use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_server::in_process::{test_config, InProcess};
-use audio_dedup_server::TokenTable;
 
 const ALICE: &str = "bench-alice-token-00001";
 const BOB: &str = "bench-bob-token-0000002";
@@ -121,13 +120,7 @@ async fn run() -> Result<bool, String> {
     let rounds = env_u64("BENCH_ROUNDS", 300);
     let conns = env_u64("BENCH_FILL_CONNS", 8).max(1);
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let mut tokens = TokenTable::default();
-    tokens
-        .insert(ALICE, "alice", false)
-        .map_err(|e| e.to_string())?;
-    tokens
-        .insert(BOB, "bob", false)
-        .map_err(|e| e.to_string())?;
+    let tokens = audio_dedup_benches::alice_and_bob(ALICE, BOB)?;
     let mut cfg = test_config(dir.path(), tokens);
     cfg.sync = Synchronous::Full;
     let mut server = InProcess::start(cfg, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
