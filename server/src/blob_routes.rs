@@ -24,7 +24,7 @@ use audio_dedup_core::ports::{BlobStore, PutOutcome, PutRequest};
 use audio_dedup_core::store::embedded::{FsBlobStore, SignError};
 
 use crate::LocalDedup;
-use audio_dedup_core::{protocol::keys, ErrorCode, Uploader, UserId};
+use audio_dedup_core::{protocol::keys, DailyBytes, DedupError, ErrorCode, Uploader, UserId};
 
 pub struct BlobState {
     pub blobs: FsBlobStore,
@@ -32,37 +32,28 @@ pub struct BlobState {
     pub dedup: Arc<LocalDedup>,
     /// Bytes each user may send through signed PUTs per UTC day.
     pub put_bytes_per_day: u64,
-    /// Bytes received per user: (UTC day, bytes).
-    pub put_bytes: Mutex<HashMap<UserId, (i64, u64)>>,
+    /// Bytes received per user today.
+    pub put_bytes: Mutex<HashMap<UserId, DailyBytes>>,
 }
-
-const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl BlobState {
     /// Reserves `size` bytes of `owner`'s day, or refuses with 429.
     fn reserve(&self, owner: &UserId, size: u64, now: i64) -> Result<(), ApiError> {
-        let today = now.div_euclid(DAY_MS);
         let mut used = self.put_bytes.lock().unwrap_or_else(|p| p.into_inner());
         // Yesterday's counts are dropped, so the map holds only today's senders.
-        used.retain(|_, (day, _)| *day == today);
-        let entry = used.entry(owner.clone()).or_insert((today, 0));
-        match entry.1.checked_add(size) {
-            Some(total) if total <= self.put_bytes_per_day => {
-                entry.1 = total;
-                Ok(())
-            }
-            _ => {
-                let mut e = ApiError::new(
+        let today = DailyBytes::day_of(now);
+        used.retain(|_, b| b.day == today);
+        let limit = self.put_bytes_per_day;
+        used.entry(owner.clone())
+            .or_default()
+            .charge(size, limit, now)
+            .map_err(|wait| {
+                ApiError::from(DedupError::limited(
                     ErrorCode::QuotaExceeded,
-                    format!(
-                        "at most {} bytes a day may be sent through signed uploads",
-                        self.put_bytes_per_day
-                    ),
-                );
-                e.retry_after = Some((((today + 1) * DAY_MS - now) / 1000).max(1) as u64);
-                Err(e)
-            }
-        }
+                    format!("at most {limit} bytes a day may be sent through signed uploads"),
+                    wait,
+                ))
+            })
     }
 }
 

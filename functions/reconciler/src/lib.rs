@@ -2,7 +2,7 @@
 //! branch of `s3-events`) so it alone holds `s3:ListBucket`, and a slow pass never delays
 //! event handling.
 
-use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
+use audio_dedup_core::ports::{BlobStore, Clock, TransactionalIndex};
 use audio_dedup_core::{Dedup, DedupError, ReconcileReport};
 
 /// Runs one pass. The event's content is not needed: any invocation means "reconcile now".
@@ -21,9 +21,7 @@ pub async fn handle<B: BlobStore, I: TransactionalIndex>(
         .ok()
         .filter(|n| !n.is_empty())
     {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = audio_dedup_core::ports::SystemClock.now_ms();
         println!("{}", backlog_metrics(&ns, &report, now_ms));
     }
     Ok(report)

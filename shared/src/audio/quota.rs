@@ -3,18 +3,24 @@
 //! written under a version condition in the same transaction that opens or closes a session.
 //! Reference adds and message creates never touch it.
 
-use std::time::Duration;
-
 use super::AudioEngine;
-use crate::domain::{Millis, UserId, UserQuota};
+use crate::domain::{UserId, UserQuota};
 use crate::error::{DedupError, ErrorCode};
-use crate::ports::{BlobStore, TransactionalIndex};
+use crate::ports::{BlobStore, Expect, TransactionalIndex};
 use crate::protocol::codec::{expect_of, Txn};
 use crate::protocol::{keys, Step};
 
-const DAY_MS: Millis = 24 * 60 * 60 * 1000;
-
 impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
+    /// `owner`'s counters (zero if none yet), and what writing them back must expect.
+    async fn quota(&self, owner: &UserId) -> Result<(UserQuota, Expect), DedupError> {
+        let prev = self
+            .core
+            .load::<UserQuota>(&keys::user_quota(owner))
+            .await?;
+        let q = prev.as_ref().map(|p| p.value.clone()).unwrap_or_default();
+        Ok((q, expect_of(prev.as_ref())))
+    }
+
     /// Plans one more open session of `size` bytes for `owner` in `txn`, or refuses it
     /// (`quota_exceeded`, nothing written).
     pub(crate) async fn plan_session_opened(
@@ -24,11 +30,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         size: u64,
     ) -> Result<(), DedupError> {
         let limits = &self.core.cfg.limits;
-        let prev = self
-            .core
-            .load::<UserQuota>(&keys::user_quota(owner))
-            .await?;
-        let mut q = prev.as_ref().map(|p| p.value.clone()).unwrap_or_default();
+        let (mut q, expect) = self.quota(owner).await?;
         if q.open_sessions >= limits.open_sessions {
             return Err(DedupError::limited(
                 ErrorCode::QuotaExceeded,
@@ -41,7 +43,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         }
         self.charge_bytes(&mut q, size)?;
         q.open_sessions += 1;
-        txn.put(keys::user_quota(owner), &q, expect_of(prev.as_ref()))
+        txn.put(keys::user_quota(owner), &q, expect)
     }
 
     /// Plans one fewer open session for `owner` (completed or expired) in `txn`.
@@ -50,13 +52,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         txn: &mut Txn,
         owner: &UserId,
     ) -> Result<(), DedupError> {
-        let prev = self
-            .core
-            .load::<UserQuota>(&keys::user_quota(owner))
-            .await?;
-        let mut q = prev.as_ref().map(|p| p.value.clone()).unwrap_or_default();
+        let (mut q, expect) = self.quota(owner).await?;
         q.open_sessions = q.open_sessions.saturating_sub(1);
-        txn.put(keys::user_quota(owner), &q, expect_of(prev.as_ref()))
+        txn.put(keys::user_quota(owner), &q, expect)
     }
 
     /// Charges a direct upload's bytes to `owner`'s day, in its own transaction, before the
@@ -68,12 +66,10 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     ) -> Result<(), DedupError> {
         self.core
             .cas(|| async {
-                let key = keys::user_quota(owner);
-                let prev = self.core.load::<UserQuota>(&key).await?;
-                let mut q = prev.as_ref().map(|p| p.value.clone()).unwrap_or_default();
+                let (mut q, expect) = self.quota(owner).await?;
                 self.charge_bytes(&mut q, size)?;
                 let mut txn = self.core.txn();
-                txn.put(key, &q, expect_of(prev.as_ref()))?;
+                txn.put(keys::user_quota(owner), &q, expect)?;
                 Ok(if self.core.commit(txn).await? {
                     Step::Done(())
                 } else {
@@ -85,25 +81,14 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
 
     fn charge_bytes(&self, q: &mut UserQuota, size: u64) -> Result<(), DedupError> {
         let limit = self.core.cfg.limits.upload_bytes_per_day;
-        let now = self.core.now();
-        let today = now.div_euclid(DAY_MS);
-        if q.day != today {
-            q.day = today;
-            q.bytes_today = 0;
-        }
-        match q.bytes_today.checked_add(size) {
-            Some(total) if total <= limit => {
-                q.bytes_today = total;
-                Ok(())
-            }
-            _ => {
-                let next_day_ms = (today + 1) * DAY_MS - now;
-                Err(DedupError::limited(
+        q.uploaded
+            .charge(size, limit, self.core.now())
+            .map_err(|wait| {
+                DedupError::limited(
                     ErrorCode::QuotaExceeded,
                     format!("at most {limit} bytes may be uploaded per day"),
-                    Duration::from_millis(next_day_ms.max(1) as u64),
-                ))
-            }
-        }
+                    wait,
+                )
+            })
     }
 }

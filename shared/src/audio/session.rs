@@ -68,6 +68,19 @@ pub fn proof_for<'a>(nonce_hex: &str, chunks: impl IntoIterator<Item = &'a [u8]>
     hex::encode(h.finalize())
 }
 
+/// `s`'s challenge as its owner's standing one on this content, living as long as `s`.
+/// Failures and a lockout counted on an earlier challenge (`before`) carry over.
+fn standing_challenge(s: &SessionRecord, before: Option<&ProverRecord>) -> ProverRecord {
+    ProverRecord {
+        owner: s.owner.clone(),
+        hash: s.hash,
+        challenge: s.challenge.clone(),
+        expires_at: s.expires_at,
+        failures: before.map_or(0, |p| p.failures),
+        locked_until: before.and_then(|p| p.locked_until),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -185,15 +198,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                     ..p.clone()
                 }
             }
-            // Failures and a lockout outlive the challenge they were counted on.
-            other => ProverRecord {
-                owner: rec.owner.clone(),
-                hash: rec.hash,
-                challenge: rec.challenge.clone(),
-                expires_at: rec.expires_at,
-                failures: other.map_or(0, |p| p.failures),
-                locked_until: other.and_then(|p| p.locked_until),
-            },
+            other => standing_challenge(&rec, other),
         };
         txn.put(key, &prover, expect_of(prev.as_ref()))?;
         Ok(rec)
@@ -405,14 +410,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let limits = &self.core.cfg.limits;
         let mut pr = prev
             .map(|p| p.value.clone())
-            .unwrap_or_else(|| ProverRecord {
-                owner: s.owner.clone(),
-                hash: s.hash,
-                challenge: s.challenge.clone(),
-                expires_at: s.expires_at,
-                failures: 0,
-                locked_until: None,
-            });
+            .unwrap_or_else(|| standing_challenge(s, None));
         pr.failures += 1;
         if pr.failures >= limits.proof_failures {
             pr.failures = 0;

@@ -1,6 +1,8 @@
 //! What the index stores: one audio record per content, one reference record per
 //! (owner, reference id), one possession grant per (content, owner), one record per upload session.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use super::{AudioFormat, ContentHash, MessageId, ReferenceId, ReferenceKind, SessionId, UserId};
@@ -183,10 +185,45 @@ pub struct ProverRecord {
 pub struct UserQuota {
     /// Sessions in state `Open`.
     pub open_sessions: u32,
-    /// The UTC day (days since the epoch) `bytes_today` counts.
+    /// Bytes declared by sessions opened and sent by direct uploads, today.
+    #[serde(flatten)]
+    pub uploaded: DailyBytes,
+}
+
+const DAY_MS: Millis = 24 * 60 * 60 * 1000;
+
+/// Bytes counted against a daily budget, starting again at each UTC midnight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyBytes {
+    /// The UTC day (days since the epoch) `bytes` counts.
     pub day: i64,
-    /// Bytes declared by sessions opened and sent by direct uploads on `day`.
-    pub bytes_today: u64,
+    pub bytes: u64,
+}
+
+impl DailyBytes {
+    /// The UTC day `now` falls on.
+    pub fn day_of(now: Millis) -> i64 {
+        now.div_euclid(DAY_MS)
+    }
+
+    /// Adds `size` if today's total stays within `limit`; otherwise changes nothing and says
+    /// how long until the budget starts again.
+    pub fn charge(&mut self, size: u64, limit: u64, now: Millis) -> Result<(), Duration> {
+        let today = Self::day_of(now);
+        let used = if self.day == today { self.bytes } else { 0 };
+        match used.checked_add(size) {
+            Some(total) if total <= limit => {
+                *self = Self {
+                    day: today,
+                    bytes: total,
+                };
+                Ok(())
+            }
+            _ => Err(Duration::from_millis(
+                ((today + 1) * DAY_MS - now).max(1) as u64
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,5 +368,31 @@ mod uploader_tests {
         ] {
             assert_eq!(Uploader::parse(other), None, "{other:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod daily_bytes_tests {
+    use super::*;
+
+    #[test]
+    fn a_daily_budget_refuses_past_its_limit_and_starts_again_at_midnight() {
+        let day = 24 * 60 * 60 * 1000;
+        let noon = 20_000 * day + day / 2;
+        let mut b = DailyBytes::default();
+        assert_eq!(b.charge(600, 1000, noon), Ok(()));
+        assert_eq!(b.charge(400, 1000, noon), Ok(()));
+        assert_eq!(
+            b.charge(1, 1000, noon),
+            Err(Duration::from_millis((day / 2) as u64)),
+            "refused until midnight"
+        );
+        assert_eq!(b.bytes, 1000, "a refusal changes nothing");
+        assert_eq!(
+            b.charge(u64::MAX, 1000, noon + day),
+            Err(Duration::from_millis((day / 2) as u64))
+        );
+        assert_eq!(b.charge(1000, 1000, noon + day), Ok(()));
+        assert_eq!((b.day, b.bytes), (20_001, 1000));
     }
 }

@@ -140,6 +140,11 @@ pub fn work_due_prefix(due: Millis) -> String {
     format!("{:016}", due.max(0))
 }
 
+/// The due time a work index sort key starts with.
+pub fn due_of_work_sk(sk: &str) -> Option<Millis> {
+    sk.split('#').next()?.parse().ok()
+}
+
 /// Blob key for content: `<prefix>audio/<sha256>`. No extension: one content, one key,
 /// whatever format a caller claims (see docs/protocol.md).
 pub fn blob_key(prefix: &str, hash: &ContentHash) -> String {

@@ -102,7 +102,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             let first_due = items
                 .first()
                 .and_then(|i| i.work_key.as_ref())
-                .and_then(|w| w.sk.split('#').next()?.parse::<i64>().ok());
+                .and_then(|w| keys::due_of_work_sk(&w.sk));
             if let Some(due) = first_due {
                 oldest = Some(oldest.map_or(due, |o| o.min(due)));
             }

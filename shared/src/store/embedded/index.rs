@@ -129,22 +129,19 @@ impl SqliteIndex {
                 .iter()
                 .find_map(|m| m.try_lock().ok())
                 .unwrap_or_else(|| readers[0].lock().unwrap_or_else(|p| p.into_inner()));
-            let mut pause = std::time::Duration::from_millis(1);
-            for _ in 0..READ_BUSY_RETRIES {
+            let (mut retries, mut pause) = (0, std::time::Duration::from_millis(1));
+            loop {
                 match f(&guard) {
-                    Err(e) if is_busy(&e) => {
+                    Err(e) if is_busy(&e) && retries < READ_BUSY_RETRIES => {
                         std::thread::sleep(pause);
-                        pause *= 2;
+                        (retries, pause) = (retries + 1, pause * 2);
+                    }
+                    Err(e) if is_busy(&e) => {
+                        tracing::warn!(error = %e, "index reader still busy after retries");
+                        return Err(StoreError::Unavailable("the index is busy".into()));
                     }
                     other => return other.map_err(db_err),
                 }
-            }
-            match f(&guard) {
-                Err(e) if is_busy(&e) => {
-                    tracing::warn!(error = %e, "index reader still busy after retries");
-                    Err(StoreError::Unavailable("the index is busy".into()))
-                }
-                other => other.map_err(db_err),
             }
         })
         .await
