@@ -90,7 +90,7 @@ async fn sync_loop(client: Client, pending: Arc<Pending>) {
         for scope in pending.take() {
             let result = match &scope {
                 Scope::Thread { id } => client.sync_messages(id).await.map(|_| ()),
-                Scope::Feed => client.sync_threads().await.map(|_| ()),
+                Scope::Feed => sync_feed(&client, &pending).await,
                 Scope::Library => client.sync_library().await.map(|_| ()),
             };
             if let Err(e) = result {
@@ -99,6 +99,22 @@ async fn sync_loop(client: Client, pending: Arc<Pending>) {
             }
         }
     }
+}
+
+/// Syncs the thread list; threads it brings that the cache did not know (joined while this
+/// client was away) get their messages synced too, since no poke will name what they hold.
+async fn sync_feed(client: &Client, pending: &Pending) -> Result<(), crate::ClientError> {
+    let known = |c: &Client| -> BTreeSet<ThreadId> {
+        c.cached_threads()
+            .map(|ts| ts.into_iter().map(|t| t.id).collect())
+            .unwrap_or_default()
+    };
+    let before = known(client);
+    client.sync_threads().await?;
+    for id in known(client).difference(&before) {
+        pending.add(Scope::Thread { id: id.clone() });
+    }
+    Ok(())
 }
 
 /// Every log this client knows of: the thread list, the library, each cached thread.
@@ -119,10 +135,6 @@ async fn connect_loop(client: Client, pending: Arc<Pending>) {
                 pending.add(scope);
             }
             read_pokes(&mut res, &pending).await;
-            // The thread list may name threads the cache did not have at connect time.
-            for scope in everything(&client) {
-                pending.add(scope);
-            }
         }
         let jitter = 0.5 + rand::random::<f64>();
         tokio::time::sleep(retry.mul_f64(jitter)).await;

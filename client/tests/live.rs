@@ -90,3 +90,25 @@ async fn a_message_reaches_the_other_member_without_any_call_from_the_app() {
     until_cached(&client, &thread, &["m1", "m2", "m3"]).await;
     drop(live);
 }
+
+/// Bob was added to a thread, and a message posted in it, while his client was away: going
+/// live syncs the thread list, and the thread it did not know is synced too, with no poke.
+#[tokio::test]
+async fn a_thread_joined_while_away_is_synced_on_connect() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(&dir.path().join("server"), "127.0.0.1:0".parse().unwrap()).await;
+    let (st, v) = server
+        .call(
+            ALICE,
+            Method::POST,
+            "/v1/threads",
+            Some(json!({ "id": "away", "title": "away", "members": ["bob"] })),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    post(&server, "away", "before").await;
+    let client = bob(&server.url(), &dir.path().join("bob"));
+    assert!(client.cached_threads().expect("cache").is_empty());
+    let _live = client.go_live();
+    until_cached(&client, &"away".parse().unwrap(), &["before"]).await;
+}
