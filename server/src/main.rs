@@ -65,15 +65,15 @@ struct Args {
     /// Seconds that lockout lasts (default 3600).
     #[arg(long, env = "AUDIO_DEDUP_PROOF_LOCKOUT_SECS")]
     proof_lockout_secs: Option<u64>,
-    /// Connections served at once; more wait to be accepted.
-    #[arg(long, default_value_t = 1024)]
-    max_connections: usize,
-    /// Seconds a client has to send a request's headers.
-    #[arg(long, default_value_t = 10)]
-    header_timeout_secs: u64,
-    /// Longest pause, in seconds, while a request body is being received.
-    #[arg(long, default_value_t = 30)]
-    body_idle_timeout_secs: u64,
+    /// Connections served at once; more wait to be accepted (default 1024).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers (default 10).
+    #[arg(long)]
+    header_timeout_secs: Option<u64>,
+    /// Longest pause, in seconds, while a request body is being received (default 30).
+    #[arg(long)]
+    body_idle_timeout_secs: Option<u64>,
     /// Requests per second one user may make (0: unlimited).
     #[arg(long, default_value_t = 50)]
     rate_per_user: u32,
@@ -128,6 +128,7 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let limits = limits(&args);
     let reconcile_budget = reconcile_budget(&args);
+    let connections = connection_limits(&args);
     let cfg = ServerConfig {
         data_dir: args.data_dir,
         public_url: args.public_url,
@@ -149,11 +150,7 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             per_second,
             burst: NonZeroU32::new(args.burst_per_user).unwrap_or(per_second),
         }),
-        connections: ConnectionLimits {
-            max_connections: args.max_connections,
-            header_read_timeout: Duration::from_secs(args.header_timeout_secs),
-            body_idle_timeout: Duration::from_secs(args.body_idle_timeout_secs),
-        },
+        connections,
     };
     let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
@@ -171,6 +168,17 @@ fn reconcile_budget(args: &Args) -> ReconcileBudget {
             .reconcile_budget_secs
             .map_or(d.time, Duration::from_secs),
         ..d
+    }
+}
+
+/// Connections and deadlines for slow clients: the server's defaults, each one overridable.
+fn connection_limits(args: &Args) -> ConnectionLimits {
+    let d = ConnectionLimits::default();
+    let secs = |v: Option<u64>, default| v.map_or(default, Duration::from_secs);
+    ConnectionLimits {
+        max_connections: args.max_connections.unwrap_or(d.max_connections),
+        header_read_timeout: secs(args.header_timeout_secs, d.header_read_timeout),
+        body_idle_timeout: secs(args.body_idle_timeout_secs, d.body_idle_timeout),
     }
 }
 
