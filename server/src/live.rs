@@ -28,8 +28,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use audio_dedup_api::{ApiError, Authenticator};
+use audio_dedup_core::live::{audience_of, poke_for, Audience, Poke};
 use audio_dedup_core::ports::Key;
-use audio_dedup_core::protocol::pokes::{poke_for, Audience, Poke};
 use audio_dedup_core::UserId;
 
 use crate::{LocalDedup, TokenTable};
@@ -110,13 +110,10 @@ impl LiveHub {
         audience: Audience,
         poke: Poke,
     ) -> Result<(), audio_dedup_core::DedupError> {
-        let users = match audience {
-            Audience::User(user) => vec![user],
-            Audience::ThreadMembers(id) => match self.dedup.upgrade() {
-                Some(dedup) => dedup.chat().thread_members(&id).await?,
-                None => return Ok(()),
-            },
+        let Some(dedup) = self.dedup.upgrade() else {
+            return Ok(());
         };
+        let users = audience_of(dedup.chat(), &audience).await?;
         let mut listeners = self.listeners();
         for user in users {
             let Some(conns) = listeners.get_mut(&user) else {

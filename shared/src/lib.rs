@@ -6,6 +6,7 @@ pub mod audio;
 pub mod chat;
 pub mod domain;
 pub mod error;
+pub mod live;
 pub mod ports;
 pub mod protocol;
 pub mod store;

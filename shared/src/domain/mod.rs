@@ -12,7 +12,8 @@ pub use chat::*;
 pub use format::{AudioFormat, UnknownFormat};
 pub use hash::{hash_reader, ContentHash, HashParseError, StreamingHasher};
 pub use ids::{
-    IdParseError, LibraryItemId, MessageId, ReferenceId, ReferenceKind, SessionId, ThreadId, UserId,
+    ConnectionId, IdParseError, LibraryItemId, MessageId, ReferenceId, ReferenceKind, SessionId,
+    ThreadId, UserId,
 };
 pub use input::{Members, Proof, Snapshot, Title};
 pub use records::*;

@@ -3,8 +3,10 @@
 
 mod blob;
 mod index;
+mod live;
 mod time;
 
 pub use blob::*;
 pub use index::*;
+pub use live::*;
 pub use time::*;

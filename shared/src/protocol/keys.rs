@@ -2,7 +2,8 @@
 //! and every flow agrees.
 
 use crate::domain::{
-    ContentHash, LibraryItemId, MessageId, Millis, ReferenceId, Seq, SessionId, ThreadId, UserId,
+    ConnectionId, ContentHash, LibraryItemId, MessageId, Millis, ReferenceId, Seq, SessionId,
+    ThreadId, UserId,
 };
 use sha2::{Digest, Sha256};
 
@@ -107,6 +108,21 @@ pub fn library_item(owner: &UserId, id: &LibraryItemId) -> Key {
 
 pub fn library_log(owner: &UserId, seq: Seq) -> Key {
     Key::new(library_pk(owner), log_sk(seq))
+}
+
+/// A user's open live connections (AWS): not protocol records (no version, no body), kept
+/// in the same table so one stream and one backup cover everything.
+pub fn live_pk(user: &UserId) -> String {
+    format!("LIVE#{user}")
+}
+
+pub const LIVE_CONNECTION_PREFIX: &str = "CONN#";
+
+pub fn live_connection(user: &UserId, connection: &ConnectionId) -> Key {
+    Key::new(
+        live_pk(user),
+        format!("{LIVE_CONNECTION_PREFIX}{connection}"),
+    )
 }
 
 /// Work index entry: sorted by due time, unique per item.

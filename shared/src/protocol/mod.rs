@@ -8,7 +8,6 @@ pub(crate) mod codec;
 pub(crate) mod guards;
 pub mod invariants;
 pub mod keys;
-pub mod pokes;
 mod reconcile;
 
 use std::sync::Arc;

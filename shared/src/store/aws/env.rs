@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{clients_from_env, DynamoIndex, S3Blobs};
+use super::{clients_from_env, sdk_config, DynamoConnections, DynamoIndex, ManagementApi, S3Blobs};
 use crate::protocol::{Limits, ReconcileBudget};
 use crate::{Dedup, DedupConfig};
 
@@ -90,4 +90,39 @@ pub async fn dedup_from_env() -> Result<Arc<AwsDedup>, EnvError> {
         DynamoIndex::new(ddb, table),
         cfg,
     )))
+}
+
+/// The stores the live-update stream function works with.
+pub struct AwsLive {
+    pub dedup: Arc<AwsDedup>,
+    pub connections: DynamoConnections,
+    pub poster: ManagementApi,
+}
+
+/// `TABLE_NAME`: the table holding each user's open connections.
+pub async fn connections_from_env() -> Result<DynamoConnections, EnvError> {
+    let table = var("TABLE_NAME")?;
+    Ok(DynamoConnections::new(
+        aws_sdk_dynamodb::Client::new(&sdk_config().await),
+        table,
+    ))
+}
+
+/// What [`dedup_from_env`] reads, plus `LIVE_ENDPOINT`: the WebSocket API's management
+/// endpoint, `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`.
+pub async fn live_from_env() -> Result<AwsLive, EnvError> {
+    let endpoint = var("LIVE_ENDPOINT")?;
+    let dedup = dedup_from_env().await?;
+    let cfg = sdk_config().await;
+    let management = aws_sdk_apigatewaymanagement::config::Builder::from(&cfg)
+        .endpoint_url(endpoint)
+        .build();
+    Ok(AwsLive {
+        dedup,
+        connections: DynamoConnections::new(
+            aws_sdk_dynamodb::Client::new(&cfg),
+            var("TABLE_NAME")?,
+        ),
+        poster: ManagementApi::new(aws_sdk_apigatewaymanagement::Client::from_conf(management)),
+    })
 }

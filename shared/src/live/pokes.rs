@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::keys;
 use crate::domain::{ThreadId, UserId};
 use crate::ports::Key;
+use crate::protocol::keys;
 
 /// What a client is told: a log it can read has moved to `cursor` (or beyond).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +20,17 @@ pub enum Poke {
     Feed { cursor: String },
     /// The user's library changed.
     Library { cursor: String },
+}
+
+impl Poke {
+    /// The log position the poke points to.
+    pub fn cursor(&self) -> &str {
+        match self {
+            Self::Thread { cursor, .. } | Self::Feed { cursor } | Self::Library { cursor } => {
+                cursor
+            }
+        }
+    }
 }
 
 /// Who may be told: exactly those who may read the log the poke points to.

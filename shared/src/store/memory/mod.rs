@@ -3,6 +3,10 @@
 //! calls. Blob events are queued for the simulation to deliver (late, twice, reordered, or
 //! never).
 
+mod live;
+
+pub use live::{MemoryConnections, RecordingPoster};
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
