@@ -7,7 +7,10 @@ AWS endpoint pointed at moto, and drives a whole flow:
     references, read the stats, open an upload session and PUT to its presigned URL, feed the
     S3 created and removed events to s3-events, run the reconciler;
   - through plain HTTP to the function URLs, which carry no authorizer claims: /healthz answers,
-    every /v1 route answers 401 (identity cannot come from anywhere else).
+    every /v1 route answers 401 (identity cannot come from anywhere else);
+  - live updates: live-authorizer with tokens signed here (ES256) against a JWKS served here,
+    live-connections with WebSocket $connect/$disconnect events, live-stream with DynamoDB
+    Streams events, whose pokes are read back from moto's API Gateway management API.
 Then checks that the DynamoDB item is `gone` and the S3 object is gone.
 
 Usage (scripts/test does this): python lambda_local_test.py <watch-port> <moto-endpoint> <cargo-lambda-bin>
@@ -16,16 +19,22 @@ Usage (scripts/test does this): python lambda_local_test.py <watch-port> <moto-e
 import base64
 import copy
 import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import boto3
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 PORT, MOTO, CARGO_LAMBDA = sys.argv[1], sys.argv[2], sys.argv[3]
 TABLE, BUCKET, PREFIX = os.environ["TABLE_NAME"], os.environ["BUCKET_NAME"], os.environ["KEY_PREFIX"]
@@ -241,6 +250,144 @@ st, _ = http_call("library", api_event("DELETE", "/v1/library/from-carol", "", "
 check(st == 204, f"dave deletes his saved copy: {st}")
 st, body = http_call("stats", api_event("GET", "/v1/audio/stats", "", "carol", None))
 check(body["total_references"] == 1 and body["unique_files"] == 1, f"the session's reference keeps the audio: {body}")
+
+# ---------- Live updates ----------
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def signing_key(kid):
+    key = ec.generate_private_key(ec.SECP256R1())
+    n = key.public_key().public_numbers()
+    jwk = {"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+           "x": b64url(n.x.to_bytes(32, "big")), "y": b64url(n.y.to_bytes(32, "big"))}
+    return key, jwk
+
+
+def jwt(key, kid, claims):
+    header = b64url(json.dumps({"alg": "ES256", "typ": "JWT", "kid": kid}).encode())
+    payload = b64url(json.dumps(claims).encode())
+    r, s_ = decode_dss_signature(key.sign(f"{header}.{payload}".encode(), ec.ECDSA(hashes.SHA256())))
+    return f"{header}.{payload}.{b64url(r.to_bytes(32, 'big') + s_.to_bytes(32, 'big'))}"
+
+
+issuer_key, issuer_jwk = signing_key("local-1")
+
+
+class Jwks(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"keys": [issuer_jwk]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+jwks_server = http.server.HTTPServer(("127.0.0.1", int(os.environ["JWKS_PORT"])), Jwks)
+threading.Thread(target=jwks_server.serve_forever, daemon=True).start()
+
+
+def claims(sub, **over):
+    c = {"sub": sub, "iss": os.environ["JWT_ISSUER"], "aud": "audio-dedup", "exp": int(time.time()) + 600}
+    c.update(over)
+    return c
+
+
+def authorize(token):
+    e = fixture("ws-authorizer.json")
+    e["headers"]["Authorization"] = e["multiValueHeaders"]["Authorization"][0] = f"Bearer {token}"
+    r = invoke("live-authorizer", e)
+    st = r.get("policyDocument", {}).get("Statement", [{}])[0]
+    return r.get("principalId"), st.get("Effect")
+
+
+good = jwt(issuer_key, "local-1", claims("dave"))
+check(authorize(good) == ("dave", "Allow"), f"a valid token connects as its subject: {authorize(good)}")
+forger, _ = signing_key("local-1")
+header, payload, sig = good.split(".")
+for what, token in [
+    ("expired", jwt(issuer_key, "local-1", claims("dave", exp=int(time.time()) - 3600))),
+    ("wrong audience", jwt(issuer_key, "local-1", claims("dave", aud="another-app"))),
+    ("wrong issuer", jwt(issuer_key, "local-1", claims("dave", iss="https://evil.example"))),
+    ("tampered", f"{header}.{b64url(json.dumps(claims('carol')).encode())}.{sig}"),
+    ("signed by another key", jwt(forger, "local-1", claims("dave"))),
+]:
+    got = authorize(token)
+    check(got[1] == "Deny", f"a token {what} is denied: {got}")
+
+
+def ws_event(fixture_name, user, connection):
+    e = fixture(fixture_name)
+    e["requestContext"]["authorizer"] = {"principalId": user, "user": user, "integrationLatency": 12}
+    e["requestContext"]["connectionId"] = connection
+    return e
+
+
+def connections_of(user):
+    items = ddb.query(TableName=TABLE, KeyConditionExpression="pk = :pk",
+                      ExpressionAttributeValues={":pk": {"S": f"LIVE#{user}"}}, ConsistentRead=True)["Items"]
+    return {i["sk"]["S"]: int(i["expires_at"]["N"]) for i in items}
+
+
+# carol and dave are in thread "jam"; eve is not. Each opens a connection (dave two).
+for user, conn in [("carol", "C1="), ("dave", "D1="), ("dave", "D2="), ("eve", "E1=")]:
+    r = invoke("live-connections", ws_event("ws-connect.json", user, conn))
+    check(r.get("statusCode") == 200, f"$connect of {user} ({conn}): {r}")
+now = int(time.time())
+check(set(connections_of("dave")) == {"CONN#D1=", "CONN#D2="}, f"dave's connections recorded: {connections_of('dave')}")
+check(all(now + 7000 < t < now + 8000 for t in connections_of("dave").values()), "records expire after 2 h (TTL)")
+r = invoke("live-connections", ws_event("ws-disconnect.json", "dave", "D2="))
+check(r.get("statusCode") == 200 and set(connections_of("dave")) == {"CONN#D1="}, f"$disconnect forgets D2=: {r}")
+
+
+def stream_record(name, pk, sk, n):
+    rec = copy.deepcopy(fixture("dynamodb-stream.json")["Records"][0])
+    rec["eventName"] = name
+    rec["eventID"] = f"live-{n}"
+    rec["dynamodb"]["Keys"] = {"pk": {"S": pk}, "sk": {"S": sk}}
+    rec["dynamodb"]["SequenceNumber"] = str(1000 + n)
+    return rec
+
+
+def posted():
+    with urllib.request.urlopen(f"{MOTO}/_audio_dedup/posted", timeout=30) as r:
+        raw = json.load(r)
+    out = {}
+    for conn, text in raw.items():
+        pokes, i, dec = [], 0, json.JSONDecoder()
+        while i < len(text):
+            poke, i = dec.raw_decode(text, i)
+            pokes.append(poke)
+        out[urllib.parse.unquote(conn)] = pokes
+    return out
+
+
+log = lambda n: f"LOG#{n:020d}"
+batch = {"Records": [
+    stream_record("INSERT", "THREAD#jam", log(3), 1),
+    stream_record("INSERT", "THREAD#jam", log(3), 1),  # a duplicate delivery
+    stream_record("INSERT", "THREAD#jam", log(2), 2),  # older, after newer
+    stream_record("MODIFY", "THREAD#jam", "META", 3),  # not a log entry
+    stream_record("INSERT", "FEED#dave", log(1), 4),
+    stream_record("REMOVE", "LIVE#carol", "CONN#old=", 5),  # a TTL expiry
+    stream_record("INSERT", f"AUDIO#{big_digest}", "META", 6),
+    stream_record("INSERT", "THREAD#nobody", log(1), 7),  # a thread that does not exist
+]}
+r = invoke("live-stream", batch)
+check(r.get("pokes") == 3 and r.get("posted") == 3 and r.get("failed") == 0, f"stream batch fanned out: {r}")
+got = posted()
+check(got.get("C1=") == [{"kind": "thread", "id": "jam", "cursor": "3"}], f"carol (member) poked once: {got.get('C1=')}")
+check(sorted(got.get("D1=", []), key=json.dumps) == sorted(
+    [{"kind": "thread", "id": "jam", "cursor": "3"}, {"kind": "feed", "cursor": "1"}], key=json.dumps),
+    f"dave poked for the thread and his feed: {got.get('D1=')}")
+check("E1=" not in got, f"eve (not a member) is poked about nothing: {got.get('E1=')}")
+check("D2=" not in got, "a closed connection is not posted to")
+r = invoke("live-stream", {"Records": [stream_record("MODIFY", f"AUDIO#{big_digest}", "META", 8)]})
+check(r.get("pokes") == 0 and r.get("posted") == 0, f"a batch with no log entry posts nothing: {r}")
 
 r = invoke("reconciler", {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}})
 check("error" not in r and "orphans_deleted" in r, f"reconciler pass: {r}")

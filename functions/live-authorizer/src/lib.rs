@@ -70,7 +70,7 @@ struct Cached {
 /// Verifies tokens of one issuer for one audience.
 pub struct Verifier {
     issuer: String,
-    audience: String,
+    audiences: Vec<String>,
     jwks_url: String,
     http: reqwest::Client,
     cache: RwLock<Cached>,
@@ -83,14 +83,16 @@ struct Claims {
 }
 
 impl Verifier {
-    pub fn new(
-        issuer: impl Into<String>,
-        audience: impl Into<String>,
-        jwks_url: impl Into<String>,
-    ) -> Self {
+    /// Tokens of `issuer` for any of `audiences` (comma-separated, as the template's
+    /// `JwtAudience` list), with keys from `jwks_url`.
+    pub fn new(issuer: impl Into<String>, audiences: &str, jwks_url: impl Into<String>) -> Self {
         Self {
             issuer: issuer.into(),
-            audience: audience.into(),
+            audiences: audiences
+                .split(',')
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
             jwks_url: jwks_url.into(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -107,7 +109,7 @@ impl Verifier {
         self
     }
 
-    /// `JWT_ISSUER`, `JWT_AUDIENCE`, and `JWKS_URL` (default: the issuer's
+    /// `JWT_ISSUER`, `JWT_AUDIENCE` (comma-separated), and `JWKS_URL` (default: the issuer's
     /// `/.well-known/jwks.json`, where Cognito and most OIDC issuers publish it).
     pub fn from_env() -> Result<Self, MissingEnv> {
         let var = |name: &'static str| {
@@ -119,7 +121,7 @@ impl Verifier {
         let issuer = var("JWT_ISSUER")?;
         let jwks = var("JWKS_URL")
             .unwrap_or_else(|_| format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')));
-        Ok(Self::new(issuer.clone(), var("JWT_AUDIENCE")?, jwks))
+        Ok(Self::new(issuer.clone(), &var("JWT_AUDIENCE")?, jwks))
     }
 
     /// The caller a token names, if it is valid now.
@@ -133,7 +135,7 @@ impl Verifier {
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| Rejected::UnknownKey)?;
         let mut validation = Validation::new(alg);
         validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
+        validation.set_audience(&self.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = decode::<Claims>(token, &key, &validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => Rejected::Expired,

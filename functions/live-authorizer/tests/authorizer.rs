@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 
 const ISSUER: &str = "https://issuer.example";
 const AUDIENCE: &str = "audio-dedup";
+/// What the verifier is given: the template passes its `JwtAudience` list joined by commas.
+const AUDIENCES: &str = "web-client, audio-dedup";
 
 struct Key {
     kid: String,
@@ -125,7 +127,7 @@ fn rejected(r: Result<String, AuthError>) -> Rejected {
 async fn a_valid_token_is_allowed_as_its_subject_on_the_connect_route() {
     let key = new_key("k1");
     let jwks = serve_jwks(vec![key.jwk.clone()]).await;
-    let v = Verifier::new(ISSUER, AUDIENCE, &jwks.url);
+    let v = Verifier::new(ISSUER, AUDIENCES, &jwks.url);
     let token = sign(&key, &claims("bob"));
     let r = authorize(&v, &request(Some(&format!("Bearer {token}"))))
         .await
@@ -153,7 +155,7 @@ async fn a_valid_token_is_allowed_as_its_subject_on_the_connect_route() {
 async fn bad_tokens_are_denied_each_for_its_reason() {
     let key = new_key("k1");
     let jwks = serve_jwks(vec![key.jwk.clone()]).await;
-    let v = Verifier::new(ISSUER, AUDIENCE, &jwks.url);
+    let v = Verifier::new(ISSUER, AUDIENCES, &jwks.url);
 
     let mut expired = claims("bob");
     expired["exp"] = json!(now() - 3600);
@@ -238,7 +240,7 @@ async fn bad_tokens_are_denied_each_for_its_reason() {
 async fn the_jwks_is_fetched_once_and_unknown_keys_cannot_make_it_fetch_again_and_again() {
     let key = new_key("k1");
     let jwks = serve_jwks(vec![key.jwk.clone()]).await;
-    let v = Verifier::new(ISSUER, AUDIENCE, &jwks.url);
+    let v = Verifier::new(ISSUER, AUDIENCES, &jwks.url);
     for _ in 0..10 {
         assert_eq!(
             verdict(&v, &sign(&key, &claims("bob"))).await.expect("ok"),
@@ -264,7 +266,7 @@ async fn the_jwks_is_fetched_once_and_unknown_keys_cannot_make_it_fetch_again_an
 async fn a_rotated_key_is_fetched_when_first_seen() {
     let old = new_key("k1");
     let jwks = serve_jwks(vec![old.jwk.clone()]).await;
-    let v = Verifier::new(ISSUER, AUDIENCE, &jwks.url).with_min_refetch(Duration::ZERO);
+    let v = Verifier::new(ISSUER, AUDIENCES, &jwks.url).with_min_refetch(Duration::ZERO);
     assert!(verdict(&v, &sign(&old, &claims("bob"))).await.is_ok());
     let new = new_key("k2");
     jwks.keys.lock().expect("keys").push(new.jwk.clone());
@@ -282,7 +284,11 @@ async fn a_rotated_key_is_fetched_when_first_seen() {
 #[tokio::test]
 async fn an_unreachable_issuer_fails_the_authorizer_instead_of_denying() {
     let key = new_key("k1");
-    let v = Verifier::new(ISSUER, AUDIENCE, "http://127.0.0.1:9/.well-known/jwks.json");
+    let v = Verifier::new(
+        ISSUER,
+        AUDIENCES,
+        "http://127.0.0.1:9/.well-known/jwks.json",
+    );
     let token = sign(&key, &claims("bob"));
     let r = authorize(&v, &request(Some(&format!("Bearer {token}")))).await;
     assert!(matches!(r, Err(AuthError::JwksUnavailable(_))), "{r:?}");
