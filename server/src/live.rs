@@ -110,10 +110,14 @@ impl LiveHub {
         audience: Audience,
         poke: Poke,
     ) -> Result<(), audio_dedup_core::DedupError> {
-        let Some(dedup) = self.dedup.upgrade() else {
-            return Ok(());
+        let users = match &audience {
+            Audience::User(user) => vec![user.clone()],
+            // A thread's members are read from its record, if the stores are still there.
+            Audience::ThreadMembers(_) => match self.dedup.upgrade() {
+                Some(dedup) => audience_of(dedup.chat(), &audience).await?,
+                None => return Ok(()),
+            },
         };
-        let users = audience_of(dedup.chat(), &audience).await?;
         let mut listeners = self.listeners();
         for user in users {
             let Some(conns) = listeners.get_mut(&user) else {

@@ -274,3 +274,9 @@ async fn a_sweep_across_passes_collects_every_orphan() {
     };
     contract::a_sweep_across_passes_collects_every_orphan(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_thread_reaches_every_members_feed() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::a_full_thread_reaches_every_members_feed(&env).await;
+}

@@ -197,3 +197,8 @@ async fn a_sweep_across_passes_collects_every_orphan() {
     contract::a_sweep_across_passes_collects_every_orphan(&Embedded::with_config(small_sweep()))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_thread_reaches_every_members_feed() {
+    contract::chat::a_full_thread_reaches_every_members_feed(&Embedded::new()).await;
+}

@@ -1011,3 +1011,66 @@ async fn content_someone_else_holds_costs_a_stranger_what_unknown_content_does()
     // The holder still reads what it holds.
     assert!(h.d.audio().describe(&user("alice"), &stored).await.is_ok());
 }
+
+/// Fails the `nth` call (0-based) of one op, before it does anything.
+struct FailNth {
+    op: Op,
+    nth: u32,
+    seen: AtomicU32,
+}
+impl FaultHook for FailNth {
+    fn fault(&self, op: Op) -> Fault {
+        if op == self.op && self.seen.fetch_add(1, Ordering::SeqCst) == self.nth {
+            return Fault::FailBefore;
+        }
+        Fault::None
+    }
+}
+
+/// A 100-member thread is announced to 49 members in its creating transaction and to the
+/// others in further ones. If the request dies between them, every member can already read
+/// the thread, and the retry announces it to the rest, each exactly once.
+#[tokio::test]
+async fn a_big_thread_reaches_every_feed_once_even_if_its_creation_is_cut_short() {
+    let hook = Arc::new(FailNth {
+        op: Op::IndexTransact,
+        nth: 1,
+        seen: AtomicU32::new(0),
+    });
+    let h = harness_with(DedupConfig::default(), hook);
+    let u = |i: usize| -> UserId { format!("u{i:03}").parse().unwrap() };
+    let others: Vec<UserId> = (1..MAX_THREAD_MEMBERS).map(u).collect();
+    let req = || audio_dedup_core::chat::NewThread {
+        id: Some("big".parse().unwrap()),
+        title: Title::new("everyone").unwrap(),
+        members: Members::new(others.clone()).unwrap(),
+    };
+    let creator = u(0);
+    let feed = |who: UserId| {
+        let d = h.d.clone();
+        async move { d.chat().list_threads(&who, 0, 500).await.unwrap().items }
+    };
+    assert!(h.d.chat().create_thread(&creator, req()).await.is_err());
+    // The creator and the first 48 others have it in their feeds; the rest do not yet, but
+    // every member can read it.
+    assert_eq!(feed(u(48)).await.len(), 1);
+    assert!(feed(u(49)).await.is_empty());
+    assert!(feed(u(99)).await.is_empty());
+    let t =
+        h.d.chat()
+            .get_thread(&u(99), &"big".parse().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(t.thread.members.len(), MAX_THREAD_MEMBERS);
+    let (view, created) = h.d.chat().create_thread(&creator, req()).await.unwrap();
+    assert!(!created, "the retry answers the thread created before");
+    for i in 0..MAX_THREAD_MEMBERS {
+        let items = feed(u(i)).await;
+        assert_eq!(items.len(), 1, "member {i}");
+        assert_eq!(items[0], view);
+    }
+    // Nothing is announced twice by a further retry.
+    h.d.chat().create_thread(&creator, req()).await.unwrap();
+    assert_eq!(feed(u(99)).await.len(), 1);
+    h.check();
+}

@@ -29,6 +29,10 @@ pub struct NewThread {
     pub members: Members,
 }
 
+/// Members whose feeds one transaction can take along with the thread record (two writes
+/// each, one for the record).
+const ANNOUNCED_PER_TRANSACTION: usize = (crate::ports::MAX_TRANSACTION_OPS - 1) / 2;
+
 pub(crate) fn thread_not_found() -> DedupError {
     DedupError::refused(ErrorCode::ThreadNotFound, "no such thread for this caller")
 }
@@ -90,6 +94,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             last_seq: 0,
             live_messages: 0,
             updated_at: 0,
+            unannounced: Vec::new(),
         };
         self.core.cas(|| self.create_thread_step(&wanted)).await
     }
@@ -107,6 +112,8 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
                 && t.value.title == wanted.title
                 && t.value.members == wanted.members;
             if same {
+                // A retry finishes what the first attempt left unannounced.
+                self.announce(&t.value.id).await?;
                 return Ok(Step::Done((t.value.view(), false)));
             }
             return Err(DedupError::refused(
@@ -115,15 +122,34 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             ));
         }
         let now = self.core.now();
+        let (first, later) = wanted
+            .members
+            .split_at(wanted.members.len().min(ANNOUNCED_PER_TRANSACTION));
         let rec = ThreadRecord {
             created_at: now,
             updated_at: now,
+            unannounced: later.to_vec(),
             ..wanted.clone()
         };
         let view = rec.view();
         let mut txn = self.core.txn();
         txn.put(keys::thread(&rec.id), &rec, crate::ports::Expect::Absent)?;
-        for m in &rec.members {
+        self.plan_feed_entries(&mut txn, first, &view).await?;
+        if !self.core.commit(txn).await? {
+            return Ok(Step::Lost);
+        }
+        self.announce(&rec.id).await?;
+        Ok(Step::Done((view, true)))
+    }
+
+    /// Puts the thread in the feed of each of `members` (a head and an entry each).
+    async fn plan_feed_entries(
+        &self,
+        txn: &mut crate::protocol::codec::Txn,
+        members: &[UserId],
+        view: &ThreadView,
+    ) -> Result<(), DedupError> {
+        for m in members {
             let head = self.core.load::<LogHead>(&keys::feed_head(m)).await?;
             let seq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
             txn.put(
@@ -141,8 +167,40 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
                 crate::ports::Expect::Absent,
             )?;
         }
+        Ok(())
+    }
+
+    /// Puts the thread in the feeds of the members its creation could not fit in one
+    /// transaction, a transaction's worth at a time, each taking them off the thread's
+    /// `unannounced` list under its version: each member's entry is written exactly once,
+    /// whoever finishes (the creating request, or its retry).
+    async fn announce(&self, id: &ThreadId) -> Result<(), DedupError> {
+        // Each step announces at least one member, so this ends; the bound is for the reader.
+        for _ in 0..=crate::domain::MAX_THREAD_MEMBERS {
+            if !self.core.cas(|| self.announce_step(id)).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One transaction of [`Self::announce`]; `true` if members remain unannounced.
+    async fn announce_step(&self, id: &ThreadId) -> Result<Step<bool>, DedupError> {
+        let Some(t) = self.core.load::<ThreadRecord>(&keys::thread(id)).await? else {
+            return Ok(Step::Done(false));
+        };
+        if t.value.unannounced.is_empty() {
+            return Ok(Step::Done(false));
+        }
+        let n = t.value.unannounced.len().min(ANNOUNCED_PER_TRANSACTION);
+        let mut rec = t.value.clone();
+        let chunk: Vec<UserId> = rec.unannounced.drain(..n).collect();
+        let view = rec.view();
+        let mut txn = self.core.txn();
+        txn.put(keys::thread(id), &rec, t.expect())?;
+        self.plan_feed_entries(&mut txn, &chunk, &view).await?;
         Ok(if self.core.commit(txn).await? {
-            Step::Done((view, true))
+            Step::Done(!rec.unannounced.is_empty())
         } else {
             Step::Lost
         })

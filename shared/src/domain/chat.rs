@@ -11,9 +11,10 @@ use super::{AudioFormat, ContentHash, LibraryItemId, MessageId, Millis, ThreadId
 /// position below `n` is too (docs/protocol.md, "Cursors").
 pub type Seq = u64;
 
-/// Most members a thread may have: creating one writes two items per member in one
-/// transaction (feed head and feed entry), and a transaction holds at most 25 writes.
-pub const MAX_THREAD_MEMBERS: usize = 10;
+/// Most members a thread may have. Creating one writes two items per member (feed head and
+/// feed entry): up to 49 members in the creating transaction, the rest in further ones
+/// (`ThreadRecord::unannounced`).
+pub const MAX_THREAD_MEMBERS: usize = 100;
 pub const MAX_TITLE_LEN: usize = 200;
 /// Largest snapshot a message carries (bytes of its JSON text).
 pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
@@ -29,6 +30,11 @@ pub struct ThreadRecord {
     pub last_seq: Seq,
     pub live_messages: u64,
     pub updated_at: Millis,
+    /// Members whose thread lists do not name the thread yet: those a creation could not fit
+    /// in its transaction, announced in further ones by the creating request or its retry.
+    /// Membership itself (reading, posting, pokes) never waits for this.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unannounced: Vec<UserId>,
 }
 
 impl ThreadRecord {

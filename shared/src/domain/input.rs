@@ -166,11 +166,14 @@ mod tests {
     #[test]
     fn members_are_counted_as_listed_and_kept_once() {
         let u = |s: &str| s.parse::<UserId>().unwrap();
-        let nine: Vec<UserId> = (0..9).map(|i| u(&format!("u{i}"))).collect();
-        assert!(Members::new(nine.clone()).is_ok());
-        let mut ten = nine;
-        ten.push(u("u0"));
-        assert_eq!(code(Members::new(ten)), ErrorCode::TooManyMembers);
+        let most: Vec<UserId> = (0..MAX_THREAD_MEMBERS - 1)
+            .map(|i| u(&format!("u{i}")))
+            .collect();
+        assert!(Members::new(most.clone()).is_ok());
+        // Counted as listed: one more name is refused even if it repeats one.
+        let mut over = most;
+        over.push(u("u0"));
+        assert_eq!(code(Members::new(over)), ErrorCode::TooManyMembers);
         let m = Members::new(vec![u("carol"), u("alice"), u("bob"), u("carol")]).unwrap();
         assert_eq!(
             m.with_caller(&u("alice")),

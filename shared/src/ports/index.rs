@@ -38,8 +38,8 @@ pub struct Item {
     pub work_key: Option<Key>,
 }
 
-/// Most ops in one transaction (DynamoDB allowed 25 when the port was written; it is 100 now).
-pub const MAX_TRANSACTION_OPS: usize = 25;
+/// Most ops in one transaction: what DynamoDB's `TransactWriteItems` takes (100 since 2022).
+pub const MAX_TRANSACTION_OPS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {

@@ -380,7 +380,7 @@ pub async fn concurrent_writers_and_an_incremental_reader<E: Env>(env: &E) {
     assert_eq!(states.len(), members.len() * per_writer);
     for (id, s) in states {
         let i: usize = id.rsplit('-').next().unwrap().parse().unwrap();
-        let want = if i % 3 == 0 {
+        let want = if i.is_multiple_of(3) {
             vec![EntryState::Live, EntryState::Deleted]
         } else {
             vec![EntryState::Live]
@@ -721,5 +721,27 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         .unwrap();
     d.chat().delete_library_item(&bob, &fav).await.unwrap();
     assert_eq!(audio_refs(env, &track).await.0, AudioState::Gone);
+    assert_safe(env).await;
+}
+
+/// The largest thread: 49 members announced in the creating transaction (99 writes, near
+/// the store's 100), the other 51 in two more; every member's feed lists it once.
+pub async fn a_full_thread_reaches_every_members_feed<E: Env>(env: &E) {
+    let names: Vec<String> = (1..MAX_THREAD_MEMBERS)
+        .map(|i| format!("m{i:03}"))
+        .collect();
+    let others: Vec<&str> = names.iter().map(String::as_str).collect();
+    let id = thread(env, "owner", "everyone", &others).await;
+    for who in std::iter::once("owner").chain(others.iter().copied()) {
+        let feed = env
+            .dedup()
+            .chat()
+            .list_threads(&user(who), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(feed.items.len(), 1, "{who}");
+        assert_eq!(feed.items[0].id, id, "{who}");
+        assert_eq!(feed.items[0].members.len(), MAX_THREAD_MEMBERS);
+    }
     assert_safe(env).await;
 }

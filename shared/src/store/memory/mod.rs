@@ -548,17 +548,21 @@ mod contract_tests {
     }
 
     #[tokio::test]
-    #[should_panic(expected = "a transaction of 26 ops")]
+    #[should_panic(expected = "a transaction of 101 ops")]
     async fn oversized_transactions_are_refused() {
         let index = MemoryIndex::new(Arc::new(NoFaults));
-        let ops = (0..26).map(|i| check(&i.to_string())).collect();
+        let ops = (0..=crate::ports::MAX_TRANSACTION_OPS)
+            .map(|i| check(&i.to_string()))
+            .collect();
         let _ = index.transact(ops).await;
     }
 
     #[tokio::test]
     async fn a_full_transaction_of_distinct_keys_commits() {
         let index = MemoryIndex::new(Arc::new(NoFaults));
-        let ops = (0..25).map(|i| check(&i.to_string())).collect();
+        let ops = (0..crate::ports::MAX_TRANSACTION_OPS)
+            .map(|i| check(&i.to_string()))
+            .collect();
         assert!(index.transact(ops).await.is_ok());
     }
 }
