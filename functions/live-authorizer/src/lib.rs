@@ -61,10 +61,10 @@ pub enum AuthError {
 #[error("environment variable {0} is required")]
 pub struct MissingEnv(&'static str);
 
-#[derive(Default)]
+/// The issuer's keys and when they were last fetched (or a refetch last failed).
 struct Cached {
-    keys: Option<JwkSet>,
-    fetched: Option<Instant>,
+    keys: JwkSet,
+    fetched: Instant,
 }
 
 /// Verifies tokens of one issuer for one audience.
@@ -73,7 +73,7 @@ pub struct Verifier {
     audiences: Vec<String>,
     jwks_url: String,
     http: reqwest::Client,
-    cache: RwLock<Cached>,
+    cache: RwLock<Option<Cached>>,
     min_refetch: Duration,
 }
 
@@ -121,7 +121,7 @@ impl Verifier {
         let issuer = var("JWT_ISSUER")?;
         let jwks = var("JWKS_URL")
             .unwrap_or_else(|_| format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')));
-        Ok(Self::new(issuer.clone(), &var("JWT_AUDIENCE")?, jwks))
+        Ok(Self::new(issuer, &var("JWT_AUDIENCE")?, jwks))
     }
 
     /// The caller a token names, if it is valid now.
@@ -151,38 +151,38 @@ impl Verifier {
     /// The issuer's key named `kid` (or its only key, for a token without one), from the
     /// cache, or from a fetch when the cache is old or lacks it.
     async fn key(&self, kid: Option<&str>) -> Result<Jwk, AuthError> {
-        {
-            let cache = self.cache.read().await;
-            let fresh = cache.fetched.is_some_and(|t| t.elapsed() < JWKS_TTL);
-            let recent = cache
-                .fetched
-                .is_some_and(|t| t.elapsed() < self.min_refetch);
-            match cache.keys.as_ref().and_then(|s| find(s, kid)) {
-                Some(jwk) if fresh => return Ok(jwk),
-                None if recent => return Err(Rejected::UnknownKey.into()),
+        if let Some(c) = self.cache.read().await.as_ref() {
+            let age = c.fetched.elapsed();
+            match find(&c.keys, kid) {
+                Some(jwk) if age < JWKS_TTL => return Ok(jwk),
+                None if age < self.min_refetch => return Err(Rejected::UnknownKey.into()),
                 _ => {}
             }
         }
         let mut cache = self.cache.write().await;
         // Another caller may have fetched while this one waited for the lock.
         if cache
-            .fetched
-            .is_none_or(|t| t.elapsed() >= self.min_refetch)
+            .as_ref()
+            .is_none_or(|c| c.fetched.elapsed() >= self.min_refetch)
         {
-            match self.fetch().await {
-                Ok(set) => cache.keys = Some(set),
-                // An issuer briefly down must not lock everyone out: keep the old keys.
-                Err(e) if cache.keys.is_some() => {
-                    tracing::warn!(error = %e, "JWKS refetch failed; using the cached keys");
+            match (self.fetch().await, cache.as_mut()) {
+                (Ok(keys), _) => {
+                    *cache = Some(Cached {
+                        keys,
+                        fetched: Instant::now(),
+                    })
                 }
-                Err(e) => return Err(AuthError::JwksUnavailable(e)),
+                // An issuer briefly down must not lock everyone out: keep the old keys.
+                (Err(e), Some(c)) => {
+                    tracing::warn!(error = %e, "JWKS refetch failed; using the cached keys");
+                    c.fetched = Instant::now();
+                }
+                (Err(e), None) => return Err(AuthError::JwksUnavailable(e)),
             }
-            cache.fetched = Some(Instant::now());
         }
         cache
-            .keys
             .as_ref()
-            .and_then(|s| find(s, kid))
+            .and_then(|c| find(&c.keys, kid))
             .ok_or_else(|| Rejected::UnknownKey.into())
     }
 

@@ -113,7 +113,9 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
                 && t.value.members == wanted.members;
             if same {
                 // A retry finishes what the first attempt left unannounced.
-                self.announce(&t.value.id).await?;
+                if !t.value.unannounced.is_empty() {
+                    self.announce(&t.value.id).await?;
+                }
                 return Ok(Step::Done((t.value.view(), false)));
             }
             return Err(DedupError::refused(
@@ -138,7 +140,9 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         if !self.core.commit(txn).await? {
             return Ok(Step::Lost);
         }
-        self.announce(&rec.id).await?;
+        if !rec.unannounced.is_empty() {
+            self.announce(&rec.id).await?;
+        }
         Ok(Step::Done((view, true)))
     }
 

@@ -16,6 +16,7 @@ use crate::error::{DedupError, StoreError};
 use crate::ports::{
     BlobStore, ConnectionPoster, ConnectionRegistry, Key, PostError, TransactionalIndex,
 };
+use crate::protocol::keys;
 
 /// API Gateway closes a WebSocket connection after 2 hours; its record expires a little
 /// later, in case `$disconnect` never ran.
@@ -65,10 +66,10 @@ pub fn coalesce(keys: impl IntoIterator<Item = Key>) -> Vec<(Audience, Poke)> {
     // A log is one partition: `THREAD#<id>`, `FEED#<user>` or `LIB#<user>`.
     let mut furthest: BTreeMap<String, (u64, Audience, Poke)> = BTreeMap::new();
     for key in keys {
-        let Some((audience, poke)) = poke_for(&key) else {
+        let (Some((audience, poke)), Some(seq)) = (poke_for(&key), keys::seq_of_log_sk(&key.sk))
+        else {
             continue;
         };
-        let seq = poke.cursor().parse().unwrap_or(0);
         if furthest.get(&key.pk).is_none_or(|(have, _, _)| *have < seq) {
             furthest.insert(key.pk, (seq, audience, poke));
         }
@@ -116,17 +117,17 @@ where
         }
     }
     let mut posts = Vec::new();
-    for (user, bodies) in per_user {
-        let connections = registry.list(&user, MAX_CONNECTIONS_PER_USER).await?;
+    for (user, bodies) in &per_user {
+        let connections = registry.list(user, MAX_CONNECTIONS_PER_USER).await?;
         for connection in connections {
-            for body in &bodies {
-                posts.push((user.clone(), connection.clone(), body.clone()));
+            for body in bodies {
+                posts.push((user, connection.clone(), body.as_slice()));
             }
         }
     }
     let results: Vec<_> = stream::iter(posts)
         .map(|(user, connection, body)| async move {
-            let result = poster.post(&connection, &body).await;
+            let result = poster.post(&connection, body).await;
             (user, connection, result)
         })
         .buffer_unordered(CONCURRENT_POSTS)
@@ -149,7 +150,7 @@ where
     }
     for (user, connection) in gone {
         // Not fatal: the record's expiry removes it anyway.
-        if let Err(e) = registry.remove(&user, &connection).await {
+        if let Err(e) = registry.remove(user, &connection).await {
             tracing::warn!(%connection, error = %e, "closed connection not forgotten");
         }
     }
@@ -161,7 +162,6 @@ mod tests {
     use super::*;
     use crate::chat::NewThread;
     use crate::domain::{Members, ThreadId, Title};
-    use crate::protocol::keys;
     use crate::store::memory::{MemoryBlobs, MemoryConnections, MemoryIndex, RecordingPoster};
     use crate::{Dedup, DedupConfig};
     use serde_json::json;

@@ -22,17 +22,6 @@ pub enum Poke {
     Library { cursor: String },
 }
 
-impl Poke {
-    /// The log position the poke points to.
-    pub fn cursor(&self) -> &str {
-        match self {
-            Self::Thread { cursor, .. } | Self::Feed { cursor } | Self::Library { cursor } => {
-                cursor
-            }
-        }
-    }
-}
-
 /// Who may be told: exactly those who may read the log the poke points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {

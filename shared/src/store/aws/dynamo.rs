@@ -87,7 +87,7 @@ fn condition(expect: Expect) -> Option<(String, HashMap<String, AttributeValue>)
     }
 }
 
-fn key_map(k: &Key) -> HashMap<String, AttributeValue> {
+pub(super) fn key_map(k: &Key) -> HashMap<String, AttributeValue> {
     HashMap::from([("pk".into(), s(&k.pk)), ("sk".into(), s(&k.sk))])
 }
 

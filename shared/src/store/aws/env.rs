@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{clients_from_env, sdk_config, DynamoConnections, DynamoIndex, ManagementApi, S3Blobs};
+use super::{clients, sdk_config, DynamoConnections, DynamoIndex, ManagementApi, S3Blobs};
 use crate::protocol::{Limits, ReconcileBudget};
 use crate::{Dedup, DedupConfig};
 
@@ -71,6 +71,11 @@ fn number<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, Env
 /// (default 0), `S3_FORCE_PATH_STYLE` (moto), plus the SDK's own (`AWS_REGION`,
 /// `AWS_ENDPOINT_URL`, credentials).
 pub async fn dedup_from_env() -> Result<Arc<AwsDedup>, EnvError> {
+    dedup_with(&sdk_config().await)
+}
+
+/// [`dedup_from_env`] over an SDK configuration already loaded.
+fn dedup_with(sdk: &aws_config::SdkConfig) -> Result<Arc<AwsDedup>, EnvError> {
     let table = var("TABLE_NAME")?;
     let bucket = var("BUCKET_NAME")?;
     let prefix = std::env::var("KEY_PREFIX").unwrap_or_else(|_| "audio-dedup/".into());
@@ -82,7 +87,7 @@ pub async fn dedup_from_env() -> Result<Arc<AwsDedup>, EnvError> {
         reconcile: reconcile_budget_from_env()?,
         ..DedupConfig::default()
     };
-    let (ddb, s3) = clients_from_env(path_style).await;
+    let (ddb, s3) = clients(sdk, path_style);
     // The sweep lists everything under the prefix: audio and snapshot objects.
     let blobs = S3Blobs::new(s3, bucket, prefix);
     Ok(Arc::new(Dedup::new(
@@ -112,8 +117,8 @@ pub async fn connections_from_env() -> Result<DynamoConnections, EnvError> {
 /// endpoint, `https://{api-id}.execute-api.{region}.amazonaws.com/{stage}`.
 pub async fn live_from_env() -> Result<AwsLive, EnvError> {
     let endpoint = var("LIVE_ENDPOINT")?;
-    let dedup = dedup_from_env().await?;
     let cfg = sdk_config().await;
+    let dedup = dedup_with(&cfg)?;
     let management = aws_sdk_apigatewaymanagement::config::Builder::from(&cfg)
         .endpoint_url(endpoint)
         .build();

@@ -2,16 +2,14 @@
 //! (`LIVE#<user>` / `CONN#<connection>`, with `expires_at` for DynamoDB's TTL), and posts
 //! through the WebSocket API's management endpoint.
 
-use std::collections::HashMap;
-
 use aws_sdk_apigatewaymanagement::operation::post_to_connection::PostToConnectionError;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::dynamo::backend;
+use super::dynamo::{backend, key_map};
 use crate::domain::{ConnectionId, UserId};
 use crate::error::StoreError;
-use crate::ports::{ConnectionPoster, ConnectionRegistry, Key, PostError};
+use crate::ports::{ConnectionPoster, ConnectionRegistry, PostError};
 use crate::protocol::keys;
 
 /// The TTL attribute the table's `TimeToLiveSpecification` names.
@@ -32,13 +30,6 @@ impl DynamoConnections {
     }
 }
 
-fn key_map(k: Key) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".into(), AttributeValue::S(k.pk)),
-        ("sk".into(), AttributeValue::S(k.sk)),
-    ])
-}
-
 impl ConnectionRegistry for DynamoConnections {
     async fn add(
         &self,
@@ -46,7 +37,7 @@ impl ConnectionRegistry for DynamoConnections {
         connection: &ConnectionId,
         expires_at: u64,
     ) -> Result<(), StoreError> {
-        let mut item = key_map(keys::live_connection(user, connection));
+        let mut item = key_map(&keys::live_connection(user, connection));
         item.insert(EXPIRES_AT.into(), AttributeValue::N(expires_at.to_string()));
         self.client
             .put_item()
@@ -62,7 +53,7 @@ impl ConnectionRegistry for DynamoConnections {
         self.client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(key_map(keys::live_connection(user, connection))))
+            .set_key(Some(key_map(&keys::live_connection(user, connection))))
             .send()
             .await
             .map_err(backend)?;

@@ -27,14 +27,21 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 pub async fn clients_from_env(
     force_path_style: bool,
 ) -> (aws_sdk_dynamodb::Client, aws_sdk_s3::Client) {
-    let cfg = sdk_config().await;
-    let s3_cfg = aws_sdk_s3::config::Builder::from(&cfg)
+    clients(&sdk_config().await, force_path_style)
+}
+
+/// DynamoDB and S3 clients over one SDK configuration.
+pub fn clients(
+    cfg: &aws_config::SdkConfig,
+    force_path_style: bool,
+) -> (aws_sdk_dynamodb::Client, aws_sdk_s3::Client) {
+    let s3_cfg = aws_sdk_s3::config::Builder::from(cfg)
         .force_path_style(force_path_style)
         // aws-sdk-rust#1253: default checksums broke presigned URLs; compute only when required.
         .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
         .build();
     (
-        aws_sdk_dynamodb::Client::new(&cfg),
+        aws_sdk_dynamodb::Client::new(cfg),
         aws_sdk_s3::Client::from_conf(s3_cfg),
     )
 }
