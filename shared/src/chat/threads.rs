@@ -113,9 +113,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
                 && t.value.members == wanted.members;
             if same {
                 // A retry finishes what the first attempt left unannounced.
-                if !t.value.unannounced.is_empty() {
-                    self.announce(&t.value.id).await?;
-                }
+                self.announce(&t.value).await?;
                 return Ok(Step::Done((t.value.view(), false)));
             }
             return Err(DedupError::refused(
@@ -140,9 +138,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         if !self.core.commit(txn).await? {
             return Ok(Step::Lost);
         }
-        if !rec.unannounced.is_empty() {
-            self.announce(&rec.id).await?;
-        }
+        self.announce(&rec).await?;
         Ok(Step::Done((view, true)))
     }
 
@@ -177,8 +173,13 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
     /// Puts the thread in the feeds of the members its creation could not fit in one
     /// transaction, a transaction's worth at a time, each taking them off the thread's
     /// `unannounced` list under its version: each member's entry is written exactly once,
-    /// whoever finishes (the creating request, or its retry).
-    async fn announce(&self, id: &ThreadId) -> Result<(), DedupError> {
+    /// whoever finishes (the creating request, or its retry). `thread` is the record as the
+    /// caller last saw it: when it leaves no one unannounced, nothing is read or written.
+    async fn announce(&self, thread: &ThreadRecord) -> Result<(), DedupError> {
+        if thread.unannounced.is_empty() {
+            return Ok(());
+        }
+        let id = &thread.id;
         // Each step announces at least one member, so this ends; the bound is for the reader.
         for _ in 0..=crate::domain::MAX_THREAD_MEMBERS {
             if !self.core.cas(|| self.announce_step(id)).await? {
