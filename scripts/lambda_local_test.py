@@ -1,7 +1,8 @@
 """Local invocation test of the Lambda functions, against moto.
 
-Runs the real function binaries under `cargo lambda watch` (bound to 127.0.0.1), with their
-AWS endpoint pointed at moto, and drives a whole flow:
+Drives the real function binaries (the workspace's debug build, each polling its own path of
+`cargo lambda watch --only-lambda-apis`, the runtime emulator, bound to 127.0.0.1), with their
+AWS endpoint pointed at moto, through a whole flow:
   - through `cargo lambda invoke --data-file` with API Gateway v2 events (built from the SAM
     fixture) carrying JWT claims: upload the same content twice (deduplicated), add and remove
     references, read the stats, open an upload session and PUT to its presigned URL, feed the

@@ -24,7 +24,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             return Ok(Step::Done(()));
         }
         let key = self.core.blob_key(hash);
-        if !guards::EXACT_VERSION_DELETE {
+        if !guards::exact_version_delete() {
             if let Some(current) = self.core.blobs.head(&key).await? {
                 self.core
                     .blobs

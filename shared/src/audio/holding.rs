@@ -59,7 +59,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let p = match possession {
             Possession::Held => {
                 let p = self.held_audio(owner, hash).await?;
-                if p.value.state() != AudioState::Active && guards::STATE_CHECK {
+                if p.value.state() != AudioState::Active && guards::state_check() {
                     return Err(not_attachable(p.value.state()));
                 }
                 p

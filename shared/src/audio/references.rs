@@ -177,7 +177,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         if new.is_empty() {
             return Ok(Step::Done(answers));
         }
-        if p.value.state() != AudioState::Active && guards::STATE_CHECK {
+        if p.value.state() != AudioState::Active && guards::state_check() {
             for &i in &new {
                 answers[i] = Err(DedupError::refused(
                     ErrorCode::AudioNotActive,
@@ -210,7 +210,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         owner: &UserId,
         wanted: &PendingReference,
     ) -> Result<Option<ReferenceView>, DedupError> {
-        if !guards::REFERENCE_ITEMS {
+        if !guards::reference_items() {
             return Ok(None);
         }
         let Some(r) = self
@@ -273,7 +273,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             created_at: self.core.now(),
             removed_at: None,
         };
-        let expect = if guards::REFERENCE_ITEMS {
+        let expect = if guards::reference_items() {
             Expect::Absent
         } else {
             Expect::Any
@@ -388,7 +388,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 };
             }
         }
-        let expect = if guards::DECREMENT_GUARD {
+        let expect = if guards::decrement_guard() {
             p.expect()
         } else {
             Expect::Any

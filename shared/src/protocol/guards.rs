@@ -1,12 +1,56 @@
 //! The guards that scripts/mutation-check switches off, one at a time, to prove the
-//! simulation catches each bug. Gathered here so the flows name them; without a
-//! `mutation-*` feature (every real build) each is `true`.
+//! simulation catches each bug. Gathered here so the flows name them. Without the `mutants`
+//! feature (every real build) each is the constant `true`; a `mutants` build reads
+//! `AUDIO_DEDUP_MUTANT` once and turns off the guard it names, so one build serves every
+//! mutant.
 
 /// Only active audio takes a new reference.
-pub(crate) const STATE_CHECK: bool = !cfg!(feature = "mutation-no-state-check");
+pub(crate) fn state_check() -> bool {
+    on(Guard::StateCheck)
+}
 /// A reference is its own item, written once (`Expect::Absent`) and found on a retry.
-pub(crate) const REFERENCE_ITEMS: bool = !cfg!(feature = "mutation-no-reference-items");
+pub(crate) fn reference_items() -> bool {
+    on(Guard::ReferenceItems)
+}
 /// A decrement is conditioned on the audio record's version.
-pub(crate) const DECREMENT_GUARD: bool = !cfg!(feature = "mutation-no-decrement-guard");
+pub(crate) fn decrement_guard() -> bool {
+    on(Guard::Decrement)
+}
 /// A deletion removes exactly the object version the record names.
-pub(crate) const EXACT_VERSION_DELETE: bool = !cfg!(feature = "mutation-no-exact-version-delete");
+pub(crate) fn exact_version_delete() -> bool {
+    on(Guard::ExactVersionDelete)
+}
+
+/// The guards, named in `AUDIO_DEDUP_MUTANT` as the mutant that lacks one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "mutants", derive(strum::EnumString))]
+enum Guard {
+    #[cfg_attr(feature = "mutants", strum(serialize = "no-state-check"))]
+    StateCheck,
+    #[cfg_attr(feature = "mutants", strum(serialize = "no-reference-items"))]
+    ReferenceItems,
+    #[cfg_attr(feature = "mutants", strum(serialize = "no-decrement-guard"))]
+    Decrement,
+    #[cfg_attr(feature = "mutants", strum(serialize = "no-exact-version-delete"))]
+    ExactVersionDelete,
+}
+
+#[cfg(not(feature = "mutants"))]
+fn on(_: Guard) -> bool {
+    true
+}
+
+#[cfg(feature = "mutants")]
+fn on(guard: Guard) -> bool {
+    static OFF: std::sync::OnceLock<Option<Guard>> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| {
+        let name = std::env::var("AUDIO_DEDUP_MUTANT")
+            .ok()
+            .filter(|n| !n.is_empty())?;
+        // A misspelt name would leave every guard on and the mutant "survive": say so loudly.
+        match name.parse() {
+            Ok(g) => Some(g),
+            Err(_) => panic!("AUDIO_DEDUP_MUTANT={name}: no such mutant"),
+        }
+    }) != Some(guard)
+}
