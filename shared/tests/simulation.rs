@@ -23,7 +23,7 @@
 //!
 //! See docs/verification.md.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -33,10 +33,10 @@ use audio_dedup_core::audio::{
 };
 use audio_dedup_core::chat::{NewMessage, NewThread};
 use audio_dedup_core::ports::{
-    BlobBody, BlobEvent, Clock, Item, Key, ManualClock, PutOutcome, SeededEntropy,
-    TransactionalIndex,
+    BlobBody, BlobEvent, Clock, Key, ManualClock, PutOutcome, SeededEntropy, TransactionalIndex,
 };
-use audio_dedup_core::protocol::{invariants, keys};
+use audio_dedup_core::protocol::invariants::{self, Record};
+use audio_dedup_core::protocol::keys;
 use audio_dedup_core::store::memory::{Fault, FaultHook, MemoryBlobs, MemoryIndex, Op};
 use audio_dedup_core::*;
 use bytes::Bytes;
@@ -833,7 +833,8 @@ struct Sim {
     #[allow(clippy::type_complexity)]
     last_checked: Mutex<(Option<(u64, u64)>, Option<(u64, u64, u64)>)>,
     checks: AtomicU64,
-    tombstones: Mutex<BTreeMap<Key, (u64, bool)>>,
+    /// Each item `safety` reads, decoded, with the version it was decoded at.
+    decoded: Mutex<HashMap<Key, (u64, Arc<Record>)>>,
     full_check: bool,
 }
 
@@ -887,46 +888,53 @@ impl Sim {
             last.1 = Some(at);
         }
         self.checks.fetch_add(1, Ordering::Relaxed);
-        let items = self.relevant_items();
-        let bad = invariants::safety(
-            &items,
-            &self.blobs.metas(),
-            &self.index.counter_totals(keys::STATS_PK),
-            "",
+        let (objects, counters) = (
+            self.blobs.metas(),
+            self.index.counter_totals(keys::STATS_PK),
         );
+        let bad = if self.full_check {
+            invariants::safety(&self.index.dump(), &objects, &counters, "")
+        } else {
+            let records = self.relevant_records();
+            let records: Vec<&Record> = records.iter().map(|r| &**r).collect();
+            invariants::safety_of(&records, &objects, &counters, "")
+        };
         if !bad.is_empty() {
             self.fail("safety", &context(), bad);
         }
     }
 
-    /// The index as `safety` sees it, less the tombstones of removed references: `safety`
-    /// skips those (it counts only live references), so leaving them out cannot change its
-    /// answer, and they are most of the items by the end of a run. Each (key, version) is
-    /// decoded once per run (an item's version changes on every write). `SIM_FULL_CHECK=1`
-    /// passes the whole dump instead.
-    fn relevant_items(&self) -> Vec<Item> {
-        if self.full_check {
-            return self.index.dump();
-        }
-        let mut tomb = lock(&self.tombstones);
-        self.index.dump_matching(|i| {
+    /// The records `safety` reads, less removed references: `safety` skips those (it counts
+    /// only live references), so leaving them out cannot change its answer, and they are most
+    /// of the items by the end of a run. Each (key, version) is decoded once per run (an
+    /// item's version changes on every write). `SIM_FULL_CHECK=1` hands `safety` the whole
+    /// dump instead.
+    fn relevant_records(&self) -> Vec<Arc<Record>> {
+        let mut decoded = lock(&self.decoded);
+        let mut out = Vec::new();
+        self.index.visit(|i| {
             let k = &i.key;
-            if k.sk == "META" {
-                return k.pk.starts_with("AUDIO#") || k.pk.starts_with("MSG#");
+            let read = if k.sk == "META" {
+                k.pk.starts_with("AUDIO#") || k.pk.starts_with("MSG#")
+            } else {
+                k.sk.starts_with("REF#")
+            };
+            if !read {
+                return; // `safety` reads audio records, messages and references only
             }
-            if !k.sk.starts_with("REF#") {
-                return false; // `safety` reads audio records and references only
-            }
-            if let Some((v, removed)) = tomb.get(k) {
-                if *v == i.version {
-                    return !removed;
+            let record = match decoded.get(k) {
+                Some((v, r)) if *v == i.version => Arc::clone(r),
+                _ => {
+                    let r = Arc::new(Record::decode(i));
+                    decoded.insert(k.clone(), (i.version, Arc::clone(&r)));
+                    r
                 }
+            };
+            if !matches!(&*record, Record::Reference(r) if r.state == ReferenceState::Removed) {
+                out.push(record);
             }
-            let removed = serde_json::from_str::<ReferenceRecord>(&i.body)
-                .is_ok_and(|r| r.state == ReferenceState::Removed);
-            tomb.insert(k.clone(), (i.version, removed));
-            !removed
-        })
+        });
+        out
     }
 
     fn content_of(&self, hash: &ContentHash) -> String {
@@ -1590,7 +1598,7 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
         stop_background: AtomicBool::new(false),
         last_checked: Mutex::default(),
         checks: AtomicU64::new(0),
-        tombstones: Mutex::default(),
+        decoded: Mutex::default(),
         full_check: opts.full_check,
     });
     sim.trace.log(|| {

@@ -11,6 +11,58 @@ use crate::domain::{
 };
 use crate::ports::{Item, ObjectMeta};
 
+/// An index item as the invariants read it, decoded once. The simulation keeps these between
+/// checks (an item's version changes on every write), so a check decodes only what changed.
+#[derive(Debug, Clone)]
+pub enum Record {
+    Audio(AudioRecord),
+    Reference(ReferenceRecord),
+    Message(MessageRecord),
+    LibraryItem(LibraryItemRecord),
+    Session(SessionRecord),
+    Quota {
+        user: String,
+        quota: UserQuota,
+    },
+    /// An item of a kind above whose body does not decode: a violation in itself.
+    Undecodable(String),
+    /// An item no invariant reads.
+    Other,
+}
+
+impl Record {
+    pub fn decode(item: &Item) -> Self {
+        let (pk, sk) = (item.key.pk.as_str(), item.key.sk.as_str());
+        let decoded = if sk == "META" && pk.starts_with("AUDIO#") {
+            decode(item, "audio record", Record::Audio)
+        } else if sk.starts_with("REF#") {
+            decode(item, "reference", Record::Reference)
+        } else if sk == "META" && pk.starts_with("MSG#") {
+            decode(item, "message", Record::Message)
+        } else if sk.starts_with("ITEM#") && pk.starts_with("LIB#") {
+            decode(item, "library item", Record::LibraryItem)
+        } else if sk.starts_with("SESSION#") {
+            decode(item, "session", Record::Session)
+        } else if sk == "QUOTA" {
+            let user = pk.trim_start_matches("USER#").to_owned();
+            decode(item, "quota", |quota| Record::Quota { user, quota })
+        } else {
+            Ok(Record::Other)
+        };
+        decoded.unwrap_or_else(Record::Undecodable)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    item: &Item,
+    what: &str,
+    wrap: impl FnOnce(T) -> Record,
+) -> Result<Record, String> {
+    serde_json::from_str(&item.body)
+        .map(wrap)
+        .map_err(|e| format!("undecodable {what} {}: {e}", item.key))
+}
+
 /// Safety: must hold after every step, whatever failed.
 pub fn safety(
     items: &[Item],
@@ -18,24 +70,36 @@ pub fn safety(
     counters: &BTreeMap<String, i64>,
     prefix: &str,
 ) -> Vec<String> {
+    let records: Vec<Record> = items.iter().map(Record::decode).collect();
+    safety_of(
+        &records.iter().collect::<Vec<_>>(),
+        objects,
+        counters,
+        prefix,
+    )
+}
+
+/// `safety` over records already decoded.
+pub fn safety_of(
+    records: &[&Record],
+    objects: &[ObjectMeta],
+    counters: &BTreeMap<String, i64>,
+    prefix: &str,
+) -> Vec<String> {
     let mut bad = Vec::new();
     let objects: HashMap<&str, &ObjectMeta> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
-    let mut audio: HashMap<ContentHash, AudioRecord> = HashMap::new();
+    let mut audio: HashMap<ContentHash, &AudioRecord> = HashMap::new();
     let mut live: HashMap<ContentHash, u64> = HashMap::new();
-    for item in items {
-        if item.key.sk == "META" && item.key.pk.starts_with("AUDIO#") {
-            match serde_json::from_str::<AudioRecord>(&item.body) {
-                Ok(a) => {
-                    audio.insert(a.hash, a);
-                }
-                Err(e) => bad.push(format!("undecodable audio record {}: {e}", item.key)),
+    for record in records {
+        match record {
+            Record::Audio(a) => {
+                audio.insert(a.hash, a);
             }
-        } else if item.key.sk.starts_with("REF#") {
-            match serde_json::from_str::<ReferenceRecord>(&item.body) {
-                Ok(r) if r.state == ReferenceState::Live => *live.entry(r.hash).or_default() += 1,
-                Ok(_) => {}
-                Err(e) => bad.push(format!("undecodable reference {}: {e}", item.key)),
+            Record::Reference(r) if r.state == ReferenceState::Live => {
+                *live.entry(r.hash).or_default() += 1
             }
+            Record::Undecodable(e) => bad.push(e.clone()),
+            _ => {}
         }
     }
     let (mut active, mut stored, mut pending, mut deleting) = (0i64, 0i64, 0i64, 0i64);
@@ -85,8 +149,8 @@ pub fn safety(
             bad.push(format!("{hash}: {n} live references to no audio record"));
         }
     }
-    bad.extend(holders(items, &objects));
-    bad.extend(open_session_quotas(items));
+    bad.extend(holders(records, &objects));
+    bad.extend(open_session_quotas(records));
     let total_live: i64 = live.values().map(|n| *n as i64).sum();
     let referenced: i64 = live
         .iter()
@@ -114,27 +178,19 @@ pub fn safety(
 }
 
 /// Each user's quota counts exactly their sessions still open.
-fn open_session_quotas(items: &[Item]) -> Vec<String> {
+fn open_session_quotas(records: &[&Record]) -> Vec<String> {
     let mut open: BTreeMap<String, u32> = BTreeMap::new();
     let mut counted: BTreeMap<String, u32> = BTreeMap::new();
     let mut bad = Vec::new();
-    for item in items {
-        if item.key.sk.starts_with("SESSION#") {
-            match serde_json::from_str::<SessionRecord>(&item.body) {
-                Ok(s) if s.state == SessionState::Open => {
-                    *open.entry(s.owner.to_string()).or_default() += 1
-                }
-                Ok(_) => {}
-                Err(e) => bad.push(format!("undecodable session {}: {e}", item.key)),
+    for record in records {
+        match record {
+            Record::Session(s) if s.state == SessionState::Open => {
+                *open.entry(s.owner.to_string()).or_default() += 1
             }
-        } else if item.key.sk == "QUOTA" {
-            match serde_json::from_str::<UserQuota>(&item.body) {
-                Ok(q) => {
-                    let user = item.key.pk.trim_start_matches("USER#").to_owned();
-                    counted.insert(user, q.open_sessions);
-                }
-                Err(e) => bad.push(format!("undecodable quota {}: {e}", item.key)),
+            Record::Quota { user, quota } => {
+                counted.insert(user.clone(), quota.open_sessions);
             }
+            _ => {}
         }
     }
     for user in open
@@ -158,45 +214,34 @@ fn open_session_quotas(items: &[Item]) -> Vec<String> {
 /// Messages and library items hold exactly the references they name: a live holder has its
 /// live reference (so its audio is active, by the checks above), and a live managed
 /// reference has its live holder. A live message's snapshot object exists.
-fn holders(items: &[Item], objects: &HashMap<&str, &ObjectMeta>) -> Vec<String> {
+fn holders(records: &[&Record], objects: &HashMap<&str, &ObjectMeta>) -> Vec<String> {
     let mut bad = Vec::new();
     let mut refs: HashMap<(ContentHash, String, String), bool> = HashMap::new();
     let mut wanted: Vec<(ContentHash, String, String)> = Vec::new();
-    for item in items {
-        if item.key.sk.starts_with("REF#") {
-            if let Ok(r) = serde_json::from_str::<ReferenceRecord>(&item.body) {
-                if r.ref_id.is_managed() {
-                    refs.insert(
-                        (r.hash, r.owner.to_string(), r.ref_id.to_string()),
-                        r.state == ReferenceState::Live,
-                    );
-                }
+    for record in records {
+        match record {
+            Record::Reference(r) if r.ref_id.is_managed() => {
+                refs.insert(
+                    (r.hash, r.owner.to_string(), r.ref_id.to_string()),
+                    r.state == ReferenceState::Live,
+                );
             }
-        } else if item.key.pk.starts_with("MSG#") && item.key.sk == "META" {
-            match serde_json::from_str::<MessageRecord>(&item.body) {
-                Ok(m) if m.state == EntryState::Live => {
-                    if let Some(a) = m.audio {
-                        let id = ReferenceId::of_message(&m.id).to_string();
-                        wanted.push((a.content_hash, m.author.to_string(), id));
-                    }
-                    if let SnapshotStore::Blob { key, version } = &m.snapshot {
-                        if objects.get(key.as_str()).map(|o| &o.version) != Some(version) {
-                            bad.push(format!("message {}: snapshot object missing", m.id));
-                        }
+            Record::Message(m) if m.state == EntryState::Live => {
+                if let Some(a) = &m.audio {
+                    let id = ReferenceId::of_message(&m.id).to_string();
+                    wanted.push((a.content_hash, m.author.to_string(), id));
+                }
+                if let SnapshotStore::Blob { key, version } = &m.snapshot {
+                    if objects.get(key.as_str()).map(|o| &o.version) != Some(version) {
+                        bad.push(format!("message {}: snapshot object missing", m.id));
                     }
                 }
-                Ok(_) => {}
-                Err(e) => bad.push(format!("undecodable message {}: {e}", item.key)),
             }
-        } else if item.key.pk.starts_with("LIB#") && item.key.sk.starts_with("ITEM#") {
-            match serde_json::from_str::<LibraryItemRecord>(&item.body) {
-                Ok(i) if i.state == EntryState::Live => {
-                    let id = ReferenceId::of_library_item(&i.id, i.incarnation).to_string();
-                    wanted.push((i.content_hash, i.owner.to_string(), id));
-                }
-                Ok(_) => {}
-                Err(e) => bad.push(format!("undecodable library item {}: {e}", item.key)),
+            Record::LibraryItem(i) if i.state == EntryState::Live => {
+                let id = ReferenceId::of_library_item(&i.id, i.incarnation).to_string();
+                wanted.push((i.content_hash, i.owner.to_string(), id));
             }
+            _ => {}
         }
     }
     for w in &wanted {
@@ -223,25 +268,22 @@ pub fn settled(items: &[Item], objects: &[ObjectMeta], prefix: &str) -> Vec<Stri
     let mut bad = Vec::new();
     let mut active_versions = HashMap::new();
     for item in items {
-        if item.key.sk == "META" && item.key.pk.starts_with("AUDIO#") {
-            if let Ok(a) = serde_json::from_str::<AudioRecord>(&item.body) {
-                match a.state() {
-                    AudioState::PendingUpload | AudioState::Deleting => {
-                        bad.push(format!("{}: stuck in {}", a.hash, a.state().as_str()))
-                    }
-                    AudioState::Active if a.refs == 0 => {
-                        bad.push(format!("{}: active with no references", a.hash))
-                    }
-                    AudioState::Active => {
-                        if let Some(v) = a.blob_version() {
-                            active_versions.insert(keys::blob_key(prefix, &a.hash), v.to_owned());
-                        }
-                    }
-                    AudioState::Gone => {}
+        match Record::decode(item) {
+            Record::Audio(a) => match a.state() {
+                AudioState::PendingUpload | AudioState::Deleting => {
+                    bad.push(format!("{}: stuck in {}", a.hash, a.state().as_str()))
                 }
-            }
-        } else if item.key.pk.starts_with("MSG#") && item.key.sk == "META" {
-            if let Ok(m) = serde_json::from_str::<MessageRecord>(&item.body) {
+                AudioState::Active if a.refs == 0 => {
+                    bad.push(format!("{}: active with no references", a.hash))
+                }
+                AudioState::Active => {
+                    if let Some(v) = a.blob_version() {
+                        active_versions.insert(keys::blob_key(prefix, &a.hash), v.to_owned());
+                    }
+                }
+                AudioState::Gone => {}
+            },
+            Record::Message(m) => {
                 if let SnapshotStore::Blob { key, version } = m.snapshot {
                     if m.state == EntryState::Deleted {
                         bad.push(format!("message {}: snapshot not purged", m.id));
@@ -249,12 +291,10 @@ pub fn settled(items: &[Item], objects: &[ObjectMeta], prefix: &str) -> Vec<Stri
                     active_versions.insert(key, version);
                 }
             }
-        } else if item.key.sk.starts_with("SESSION#") {
-            if let Ok(s) = serde_json::from_str::<SessionRecord>(&item.body) {
-                if s.state == SessionState::Open {
-                    bad.push(format!("session {} still open", s.id));
-                }
+            Record::Session(s) if s.state == SessionState::Open => {
+                bad.push(format!("session {} still open", s.id));
             }
+            _ => {}
         }
     }
     for o in objects {
