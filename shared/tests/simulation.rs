@@ -838,6 +838,15 @@ struct Sim {
     full_check: bool,
 }
 
+/// The items `safety` reads besides the counters: audio records, messages and references.
+fn read_by_safety(k: &Key) -> bool {
+    if k.sk == "META" {
+        k.pk.starts_with("AUDIO#") || k.pk.starts_with("MSG#")
+    } else {
+        k.sk.starts_with("REF#")
+    }
+}
+
 fn retryable(e: &DedupError) -> bool {
     e.is_transient() || e.is_internal()
 }
@@ -865,7 +874,7 @@ impl Sim {
     /// The safety invariants, on the state as it is now. Runs without awaiting, so on the
     /// current-thread runtime it sees a state between two atomic store calls.
     fn check(&self, context: impl FnOnce() -> String) {
-        // `safety` reads only audio records, reference records, the counters and the objects;
+        // `safety` reads only the items `read_by_safety` names, the counters and the objects;
         // if none of them changed since the last check, neither did its answer.
         let writes = (self.index.writes(), self.blobs.writes());
         {
@@ -875,10 +884,7 @@ impl Sim {
             }
             last.0 = Some(writes);
             let at = (
-                self.index.version_sum(|k| {
-                    (k.sk == "META" && (k.pk.starts_with("AUDIO#") || k.pk.starts_with("MSG#")))
-                        || k.sk.starts_with("REF#")
-                }),
+                self.index.version_sum(read_by_safety),
                 self.blobs.writes(),
                 self.index.counter_writes(),
             );
@@ -914,13 +920,8 @@ impl Sim {
         let mut out = Vec::new();
         self.index.visit(|i| {
             let k = &i.key;
-            let read = if k.sk == "META" {
-                k.pk.starts_with("AUDIO#") || k.pk.starts_with("MSG#")
-            } else {
-                k.sk.starts_with("REF#")
-            };
-            if !read {
-                return; // `safety` reads audio records, messages and references only
+            if !read_by_safety(k) {
+                return;
             }
             let record = match decoded.get(k) {
                 Some((v, r)) if *v == i.version => Arc::clone(r),
