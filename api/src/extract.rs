@@ -1,6 +1,12 @@
 //! Request parsing that answers every failure in the API's JSON error shape.
 
-use audio_dedup_core::ErrorCode;
+use std::fmt::Display;
+use std::str::FromStr;
+
+use audio_dedup_core::{
+    AudioFormat, ContentHash, ErrorCode, LibraryItemId, MessageId, ReferenceId, ReferenceKind,
+    SessionId, ThreadId,
+};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use bytes::Bytes;
@@ -47,8 +53,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Path parameters as raw strings; each handler validates them into domain types.
-pub struct RawPath<T>(pub T);
+/// Path parameters as raw strings, for `PathIds`.
+struct RawPath<T>(T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for RawPath<T> {
     type Rejection = ApiError;
@@ -63,6 +69,28 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for RawPath
                     format!("invalid path parameter: {e}"),
                 )
             })
+    }
+}
+
+/// The path's parameters (one, or a pair) parsed into their types, each refused with its
+/// own code.
+pub struct PathIds<T>(pub T);
+
+impl<S: Send + Sync, A: Field + Send> FromRequestParts<S> for PathIds<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let RawPath(a) = RawPath::<String>::from_request_parts(parts, state).await?;
+        Ok(PathIds(field(&a)?))
+    }
+}
+
+impl<S: Send + Sync, A: Field + Send, B: Field + Send> FromRequestParts<S> for PathIds<(A, B)> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let RawPath((a, b)) = RawPath::<(String, String)>::from_request_parts(parts, state).await?;
+        Ok(PathIds((field(&a)?, field(&b)?)))
     }
 }
 
@@ -85,13 +113,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T>
     }
 }
 
-pub fn parse<T: std::str::FromStr>(value: &str, code: ErrorCode) -> Result<T, ApiError>
-where
-    T::Err: std::fmt::Display,
-{
-    value
-        .parse()
-        .map_err(|e: T::Err| ApiError::new(code, e.to_string()))
+/// A value the API takes as text (in a path, a query or a JSON string), with the code it is
+/// refused with: the one place each type's code is chosen.
+pub trait Field: FromStr<Err: Display> {
+    const INVALID: ErrorCode;
+}
+
+macro_rules! fields {
+    ($($t:ty => $code:ident),* $(,)?) => {
+        $(impl Field for $t {
+            const INVALID: ErrorCode = ErrorCode::$code;
+        })*
+    };
+}
+
+fields! {
+    ContentHash => InvalidHash,
+    AudioFormat => UnknownFormat,
+    ReferenceId => InvalidRefId,
+    ReferenceKind => InvalidRefKind,
+    SessionId => InvalidSessionId,
+    ThreadId => InvalidThreadId,
+    MessageId => InvalidMessageId,
+    LibraryItemId => InvalidItemId,
+}
+
+/// Parses `raw` as a `T`, or refuses it with `T`'s code.
+pub fn field<T: Field>(raw: &str) -> Result<T, ApiError> {
+    raw.parse()
+        .map_err(|e: T::Err| ApiError::new(T::INVALID, e.to_string()))
 }
 
 /// For an optional JSON field: absent is `None`, but an explicit `null` is refused (the

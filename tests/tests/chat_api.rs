@@ -599,6 +599,22 @@ async fn bad_input_on_every_new_route_is_a_4xx_and_writes_nothing() {
         ),
         (
             Method::GET,
+            "/v1/threads/{id}/messages/{message_id}/audio",
+            "/v1/threads/a.b/messages/m1/audio".into(),
+            Body::None,
+            400,
+            "invalid_thread_id",
+        ),
+        (
+            Method::PUT,
+            "/v1/library/{item_id}",
+            "/v1/library/a.b".into(),
+            Body::Json(json!({"content_hash": "0".repeat(64), "title": "t"})),
+            400,
+            "invalid_item_id",
+        ),
+        (
+            Method::GET,
             "/v1/messages/{message_id}/snapshot",
             "/v1/messages/nope/snapshot".into(),
             Body::None,

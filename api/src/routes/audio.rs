@@ -11,15 +11,11 @@ use serde::Deserialize;
 
 use audio_dedup_core::audio::{CompleteRequest, DirectUpload, SessionRequest};
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{
-    AudioFormat, ContentHash, ErrorCode, PendingReference, Proof, ReferenceId, ReferenceKind,
-    SessionId,
-};
+use audio_dedup_core::{AudioFormat, ContentHash, ErrorCode, PendingReference, Proof, SessionId};
 
-use super::content_hash;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{json_u64, non_null, parse, JsonBody, RawPath, StrictQuery};
+use crate::extract::{field, json_u64, non_null, JsonBody, PathIds, StrictQuery};
 use crate::spool::{check_declared_length, spool};
 use crate::{AppState, MAX_DIRECT_UPLOAD};
 
@@ -42,8 +38,8 @@ fn reference(kind: Option<&str>, id: Option<&str>) -> Result<Option<PendingRefer
     match (kind, id) {
         (None, None) => Ok(None),
         (Some(k), Some(i)) => Ok(Some(PendingReference {
-            kind: parse::<ReferenceKind>(k, ErrorCode::InvalidRefKind)?,
-            ref_id: parse::<ReferenceId>(i, ErrorCode::InvalidRefId)?,
+            kind: field(k)?,
+            ref_id: field(i)?,
         })),
         _ => Err(ApiError::new(
             ErrorCode::IncompleteReference,
@@ -59,7 +55,7 @@ fn format_of(raw: Option<&str>) -> Result<AudioFormat, ApiError> {
             "the format query parameter is required",
         )
     })?;
-    parse(raw, ErrorCode::UnknownFormat)
+    field(raw)
 }
 
 /// `x-amz-checksum-sha256`: canonical base64 of the 32-byte digest, with its one `=` of
@@ -145,7 +141,7 @@ pub async fn open_session<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     let req = SessionRequest {
         owner: caller.user,
-        hash: content_hash(&b.sha256)?,
+        hash: field(&b.sha256)?,
         size: b.size,
         format: format_of(Some(&b.format))?,
         reference: reference(
@@ -168,11 +164,10 @@ pub struct CompleteBody {
 pub async fn complete<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath(hash): RawPath<String>,
+    PathIds(hash): PathIds<ContentHash>,
     JsonBody(b): JsonBody<CompleteBody>,
 ) -> Result<Response, ApiError> {
-    let hash = content_hash(&hash)?;
-    let session_id: SessionId = parse(&b.session_id, ErrorCode::InvalidSessionId)?;
+    let session_id: SessionId = field(&b.session_id)?;
     let proof = b.proof.as_deref().map(Proof::new).transpose()?;
     let result = s
         .dedup
@@ -190,8 +185,7 @@ pub async fn complete<B: BlobStore, I: TransactionalIndex>(
 pub async fn describe<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath(hash): RawPath<String>,
+    PathIds(hash): PathIds<ContentHash>,
 ) -> Result<Response, ApiError> {
-    let hash = content_hash(&hash)?;
     Ok(Json(s.dedup.audio().describe(&caller.user, &hash).await?).into_response())
 }

@@ -11,10 +11,10 @@ use serde::Deserialize;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::{AudioSource, ErrorCode, LibraryItemId, MessageId, Title};
 
-use super::{content_hash, created_or_ok, CursorParam, ListQuery};
+use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{non_null, parse, JsonBody, RawPath, StrictQuery};
+use crate::extract::{field, non_null, JsonBody, PathIds, StrictQuery};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -31,16 +31,11 @@ pub struct PutBody {
 pub async fn put<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath(id): RawPath<String>,
+    PathIds(id): PathIds<LibraryItemId>,
     JsonBody(b): JsonBody<PutBody>,
 ) -> Result<Response, ApiError> {
-    let id: LibraryItemId = parse(&id, ErrorCode::InvalidItemId)?;
-    let hash = b.content_hash.as_deref().map(content_hash).transpose()?;
-    let from: Option<MessageId> = b
-        .from_message
-        .as_deref()
-        .map(|m| parse(m, ErrorCode::InvalidMessageId))
-        .transpose()?;
+    let hash = b.content_hash.as_deref().map(field).transpose()?;
+    let from: Option<MessageId> = b.from_message.as_deref().map(field).transpose()?;
     let source = AudioSource::one_of(hash, from)
         .map_err(|reason| ApiError::new(ErrorCode::InvalidAudio, reason))?;
     let title = Title::new(b.title)?;
@@ -55,9 +50,8 @@ pub async fn put<B: BlobStore, I: TransactionalIndex>(
 pub async fn delete<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath(id): RawPath<String>,
+    PathIds(id): PathIds<LibraryItemId>,
 ) -> Result<Response, ApiError> {
-    let id: LibraryItemId = parse(&id, ErrorCode::InvalidItemId)?;
     s.dedup
         .chat()
         .delete_library_item(&caller.user, &id)

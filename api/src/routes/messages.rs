@@ -12,14 +12,12 @@ use serde_json::value::RawValue;
 
 use audio_dedup_core::chat::NewMessage;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{
-    ErrorCode, MessageAudio, MessageId, Snapshot, ThreadId, MAX_SNAPSHOT_BYTES,
-};
+use audio_dedup_core::{MessageAudio, MessageId, Snapshot, ThreadId, MAX_SNAPSHOT_BYTES};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{non_null, parse, JsonBody, RawPath, StrictQuery};
+use crate::extract::{field, non_null, JsonBody, PathIds, StrictQuery};
 use crate::AppState;
 
 /// Largest `POST /v1/threads/{id}/messages` body: a full snapshot and the rest.
@@ -37,11 +35,10 @@ pub struct CreateBody {
 pub async fn create<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath(thread): RawPath<String>,
+    PathIds(thread): PathIds<ThreadId>,
     JsonBody(b): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
-    let id: MessageId = parse(&b.id, ErrorCode::InvalidMessageId)?;
+    let id: MessageId = field(&b.id)?;
     let req = NewMessage {
         id,
         snapshot: Snapshot::new(b.snapshot)?,
@@ -58,10 +55,9 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
 pub async fn list<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath(thread): RawPath<String>,
+    PathIds(thread): PathIds<ThreadId>,
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
     let (cursor, limit) = q.page(CursorParam::After, "message sync")?;
     let page = s
         .dedup
@@ -74,10 +70,8 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
 pub async fn delete<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath((thread, id)): RawPath<(String, String)>,
+    PathIds((thread, id)): PathIds<(ThreadId, MessageId)>,
 ) -> Result<Response, ApiError> {
-    let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
-    let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
     s.dedup
         .chat()
         .delete_message(&caller.user, &thread, &id)
@@ -89,10 +83,8 @@ pub async fn delete<B: BlobStore, I: TransactionalIndex>(
 pub async fn audio<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath((thread, id)): RawPath<(String, String)>,
+    PathIds((thread, id)): PathIds<(ThreadId, MessageId)>,
 ) -> Result<Response, ApiError> {
-    let thread: ThreadId = parse(&thread, ErrorCode::InvalidThreadId)?;
-    let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
     let view = s
         .dedup
         .chat()
@@ -104,9 +96,8 @@ pub async fn audio<B: BlobStore, I: TransactionalIndex>(
 pub async fn snapshot<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath(id): RawPath<String>,
+    PathIds(id): PathIds<MessageId>,
 ) -> Result<Response, ApiError> {
-    let id: MessageId = parse(&id, ErrorCode::InvalidMessageId)?;
     let body = s.dedup.chat().snapshot(&caller.user, &id).await?;
     let mut res = (StatusCode::OK, body.json).into_response();
     let h = res.headers_mut();

@@ -8,18 +8,12 @@ pub mod references;
 pub mod threads;
 
 use audio_dedup_core::chat::{parse_cursor, DEFAULT_PAGE, MAX_PAGE};
-use audio_dedup_core::{ContentHash, ErrorCode, Seq};
+use audio_dedup_core::{ErrorCode, Seq};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::extract::parse;
-
-pub(crate) fn content_hash(raw: &str) -> Result<ContentHash, ApiError> {
-    parse(raw, ErrorCode::InvalidHash)
-}
-
 /// `?since=` / `?after=` and `?limit=` of the change-log reads. Each route takes one of the
 /// two cursor names (as the API documents) and refuses the other.
 #[derive(Deserialize)]

@@ -9,12 +9,11 @@ use http::StatusCode;
 use serde::Deserialize;
 
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{ErrorCode, ReferenceId, ReferenceKind};
+use audio_dedup_core::{ContentHash, ReferenceId, ReferenceKind};
 
-use super::content_hash;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{parse, JsonBody, RawPath};
+use crate::extract::{field, JsonBody, PathIds};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -26,12 +25,10 @@ pub struct AddBody {
 pub async fn add<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath((hash, ref_id)): RawPath<(String, String)>,
+    PathIds((hash, ref_id)): PathIds<(ContentHash, ReferenceId)>,
     JsonBody(b): JsonBody<AddBody>,
 ) -> Result<Response, ApiError> {
-    let hash = content_hash(&hash)?;
-    let ref_id: ReferenceId = parse(&ref_id, ErrorCode::InvalidRefId)?;
-    let kind: ReferenceKind = parse(&b.kind, ErrorCode::InvalidRefKind)?;
+    let kind: ReferenceKind = field(&b.kind)?;
     let view = s
         .dedup
         .audio()
@@ -43,10 +40,8 @@ pub async fn add<B: BlobStore, I: TransactionalIndex>(
 pub async fn remove<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath((hash, ref_id)): RawPath<(String, String)>,
+    PathIds((hash, ref_id)): PathIds<(ContentHash, ReferenceId)>,
 ) -> Result<Response, ApiError> {
-    let hash = content_hash(&hash)?;
-    let ref_id: ReferenceId = parse(&ref_id, ErrorCode::InvalidRefId)?;
     s.dedup
         .audio()
         .remove_reference(&caller.user, &hash, &ref_id)

@@ -9,12 +9,12 @@ use serde::Deserialize;
 
 use audio_dedup_core::chat::NewThread;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{ErrorCode, Members, ThreadId, Title};
+use audio_dedup_core::{Members, ThreadId, Title};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{non_null, parse, JsonBody, RawPath, StrictQuery};
+use crate::extract::{field, non_null, JsonBody, PathIds, StrictQuery};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -31,10 +31,7 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
     caller: Caller,
     JsonBody(b): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
-    let id =
-        b.id.as_deref()
-            .map(|i| parse::<ThreadId>(i, ErrorCode::InvalidThreadId))
-            .transpose()?;
+    let id = b.id.as_deref().map(field::<ThreadId>).transpose()?;
     let title = Title::new(b.title)?;
     let members = Members::parse(&b.members)?;
     let (view, created) = s
@@ -62,9 +59,8 @@ pub async fn list<B: BlobStore, I: TransactionalIndex>(
 pub async fn get_one<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
-    RawPath(id): RawPath<String>,
+    PathIds(id): PathIds<ThreadId>,
 ) -> Result<Response, ApiError> {
-    let id: ThreadId = parse(&id, ErrorCode::InvalidThreadId)?;
     let t = s.dedup.chat().get_thread(&caller.user, &id).await?;
     Ok(Json(t).into_response())
 }

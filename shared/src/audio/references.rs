@@ -240,21 +240,6 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         }
     }
 
-    /// Plans a live reference on active record `a` (which the caller then writes), unless
-    /// one exists already.
-    async fn plan_reference(
-        &self,
-        txn: &mut Txn,
-        a: &mut AudioRecord,
-        owner: &UserId,
-        wanted: &PendingReference,
-    ) -> Result<ReferenceView, DedupError> {
-        if let Some(existing) = self.existing_reference(&a.hash, owner, wanted).await? {
-            return Ok(existing);
-        }
-        self.plan_new_reference(txn, a, owner, wanted)
-    }
-
     /// Plans a reference already checked absent (its `Absent` condition re-checks at commit).
     pub(crate) fn plan_new_reference(
         &self,
@@ -303,7 +288,14 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let Some(wanted) = reference else {
             return Ok(None);
         };
-        match self.plan_reference(txn, a, owner, wanted).await {
+        // The reference on active record `a` (which the caller then writes): the existing
+        // one (a retry), else a new one.
+        let planned = match self.existing_reference(&a.hash, owner, wanted).await {
+            Ok(Some(existing)) => Ok(existing),
+            Ok(None) => self.plan_new_reference(txn, a, owner, wanted),
+            Err(e) => Err(e),
+        };
+        match planned {
             Ok(v) => Ok(Some(v)),
             Err(
                 e @ DedupError::Refused {

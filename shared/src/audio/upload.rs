@@ -64,24 +64,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         };
         match p.value.state() {
             AudioState::Active => {
-                let mut a = p.value.clone();
-                let mut txn = self.core.txn();
-                self.plan_attach(
-                    &mut txn,
-                    &mut a,
-                    &up.owner,
-                    up.reference.as_ref(),
-                    Attach::Strict,
-                )
-                .await?;
-                self.put_or_check_audio(&mut txn, a.clone(), p)?;
-                if !self.core.commit(txn).await? {
-                    return Ok(Step::Lost);
-                }
-                Ok(Step::Done(
-                    self.upload_result(&a, !created.load(Ordering::SeqCst))
-                        .await?,
-                ))
+                self.attach_and_commit(self.core.txn(), p.value.clone(), p, up, created)
+                    .await
             }
             AudioState::Deleting => {
                 self.finish_deletion(&up.hash).await?;
@@ -118,31 +102,37 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                     self.quarantine(&up.hash, prev.as_ref(), &meta).await?;
                     return Ok(Step::Again);
                 }
-                let mut a = self.activated(&p.value, &meta);
+                let a = self.activated(&p.value, &meta);
                 let mut txn = self.core.txn();
                 txn.stats.transition(
                     Some((AudioState::PendingUpload, 0)),
                     (AudioState::Active, a.size),
                 );
-                self.plan_attach(
-                    &mut txn,
-                    &mut a,
-                    &up.owner,
-                    up.reference.as_ref(),
-                    Attach::Strict,
-                )
-                .await?;
-                txn.put_audio(&a, Some(p))?;
-                if !self.core.commit(txn).await? {
-                    return Ok(Step::Lost);
-                }
-                Ok(Step::Done(
-                    self.upload_result(&a, !created.load(Ordering::SeqCst))
-                        .await?,
-                ))
+                self.attach_and_commit(txn, a, p, up, created).await
             }
             AudioState::Gone => Ok(Step::Again),
         }
+    }
+
+    /// Both ends of a direct upload: attaches the caller's reference to active record `a`,
+    /// writes `a` over `prev` (or checks `prev` if nothing changed) and commits `txn`.
+    async fn attach_and_commit(
+        &self,
+        mut txn: crate::protocol::codec::Txn,
+        mut a: AudioRecord,
+        prev: &Versioned<AudioRecord>,
+        up: &DirectUpload,
+        created: &AtomicBool,
+    ) -> Result<Step<UploadResult>, DedupError> {
+        let (owner, reference) = (&up.owner, up.reference.as_ref());
+        self.plan_attach(&mut txn, &mut a, owner, reference, Attach::Strict)
+            .await?;
+        self.put_or_check_audio(&mut txn, a.clone(), prev)?;
+        if !self.core.commit(txn).await? {
+            return Ok(Step::Lost);
+        }
+        let created = created.load(Ordering::SeqCst);
+        Ok(Step::Done(self.upload_result(&a, !created).await?))
     }
 
     /// Claims absent or gone content as `PendingUpload` for `lease_ms`: the fence that makes a

@@ -164,28 +164,23 @@ impl DynamoIndex {
 
     /// Every item (tests only: a full scan).
     pub async fn dump(&self) -> Result<Vec<Item>, StoreError> {
-        let mut out = Vec::new();
-        let mut start = None;
-        for _ in 0..1000 {
-            let page = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(backend)?;
-            for m in page.items() {
-                if m.contains_key("body") {
-                    out.push(item_from(m)?);
-                }
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
+        let scan = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true);
+        let rows: Vec<_> = scan
+            .into_paginator()
+            .items()
+            .send()
+            .try_collect()
+            .await
+            .map_err(backend)?;
+        let mut out = rows
+            .iter()
+            .filter(|m| m.contains_key("body"))
+            .map(item_from)
+            .collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
@@ -394,29 +389,25 @@ impl TransactionalIndex for DynamoIndex {
 
     async fn counters(&self, pk: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         let mut out = BTreeMap::new();
-        let mut start = None;
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :p")
+            .expression_attribute_values(":p", s(pk))
+            .consistent_read(true)
+            .into_paginator()
+            .send();
         for _ in 0..MAX_QUERY_PAGES {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :p")
-                .expression_attribute_values(":p", s(pk))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(backend)?;
-            for m in page.items() {
+            let Some(page) = pages.next().await else {
+                break;
+            };
+            for m in page.map_err(backend)?.items() {
                 for (k, v) in m {
                     if let (Some(name), Ok(num)) = (k.strip_prefix("c_"), v.as_n()) {
                         *out.entry(name.to_owned()).or_insert(0) += num.parse::<i64>().unwrap_or(0);
                     }
                 }
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
             }
         }
         Ok(out)
