@@ -838,15 +838,6 @@ struct Sim {
     full_check: bool,
 }
 
-/// The items `safety` reads besides the counters: audio records, messages and references.
-fn read_by_safety(k: &Key) -> bool {
-    if k.sk == "META" {
-        k.pk.starts_with("AUDIO#") || k.pk.starts_with("MSG#")
-    } else {
-        k.sk.starts_with("REF#")
-    }
-}
-
 fn retryable(e: &DedupError) -> bool {
     e.is_transient() || e.is_internal()
 }
@@ -874,8 +865,8 @@ impl Sim {
     /// The safety invariants, on the state as it is now. Runs without awaiting, so on the
     /// current-thread runtime it sees a state between two atomic store calls.
     fn check(&self, context: impl FnOnce() -> String) {
-        // `safety` reads only the items `read_by_safety` names, the counters and the objects;
-        // if none of them changed since the last check, neither did its answer.
+        // `safety` reads only the items `invariants::reads` names, the counters and the
+        // objects; if none of them changed since the last check, neither did its answer.
         let writes = (self.index.writes(), self.blobs.writes());
         {
             let mut last = lock(&self.last_checked);
@@ -884,12 +875,12 @@ impl Sim {
             }
             last.0 = Some(writes);
             let at = (
-                self.index.version_sum(read_by_safety),
+                self.index.version_sum(invariants::reads),
                 self.blobs.writes(),
                 self.index.counter_writes(),
             );
             if last.1 == Some(at) {
-                return; // writes, but none that `safety` reads (sessions, possession grants)
+                return; // writes, but none that `safety` reads (possession grants, logs, fences)
             }
             last.1 = Some(at);
         }
@@ -920,7 +911,7 @@ impl Sim {
         let mut out = Vec::new();
         self.index.visit(|i| {
             let k = &i.key;
-            if !read_by_safety(k) {
+            if !invariants::reads(k) {
                 return;
             }
             let record = match decoded.get(k) {

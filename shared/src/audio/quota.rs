@@ -8,7 +8,7 @@ use crate::domain::{UserId, UserQuota};
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
 use crate::protocol::codec::{expect_of, Txn};
-use crate::protocol::{keys, Step};
+use crate::protocol::{guards, keys, Step};
 
 impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// `owner`'s counters (zero if none yet), and what writing them back must expect.
@@ -53,7 +53,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         owner: &UserId,
     ) -> Result<(), DedupError> {
         let (mut q, expect) = self.quota(owner).await?;
-        q.open_sessions = q.open_sessions.saturating_sub(1);
+        if guards::session_release() {
+            q.open_sessions = q.open_sessions.saturating_sub(1);
+        }
         txn.put(keys::user_quota(owner), &q, expect)
     }
 

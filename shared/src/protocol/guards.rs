@@ -21,6 +21,11 @@ pub(crate) fn exact_version_delete() -> bool {
     on(Guard::ExactVersionDelete)
 }
 
+/// Closing a session gives its place in the owner's quota back.
+pub(crate) fn session_release() -> bool {
+    on(Guard::SessionRelease)
+}
+
 /// The guards, named in `AUDIO_DEDUP_MUTANT` as the mutant that lacks one.
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "mutants", derive(strum::EnumString))]
@@ -33,6 +38,8 @@ enum Guard {
     Decrement,
     #[cfg_attr(feature = "mutants", strum(serialize = "no-exact-version-delete"))]
     ExactVersionDelete,
+    #[cfg_attr(feature = "mutants", strum(serialize = "no-session-release"))]
+    SessionRelease,
 }
 
 #[cfg(not(feature = "mutants"))]

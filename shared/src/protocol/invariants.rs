@@ -9,7 +9,7 @@ use crate::domain::{
     ReferenceId, ReferenceRecord, ReferenceState, SessionRecord, SessionState, SnapshotStore,
     UserQuota,
 };
-use crate::ports::{Item, ObjectMeta};
+use crate::ports::{Item, Key, ObjectMeta};
 
 /// An index item as the invariants read it, decoded once. The simulation keeps these between
 /// checks (an item's version changes on every write), so a check decodes only what changed.
@@ -30,24 +30,56 @@ pub enum Record {
     Other,
 }
 
+/// The kinds of item the invariants read, told by their keys: the one list of what `safety`
+/// and `settled` look at.
+#[derive(Clone, Copy)]
+enum Kind {
+    Audio,
+    Reference,
+    Message,
+    LibraryItem,
+    Session,
+    Quota,
+}
+
+fn kind_of(key: &Key) -> Option<Kind> {
+    let (pk, sk) = (key.pk.as_str(), key.sk.as_str());
+    if sk == "META" && pk.starts_with("AUDIO#") {
+        Some(Kind::Audio)
+    } else if sk.starts_with("REF#") {
+        Some(Kind::Reference)
+    } else if sk == "META" && pk.starts_with("MSG#") {
+        Some(Kind::Message)
+    } else if sk.starts_with("ITEM#") && pk.starts_with("LIB#") {
+        Some(Kind::LibraryItem)
+    } else if sk.starts_with("SESSION#") {
+        Some(Kind::Session)
+    } else if sk == "QUOTA" {
+        Some(Kind::Quota)
+    } else {
+        None
+    }
+}
+
+/// Whether the invariants read the item at `key`: a check that saw none of these items
+/// change (nor the counters or the objects) would give the same answer again.
+pub fn reads(key: &Key) -> bool {
+    kind_of(key).is_some()
+}
+
 impl Record {
     pub fn decode(item: &Item) -> Self {
-        let (pk, sk) = (item.key.pk.as_str(), item.key.sk.as_str());
-        let decoded = if sk == "META" && pk.starts_with("AUDIO#") {
-            decode(item, "audio record", Record::Audio)
-        } else if sk.starts_with("REF#") {
-            decode(item, "reference", Record::Reference)
-        } else if sk == "META" && pk.starts_with("MSG#") {
-            decode(item, "message", Record::Message)
-        } else if sk.starts_with("ITEM#") && pk.starts_with("LIB#") {
-            decode(item, "library item", Record::LibraryItem)
-        } else if sk.starts_with("SESSION#") {
-            decode(item, "session", Record::Session)
-        } else if sk == "QUOTA" {
-            let user = pk.trim_start_matches("USER#").to_owned();
-            decode(item, "quota", |quota| Record::Quota { user, quota })
-        } else {
-            Ok(Record::Other)
+        let decoded = match kind_of(&item.key) {
+            Some(Kind::Audio) => decode(item, "audio record", Record::Audio),
+            Some(Kind::Reference) => decode(item, "reference", Record::Reference),
+            Some(Kind::Message) => decode(item, "message", Record::Message),
+            Some(Kind::LibraryItem) => decode(item, "library item", Record::LibraryItem),
+            Some(Kind::Session) => decode(item, "session", Record::Session),
+            Some(Kind::Quota) => {
+                let user = item.key.pk.trim_start_matches("USER#").to_owned();
+                decode(item, "quota", |quota| Record::Quota { user, quota })
+            }
+            None => Ok(Record::Other),
         };
         decoded.unwrap_or_else(Record::Undecodable)
     }
