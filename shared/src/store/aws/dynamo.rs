@@ -164,23 +164,24 @@ impl DynamoIndex {
 
     /// Every item (tests only: a full scan).
     pub async fn dump(&self) -> Result<Vec<Item>, StoreError> {
-        let scan = self
+        let mut pages = self
             .client
             .scan()
             .table_name(&self.table)
-            .consistent_read(true);
-        let rows: Vec<_> = scan
+            .consistent_read(true)
             .into_paginator()
-            .items()
-            .send()
-            .try_collect()
-            .await
-            .map_err(backend)?;
-        let mut out = rows
-            .iter()
-            .filter(|m| m.contains_key("body"))
-            .map(item_from)
-            .collect::<Result<Vec<_>, _>>()?;
+            .send();
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let Some(page) = pages.next().await else {
+                break;
+            };
+            for m in page.map_err(backend)?.items() {
+                if m.contains_key("body") {
+                    out.push(item_from(m)?);
+                }
+            }
+        }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
