@@ -9,10 +9,9 @@ use std::time::Duration;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -48,7 +47,11 @@ pub async fn serve(
         limits.body_idle_timeout,
     ));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let graceful = GracefulShutdown::new();
+    // hyper-util's GracefulShutdown does not take upgradeable connections, so the same by
+    // hand: a stop signal each connection watches, and a channel that closes once every
+    // connection task (each holding a sender) has ended.
+    let (stop, _) = watch::channel(false);
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -76,18 +79,36 @@ pub async fn serve(
                 }
             },
         };
-        let conn =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
+        // With upgrades: `GET /v1/live` turns the connection into a WebSocket.
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()))
+            .with_upgrades();
+        let mut stopping = stop.subscribe();
+        let open = open.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            let stop_asked = async move {
+                // A closed signal also means stop.
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop_asked => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection closed with an error");
             }
             drop(slot);
+            drop(open);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
+    stop.send_replace(true);
+    drop(open);
+    if tokio::time::timeout(drain, all_closed.recv())
         .await
         .is_err()
     {
