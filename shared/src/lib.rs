@@ -6,6 +6,8 @@ pub mod audio;
 pub mod chat;
 pub mod domain;
 pub mod error;
+#[cfg(feature = "jwt")]
+pub mod identity;
 pub mod live;
 pub mod ports;
 pub mod protocol;

@@ -79,6 +79,39 @@ safe_id!(
     /// The caller, as named by the authorizer (`sub`) or the local token table.
     UserId, "user id", 128
 );
+/// `sub` claims map to user ids by one injective rule, the same for every issuer and on
+/// every path (the HTTP API, the WebSocket authorizer, the local server's JWT mode):
+/// `A-Z a-z 0-9 -` are kept; `_` and every other byte of the UTF-8 become `_XX`, the byte in
+/// uppercase hex. Decoding is unambiguous (an `_` always starts an escape), so two subjects
+/// never share a user id. Cognito's UUID subjects map to themselves.
+impl UserId {
+    pub fn from_subject(sub: &str) -> Result<Self, IdParseError> {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let too_long = IdParseError {
+            what: "user id (from the token's subject)",
+            max: Self::MAX_LEN,
+        };
+        let mut out = String::with_capacity(sub.len());
+        for b in sub.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                out.push(char::from(b));
+            } else {
+                out.push('_');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xF)]));
+            }
+            // Checked as it grows: a huge subject is refused without a huge allocation.
+            if out.len() > Self::MAX_LEN {
+                return Err(too_long);
+            }
+        }
+        if out.is_empty() {
+            return Err(too_long);
+        }
+        Ok(Self(out))
+    }
+}
+
 safe_id!(
     /// A client-chosen id for one reference. Single use. The server assigns the ids of the
     /// references that messages and library items hold (see [`ReferenceId::managed`]).
@@ -223,6 +256,69 @@ mod tests {
             assert!(!is_managed_ref_id(bad), "{bad}");
         }
         assert!(!"plain".parse::<ReferenceId>().unwrap().is_managed());
+    }
+
+    /// The inverse of `UserId::from_subject`, for the tests: proves the rule injective.
+    fn subject_of(user: &UserId) -> Option<String> {
+        let mut bytes = Vec::new();
+        let mut it = user.as_str().bytes();
+        while let Some(b) = it.next() {
+            if b == b'_' {
+                let hi = char::from(it.next()?).to_digit(16)?;
+                let lo = char::from(it.next()?).to_digit(16)?;
+                bytes.push(u8::try_from(hi * 16 + lo).ok()?);
+            } else {
+                bytes.push(b);
+            }
+        }
+        String::from_utf8(bytes).ok()
+    }
+
+    #[test]
+    fn subjects_map_to_user_ids_injectively() {
+        let cases = [
+            ("a_b", "a_5Fb"),
+            ("a|b", "a_7Cb"),
+            ("a_7Cb", "a_5F7Cb"),
+            ("auth0|123", "auth0_7C123"),
+            ("000123.abc.0456", "000123_2Eabc_2E0456"),
+            ("é", "_C3_A9"),
+            (
+                "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d",
+                "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d",
+            ),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (sub, user) in cases {
+            let mapped = UserId::from_subject(sub).unwrap();
+            assert_eq!(mapped.as_str(), user, "{sub}");
+            assert_eq!(subject_of(&mapped).as_deref(), Some(sub));
+            assert!(seen.insert(mapped), "{sub} collides");
+        }
+        // Limits: 128 kept bytes fit, 129 do not; an escape counts three.
+        assert!(UserId::from_subject(&"x".repeat(128)).is_ok());
+        assert!(UserId::from_subject(&"x".repeat(129)).is_err());
+        assert!(UserId::from_subject(&"|".repeat(42)).is_ok());
+        assert!(UserId::from_subject(&"|".repeat(43)).is_err());
+        assert!(UserId::from_subject("").is_err());
+        assert!(UserId::from_subject(&"é".repeat(10_000)).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn subject_mapping_is_injective_and_valid(a in "\\PC{0,50}", b in "[a-z_|.0-9A-F]{0,12}") {
+            for sub in [&a, &b] {
+                if let Ok(user) = UserId::from_subject(sub) {
+                    // Always a valid user id, and the subject can be read back from it.
+                    proptest::prop_assert!(user.as_str().parse::<UserId>().is_ok());
+                    let back = subject_of(&user);
+                    proptest::prop_assert_eq!(back.as_deref(), Some(sub.as_str()));
+                }
+            }
+            if let (Ok(ua), Ok(ub)) = (UserId::from_subject(&a), UserId::from_subject(&b)) {
+                proptest::prop_assert_eq!(ua == ub, a == b);
+            }
+        }
     }
 
     #[test]
