@@ -18,6 +18,7 @@ use audio_dedup_core::{
     UploadResult, UploadSession,
 };
 
+use crate::auth::{Auth, TokenUnavailable};
 use crate::error::{ApiError, ErrorCode};
 use crate::updates::{Update, Updates};
 
@@ -25,7 +26,7 @@ use crate::updates::{Update, Updates};
 pub struct Api {
     http: reqwest::Client,
     base: String,
-    token: String,
+    auth: Auth,
     online: Arc<AtomicBool>,
     updates: Updates,
     /// Notified when requests get answers again (the background sender wakes on it).
@@ -103,9 +104,9 @@ fn retry_after(r: &Response) -> Option<Duration> {
 }
 
 impl Api {
-    pub fn new(
+    pub(crate) fn new(
         base: &str,
-        token: &str,
+        auth: Auth,
         timeout: Duration,
         updates: Updates,
     ) -> Result<Self, ApiError> {
@@ -117,7 +118,7 @@ impl Api {
         Ok(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
+            auth,
             online: Arc::new(AtomicBool::new(true)),
             updates,
             back_online: None,
@@ -147,10 +148,47 @@ impl Api {
         &self.http
     }
 
+    /// A request to the API; `send` adds the bearer token.
     fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(&self.token)
+        self.http.request(method, format!("{}{}", self.base, path))
+    }
+
+    /// The token to present now (the live channel's upgrade uses it too).
+    pub async fn bearer_token(&self) -> Result<String, ApiError> {
+        match self.auth.token().await {
+            Ok(t) => Ok(t),
+            Err(why) => Err(self.signed_out(why)),
+        }
+    }
+
+    /// `refused` got a 401 (or the live upgrade a 401/403): a fresh token from the provider,
+    /// or `AuthRequired` (the client is then signed out until a new token comes).
+    pub async fn token_refused(&self, refused: &str) -> Result<String, ApiError> {
+        match self.auth.refresh(refused).await {
+            Ok(t) => Ok(t),
+            Err(why) => Err(self.signed_out(why)),
+        }
+    }
+
+    /// Records that no usable token exists, tells the app once, and answers the error.
+    fn signed_out(&self, why: TokenUnavailable) -> ApiError {
+        if self.auth.sign_out() {
+            tracing::info!(reason = %why, "signed out: requests wait for a new token");
+            self.updates.send(Update::AuthRequired {
+                reason: why.clone(),
+            });
+        }
+        ApiError::AuthRequired(why)
+    }
+
+    /// A request with a token got an answer other than 401: signed in (again).
+    fn signed_in(&self) {
+        if self.auth.signed_in() {
+            self.updates.send(Update::AuthRestored);
+            if let Some(n) = &self.back_online {
+                n.notify_one();
+            }
+        }
     }
 
     /// Opens the live-update stream (`GET /v1/events`). Its total time is capped at a day
@@ -163,8 +201,41 @@ impl Api {
         .await
     }
 
-    /// Sends, classifies the answer, and returns the response of a 2xx.
+    /// Sends with the bearer token, classifies the answer, and returns the response of a
+    /// 2xx. A 401 asks the token provider once for a fresh token and sends again; a second
+    /// 401 (or no token) answers `AuthRequired`, which the queue waits out.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
+        let token = self.bearer_token().await?;
+        // Bodies that stream (a file) cannot be sent twice; the queue sends them again.
+        let again = rb.try_clone();
+        match self.send_once(rb.bearer_auth(&token)).await {
+            Err(e) if e.status() == Some(401) => {}
+            other => return self.answered(other),
+        }
+        let fresh = self.token_refused(&token).await?;
+        let Some(rb) = again else {
+            return Err(ApiError::Retryable {
+                status: 401,
+                code: ErrorCode::Unauthorized,
+                retry_after: Some(Duration::ZERO),
+            });
+        };
+        match self.send_once(rb.bearer_auth(&fresh)).await {
+            Err(e) if e.status() == Some(401) => Err(self.signed_out(TokenUnavailable::Refused)),
+            other => self.answered(other),
+        }
+    }
+
+    /// An answer other than 401 to a request with a token: the token works.
+    fn answered(&self, r: Result<Response, ApiError>) -> Result<Response, ApiError> {
+        if r.as_ref().map_or_else(|e| e.status().is_some(), |_| true) {
+            self.signed_in();
+        }
+        r
+    }
+
+    /// Sends as is (no token), classifies the answer, and returns the response of a 2xx.
+    async fn send_once(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
         let res = match rb.send().await {
             Ok(r) => r,
             Err(e) => {
@@ -402,6 +473,14 @@ impl Api {
 
     /// A request to a URL the server signed (no bearer token: the signature is the grant).
     pub async fn send_signed(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
-        self.send(rb).await
+        self.send_once(rb).await
+    }
+
+    // Live channel (owned by the live-updates work) ----------------------------------------
+
+    /// Where each log the caller follows stands now (`GET /v1/positions`): one request that
+    /// lets a reconnecting live channel sync only the logs that moved.
+    pub async fn positions(&self) -> Result<audio_dedup_core::chat::Positions, ApiError> {
+        Ok(self.json(self.req(Method::GET, "/v1/positions")).await?.1)
     }
 }

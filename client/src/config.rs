@@ -6,12 +6,25 @@ use std::time::Duration;
 
 use audio_dedup_core::ports::{Clock, SystemClock};
 
+use crate::auth::{StaticToken, TokenProvider};
+
 #[derive(Clone)]
 pub struct ClientConfig {
     /// The API's base URL, e.g. `http://127.0.0.1:3000` or the API Gateway URL.
     pub base_url: String,
-    /// Bearer token (the local server's token table, or a JWT on AWS).
-    pub token: String,
+    /// Where bearer tokens come from (the local server's token table, or JWTs from the
+    /// issuer that the app refreshes). `ClientConfig::new` takes a fixed token;
+    /// [`ClientConfig::with_token_provider`] takes a provider.
+    pub token_provider: Arc<dyn TokenProvider>,
+    /// The live channel's WebSocket URL. `None`: `ws(s)://<base_url>/v1/live` (the local
+    /// server); on AWS the WebSocket API's URL (`wss://{id}.execute-api.{region}.amazonaws.com/{stage}`).
+    pub live_url: Option<String>,
+    /// How often the live channel sends a keepalive (5 min: API Gateway closes a WebSocket
+    /// after 10 idle minutes).
+    pub live_keepalive: Duration,
+    /// Age at which the live channel opens a fresh connection and closes the old one (110
+    /// min: API Gateway closes any WebSocket after 2 hours).
+    pub live_rotate_after: Duration,
     /// Where the cache lives: `cache.sqlite` and `audio/`.
     pub data_dir: PathBuf,
     /// Threads are synced in the background when the last sync is older than this (60 s).
@@ -35,8 +48,7 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Start the background sender with the client (true): it drains the queue on its own,
     /// waking when an operation falls due, after each enqueue, and when requests succeed
-    /// again. Needs a tokio runtime at `Client::open`; without one it is not started (see
-    /// `Client::start_background_sender`). One-shot tools and exact-timing tests turn it off.
+    /// again. One-shot tools and exact-timing tests turn it off.
     pub background_sender: bool,
     pub clock: Arc<dyn Clock>,
 }
@@ -49,7 +61,10 @@ impl ClientConfig {
     ) -> Self {
         Self {
             base_url: base_url.into().trim_end_matches('/').to_owned(),
-            token: token.into(),
+            token_provider: Arc::new(StaticToken(token.into())),
+            live_url: None,
+            live_keepalive: Duration::from_secs(5 * 60),
+            live_rotate_after: Duration::from_secs(110 * 60),
             data_dir: data_dir.into(),
             thread_sync_interval: Duration::from_secs(60),
             snapshot_capacity: 30,
@@ -63,6 +78,26 @@ impl ClientConfig {
             background_sender: true,
             clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Tokens from `provider` instead of a fixed one.
+    pub fn with_token_provider(mut self, provider: Arc<dyn TokenProvider>) -> Self {
+        self.token_provider = provider;
+        self
+    }
+
+    /// The live channel's URL: `live_url`, or the base URL's `/v1/live` over ws(s).
+    pub fn live_url(&self) -> String {
+        if let Some(u) = &self.live_url {
+            return u.clone();
+        }
+        let base = &self.base_url;
+        let ws = match base.split_once("://") {
+            Some(("https", rest)) => format!("wss://{rest}"),
+            Some((_, rest)) => format!("ws://{rest}"),
+            None => format!("ws://{base}"),
+        };
+        format!("{ws}/v1/live")
     }
 
     pub fn now_ms(&self) -> i64 {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::auth::TokenUnavailable;
+
 pub use audio_dedup_core::ErrorCode;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -27,6 +29,10 @@ pub enum ApiError {
     /// A 2xx the client could not read.
     #[error("unexpected answer: {0}")]
     Protocol(String),
+    /// No token the server accepts: the client is signed out until the app or its token
+    /// provider hands over a new one. Queued operations wait; nothing is marked failed.
+    #[error("signed out: {0}")]
+    AuthRequired(TokenUnavailable),
 }
 
 impl ApiError {
@@ -45,6 +51,7 @@ impl ApiError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Retryable { code, .. } | Self::Rejected { code, .. } => Some(*code),
+            Self::AuthRequired(_) => Some(ErrorCode::Unauthorized),
             Self::Offline(_) | Self::Protocol(_) => None,
         }
     }
@@ -79,6 +86,9 @@ pub enum ClientError {
     /// Downloaded or local bytes do not hash to the expected content.
     #[error("content does not match its hash {0}")]
     HashMismatch(String),
+    /// Another client (in this process or another) has this cache folder open.
+    #[error("the cache folder {} is in use by another client", .0.display())]
+    FolderInUse(std::path::PathBuf),
     /// `clear_all` (logout) ran: this client writes and sends nothing more. Open a new one.
     #[error("the client was cleared (logout); open a new one")]
     Closed,

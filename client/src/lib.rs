@@ -30,13 +30,17 @@
 
 pub mod api;
 mod audio;
+pub mod auth;
 pub mod config;
+mod control;
 pub mod error;
+mod failure;
 mod library;
 mod live;
 mod maintenance;
 mod messages;
 mod queue;
+mod runtime;
 mod sender;
 mod snapshots;
 mod store;
@@ -49,8 +53,10 @@ use std::path::PathBuf;
 
 pub use api::AudioChoice;
 pub use audio::{AudioHandle, AudioSource, Progress};
+pub use auth::{StaticToken, TokenFuture, TokenProvider, TokenUnavailable};
 pub use config::ClientConfig;
 pub use error::{ApiError, ClientError, ErrorCode};
+pub use failure::FailureReason;
 pub use library::{LibraryAudio, LibraryItem};
 pub use live::LiveHandle;
 pub use maintenance::CacheStats;
@@ -61,6 +67,9 @@ pub use updates::{Direction, SendState, Update};
 pub use upload::UploadOutcome;
 
 use api::Api;
+use auth::Auth;
+use control::Control;
+use runtime::{ClientRuntime, FolderLock};
 use store::Store;
 use updates::Updates;
 
@@ -76,21 +85,31 @@ pub struct Client {
     /// One queue pass at a time (the app and a background task may both ask).
     queue_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     bg: sender::Background,
+    auth: Auth,
+    pub(crate) ctl: Control,
+    rt: ClientRuntime,
+    /// The cache folder is this client's while the app holds a clone of it (`None` in
+    /// tasks' copies).
+    _folder: Option<std::sync::Arc<FolderLock>>,
 }
 
 impl Client {
     /// Opens the cache under `cfg.data_dir` (creating it). An unreadable cache file is moved
     /// aside and rebuilt, carrying over the queued operations it can still read; see
-    /// [`Client::recovered`]. Starts the background sender when
-    /// `cfg.background_sender` is set and a tokio runtime is running (outside one it is not
-    /// started; call [`Client::start_background_sender`] from inside one).
+    /// [`Client::recovered`]. Starts the background sender when `cfg.background_sender` is
+    /// set. Works from any thread: its tasks run on the tokio runtime it is opened in, or on
+    /// one of its own. A folder another live client holds answers
+    /// [`ClientError::FolderInUse`].
     pub fn open(cfg: ClientConfig) -> Result<Self, ClientError> {
+        let folder = std::sync::Arc::new(FolderLock::acquire(&cfg.data_dir)?);
+        let rt = ClientRuntime::find_or_start()?;
         let updates = Updates::default();
         let (store, opened) = Store::open(&cfg.data_dir, cfg.now_ms())?;
         let bg = sender::Background::new();
+        let auth = Auth::new(cfg.token_provider.clone());
         let api = Api::new(
             &cfg.base_url,
-            &cfg.token,
+            auth.clone(),
             cfg.request_timeout,
             updates.clone(),
         )?
@@ -112,6 +131,10 @@ impl Client {
             recovered,
             queue_lock: Default::default(),
             bg,
+            auth,
+            ctl: Control::default(),
+            rt,
+            _folder: Some(folder),
         };
         if client.cfg.background_sender {
             client.start_background_sender();
@@ -133,6 +156,82 @@ impl Client {
         &self.cfg
     }
 
+    /// Uses `token` from now on (for apps that push tokens rather than provide them); a
+    /// signed-out client resumes its queue and live channel.
+    pub fn set_token(&self, token: impl Into<String>) {
+        self.auth.set_token(token.into());
+        self.bg.wake();
+    }
+
+    /// Asks `provider` for tokens from now on; a signed-out client resumes.
+    pub fn set_token_provider(&self, provider: std::sync::Arc<dyn TokenProvider>) {
+        self.auth.set_provider(provider);
+        self.bg.wake();
+    }
+
+    /// Whether the client is waiting for a new token (`Update::AuthRequired` was sent).
+    pub fn is_signed_out(&self) -> bool {
+        self.auth.is_signed_out()
+    }
+
+    /// Changes whenever a new token is handed over (the live channel waits on it).
+    pub fn auth_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.auth.generations()
+    }
+
+    /// Stops sending and closes the live channel (the app went to the background). Queued
+    /// operations stay queued; cache reads and direct calls still work. Any thread.
+    pub fn pause(&self) {
+        self.ctl.set_paused(true);
+    }
+
+    /// Undoes `pause`: the sender drains what waited, the live channel reconnects.
+    pub fn resume(&self) {
+        self.ctl.set_paused(false);
+        self.bg.wake();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.ctl.is_paused()
+    }
+
+    /// The app came to the foreground or the OS says the network is back: the live channel
+    /// reconnects and the queue sends everything pending now, skipping their backoff.
+    pub fn reconnect_now(&self) {
+        self.ctl.reconnect_now();
+        self.bg.reconnected();
+    }
+
+    /// The runtime the client's tasks run on (the app's, or the client's own).
+    pub(crate) fn runtime(&self) -> tokio::runtime::Handle {
+        self.rt.handle().clone()
+    }
+
+    /// A copy for the client's own tasks: it keeps neither the app's lifeline nor an owned
+    /// runtime, so dropping the app's last client still ends the tasks.
+    pub(crate) fn for_task(&self) -> Self {
+        let mut me = self.clone();
+        me.bg = me.bg.for_task();
+        me.rt = me.rt.for_task();
+        me._folder = None;
+        me
+    }
+
+    /// Runs `work` on the client's runtime until it ends or the app's last client goes.
+    pub(crate) fn spawn_task<F>(&self, work: impl FnOnce(Client) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.bg.stopped();
+        let fut = work(self.for_task());
+        self.rt.handle().spawn(async move {
+            tokio::select! {
+                _ = stop => {}
+                _ = fut => {}
+            }
+        });
+    }
+
     /// Whether the last request got an answer. Flipped by requests only.
     pub fn is_online(&self) -> bool {
         self.api.is_online()
@@ -149,8 +248,10 @@ impl Client {
         &self,
         f: impl FnOnce(&Client) -> Result<T, ClientError> + Send + 'static,
     ) -> Result<T, ClientError> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me))
+        let me = self.for_task();
+        self.rt
+            .handle()
+            .spawn_blocking(move || f(&me))
             .await
             .map_err(|e| ClientError::Task(format!("blocking task: {e}")))?
     }

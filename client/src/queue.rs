@@ -28,7 +28,8 @@
 
 use std::time::Duration;
 
-use crate::error::{ApiError, ClientError};
+use crate::error::{ApiError, ClientError, ErrorCode};
+use crate::failure::FailureReason;
 use crate::store::queue::{Ack, Attempt, QueueCounts, Rolled, Subject};
 use crate::updates::{SendState, Update};
 use crate::Client;
@@ -104,7 +105,12 @@ impl Client {
     }
 
     /// Announces a subject's new send state.
-    pub(crate) fn announce(&self, subject: &Subject, state: SendState, error: Option<String>) {
+    pub(crate) fn announce(
+        &self,
+        subject: &Subject,
+        state: SendState,
+        error: Option<FailureReason>,
+    ) {
         self.updates.send(match subject.clone() {
             Subject::Message(thread_id, message_id) => Update::Message {
                 thread_id,
@@ -241,6 +247,10 @@ impl Client {
                 // Left alone, visible in `queue()`'s error; other lanes go on.
                 Err(e) => tracing::warn!(error = %e, "skipping a lane this version cannot read"),
             }
+            // Signed out: every lane would be refused alike; they wait for a new token.
+            if self.auth.is_signed_out() {
+                break;
+            }
         }
         self.announce_queue_async().await;
         Ok(report)
@@ -254,8 +264,9 @@ impl Client {
     ) -> Result<(), ClientError> {
         // Bounded: each turn removes, fails or parks one operation.
         for _ in 0..10_000 {
-            // Logout: nothing more leaves the device.
-            if self.store.is_closed() {
+            // Logout: nothing more leaves the device. Paused: the app went to the background;
+            // the operation on the wire finished, the next waits for `resume`.
+            if self.store.is_closed() || self.ctl.is_paused() {
                 return Ok(());
             }
             let l = lane.clone();
@@ -265,7 +276,7 @@ impl Client {
             };
             match dep_state {
                 Some(QueueState::Failed) => {
-                    self.fail(&e, "an operation it depends on failed").await?;
+                    self.fail(&e, FailureReason::DependencyFailed).await?;
                     report.failed += 1;
                     continue;
                 }
@@ -301,9 +312,17 @@ impl Client {
                     let unanswered = e.unanswered + u32::from(offline);
                     let answered = attempts - unanswered;
                     if !offline && answered > self.cfg.max_retries {
+                        let (status, code) = (
+                            err.status().unwrap_or(0),
+                            err.code().unwrap_or(ErrorCode::Unknown),
+                        );
                         self.fail(
                             &e,
-                            &format!("gave up after {answered} answered attempts: {err}"),
+                            FailureReason::GaveUp {
+                                attempts: answered,
+                                status,
+                                code,
+                            },
                         )
                         .await?;
                         report.failed += 1;
@@ -325,7 +344,7 @@ impl Client {
                         unanswered,
                         next_due_ms: now_plus(self.cfg.now_ms(), delay),
                         retry_after_ms: retry_after,
-                        error: err.to_string(),
+                        error: FailureReason::of(&ClientError::Api(err.clone())),
                     };
                     self.blocking(move |c| c.store.record_attempt(&attempt))
                         .await?;
@@ -334,8 +353,14 @@ impl Client {
                 }
                 // Logout while it was on the wire: leave it, the wipe removes it.
                 Err(ClientError::Closed) => return Ok(()),
+                // No token the server accepts: it waits, untouched (no attempt used, nothing
+                // failed), until a new token comes; the app has `Update::AuthRequired`.
+                Err(ClientError::Api(ApiError::AuthRequired(_))) => {
+                    report.waiting += 1;
+                    return Ok(());
+                }
                 Err(err) => {
-                    self.fail(&e, &err.to_string()).await?;
+                    self.fail(&e, FailureReason::of(&err)).await?;
                     report.failed += 1;
                 }
             }
@@ -344,9 +369,9 @@ impl Client {
     }
 
     /// Marks an operation failed (and its message or library item), with the reason.
-    async fn fail(&self, e: &QueueEntry, reason: &str) -> Result<(), ClientError> {
+    async fn fail(&self, e: &QueueEntry, reason: FailureReason) -> Result<(), ClientError> {
         let subject = e.op.subject();
-        let (id, why, s) = (e.id, reason.to_owned(), subject.clone());
+        let (id, why, s) = (e.id, reason.clone(), subject.clone());
         self.blocking(move |c| {
             c.store.write_durable(|tx| {
                 tx.mark_op_failed(id, &why)?;
@@ -358,7 +383,7 @@ impl Client {
         })
         .await?;
         if let Some(s) = &subject {
-            self.announce(s, SendState::Failed, Some(reason.to_owned()));
+            self.announce(s, SendState::Failed, Some(reason));
         }
         Ok(())
     }

@@ -11,8 +11,9 @@
 //!   last `Client` is dropped, the lifeline's channel closes and the task ends, dropping a
 //!   pass in flight (the operation stays queued; resending is idempotent). `clear_all`
 //!   stops it the same way before wiping.
-//! - Without a tokio runtime at `Client::open` it is not started (`Client::open` must not
-//!   panic); `Client::start_background_sender` starts it later from inside one.
+//! - It runs on the client's runtime (the app's, or the client's own when the app opened it
+//!   outside tokio). It waits while the app has paused the client, and while signed out it
+//!   asks the token provider again once a minute; a new token wakes it at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -36,17 +37,47 @@ pub(crate) struct Background {
     /// Held by every `Client` the app has; dropped with the last one, which ends the task.
     /// `None` in the task's own copy.
     life: Option<Arc<watch::Sender<bool>>>,
+    /// Every copy's view of the lifeline: true once stopped; closed with the last client.
+    stop: watch::Receiver<bool>,
     started: Arc<AtomicBool>,
 }
 
 impl Background {
     pub(crate) fn new() -> Self {
+        let (life, stop) = watch::channel(false);
         Self {
             wake: Arc::new(Notify::new()),
             reconnected: Arc::new(Notify::new()),
-            life: Some(Arc::new(watch::channel(false).0)),
+            life: Some(Arc::new(life)),
+            stop,
             started: Arc::default(),
         }
+    }
+
+    /// A copy for a task: it does not hold the lifeline.
+    pub(crate) fn for_task(&self) -> Self {
+        Self {
+            life: None,
+            ..self.clone()
+        }
+    }
+
+    /// Resolves when the client is stopped (logout) or its last app-held copy is dropped.
+    pub(crate) fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.clone();
+        async move {
+            // Err: every sender is gone, the last client was dropped.
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// As if requests got answers again: the next pass sends everything pending now.
+    pub(crate) fn reconnected(&self) {
+        self.reconnected.notify_one();
     }
 
     /// What `api.rs` notifies when requests get answers again.
@@ -68,14 +99,9 @@ impl Background {
 }
 
 impl Client {
-    /// Starts the background sender if it is not running. Needs a tokio runtime: outside
-    /// one it does nothing and answers `false`. `Client::open` calls it when
-    /// `ClientConfig::background_sender` is set.
+    /// Starts the background sender if it is not running (`false` after logout).
+    /// `Client::open` calls it when `ClientConfig::background_sender` is set.
     pub fn start_background_sender(&self) -> bool {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!("no tokio runtime: the background sender is not started");
-            return false;
-        };
         let Some(life) = &self.bg.life else {
             return false;
         };
@@ -86,9 +112,7 @@ impl Client {
         if self.bg.started.swap(true, Ordering::SeqCst) {
             return true;
         }
-        let mut worker = self.clone();
-        worker.bg.life = None;
-        rt.spawn(worker.run_sender(stop));
+        self.runtime().spawn(self.for_task().run_sender(stop));
         true
     }
 
@@ -101,10 +125,21 @@ impl Client {
     async fn run_sender(self, mut stop: watch::Receiver<bool>) {
         tracing::debug!("background sender started");
         let mut back_online = false;
+        let mut paused = self.ctl.paused();
         // Bounded by the lifeline: it ends when the last client goes or on logout.
         loop {
             if *stop.borrow() || self.store.is_closed() {
                 break;
+            }
+            // Paused by the app: nothing is sent until it resumes.
+            if *paused.borrow_and_update() {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    r = paused.changed() => if r.is_err() { break },
+                }
+                back_online = true;
+                continue;
             }
             let pass = async {
                 if std::mem::take(&mut back_online) {
@@ -125,6 +160,9 @@ impl Client {
             }
             let now = self.cfg.now_ms();
             let sleep = match self.blocking(|c| c.store.next_due()).await {
+                // Signed out: the provider is asked again now and then, and a new token
+                // (`set_token`, or a request that works) wakes the task at once.
+                _ if self.auth.is_signed_out() => MAX_SLEEP,
                 Ok(Some(due)) if due > now => {
                     Duration::from_millis(u64::try_from(due - now).unwrap_or(0)).min(MAX_SLEEP)
                 }
@@ -140,6 +178,7 @@ impl Client {
                 _ = stop.changed() => break,
                 _ = self.bg.wake.notified() => {}
                 _ = self.bg.reconnected.notified() => back_online = true,
+                _ = paused.changed() => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
         }

@@ -17,8 +17,7 @@ impl Client {
     pub fn threads(&self) -> Result<Vec<ThreadView>, ClientError> {
         let cached = self.cached_threads()?;
         if self.threads_stale()? {
-            let me = self.clone();
-            tokio::spawn(async move {
+            self.spawn_task(|me| async move {
                 if let Err(e) = me.sync_threads().await {
                     tracing::debug!(error = %e, "background thread sync failed");
                 }

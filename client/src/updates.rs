@@ -3,6 +3,9 @@
 use audio_dedup_core::{ContentHash, LibraryItemId, MessageId, ThreadId};
 use tokio::sync::broadcast;
 
+use crate::auth::TokenUnavailable;
+use crate::failure::FailureReason;
+
 /// Where a message stands on this device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendState {
@@ -27,7 +30,7 @@ pub enum Update {
         thread_id: ThreadId,
         message_id: MessageId,
         state: SendState,
-        error: Option<String>,
+        error: Option<FailureReason>,
     },
     /// A local message was rolled back (discarded after failing, or cancelled unsent).
     MessageRemoved {
@@ -49,7 +52,7 @@ pub enum Update {
     LibraryItem {
         item_id: LibraryItemId,
         state: SendState,
-        error: Option<String>,
+        error: Option<FailureReason>,
     },
     /// A library item left the list: deleted optimistically, or an unsent put rolled back.
     LibraryItemRemoved {
@@ -72,6 +75,13 @@ pub enum Update {
         done: u64,
         total: u64,
     },
+    /// No token the server accepts: the queue and the live channel wait until the app (or
+    /// its token provider) hands over a new one. Nothing queued is lost or marked failed.
+    AuthRequired {
+        reason: TokenUnavailable,
+    },
+    /// A new token works again; the queue and the live channel resumed by themselves.
+    AuthRestored,
     /// Requests started failing (offline) or succeeding again (online).
     Connectivity {
         online: bool,

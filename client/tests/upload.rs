@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use audio_dedup_client::{Client, ClientConfig, ClientError, Direction, Update};
+use audio_dedup_client::{
+    ApiError, Client, ClientConfig, ClientError, Direction, TokenUnavailable, Update,
+};
 use audio_dedup_core::{AudioFormat, ContentHash};
 
 use support::{TempServer, ALICE, BOB};
@@ -205,16 +207,27 @@ async fn errors_are_classified() {
         .expect_err("no such file");
     assert!(matches!(missing, ClientError::Io(_)), "{missing:?}");
 
-    // A bad token: refused for good (401), not retryable.
+    // A bad token: refused (401), asked for a fresh one (the same fixed token), refused
+    // again: signed out, waiting for a new token, not retryable as is.
     let stranger = client(&server, "not-a-token-00000000000", &dir.path().join("x"));
+    let mut updates = stranger.subscribe();
     let f = write(dir.path(), "s.mp3", &audio(6, 1000));
     let err = stranger
         .upload_audio(&f, AudioFormat::Mp3, None)
         .await
         .expect_err("unauthorized");
     let api = err.api().expect("an API error");
-    assert_eq!(api.status(), Some(401));
+    assert!(
+        matches!(api, ApiError::AuthRequired(TokenUnavailable::Refused)),
+        "{api:?}"
+    );
     assert!(!api.is_retryable());
+    assert!(stranger.is_signed_out());
+    let mut told = false;
+    while let Ok(u) = updates.try_recv() {
+        told |= matches!(u, Update::AuthRequired { .. });
+    }
+    assert!(told, "the app is told the user must sign in again");
 
     // Nothing listening: offline, retryable.
     let port = {
@@ -241,7 +254,6 @@ async fn errors_are_classified() {
 /// PUT is refused), and answers a retryable 429 that says how long the lockout lasts.
 #[tokio::test]
 async fn a_locked_out_uploader_gets_a_retryable_429_with_the_lockout() {
-    use audio_dedup_client::ApiError;
     use audio_dedup_core::ErrorCode;
 
     let server = TempServer::start().await;

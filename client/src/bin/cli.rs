@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use audio_dedup_client::{
-    Attachment, AudioHandle, Client, ClientConfig, ClientError, LibraryAudio, QueuedOp, SendState,
-    Update,
+    Attachment, AudioHandle, Client, ClientConfig, ClientError, FailureReason, LibraryAudio,
+    QueuedOp, SendState, TokenFuture, TokenProvider, TokenUnavailable, Update,
 };
 use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, LibraryItemId, MessageId, ThreadId};
 use clap::{Args, Parser, Subcommand};
@@ -26,9 +27,13 @@ struct Cli {
     /// The API's base URL.
     #[arg(long, global = true, env = "AUDIO_DEDUP_URL", default_value = URL)]
     server: String,
-    /// Bearer token (required).
+    /// Bearer token (this or --token-command is required).
     #[arg(long, global = true, env = "AUDIO_DEDUP_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A shell command that prints a fresh token on stdout, run whenever one is needed (at
+    /// start, and when the server refuses the last one), as git's credential helpers are.
+    #[arg(long, global = true, env = "AUDIO_DEDUP_TOKEN_COMMAND")]
+    token_command: Option<String>,
     /// Where the cache lives (cache.sqlite and audio/).
     #[arg(long, global = true, env = "AUDIO_DEDUP_CLIENT_DIR", default_value = DIR)]
     data_dir: PathBuf,
@@ -364,9 +369,9 @@ fn new_item_id() -> Result<LibraryItemId, ClientError> {
 }
 
 /// Exit 1 when the queue refused the item for good.
-fn check_item(state: SendState, error: Option<String>, what: &str) -> Res {
+fn check_item(state: SendState, error: Option<FailureReason>, what: &str) -> Res {
     if state == SendState::Failed {
-        let why = error.unwrap_or_default();
+        let why = error.map(|e| e.to_string()).unwrap_or_default();
         return Err(ClientError::InvalidInput(format!("{what} failed: {why}")));
     }
     Ok(())
@@ -449,11 +454,58 @@ fn state(s: SendState) -> String {
     format!("{s:?}").to_lowercase()
 }
 
+/// `--token-command`: runs the command with `sh -c` and takes the first line of its stdout.
+struct TokenCommand(String);
+
+/// A token command that hangs is stopped after this long.
+const TOKEN_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl TokenProvider for TokenCommand {
+    fn token(&self, _refresh: bool) -> TokenFuture<'_> {
+        Box::pin(async move {
+            let run = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(&self.0)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .kill_on_drop(true)
+                .output();
+            let out = match tokio::time::timeout(TOKEN_COMMAND_TIMEOUT, run).await {
+                Ok(Ok(out)) => out,
+                Ok(Err(e)) => return Err(TokenUnavailable::Temporarily(e.to_string())),
+                Err(_) => {
+                    return Err(TokenUnavailable::Temporarily(
+                        "token command timed out".into(),
+                    ))
+                }
+            };
+            let token = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            match (out.status.success(), token.is_empty()) {
+                (true, false) => Ok(token),
+                _ => Err(TokenUnavailable::SignInRequired),
+            }
+        })
+    }
+}
+
 async fn run(cli: Cli) -> Res {
-    let token = cli.token.filter(|t| !t.is_empty()).ok_or_else(|| {
-        ClientError::InvalidInput("a token is required (--token or AUDIO_DEDUP_TOKEN)".into())
-    })?;
-    let mut cfg = ClientConfig::new(&cli.server, token, &cli.data_dir);
+    let mut cfg = match (cli.token_command.filter(|c| !c.is_empty()), cli.token) {
+        (Some(command), _) => ClientConfig::new(&cli.server, "", &cli.data_dir)
+            .with_token_provider(Arc::new(TokenCommand(command))),
+        (None, Some(token)) if !token.is_empty() => {
+            ClientConfig::new(&cli.server, token, &cli.data_dir)
+        }
+        _ => {
+            return Err(ClientError::InvalidInput(
+                "a token is required (--token, AUDIO_DEDUP_TOKEN or --token-command)".into(),
+            ))
+        }
+    };
     // One-shot commands: each sends what it queued itself; `queue process` sends the rest.
     cfg.background_sender = false;
     let client = Client::open(cfg)?;
@@ -606,7 +658,10 @@ async fn run(cli: Cli) -> Res {
             let m = client.send_message(&a.thread, &json, attachment).await?;
             out!("{} {}", m.id, state(m.send_state));
             if m.send_state == SendState::Failed {
-                let why = format!("message {} failed: {}", m.id, m.error.unwrap_or_default());
+                let why = match &m.error {
+                    Some(e) => format!("message {} failed: {e}", m.id),
+                    None => format!("message {} failed", m.id),
+                };
                 return Err(ClientError::InvalidInput(why));
             }
         }

@@ -10,6 +10,7 @@ use audio_dedup_core::{
 use super::sync_state::{self, LogItem, Scope};
 use super::{row_state_at, send_state_at, send_state_str, CacheTx, DurableTx, Store};
 use crate::error::ClientError;
+use crate::failure::FailureReason;
 use crate::updates::SendState;
 
 /// A library item as this device knows it.
@@ -28,7 +29,7 @@ pub struct LibraryItem {
     /// Saved from this message (while unsent).
     pub from_message: Option<MessageId>,
     /// Why it failed, when `send_state` is `Failed`.
-    pub error: Option<String>,
+    pub error: Option<FailureReason>,
 }
 
 /// What a put writes locally before it is sent.
@@ -177,7 +178,7 @@ pub(super) fn set_send_state(
     c: &Connection,
     id: &LibraryItemId,
     state: SendState,
-    error: Option<&str>,
+    error: Option<&FailureReason>,
 ) -> rusqlite::Result<()> {
     c.execute(
         "UPDATE library SET send_state = ?2, error = ?3 WHERE id = ?1",

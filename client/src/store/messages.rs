@@ -16,6 +16,7 @@ use super::{
     json_text, row_state_at, send_state_at, send_state_str, CacheTx, DurableTx, RowState, Store,
 };
 use crate::error::ClientError;
+use crate::failure::FailureReason;
 use crate::updates::SendState;
 
 /// A message as this device knows it.
@@ -33,7 +34,7 @@ pub struct LocalMessage {
     /// Size and SHA-256 of the snapshot (fetch it with `Client::snapshot`).
     pub snapshot: Option<SnapshotInfo>,
     /// Why it failed, when `send_state` is `Failed`.
-    pub error: Option<String>,
+    pub error: Option<FailureReason>,
 }
 
 /// Where a message stands in its thread's order, as a page read takes it back (`before`).
@@ -566,7 +567,7 @@ pub(super) fn set_send_state(
     thread: &ThreadId,
     id: &MessageId,
     state: SendState,
-    error: Option<&str>,
+    error: Option<&FailureReason>,
 ) -> rusqlite::Result<()> {
     c.execute(
         "UPDATE messages SET send_state = ?3, error = ?4 WHERE thread_id = ?1 AND id = ?2",

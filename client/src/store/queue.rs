@@ -14,6 +14,7 @@ use audio_dedup_core::{
 
 use super::{conversion, count, json_text, library, messages, parsed, DurableTx, Store};
 use crate::error::ClientError;
+use crate::failure::FailureReason;
 use crate::updates::SendState;
 
 /// One queued operation.
@@ -152,7 +153,7 @@ pub struct QueueEntry {
     /// How many of `attempts` got no answer (offline): they never count against the budget.
     pub unanswered: u32,
     pub state: QueueState,
-    pub last_error: Option<String>,
+    pub last_error: Option<FailureReason>,
 }
 
 /// What an operation changes optimistically: a message or a library item.
@@ -220,7 +221,7 @@ pub(crate) struct Attempt {
     pub next_due_ms: i64,
     /// The server's Retry-After, as a time.
     pub retry_after_ms: Option<i64>,
-    pub error: String,
+    pub error: FailureReason,
 }
 
 /// How many operations wait and how many failed.
@@ -511,7 +512,7 @@ impl DurableTx<'_> {
     }
 
     /// Marks an operation failed, with the reason.
-    pub(crate) fn mark_op_failed(&self, id: i64, reason: &str) -> rusqlite::Result<()> {
+    pub(crate) fn mark_op_failed(&self, id: i64, reason: &FailureReason) -> rusqlite::Result<()> {
         self.conn().execute(
             "UPDATE queue SET state = ?2, last_error = ?3, attempts = attempts + 1 WHERE id = ?1",
             params![id, QueueState::Failed.as_str(), reason],
@@ -535,7 +536,7 @@ impl DurableTx<'_> {
         &self,
         subject: &Subject,
         state: SendState,
-        error: Option<&str>,
+        error: Option<&FailureReason>,
     ) -> rusqlite::Result<()> {
         match subject {
             Subject::Message(t, m) => messages::set_send_state(self.conn(), t, m, state, error),
