@@ -5,11 +5,14 @@
 use std::sync::Arc;
 
 pub use audio_dedup_core::store::aws::{dedup_from_env, AwsDedup, EnvError};
+use audio_dedup_core::UserId;
 use lambda_http::request::RequestContext;
 
 use crate::{router, ApiConfig, Authenticator, Caller, RouteSet};
 
-/// The caller is the JWT authorizer's `sub` claim, and nothing else. No claim: 401.
+/// The caller is the JWT authorizer's `sub` claim, and nothing else, mapped to a user id by
+/// `UserId::from_subject` (the rule every path shares: `auth0|123` is `auth0_7C123`). No
+/// claim, or one too long for a user id: 401.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JwtAuthenticator;
 
@@ -20,7 +23,7 @@ impl Authenticator for JwtAuthenticator {
         };
         let sub = ctx.authorizer.as_ref()?.jwt.as_ref()?.claims.get("sub")?;
         Some(Caller {
-            user: sub.parse().ok()?,
+            user: UserId::from_subject(sub).ok()?,
             admin: false,
         })
     }

@@ -9,6 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use audio_dedup_core::identity::testing::TestIssuer;
+use audio_dedup_core::identity::{JwksSource, VerifierConfig};
+
 use crate::{ServerConfig, ServerError, TokenTable};
 
 /// A running server. Dropping it asks it to stop; `stop` also waits for it.
@@ -136,6 +139,7 @@ pub fn test_config(data_dir: &Path, tokens: TokenTable) -> ServerConfig {
         data_dir: data_dir.to_owned(),
         public_url: None,
         tokens,
+        jwt: None,
         dedup: audio_dedup_core::DedupConfig::default(),
         reconcile_every: Duration::ZERO,
         sync: audio_dedup_core::store::embedded::Synchronous::Normal,
@@ -145,11 +149,25 @@ pub fn test_config(data_dir: &Path, tokens: TokenTable) -> ServerConfig {
     }
 }
 
+/// JWT mode for a test server: writes `issuer`'s JWKS to `jwks_file` and answers the
+/// settings that trust it (no clock leeway; an unknown `kid` reads the file again at once).
+/// After `issuer.rotate()`, `issuer.write_jwks(jwks_file)` publishes the new key.
+pub fn test_jwt_config(
+    issuer: &TestIssuer,
+    jwks_file: &Path,
+) -> Result<VerifierConfig, audio_dedup_core::identity::testing::TestIssuerError> {
+    issuer.write_jwks(jwks_file)?;
+    Ok(issuer.verifier_config(JwksSource::File(jwks_file.to_owned())))
+}
+
 /// A server over a temporary data folder of its own, removed after it stops.
 pub struct TempServer {
     pub server: InProcess,
     dir: tempfile::TempDir,
 }
+
+/// Where [`TempServer::start_jwt`] keeps its issuer's JWKS, in the temporary folder.
+pub const TEST_JWKS_FILE: &str = "jwks.json";
 
 impl TempServer {
     /// `configure` gets the default test configuration over the temporary folder.
@@ -163,6 +181,41 @@ impl TempServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
         let server = InProcess::start(cfg, addr).await?;
         Ok(Self { server, dir })
+    }
+
+    /// A server in JWT mode trusting `issuer` (its JWKS in [`Self::jwks_path`]), and the
+    /// token table `tokens` too (it may be empty):
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), String> {
+    /// use std::time::Duration;
+    /// use audio_dedup_core::identity::testing::TestIssuer;
+    /// use audio_dedup_server::{in_process::TempServer, TokenTable};
+    /// let issuer = TestIssuer::new();
+    /// let server = TempServer::start_jwt(&issuer, TokenTable::default(), |_| {}).await?;
+    /// let token = issuer.token("alice", Duration::from_secs(5));
+    /// // GET {server.url()}/v1/threads with `authorization: Bearer {token}`: 200, as alice.
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_jwt(
+        issuer: &TestIssuer,
+        tokens: TokenTable,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut cfg = test_config(dir.path(), tokens);
+        cfg.jwt = Some(
+            test_jwt_config(issuer, &dir.path().join(TEST_JWKS_FILE)).map_err(|e| e.to_string())?,
+        );
+        configure(&mut cfg);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = InProcess::start(cfg, addr).await?;
+        Ok(Self { server, dir })
+    }
+
+    /// The JWKS file a [`start_jwt`](Self::start_jwt) server reads.
+    pub fn jwks_path(&self) -> PathBuf {
+        self.dir.path().join(TEST_JWKS_FILE)
     }
 
     pub fn url(&self) -> String {

@@ -2,7 +2,9 @@
 //! the blob-event pump and the scheduled reconciler.
 
 mod blob_routes;
+pub mod dev_issuer;
 pub mod in_process;
+pub mod jwt;
 pub mod live;
 mod private_files;
 pub mod rate_limit;
@@ -23,7 +25,8 @@ use serve::serve;
 pub use serve::ConnectionLimits;
 use tower_http::trace::TraceLayer;
 
-use audio_dedup_api::{router, ApiConfig, RouteSet};
+use audio_dedup_api::{router, ApiConfig, Authenticator, RouteSet};
+use audio_dedup_core::identity::{JwksError, VerifierConfig};
 use audio_dedup_core::ports::{Clock, SystemClock};
 use audio_dedup_core::store::embedded::{FsBlobStore, SqliteIndex, Synchronous, UrlSigner};
 use audio_dedup_core::{Dedup, DedupConfig, StoreError};
@@ -38,6 +41,9 @@ pub struct ServerConfig {
     /// Base of signed URLs; defaults to `http://<bound address>`.
     pub public_url: Option<String>,
     pub tokens: TokenTable,
+    /// JWT mode: bearer JWTs of this issuer are accepted too (`--jwks`, `--jwt-issuer`,
+    /// `--jwt-audience`).
+    pub jwt: Option<VerifierConfig>,
     pub dedup: DedupConfig,
     /// How often the reconciler runs; zero disables the schedule.
     pub reconcile_every: Duration,
@@ -56,6 +62,9 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// JWT mode without the issuer's keys: the server does not start.
+    #[error("JWT mode: {0}")]
+    Jwks(#[from] JwksError),
 }
 
 pub struct Built {
@@ -87,8 +96,20 @@ fn signing_secret(data_dir: &std::path::Path) -> Result<[u8; 32], std::io::Error
     Ok(secret)
 }
 
-/// Opens the stores and builds the app. Spawns the event pump.
-pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError> {
+/// Who may call: the token table, and in JWT mode the issuer's tokens (keys loaded now).
+pub async fn authenticator(cfg: &ServerConfig) -> Result<Arc<dyn Authenticator>, ServerError> {
+    let jwt = match &cfg.jwt {
+        Some(v) => Some(jwt::JwtAuthenticator::start(v.clone()).await?),
+        None => None,
+    };
+    Ok(Arc::new(jwt::TokensOrJwt::new(cfg.tokens.clone(), jwt)))
+}
+
+/// Opens the stores and builds the app. Spawns the event pump (and in JWT mode the key
+/// refresh).
+pub async fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError> {
+    // First: JWT mode's keys may be unreachable, and then nothing else should start.
+    let auth = authenticator(cfg).await?;
     // Created readable by its owner only: it holds the signing key and every stored byte.
     private_files::create_dir(&cfg.data_dir)?;
     let public = cfg
@@ -123,10 +144,10 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
     let api_cfg = ApiConfig {
         spool_dir: Some(blob_root.join("tmp")),
     };
-    let tokens = Arc::new(cfg.tokens.clone());
-    let mut api = router(dedup.clone(), tokens.clone(), api_cfg, RouteSet::All);
+    // One authenticator for the API, the rate limit and live updates.
+    let mut api = router(dedup.clone(), auth.clone(), api_cfg, RouteSet::All);
     if let Some(rate) = cfg.request_rate {
-        let limit = Arc::new(rate_limit::UserRateLimit::new(tokens.clone(), rate));
+        let limit = Arc::new(rate_limit::UserRateLimit::new(auth.clone(), rate));
         api = api.layer(axum::middleware::from_fn_with_state(
             limit,
             rate_limit::limit_per_user,
@@ -146,10 +167,8 @@ pub fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, ServerError
         )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(blob_state);
-    let hub = live::LiveHub::start(dedup.clone(), tokens, cfg.live.clone(), commits);
-    let live_routes = Router::new()
-        .route("/v1/events", axum::routing::get(live::events))
-        .with_state(hub.clone());
+    let hub = live::LiveHub::start(dedup.clone(), auth, cfg.live.clone(), commits);
+    let live_routes = live::routes(hub.clone());
     let app = blob_routes
         .merge(live_routes)
         .merge(api)
@@ -168,7 +187,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let bound = listener.local_addr()?;
-    let built = build(&cfg, bound)?;
+    let built = build(&cfg, bound).await?;
     if !cfg.reconcile_every.is_zero() {
         let dedup = built.dedup.clone();
         let every = cfg.reconcile_every;

@@ -1,22 +1,27 @@
 //! `audio-dedup-server`: the whole API on 127.0.0.1 over SQLite and files. No AWS, Docker or
-//! Python. `--dev` makes a token (kept in the data directory) and prints it.
+//! Python. `--dev` makes a token (kept in the data directory) and prints it. `--jwks` adds
+//! JWT mode; `dev-issuer` is a local issuer to try it with.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+use audio_dedup_core::identity::{JwksSource, VerifierConfig};
 use audio_dedup_core::protocol::{Limits, ReconcileBudget};
 use audio_dedup_core::store::embedded::Synchronous;
 use audio_dedup_core::DedupConfig;
+use audio_dedup_server::dev_issuer;
 use audio_dedup_server::rate_limit::RequestRate;
 use audio_dedup_server::{run, ConnectionLimits, ServerConfig, TokenTable};
 
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on.
     #[arg(long, env = "AUDIO_DEDUP_ADDR", default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
@@ -29,6 +34,22 @@ struct Args {
     /// Token table inline: token=user[:admin],token=user.
     #[arg(long, env = "AUDIO_DEDUP_TOKENS", hide_env_values = true)]
     tokens_inline: Option<String>,
+    /// JWT mode: also accept bearer JWTs signed by a key of this JWKS (a file, or an
+    /// http(s) URL fetched at start-up and every hour).
+    #[arg(long, env = "AUDIO_DEDUP_JWKS", requires_all = ["jwt_issuer", "jwt_audience"])]
+    jwks: Option<String>,
+    /// JWT mode: the tokens' exact `iss`.
+    #[arg(long, env = "AUDIO_DEDUP_JWT_ISSUER", requires = "jwks")]
+    jwt_issuer: Option<String>,
+    /// JWT mode: an accepted `aud` (or access token `client_id`); repeatable, or
+    /// comma-separated in the environment.
+    #[arg(
+        long,
+        env = "AUDIO_DEDUP_JWT_AUDIENCE",
+        value_delimiter = ',',
+        requires = "jwks"
+    )]
+    jwt_audience: Vec<String>,
     /// Development mode: create a token for user `dev` (an admin) and print it.
     #[arg(long)]
     dev: bool,
@@ -85,9 +106,51 @@ struct Args {
     log_format: String,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// A local JWT issuer for trying JWT mode by hand.
+    DevIssuer {
+        #[command(subcommand)]
+        command: DevIssuerCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevIssuerCommand {
+    /// Write a private key (kept if there is one) and its JWKS (DIR/jwks.json).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Print a token signed by DIR's key.
+    Token {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The subject (user); any string, mapped to a user id.
+        #[arg(long)]
+        sub: String,
+        /// Seconds the token is valid.
+        #[arg(long, default_value_t = 600)]
+        ttl: u64,
+        #[arg(long, default_value = dev_issuer::DEFAULT_ISSUER)]
+        iss: String,
+        #[arg(long, default_value = dev_issuer::DEFAULT_AUDIENCE)]
+        aud: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(Command::DevIssuer { command }) = args.command.take() {
+        return match dev_issuer_command(command) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("audio-dedup-server dev-issuer: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=info"));
     let fmt = tracing_subscriber::fmt().with_env_filter(filter);
@@ -103,6 +166,33 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn dev_issuer_command(command: DevIssuerCommand) -> Result<(), dev_issuer::DevIssuerError> {
+    match command {
+        DevIssuerCommand::Init { dir } => {
+            let done = dev_issuer::init(&dir)?;
+            let what = if done.created { "new key" } else { "key kept" };
+            println!("{what}: {}", done.key.display());
+            println!(
+                "run: audio-dedup-server --dev --jwks {} --jwt-issuer {} --jwt-audience {}",
+                done.jwks.display(),
+                dev_issuer::DEFAULT_ISSUER,
+                dev_issuer::DEFAULT_AUDIENCE
+            );
+        }
+        DevIssuerCommand::Token {
+            dir,
+            sub,
+            ttl,
+            iss,
+            aud,
+        } => println!(
+            "{}",
+            dev_issuer::token(&dir, &sub, Duration::from_secs(ttl), &iss, &aud)?
+        ),
+    }
+    Ok(())
 }
 
 async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -123,7 +213,15 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
         println!("export TOKEN={token}");
     }
-    if tokens.is_empty() {
+    let jwt = match (&args.jwks, &args.jwt_issuer) {
+        (Some(jwks), Some(issuer)) => Some(VerifierConfig::new(
+            issuer,
+            args.jwt_audience.iter().filter(|a| !a.is_empty()),
+            JwksSource::parse(jwks),
+        )),
+        _ => None,
+    };
+    if tokens.is_empty() && jwt.is_none() {
         return Err(Box::new(audio_dedup_server::tokens::TokenError::Missing));
     }
     let limits = limits(&args);
@@ -133,6 +231,7 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         data_dir: args.data_dir,
         public_url: args.public_url,
         tokens,
+        jwt,
         dedup: DedupConfig {
             deletion_grace: Duration::from_secs(args.deletion_grace_secs),
             limits,

@@ -1,7 +1,7 @@
 //! Per-user request rates on the local server: a token bucket per user, checked before a
 //! request reaches the API. Over it: `429 rate_limited` with `Retry-After`, and nothing done.
-//! Keys are users of the token table only (a request without a known token goes on to be
-//! refused with 401), so memory is bounded by the table. On AWS, API Gateway's route
+//! Keys are authenticated users only (a request the server's authenticator refuses goes on
+//! to be refused with 401), so memory is bounded by the callers who hold a valid token. On AWS, API Gateway's route
 //! throttling (template parameters) plays this part.
 
 use std::num::NonZeroU32;
@@ -17,8 +17,6 @@ use governor::{Quota, RateLimiter};
 use audio_dedup_api::{ApiError, Authenticator};
 use audio_dedup_core::{ErrorCode, UserId};
 
-use crate::TokenTable;
-
 /// Requests per second one user may make, and the burst above that rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestRate {
@@ -27,15 +25,16 @@ pub struct RequestRate {
 }
 
 pub struct UserRateLimit {
-    tokens: Arc<TokenTable>,
+    auth: Arc<dyn Authenticator>,
     limiter: RateLimiter<UserId, HashMapStateStore<UserId>, DefaultClock>,
 }
 
 impl UserRateLimit {
-    pub fn new(tokens: Arc<TokenTable>, rate: RequestRate) -> Self {
+    /// `auth` is the server's own authenticator (the one the router asks).
+    pub fn new(auth: Arc<dyn Authenticator>, rate: RequestRate) -> Self {
         let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
         Self {
-            tokens,
+            auth,
             limiter: RateLimiter::hashmap(quota),
         }
     }
@@ -47,7 +46,7 @@ pub async fn limit_per_user(
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    if let Some(caller) = limit.tokens.authenticate(&parts) {
+    if let Some(caller) = limit.auth.authenticate(&parts) {
         if let Err(not_until) = limit.limiter.check_key(&caller.user) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let mut e = ApiError::new(

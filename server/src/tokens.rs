@@ -16,7 +16,7 @@ pub enum TokenError {
     Read(String, std::io::Error),
     #[error("the token table is not valid: {0}")]
     Invalid(String),
-    #[error("no token table: pass --tokens FILE or set AUDIO_DEDUP_TOKENS, or start with --dev")]
+    #[error("no token table and no JWT issuer: pass --tokens FILE or set AUDIO_DEDUP_TOKENS, or --jwks with --jwt-issuer and --jwt-audience, or start with --dev")]
     Missing,
     #[error("cannot keep the dev token in {0}: {1}")]
     Write(String, std::io::Error),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use audio_dedup_core::identity::testing::{attack_table, Expected, TestIssuer};
 use aws_lambda_events::apigw::ApiGatewayCustomAuthorizerRequestTypeRequest;
 use aws_lambda_events::iam::IamPolicyEffect;
 use base64::Engine;
@@ -206,9 +207,9 @@ async fn bad_tokens_are_denied_each_for_its_reason() {
     let hmac = encode(&hs, &claims("bob"), &secret).expect("sign");
     assert_eq!(rejected(verdict(&v, &hmac).await), Rejected::Algorithm);
 
-    // A subject that is not a user id.
+    // A subject whose user id would be over the limit (any other subject maps to one).
     assert_eq!(
-        rejected(verdict(&v, &sign(&key, &claims("bob smith"))).await),
+        rejected(verdict(&v, &sign(&key, &claims(&"b".repeat(129)))).await),
         Rejected::Subject
     );
     assert_eq!(
@@ -292,4 +293,39 @@ async fn an_unreachable_issuer_fails_the_authorizer_instead_of_denying() {
     let token = sign(&key, &claims("bob"));
     let r = authorize(&v, &request(Some(&format!("Bearer {token}")))).await;
     assert!(matches!(r, Err(AuthError::JwksUnavailable(_))), "{r:?}");
+}
+
+/// The shared attack table (`audio_dedup_core::identity::testing`): each accepted token is
+/// an Allow for its mapped user id, each refused one a Deny for `anonymous`.
+#[tokio::test]
+async fn the_shared_attack_table_gets_allow_or_deny() {
+    let issuer = TestIssuer::new();
+    let jwks = serve_jwks(issuer.jwks().keys).await;
+    let v = Verifier::new(issuer.issuer(), issuer.audience(), &jwks.url);
+    for case in attack_table(&issuer) {
+        let r = authorize(&v, &request(Some(&format!("Bearer {}", case.token))))
+            .await
+            .expect("answer");
+        let effect = &r.policy_document.statement[0].effect;
+        match &case.expected {
+            Expected::Accepted(user) => {
+                assert_eq!(*effect, IamPolicyEffect::Allow, "{}", case.name);
+                assert_eq!(
+                    r.principal_id.as_deref(),
+                    Some(user.as_str()),
+                    "{}",
+                    case.name
+                );
+            }
+            Expected::Refused(_) => {
+                assert_eq!(*effect, IamPolicyEffect::Deny, "{}", case.name);
+                assert_eq!(
+                    r.principal_id.as_deref(),
+                    Some("anonymous"),
+                    "{}",
+                    case.name
+                );
+            }
+        }
+    }
 }

@@ -305,6 +305,8 @@ impl Verifier {
     }
 
     async fn fetch_and_store(&self) -> Result<(), JwksError> {
+        // Any fetch restarts the unknown-kid interval: right after one, another is pointless.
+        *self.last_attempt.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let keys = self.fetch().await?;
         let cached = Cached {
             keys,
@@ -319,10 +321,7 @@ impl Verifier {
 
     /// Whether a fetch for unknown keys may start now; if so, records that it did.
     fn may_refetch(&self) -> bool {
-        let mut last = match self.last_attempt.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut last = self.last_attempt.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if last.is_some_and(|t| now.duration_since(t) < self.cfg.min_refetch) {
             return false;
