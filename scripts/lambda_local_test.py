@@ -10,7 +10,7 @@ AWS endpoint pointed at moto, through a whole flow:
   - through plain HTTP to the function URLs, which carry no authorizer claims: /healthz answers,
     every /v1 route answers 401 (identity cannot come from anywhere else);
   - live updates: live-authorizer with tokens signed here (ES256) against a JWKS served here,
-    live-connections with WebSocket $connect/$disconnect events, live-stream with DynamoDB
+    live-connections with WebSocket $connect/$disconnect events and the client's ping frame, live-stream with DynamoDB
     Streams events, whose pokes are read back from moto's API Gateway management API.
 Then checks that the DynamoDB item is `gone` and the S3 object is gone.
 
@@ -343,6 +343,26 @@ check(set(connections_of("dave")) == {"CONN#D1=", "CONN#D2="}, f"dave's connecti
 check(all(now + 7000 < t < now + 8000 for t in connections_of("dave").values()), "records expire after 2 h (TTL)")
 r = invoke("live-connections", ws_event("ws-disconnect.json", "dave", "D2="))
 check(r.get("statusCode") == 200 and set(connections_of("dave")) == {"CONN#D1="}, f"$disconnect forgets D2=: {r}")
+
+
+def client_ping_frame():
+    """The keepalive frame exactly as the client sends it (client/src/live.rs, `PING`)."""
+    with open(os.path.join(ROOT, "client", "src", "live.rs")) as f:
+        for line in f:
+            if "const PING: &str = r#\"" in line:
+                return line.split('r#"', 1)[1].rsplit('"#', 1)[0]
+    raise SystemExit("client/src/live.rs has no PING frame")
+
+
+# The keepalive: the client's own frame, routed as `ping` ($request.body.action), answers
+# 200 with the pong (the route response sends it back) and touches no connection record.
+ping = ws_event("ws-ping.json", "dave", "D1=")
+ping["body"] = client_ping_frame()
+check(json.loads(ping["body"]).get("action") == ping["requestContext"]["routeKey"] == "ping",
+      f"the client's frame is routed to ping: {ping['body']}")
+r = invoke("live-connections", ping)
+check(r.get("statusCode") == 200 and json.loads(r.get("body") or "{}") == {"kind": "pong"}, f"ping answers pong: {r}")
+check(set(connections_of("dave")) == {"CONN#D1="}, "ping leaves the connection records alone")
 
 
 def stream_record(name, pk, sk, n):

@@ -46,7 +46,7 @@ pub enum RouteSet {
     Upload,
     References,
     Stats,
-    /// Threads, messages and snapshots.
+    /// Threads, messages, snapshots, and the positions of the caller's logs.
     Threads,
     Library,
 }
@@ -86,6 +86,7 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
                 post(threads::create::<B, I>).get(threads::list::<B, I>),
             )
             .route("/v1/threads/{id}", get(threads::get_one::<B, I>))
+            .route("/v1/positions", get(threads::positions::<B, I>))
             .route(
                 "/v1/threads/{id}/messages",
                 get(messages::list::<B, I>).merge(

@@ -64,3 +64,13 @@ pub async fn get_one<B: BlobStore, I: TransactionalIndex>(
     let t = s.dedup.chat().get_thread(&caller.user, &id).await?;
     Ok(Json(t).into_response())
 }
+
+/// `GET /v1/positions`: the position of each log the caller follows (the feed, the library,
+/// each of their threads), so a client that was away syncs only those that moved.
+pub async fn positions<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let p = s.dedup.chat().positions(&caller.user).await?;
+    Ok(Json(p).into_response())
+}

@@ -1,6 +1,8 @@
-//! `$connect` records the caller's connection, `$disconnect` forgets it. The caller is who
-//! the REQUEST authorizer (live-authorizer) let in: API Gateway passes its `principalId`
-//! in the request context of every route of that connection. Nothing else is trusted.
+//! `$connect` records the caller's connection, `$disconnect` forgets it, `ping` (the client's
+//! keepalive, `{"action":"ping"}`) is answered `{"kind":"pong"}` through the route's
+//! response. The caller is who the REQUEST authorizer (live-authorizer) let in: API Gateway
+//! passes its `principalId` in the request context of every route of that connection.
+//! Nothing else is trusted.
 
 use audio_dedup_core::live::{connected, disconnected};
 use audio_dedup_core::ports::ConnectionRegistry;
@@ -13,9 +15,14 @@ use aws_lambda_events::encodings::Body;
 pub enum Route {
     Connect,
     Disconnect,
-    /// A message from the client: the channel only goes server to client.
+    /// The keepalive: a message whose `action` is `ping`.
+    Ping,
+    /// Any other route (the template has none; `$default` would land here): refused.
     Other(String),
 }
+
+/// The keepalive's answer, the same frame the local server sends.
+pub const PONG: &str = r#"{"kind":"pong"}"#;
 
 /// The caller and connection a request is about, from what API Gateway set.
 fn identify(req: &ApiGatewayWebsocketProxyRequest) -> Option<(UserId, ConnectionId)> {
@@ -34,6 +41,7 @@ pub fn route(req: &ApiGatewayWebsocketProxyRequest) -> Route {
     match req.request_context.route_key.as_deref() {
         Some("$connect") => Route::Connect,
         Some("$disconnect") => Route::Disconnect,
+        Some("ping") => Route::Ping,
         other => Route::Other(other.unwrap_or_default().to_owned()),
     }
 }
@@ -53,12 +61,14 @@ pub async fn handle<R: ConnectionRegistry>(
     req: ApiGatewayWebsocketProxyRequest,
 ) -> ApiGatewayProxyResponse {
     let route = route(&req);
-    if let Route::Other(key) = route {
-        tracing::info!(
-            route = key,
-            "client message ignored: the channel is one-way"
-        );
-        return response(400, "this channel only sends");
+    match route {
+        // Nothing to read or write: the message itself is what keeps the connection open.
+        Route::Ping => return response(200, PONG),
+        Route::Other(key) => {
+            tracing::info!(route = key, "client message refused: only ping is routed");
+            return response(400, "only ping is routed");
+        }
+        Route::Connect | Route::Disconnect => {}
     }
     let Some((user, connection)) = identify(&req) else {
         // Only reachable if the API were deployed without the authorizer.
@@ -119,6 +129,19 @@ mod tests {
         e.headers.insert("x-user", "bob".parse().unwrap());
         let r = handle(&reg, 1, e).await;
         assert_eq!(r.status_code, 403);
+        assert!(reg.of(&bob()).is_empty());
+    }
+
+    /// The client's own keepalive frame, routed as `ping`: 200 with the pong as the body
+    /// (the route response sends it back), and no connection record touched.
+    #[tokio::test]
+    async fn ping_is_answered_with_pong() {
+        let reg = MemoryConnections::default();
+        let e = event("ws-ping.json");
+        assert_eq!(e.body.as_deref(), Some(r#"{"action":"ping"}"#));
+        let r = handle(&reg, 1, e).await;
+        assert_eq!(r.status_code, 200);
+        assert_eq!(r.body, Some(Body::Text(PONG.to_owned())));
         assert!(reg.of(&bob()).is_empty());
     }
 

@@ -1,4 +1,4 @@
-//! Lambda `live-connections`: the WebSocket API's `$connect` and `$disconnect` (handler in
+//! Lambda `live-connections`: the WebSocket API's `$connect`, `$disconnect` and `ping` (handler in
 //! lib.rs).
 
 use audio_dedup_core::ports::{Clock, SystemClock};

@@ -6,12 +6,14 @@
 mod library;
 mod message_audio;
 mod messages;
+mod positions;
 mod snapshots;
 mod threads;
 
 use std::sync::Arc;
 
 pub use messages::{NewMessage, SnapshotBody};
+pub use positions::{Positions, MAX_POSITION_THREADS};
 pub use threads::{parse_cursor, NewThread, DEFAULT_PAGE, MAX_PAGE};
 
 use crate::audio::AudioEngine;
