@@ -1,79 +1,83 @@
-//! Live updates on the local server (`GET /v1/events`, Server-Sent Events): a member is poked
-//! when a thread it is in moves, a user when their feed or library moves, a non-member never;
-//! idle connections get heartbeats; a slow consumer is dropped.
+//! Live updates on the local server (`GET /v1/live`, a WebSocket as API Gateway's WebSocket
+//! API serves it): a member is poked when a thread it is in moves, a user when their feed or
+//! library moves, a non-member never; the keepalive is answered; no token, no upgrade.
 
 use std::time::Duration;
 
 use audio_dedup_e2e::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
-/// One open event stream, read as text.
+/// One open live connection, spoken frame by frame over a loopback socket (text frames are
+/// all this channel uses).
 struct Events {
-    res: reqwest::Response,
-    buf: String,
-}
-
-enum Got {
-    Poke(Value),
-    Heartbeat,
+    socket: TcpStream,
 }
 
 impl Events {
     async fn open(base: &str, token: &str) -> Self {
-        let res = reqwest::Client::new()
-            .get(format!("{base}/v1/events"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("connect");
-        assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(res.headers()["content-type"], "text/event-stream");
-        Self {
-            res,
-            buf: String::new(),
-        }
-    }
-
-    /// The next event or heartbeat, if one comes within `limit`.
-    async fn next(&mut self, limit: Duration) -> Option<Got> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                if block.starts_with(":heartbeat") || block.starts_with(": heartbeat") {
-                    return Some(Got::Heartbeat);
-                }
-                let data = block
-                    .lines()
-                    .find_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim);
-                if block.lines().any(|l| l.trim() == "event: poke") {
-                    let poke = serde_json::from_str(data.expect("a poke has data")).expect("json");
-                    return Some(Got::Poke(poke));
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.res.chunk())
+        let addr = base.trim_start_matches("http://");
+        let mut socket = TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "GET /v1/live HTTP/1.1\r\nhost: {addr}\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             authorization: Bearer {token}\r\n\r\n"
+        );
+        socket.write_all(head.as_bytes()).await.expect("send");
+        let mut got = Vec::new();
+        while !got.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            tokio::time::timeout(WAIT, socket.read_exact(&mut b))
                 .await
-                .ok()?;
-            match chunk.expect("stream") {
-                Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
-                None => return None,
-            }
+                .expect("an answer")
+                .expect("read");
+            got.push(b[0]);
         }
+        assert!(
+            got.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        Self { socket }
     }
 
-    /// The next poke within `limit`, skipping heartbeats.
-    async fn poke(&mut self, limit: Duration) -> Option<Value> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next(left).await? {
-                Got::Poke(p) => return Some(p),
-                Got::Heartbeat => continue,
+    /// Sends a text frame (masked, as a client must).
+    async fn send(&mut self, text: &str) {
+        let bytes = text.as_bytes();
+        assert!(bytes.len() < 126);
+        let mask = [3u8, 1, 4, 1];
+        let mut frame = vec![0x81, 0x80 | bytes.len() as u8];
+        frame.extend(mask);
+        frame.extend(bytes.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.socket.write_all(&frame).await.expect("send");
+    }
+
+    /// The next text frame as JSON, if one comes within `limit`.
+    async fn next(&mut self, limit: Duration) -> Option<Value> {
+        let socket = &mut self.socket;
+        tokio::time::timeout(limit, async {
+            let mut h = [0u8; 2];
+            socket.read_exact(&mut h).await.ok()?;
+            let mut len = usize::from(h[1] & 0x7f);
+            if len == 126 {
+                let mut l = [0u8; 2];
+                socket.read_exact(&mut l).await.ok()?;
+                len = usize::from(u16::from_be_bytes(l));
             }
-        }
+            let mut payload = vec![0u8; len];
+            socket.read_exact(&mut payload).await.ok()?;
+            (h[0] & 0x0f == 1).then(|| serde_json::from_slice(&payload).expect("json"))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The next poke within `limit`.
+    async fn poke(&mut self, limit: Duration) -> Option<Value> {
+        self.next(limit).await
     }
 }
 
@@ -158,31 +162,20 @@ async fn a_library_change_pokes_its_owner_only() {
 }
 
 #[tokio::test]
-async fn the_event_stream_needs_a_token() {
+async fn the_live_channel_needs_a_token() {
     let s = TestServer::start().await;
-    let res = reqwest::get(format!("{}/v1/events", s.base))
+    let res = reqwest::get(format!("{}/v1/live", s.base))
         .await
         .expect("answer");
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// The keepalive (`{"action":"ping"}`, as the client sends it) is answered with a pong, on
+/// the same connection that carries pokes.
 #[tokio::test]
-async fn idle_connections_get_heartbeats() {
-    use audio_dedup_server::in_process::TempServer;
-    use audio_dedup_server::TokenTable;
-
-    let mut tokens = TokenTable::default();
-    tokens.insert(ALICE, "alice", false).expect("token");
-    let server = TempServer::start(tokens, |cfg| {
-        cfg.live.heartbeat = Duration::from_millis(200);
-    })
-    .await
-    .expect("start");
-    let mut events = Events::open(&server.url(), ALICE).await;
-    for _ in 0..2 {
-        assert!(matches!(
-            events.next(Duration::from_secs(3)).await,
-            Some(Got::Heartbeat)
-        ));
-    }
+async fn the_keepalive_is_answered() {
+    let s = TestServer::start().await;
+    let mut events = Events::open(&s.base, ALICE).await;
+    events.send(r#"{"action":"ping"}"#).await;
+    assert_eq!(events.next(WAIT).await, Some(json!({ "kind": "pong" })));
 }
