@@ -82,15 +82,16 @@ pub struct Client {
     updates: Updates,
     audio: audio::AudioState,
     recovered: Option<(PathBuf, usize)>,
-    /// One queue pass at a time (the app and a background task may both ask).
-    queue_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// One pass per lane at a time (the app and a background task may both ask); lanes
+    /// run side by side.
+    lanes: queue::LaneLocks,
     bg: sender::Background,
     auth: Auth,
     pub(crate) ctl: Control,
     rt: ClientRuntime,
     /// The cache folder is this client's while the app holds a clone of it (`None` in
     /// tasks' copies).
-    _folder: Option<std::sync::Arc<FolderLock>>,
+    pub(crate) folder: Option<std::sync::Arc<FolderLock>>,
 }
 
 impl Client {
@@ -129,12 +130,12 @@ impl Client {
             updates,
             audio,
             recovered,
-            queue_lock: Default::default(),
+            lanes: Default::default(),
             bg,
             auth,
             ctl: Control::default(),
             rt,
-            _folder: Some(folder),
+            folder: Some(folder),
         };
         if client.cfg.background_sender {
             client.start_background_sender();
@@ -213,7 +214,7 @@ impl Client {
         let mut me = self.clone();
         me.bg = me.bg.for_task();
         me.rt = me.rt.for_task();
-        me._folder = None;
+        me.folder = None;
         me
     }
 

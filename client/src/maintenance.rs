@@ -59,7 +59,7 @@ impl Client {
         self.store.close();
         self.bg.stop();
         // A pass in flight checks the flag before each operation: it ends after this one.
-        let _turn = self.queue_lock.lock().await;
+        let _turn = self.lanes.all().await;
         self.blocking(|c| c.store.wipe_all()).await?;
         self.updates.send(Update::Queue {
             pending: 0,
@@ -81,6 +81,10 @@ impl Client {
             Ok(())
         })
         .await?;
+        // Nothing of this client touches the folder any more: the next user's may open it.
+        if let Some(f) = &self.folder {
+            f.release();
+        }
         drop(_turn);
         // Best effort: the rows are gone already; this only returns their pages to the
         // file system and drops the old contents from the WAL.

@@ -222,7 +222,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let now = self.cfg.now_ms();
         let lane = Lane::Thread(thread.clone());
-        let _turn = self.queue_lock.lock().await;
+        let _turn = self.lanes.lane(&lane).await;
         let (t, m, l) = (thread.clone(), id.clone(), lane.clone());
         let deleted = self
             .blocking(move |c| {

@@ -26,7 +26,11 @@
 //!   connectivity returns) sends every pending operation now, skipping the backoff, but
 //!   still honours an explicit Retry-After, which is persisted apart (`retry_after_ms`).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use crate::error::{ApiError, ClientError, ErrorCode};
 use crate::failure::FailureReason;
@@ -35,6 +39,41 @@ use crate::updates::{SendState, Update};
 use crate::Client;
 
 pub use crate::store::queue::{Lane, QueueEntry, QueueParseError, QueueState, QueuedOp};
+
+/// Lanes that may run at once in one pass: a large upload in one thread does not hold back
+/// a message in another, and a long queue does not open a connection per thread.
+const LANES_AT_ONCE: usize = 4;
+
+/// One pass per lane at a time; `all` (logout) waits for every lane's pass to end.
+#[derive(Clone, Default)]
+pub(crate) struct LaneLocks {
+    all: Arc<tokio::sync::RwLock<()>>,
+    lanes: Arc<Mutex<HashMap<Lane, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl LaneLocks {
+    pub(crate) async fn lane(
+        &self,
+        lane: &Lane,
+    ) -> (
+        tokio::sync::RwLockReadGuard<'_, ()>,
+        tokio::sync::OwnedMutexGuard<()>,
+    ) {
+        let all = self.all.read().await;
+        let one = self
+            .lanes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(lane.clone())
+            .or_default()
+            .clone();
+        (all, one.lock_owned().await)
+    }
+
+    pub(crate) async fn all(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.all.write().await
+    }
+}
 
 /// Which operations a pass sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +91,14 @@ pub struct QueueReport {
     pub failed: usize,
     /// Operations waiting for their next retry time (or offline).
     pub waiting: usize,
+}
+
+impl QueueReport {
+    fn add(&mut self, other: QueueReport) {
+        self.sent += other.sent;
+        self.failed += other.failed;
+        self.waiting += other.waiting;
+    }
 }
 
 impl Client {
@@ -191,6 +238,39 @@ impl Client {
         Ok(())
     }
 
+    /// Retries a failed message together with what it depends on (the upload of its audio,
+    /// when that is what failed): the app's "retry" on a message, without knowing the queue.
+    /// `NotFound` when no failed operation of the message is queued.
+    pub fn retry_message(
+        &self,
+        thread: &audio_dedup_core::ThreadId,
+        message: &audio_dedup_core::MessageId,
+    ) -> Result<(), ClientError> {
+        let want = Subject::Message(thread.clone(), message.clone());
+        let entries = self.store.queue()?;
+        let failed = |id: i64| {
+            entries
+                .iter()
+                .any(|e| e.id == id && e.state == QueueState::Failed)
+        };
+        let mut roots: Vec<i64> = entries
+            .iter()
+            .filter(|e| e.state == QueueState::Failed && e.op.subject().as_ref() == Some(&want))
+            // What it waits on failed first: retrying that brings this one back with it.
+            .map(|e| e.depends_on.filter(|d| failed(*d)).unwrap_or(e.id))
+            .collect();
+        roots.dedup();
+        if roots.is_empty() {
+            return Err(ClientError::NotFound(format!(
+                "a failed operation of message {message}"
+            )));
+        }
+        for id in roots {
+            self.retry_failed(id)?;
+        }
+        Ok(())
+    }
+
     /// Removes a failed operation and rolls back its effect: a message or library item that
     /// never got sent disappears; a deletion that failed is undone.
     pub fn discard_failed(&self, op_id: i64) -> Result<(), ClientError> {
@@ -234,45 +314,70 @@ impl Client {
     }
 
     async fn process(&self, only: Option<&Lane>, pass: Pass) -> Result<QueueReport, ClientError> {
-        let _turn = self.queue_lock.lock().await;
-        let mut report = QueueReport::default();
         // One lane: its head is read directly (no pending operation: nothing to do).
-        let lanes = match only {
+        let listed = match only {
             Some(lane) => vec![Ok(lane.clone())],
             None => self.blocking(|c| c.store.pending_lanes()).await?,
         };
-        for lane in lanes {
+        let mut lanes = Vec::with_capacity(listed.len());
+        for lane in listed {
             match lane {
-                Ok(lane) => self.run_lane(&lane, pass, &mut report).await?,
+                Ok(lane) => lanes.push(lane),
                 // Left alone, visible in `queue()`'s error; other lanes go on.
                 Err(e) => tracing::warn!(error = %e, "skipping a lane this version cannot read"),
             }
-            // Signed out: every lane would be refused alike; they wait for a new token.
+        }
+        let mut report = QueueReport::default();
+        // Signed out: one lane asks whether a token works now; the others wait for it.
+        if self.auth.is_signed_out() && !lanes.is_empty() {
+            let first = lanes.remove(0);
+            report.add(self.run_lane(&first, pass).await?);
             if self.auth.is_signed_out() {
-                break;
+                self.announce_queue_async().await;
+                return Ok(report);
             }
         }
+        // Each run owns its lane and a handle on the client (a future borrowing them trips
+        // the compiler's higher-ranked lifetime check inside the spawned sender).
+        let mut runs = futures_util::stream::iter(lanes)
+            .map(|lane| {
+                let me = self.for_task();
+                async move { me.run_lane(&lane, pass).await }
+            })
+            .buffer_unordered(LANES_AT_ONCE);
+        let mut first_error = None;
+        while let Some(r) = runs.next().await {
+            match r {
+                Ok(r) => report.add(r),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        drop(runs);
         self.announce_queue_async().await;
-        Ok(report)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 
-    async fn run_lane(
-        &self,
-        lane: &Lane,
-        pass: Pass,
-        report: &mut QueueReport,
-    ) -> Result<(), ClientError> {
+    /// Runs one lane's operations in order until it is empty or must wait.
+    async fn run_lane(&self, lane: &Lane, pass: Pass) -> Result<QueueReport, ClientError> {
+        let _turn = self.lanes.lane(lane).await;
+        let mut report = QueueReport::default();
+        let report = &mut report;
         // Bounded: each turn removes, fails or parks one operation.
         for _ in 0..10_000 {
             // Logout: nothing more leaves the device. Paused: the app went to the background;
             // the operation on the wire finished, the next waits for `resume`.
             if self.store.is_closed() || self.ctl.is_paused() {
-                return Ok(());
+                return Ok(report.clone());
             }
             let l = lane.clone();
             let head = self.blocking(move |c| c.store.lane_head(&l)).await?;
             let Some((e, dep_state)) = head else {
-                return Ok(());
+                return Ok(report.clone());
             };
             match dep_state {
                 Some(QueueState::Failed) => {
@@ -283,7 +388,7 @@ impl Client {
                 // Runs in another lane and has not succeeded yet.
                 Some(QueueState::Pending) => {
                     report.waiting += 1;
-                    return Ok(());
+                    return Ok(report.clone());
                 }
                 None => {}
             }
@@ -294,7 +399,7 @@ impl Client {
             };
             if !due {
                 report.waiting += 1;
-                return Ok(());
+                return Ok(report.clone());
             }
             match self.run_op(&e).await {
                 Ok(ack) => {
@@ -349,15 +454,15 @@ impl Client {
                     self.blocking(move |c| c.store.record_attempt(&attempt))
                         .await?;
                     report.waiting += 1;
-                    return Ok(());
+                    return Ok(report.clone());
                 }
                 // Logout while it was on the wire: leave it, the wipe removes it.
-                Err(ClientError::Closed) => return Ok(()),
+                Err(ClientError::Closed) => return Ok(report.clone()),
                 // No token the server accepts: it waits, untouched (no attempt used, nothing
                 // failed), until a new token comes; the app has `Update::AuthRequired`.
                 Err(ClientError::Api(ApiError::AuthRequired(_))) => {
                     report.waiting += 1;
-                    return Ok(());
+                    return Ok(report.clone());
                 }
                 Err(err) => {
                     self.fail(&e, FailureReason::of(&err)).await?;
@@ -365,7 +470,7 @@ impl Client {
                 }
             }
         }
-        Ok(())
+        Ok(report.clone())
     }
 
     /// Marks an operation failed (and its message or library item), with the reason.

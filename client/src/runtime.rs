@@ -73,7 +73,8 @@ impl ClientRuntime {
 /// of the client (its tasks end at their next step once the last of those is dropped). A second client (another process, or a forgotten one in this
 /// process) gets [`ClientError::FolderInUse`] instead of a second sender on one queue.
 pub(crate) struct FolderLock {
-    _file: std::fs::File,
+    /// Closing the file releases the lock (`release`, at logout).
+    file: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl FolderLock {
@@ -85,11 +86,18 @@ impl FolderLock {
             .write(true)
             .open(dir.join("client.lock"))?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { _file: file }),
+            Ok(()) => Ok(Self {
+                file: std::sync::Mutex::new(Some(file)),
+            }),
             Err(std::fs::TryLockError::WouldBlock) => {
                 Err(ClientError::FolderInUse(dir.to_path_buf()))
             }
             Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
         }
+    }
+
+    /// Lets the folder go (logout: the next user's client opens it).
+    pub(crate) fn release(&self) {
+        self.file.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }

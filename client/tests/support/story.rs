@@ -172,7 +172,14 @@ pub async fn two_devices(
         .await
         .unwrap();
     assert_eq!(stolen.send_state, SendState::Failed);
-    assert!(stolen.error.unwrap_or_default().contains("404"));
+    assert!(
+        matches!(
+            stolen.error,
+            Some(audio_dedup_client::FailureReason::Refused { status: 404, .. })
+        ),
+        "{:?}",
+        stolen.error
+    );
     let own: ThreadId = format!("solo-{}", std::process::id()).parse().unwrap();
     carol.create_thread(Some(&own), "Solo", &[]).await.unwrap();
     let fwd = carol
