@@ -107,21 +107,20 @@ impl Auth {
         Ok(t)
     }
 
-    /// A new token pushed by the app: used from now on, and resumes a signed-out client.
+    /// A new token pushed by the app: used from now on; a signed-out client tries it at once.
     pub(crate) fn set_token(&self, token: String) {
         *self.provider.lock().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(StaticToken(token.clone()));
         *self.current() = Some(token);
+        // Still signed out until a request shows the token works (`signed_in`).
         self.generation.send_modify(|g| *g += 1);
-        self.signed_out.send_replace(false);
     }
 
-    /// A new provider: asked from the next request on; resumes a signed-out client.
+    /// A new provider: asked from the next request on.
     pub(crate) fn set_provider(&self, provider: Arc<dyn TokenProvider>) {
         *self.provider.lock().unwrap_or_else(|p| p.into_inner()) = provider;
         *self.current() = None;
         self.generation.send_modify(|g| *g += 1);
-        self.signed_out.send_replace(false);
     }
 
     /// Marks the client signed out; answers whether it was signed in until now.
