@@ -191,16 +191,6 @@ impl Api {
         }
     }
 
-    /// Opens the live-update stream (`GET /v1/events`). Its total time is capped at a day
-    /// (the client reconnects then); a dead connection shows as missing heartbeats.
-    pub async fn open_events(&self) -> Result<Response, ApiError> {
-        self.send(
-            self.req(Method::GET, "/v1/events")
-                .timeout(Duration::from_secs(24 * 60 * 60)),
-        )
-        .await
-    }
-
     /// Sends with the bearer token, classifies the answer, and returns the response of a
     /// 2xx. A 401 asks the token provider once for a fresh token and sends again; a second
     /// 401 (or no token) answers `AuthRequired`, which the queue waits out.
@@ -479,8 +469,16 @@ impl Api {
     // Live channel (owned by the live-updates work) ----------------------------------------
 
     /// Where each log the caller follows stands now (`GET /v1/positions`): one request that
-    /// lets a reconnecting live channel sync only the logs that moved.
-    pub async fn positions(&self) -> Result<audio_dedup_core::chat::Positions, ApiError> {
-        Ok(self.json(self.req(Method::GET, "/v1/positions")).await?.1)
+    /// lets a reconnecting live channel sync only the logs that moved. With `changed_since`
+    /// (an earlier answer's `as_of`) it lists only threads changed since.
+    pub async fn positions(
+        &self,
+        changed_since: Option<&str>,
+    ) -> Result<audio_dedup_core::chat::Positions, ApiError> {
+        let path = match changed_since {
+            Some(t) => format!("/v1/positions?changed_since={t}"),
+            None => "/v1/positions".to_owned(),
+        };
+        Ok(self.json(self.req(Method::GET, &path)).await?.1)
     }
 }

@@ -13,7 +13,9 @@
 //!   connection is opened first and the old one closed and drained after, so no poke falls
 //!   between them.
 //! - Catch-up: on every (re)connect one `GET /v1/positions`, compared with the cursors the
-//!   cache stored; only logs whose position moved are synced.
+//!   cache stored; only logs whose position moved are synced. From the second catch-up on it
+//!   passes the last answer's `as_of`, so the answer lists only threads changed since (a
+//!   sync that failed in between makes the next catch-up list them all again).
 //! - The app steers it: closed while paused, reopened on resume; `reconnect_now` reconnects
 //!   at once. A refused upgrade (401/403) asks the token provider for a fresh token once,
 //!   then waits for a new one.
@@ -100,6 +102,11 @@ impl Drop for LiveHandle {
 struct Pending {
     scopes: Mutex<BTreeSet<Scope>>,
     wake: Notify,
+    /// The last catch-up's `as_of`: the next one asks only for threads changed since.
+    as_of: Mutex<Option<String>>,
+    /// A sync failed since the last catch-up: its log may be behind although it did not
+    /// change since, so the next catch-up lists every thread.
+    sync_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Pending {
@@ -190,6 +197,9 @@ async fn sync_loop(client: &Client, pending: &Pending) {
             if let Err(e) = result {
                 // The next poke or reconnect syncs it again.
                 tracing::debug!(?scope, error = %e, "live sync failed");
+                pending
+                    .sync_failed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
             }
         }
     }
@@ -251,8 +261,26 @@ fn moved_logs(client: &Client, positions: &Positions) -> Result<Vec<Scope>, Clie
 /// After a (re)connect: syncs what moved while the channel was down. One request; if it
 /// fails (a server without `/v1/positions`, or no answer), every log is synced instead.
 async fn catch_up(client: &Client, pending: &Pending) {
-    let moved = match client.api().positions().await {
-        Ok(positions) => client.blocking(move |c| moved_logs(c, &positions)).await,
+    let since = match pending
+        .sync_failed
+        .swap(false, std::sync::atomic::Ordering::SeqCst)
+    {
+        true => None,
+        false => pending
+            .as_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    };
+    let moved = match client.api().positions(since.as_deref()).await {
+        Ok(positions) => {
+            let as_of = positions.as_of.clone();
+            let moved = client.blocking(move |c| moved_logs(c, &positions)).await;
+            if moved.is_ok() {
+                *pending.as_of.lock().unwrap_or_else(|p| p.into_inner()) = Some(as_of);
+            }
+            moved
+        }
         Err(e) => Err(e.into()),
     };
     let scopes = moved.unwrap_or_else(|e| {

@@ -266,7 +266,8 @@ async fn a_rotation_loses_no_poke() {
 /// that moved, not the thread list, not the library, not the other 17.
 #[tokio::test]
 async fn the_catch_up_after_a_disconnect_syncs_only_what_moved() {
-    let s = LiveServer::start(|_| {}).await;
+    // No margin: the threads were all made a moment ago, as if long before.
+    let s = LiveServer::start(|c| c.dedup.positions_margin = Duration::ZERO).await;
     let threads = threads_with_bob(&s, 20).await;
     let dir = tempfile::tempdir().expect("dir");
     let client = bob_on(&s, dir.path(), |_| {});
@@ -277,11 +278,21 @@ async fn the_catch_up_after_a_disconnect_syncs_only_what_moved() {
     .await;
     s.until_open(1, WAIT).await;
 
+    let before = client.api().positions(None).await.expect("positions");
+    assert_eq!(before.threads.len(), 20);
     client.pause();
     s.until_open(0, WAIT).await;
     for t in &threads[5..8] {
         post_to(&s, t, &format!("away-{t}")).await;
     }
+    // Asked with an earlier `as_of`, the answer lists the moved threads only.
+    let since = client
+        .api()
+        .positions(Some(&before.as_of))
+        .await
+        .expect("positions");
+    let listed: Vec<String> = since.threads.keys().map(|t| t.to_string()).collect();
+    assert_eq!(listed, threads[5..8].to_vec());
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.clear();
     client.resume();
@@ -297,6 +308,11 @@ async fn the_catch_up_after_a_disconnect_syncs_only_what_moved() {
         .filter(|l| !l.starts_with("GET /v1/live"))
         .collect();
     assert_eq!(s.requests_to("GET /v1/positions"), 1, "{log:?}");
+    assert_eq!(
+        s.requests_to("GET /v1/positions?changed_since="),
+        1,
+        "the second catch-up asks only for what changed: {log:?}"
+    );
     assert_eq!(s.requests_to("GET /v1/threads/"), 3, "{log:?}");
     assert_eq!(syncs.len(), 4, "positions + 3 syncs, nothing else: {log:?}");
     for t in &threads[5..8] {

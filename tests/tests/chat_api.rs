@@ -957,3 +957,65 @@ async fn a_big_snapshot_with_audio_the_caller_may_not_attach_stores_nothing() {
     }
     assert_eq!(s.dump(), before, "no snapshot object was staged");
 }
+
+async fn positions(c: &Client, query: &str) -> Reply {
+    c.call(
+        Method::GET,
+        "/v1/positions",
+        &format!("/v1/positions{query}"),
+        Body::None,
+    )
+    .await
+}
+
+/// `GET /v1/positions`: each log of the caller, and with `changed_since` only the threads
+/// that changed since an earlier answer's `as_of` (within the server's margin, which the
+/// default 5 minutes makes "every thread touched lately"). Strangers see none of it.
+#[tokio::test]
+async fn positions_name_the_callers_logs_and_what_changed() {
+    let s = TestServer::start().await;
+    let (alice, bob) = (s.client(ALICE), s.client(BOB));
+    for t in ["p1", "p2", "p3"] {
+        assert_eq!(
+            create_thread(&alice, t, &["bob"]).await.status,
+            StatusCode::CREATED
+        );
+    }
+    assert_eq!(
+        create_thread(&alice, "solo", &[]).await.status,
+        StatusCode::CREATED
+    );
+    let first = positions(&bob, "").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(
+        first.body["threads"],
+        json!({ "p1": "0", "p2": "0", "p3": "0" })
+    );
+    assert_eq!(first.body["feed"], "3");
+    assert_eq!(first.body["complete"], true);
+    let as_of = first.body["as_of"].as_str().expect("as_of").to_owned();
+
+    assert_eq!(
+        post(&alice, "p2", json!({ "id": "m1", "snapshot": {} }))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let since = positions(&bob, &format!("?changed_since={as_of}")).await;
+    assert_eq!(since.status, StatusCode::OK, "{}", since.body);
+    // p2 moved; p1 and p3 are inside the margin (made a moment ago) and listed unchanged.
+    assert_eq!(since.body["threads"]["p2"], "1");
+    assert_eq!(since.body["threads"]["p1"], "0");
+    // Far in the future: nothing changed since then.
+    let later = positions(&bob, "?changed_since=99999999999999").await;
+    assert_eq!(later.body["threads"], json!({}));
+
+    for bad in ["?changed_since=soon", "?changed_since=-1", "?since=1"] {
+        let r = positions(&bob, bad).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+    }
+    // A stranger's answer names none of their threads.
+    let carol = s.client(CAROL);
+    let theirs = positions(&carol, "").await;
+    assert_eq!(theirs.body["threads"], json!({}));
+}

@@ -65,12 +65,27 @@ pub async fn get_one<B: BlobStore, I: TransactionalIndex>(
     Ok(Json(t).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionsQuery {
+    /// An earlier answer's `as_of`: list only threads changed since.
+    changed_since: Option<String>,
+}
+
 /// `GET /v1/positions`: the position of each log the caller follows (the feed, the library,
-/// each of their threads), so a client that was away syncs only those that moved.
+/// each of their threads, or those changed since an earlier answer), so a client that was
+/// away syncs only those that moved.
 pub async fn positions<B: BlobStore, I: TransactionalIndex>(
     State(s): State<Arc<AppState<B, I>>>,
     caller: Caller,
+    StrictQuery(q): StrictQuery<PositionsQuery>,
 ) -> Result<Response, ApiError> {
-    let p = s.dedup.chat().positions(&caller.user).await?;
+    let since = match q.changed_since.as_deref() {
+        None => None,
+        Some(raw) => Some(
+            i64::try_from(audio_dedup_core::chat::parse_cursor(Some(raw))?).unwrap_or(i64::MAX),
+        ),
+    };
+    let p = s.dedup.chat().positions(&caller.user, since).await?;
     Ok(Json(p).into_response())
 }

@@ -28,8 +28,11 @@ pub struct Positions {
     pub feed: String,
     /// The library (`GET /v1/library?since=`).
     pub library: String,
-    /// Each thread the caller is a member of: its message log's `last_cursor`.
+    /// Each thread the caller is a member of (with `changed_since`: each that changed since
+    /// then): its message log's `last_cursor`.
     pub threads: BTreeMap<ThreadId, String>,
+    /// The server's time of this answer (ms): the next catch-up's `changed_since`.
+    pub as_of: String,
     /// False when the caller is in more than [`MAX_POSITION_THREADS`] threads and some are
     /// left out.
     pub complete: bool,
@@ -37,9 +40,18 @@ pub struct Positions {
 
 impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
     /// The caller's positions: two head reads, the feed (one query per 500 threads) and each
-    /// thread's record (16 at a time). The answer costs O(threads), the client's sync then
-    /// O(logs that moved).
-    pub async fn positions(&self, caller: &UserId) -> Result<Positions, DedupError> {
+    /// thread's record (16 at a time). With `changed_since` (an earlier answer's `as_of`) only
+    /// threads changed since then are listed, so the answer's size and the client's syncs
+    /// follow what moved; the reads stay O(the caller's threads).
+    pub async fn positions(
+        &self,
+        caller: &UserId,
+        changed_since: Option<i64>,
+    ) -> Result<Positions, DedupError> {
+        let as_of = self.core.now();
+        // `DedupConfig::positions_margin`: a change committed late is never missed.
+        let margin = i64::try_from(self.core.cfg.positions_margin.as_millis()).unwrap_or(i64::MAX);
+        let floor = changed_since.map(|t| t.saturating_sub(margin));
         let head_of = |key| async move {
             Ok::<Seq, DedupError>(
                 self.core
@@ -72,8 +84,8 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
                 let rec = self.core.load::<ThreadRecord>(&keys::thread(&id)).await?;
                 // Only threads that exist and still list the caller.
                 Ok::<_, DedupError>(rec.and_then(|t| {
-                    t.value
-                        .is_member(caller)
+                    let changed = floor.is_none_or(|f| t.value.updated_at >= f);
+                    (changed && t.value.is_member(caller))
                         .then(|| (id, t.value.last_seq.to_string()))
                 }))
             })
@@ -85,6 +97,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             feed: feed.to_string(),
             library: library.to_string(),
             threads,
+            as_of: as_of.to_string(),
             complete,
         })
     }

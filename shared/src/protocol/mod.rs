@@ -44,6 +44,11 @@ pub struct DedupConfig {
     /// How long a snapshot object no message records is kept before the sweep deletes it
     /// (a create puts the object, then commits the message).
     pub snapshot_grace: Duration,
+    /// How far before `changed_since` a thread's last change still counts as changed in
+    /// `GET /v1/positions` (5 min): more than a request's lifetime plus the servers' clock
+    /// skew, so a change stamped before an answer's `as_of` but committed after it is never
+    /// missed. Threads inside the margin are listed again and found unchanged.
+    pub positions_margin: Duration,
     /// Compare-and-swap attempts before answering `busy`.
     pub max_attempts: usize,
     /// Most reference adds to one audio committed in one transaction (1: one per
@@ -119,6 +124,7 @@ impl Default for DedupConfig {
             stats_shards: 16,
             snapshot_inline_max: 350_000,
             snapshot_grace: Duration::from_secs(15 * 60),
+            positions_margin: Duration::from_secs(5 * 60),
             max_attempts: 64,
             max_add_batch: 20,
             limits: Limits::default(),
