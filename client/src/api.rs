@@ -27,6 +27,8 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     auth: Auth,
+    /// The client's runtime: every public call is polled inside it (`runtime::in_runtime`).
+    rt: tokio::runtime::Handle,
     online: Arc<AtomicBool>,
     updates: Updates,
     /// Notified when requests get answers again (the background sender wakes on it).
@@ -107,6 +109,7 @@ impl Api {
     pub(crate) fn new(
         base: &str,
         auth: Auth,
+        rt: tokio::runtime::Handle,
         timeout: Duration,
         updates: Updates,
     ) -> Result<Self, ApiError> {
@@ -119,6 +122,7 @@ impl Api {
             http,
             base: base.trim_end_matches('/').to_owned(),
             auth,
+            rt,
             online: Arc::new(AtomicBool::new(true)),
             updates,
             back_online: None,
@@ -155,19 +159,25 @@ impl Api {
 
     /// The token to present now (the live channel's upgrade uses it too).
     pub async fn bearer_token(&self) -> Result<String, ApiError> {
-        match self.auth.token().await {
-            Ok(t) => Ok(t),
-            Err(why) => Err(self.signed_out(why)),
-        }
+        crate::runtime::in_runtime(&self.rt, async move {
+            match self.auth.token().await {
+                Ok(t) => Ok(t),
+                Err(why) => Err(self.signed_out(why)),
+            }
+        })
+        .await
     }
 
     /// `refused` got a 401 (or the live upgrade a 401/403): a fresh token from the provider,
     /// or `AuthRequired` (the client is then signed out until a new token comes).
     pub async fn token_refused(&self, refused: &str) -> Result<String, ApiError> {
-        match self.auth.refresh(refused).await {
-            Ok(t) => Ok(t),
-            Err(why) => Err(self.signed_out(why)),
-        }
+        crate::runtime::in_runtime(&self.rt, async move {
+            match self.auth.refresh(refused).await {
+                Ok(t) => Ok(t),
+                Err(why) => Err(self.signed_out(why)),
+            }
+        })
+        .await
     }
 
     /// Records that no usable token exists, tells the app once, and answers the error.
@@ -195,25 +205,30 @@ impl Api {
     /// 2xx. A 401 asks the token provider once for a fresh token and sends again; a second
     /// 401 (or no token) answers `AuthRequired`, which the queue waits out.
     pub async fn send(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
-        let token = self.bearer_token().await?;
-        // Bodies that stream (a file) cannot be sent twice; the queue sends them again.
-        let again = rb.try_clone();
-        match self.send_once(rb.bearer_auth(&token)).await {
-            Err(e) if e.status() == Some(401) => {}
-            other => return self.answered(other),
-        }
-        let fresh = self.token_refused(&token).await?;
-        let Some(rb) = again else {
-            return Err(ApiError::Retryable {
-                status: 401,
-                code: ErrorCode::Unauthorized,
-                retry_after: Some(Duration::ZERO),
-            });
-        };
-        match self.send_once(rb.bearer_auth(&fresh)).await {
-            Err(e) if e.status() == Some(401) => Err(self.signed_out(TokenUnavailable::Refused)),
-            other => self.answered(other),
-        }
+        crate::runtime::in_runtime(&self.rt, async move {
+            let token = self.bearer_token().await?;
+            // Bodies that stream (a file) cannot be sent twice; the queue sends them again.
+            let again = rb.try_clone();
+            match self.send_once(rb.bearer_auth(&token)).await {
+                Err(e) if e.status() == Some(401) => {}
+                other => return self.answered(other),
+            }
+            let fresh = self.token_refused(&token).await?;
+            let Some(rb) = again else {
+                return Err(ApiError::Retryable {
+                    status: 401,
+                    code: ErrorCode::Unauthorized,
+                    retry_after: Some(Duration::ZERO),
+                });
+            };
+            match self.send_once(rb.bearer_auth(&fresh)).await {
+                Err(e) if e.status() == Some(401) => {
+                    Err(self.signed_out(TokenUnavailable::Refused))
+                }
+                other => self.answered(other),
+            }
+        })
+        .await
     }
 
     /// An answer other than 401 to a request with a token: the token works.
@@ -286,16 +301,19 @@ impl Api {
         title: &str,
         members: &[String],
     ) -> Result<ThreadView, ApiError> {
-        let body = serde_json::json!({ "id": id, "title": title, "members": members });
-        let body = if id.is_none() {
-            serde_json::json!({ "title": title, "members": members })
-        } else {
-            body
-        };
-        Ok(self
-            .json(self.req(Method::POST, "/v1/threads").json(&body))
-            .await?
-            .1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let body = serde_json::json!({ "id": id, "title": title, "members": members });
+            let body = if id.is_none() {
+                serde_json::json!({ "title": title, "members": members })
+            } else {
+                body
+            };
+            Ok(self
+                .json(self.req(Method::POST, "/v1/threads").json(&body))
+                .await?
+                .1)
+        })
+        .await
     }
 
     pub async fn list_threads(
@@ -303,15 +321,21 @@ impl Api {
         since: &str,
         limit: usize,
     ) -> Result<Page<ThreadView>, ApiError> {
-        let path = format!("/v1/threads?since={since}&limit={limit}");
-        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let path = format!("/v1/threads?since={since}&limit={limit}");
+            Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        })
+        .await
     }
 
     pub async fn get_thread(&self, id: &ThreadId) -> Result<ThreadInfo, ApiError> {
-        Ok(self
-            .json(self.req(Method::GET, &format!("/v1/threads/{id}")))
-            .await?
-            .1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            Ok(self
+                .json(self.req(Method::GET, &format!("/v1/threads/{id}")))
+                .await?
+                .1)
+        })
+        .await
     }
 
     // Messages --------------------------------------------------------------------------
@@ -322,8 +346,11 @@ impl Api {
         after: &str,
         limit: usize,
     ) -> Result<Page<MessageView>, ApiError> {
-        let path = format!("/v1/threads/{thread}/messages?after={after}&limit={limit}");
-        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let path = format!("/v1/threads/{thread}/messages?after={after}&limit={limit}");
+            Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        })
+        .await
     }
 
     /// Creates (or, for an id the server has, answers) a message. Idempotent by `id`.
@@ -334,24 +361,30 @@ impl Api {
         snapshot: &RawValue,
         audio: Option<&AudioChoice>,
     ) -> Result<MessageView, ApiError> {
-        let body = NewMessageBody {
-            id,
-            snapshot,
-            audio: audio.map(AudioChoice::json),
-        };
-        let rb = self
-            .req(Method::POST, &format!("/v1/threads/{thread}/messages"))
-            .json(&body);
-        Ok(self.json(rb).await?.1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let body = NewMessageBody {
+                id,
+                snapshot,
+                audio: audio.map(AudioChoice::json),
+            };
+            let rb = self
+                .req(Method::POST, &format!("/v1/threads/{thread}/messages"))
+                .json(&body);
+            Ok(self.json(rb).await?.1)
+        })
+        .await
     }
 
     pub async fn delete_message(&self, thread: &ThreadId, id: &MessageId) -> Result<(), ApiError> {
-        self.send(self.req(
-            Method::DELETE,
-            &format!("/v1/threads/{thread}/messages/{id}"),
-        ))
+        crate::runtime::in_runtime(&self.rt, async move {
+            self.send(self.req(
+                Method::DELETE,
+                &format!("/v1/threads/{thread}/messages/{id}"),
+            ))
+            .await
+            .map(|_| ())
+        })
         .await
-        .map(|_| ())
     }
 
     /// A short-lived URL for a message's audio, for any member of its thread (404
@@ -361,17 +394,23 @@ impl Api {
         thread: &ThreadId,
         id: &MessageId,
     ) -> Result<AudioView, ApiError> {
-        let path = format!("/v1/threads/{thread}/messages/{id}/audio");
-        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let path = format!("/v1/threads/{thread}/messages/{id}/audio");
+            Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        })
+        .await
     }
 
     pub async fn snapshot(&self, id: &MessageId) -> Result<Bytes, ApiError> {
-        let res = self
-            .send(self.req(Method::GET, &format!("/v1/messages/{id}/snapshot")))
-            .await?;
-        res.bytes()
-            .await
-            .map_err(|e| ApiError::Offline(format!("reading the snapshot: {e}")))
+        crate::runtime::in_runtime(&self.rt, async move {
+            let res = self
+                .send(self.req(Method::GET, &format!("/v1/messages/{id}/snapshot")))
+                .await?;
+            res.bytes()
+                .await
+                .map_err(|e| ApiError::Offline(format!("reading the snapshot: {e}")))
+        })
+        .await
     }
 
     // Library ---------------------------------------------------------------------------
@@ -384,23 +423,31 @@ impl Api {
         audio: LibrarySource<'_>,
         title: &str,
     ) -> Result<LibraryItemView, ApiError> {
-        let body = match audio {
-            LibrarySource::Hash(h) => serde_json::json!({ "content_hash": h, "title": title }),
-            LibrarySource::Message(m) => serde_json::json!({ "from_message": m, "title": title }),
-        };
-        Ok(self
-            .json(
-                self.req(Method::PUT, &format!("/v1/library/{id}"))
-                    .json(&body),
-            )
-            .await?
-            .1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let body = match audio {
+                LibrarySource::Hash(h) => serde_json::json!({ "content_hash": h, "title": title }),
+                LibrarySource::Message(m) => {
+                    serde_json::json!({ "from_message": m, "title": title })
+                }
+            };
+            Ok(self
+                .json(
+                    self.req(Method::PUT, &format!("/v1/library/{id}"))
+                        .json(&body),
+                )
+                .await?
+                .1)
+        })
+        .await
     }
 
     pub async fn delete_library_item(&self, id: &LibraryItemId) -> Result<(), ApiError> {
-        self.send(self.req(Method::DELETE, &format!("/v1/library/{id}")))
-            .await
-            .map(|_| ())
+        crate::runtime::in_runtime(&self.rt, async move {
+            self.send(self.req(Method::DELETE, &format!("/v1/library/{id}")))
+                .await
+                .map(|_| ())
+        })
+        .await
     }
 
     pub async fn list_library(
@@ -408,8 +455,11 @@ impl Api {
         since: &str,
         limit: usize,
     ) -> Result<Page<LibraryItemView>, ApiError> {
-        let path = format!("/v1/library?since={since}&limit={limit}");
-        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let path = format!("/v1/library?since={since}&limit={limit}");
+            Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        })
+        .await
     }
 
     // Audio -----------------------------------------------------------------------------
@@ -421,14 +471,17 @@ impl Api {
         format: AudioFormat,
         reference: Option<(ReferenceKind, &str)>,
     ) -> Result<UploadSession, ApiError> {
-        let mut body = serde_json::json!({ "sha256": hash, "size": size, "format": format });
-        if let Some((kind, ref_id)) = reference {
-            body["reference"] = serde_json::json!({ "kind": kind, "ref_id": ref_id });
-        }
-        Ok(self
-            .json(self.req(Method::POST, "/v1/audio/uploads").json(&body))
-            .await?
-            .1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let mut body = serde_json::json!({ "sha256": hash, "size": size, "format": format });
+            if let Some((kind, ref_id)) = reference {
+                body["reference"] = serde_json::json!({ "kind": kind, "ref_id": ref_id });
+            }
+            Ok(self
+                .json(self.req(Method::POST, "/v1/audio/uploads").json(&body))
+                .await?
+                .1)
+        })
+        .await
     }
 
     pub async fn complete(
@@ -437,33 +490,42 @@ impl Api {
         session: &SessionId,
         proof: Option<&str>,
     ) -> Result<UploadResult, ApiError> {
-        let mut body = serde_json::json!({ "session_id": session });
-        if let Some(p) = proof {
-            body["proof"] = serde_json::json!(p);
-        }
-        Ok(self
-            .json(
-                self.req(Method::POST, &format!("/v1/audio/{hash}/complete"))
-                    .json(&body),
-            )
-            .await?
-            .1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let mut body = serde_json::json!({ "session_id": session });
+            if let Some(p) = proof {
+                body["proof"] = serde_json::json!(p);
+            }
+            Ok(self
+                .json(
+                    self.req(Method::POST, &format!("/v1/audio/{hash}/complete"))
+                        .json(&body),
+                )
+                .await?
+                .1)
+        })
+        .await
     }
 
     pub async fn describe(&self, hash: &ContentHash) -> Result<AudioView, ApiError> {
-        Ok(self
-            .json(self.req(Method::GET, &format!("/v1/audio/{hash}")))
-            .await?
-            .1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            Ok(self
+                .json(self.req(Method::GET, &format!("/v1/audio/{hash}")))
+                .await?
+                .1)
+        })
+        .await
     }
 
     pub async fn stats(&self) -> Result<Stats, ApiError> {
-        Ok(self.json(self.req(Method::GET, "/v1/audio/stats")).await?.1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            Ok(self.json(self.req(Method::GET, "/v1/audio/stats")).await?.1)
+        })
+        .await
     }
 
     /// A request to a URL the server signed (no bearer token: the signature is the grant).
     pub async fn send_signed(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
-        self.send_once(rb).await
+        crate::runtime::in_runtime(&self.rt, async move { self.send_once(rb).await }).await
     }
 
     // Live channel (owned by the live-updates work) ----------------------------------------
@@ -475,10 +537,13 @@ impl Api {
         &self,
         changed_since: Option<&str>,
     ) -> Result<audio_dedup_core::chat::Positions, ApiError> {
-        let path = match changed_since {
-            Some(t) => format!("/v1/positions?changed_since={t}"),
-            None => "/v1/positions".to_owned(),
-        };
-        Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        crate::runtime::in_runtime(&self.rt, async move {
+            let path = match changed_since {
+                Some(t) => format!("/v1/positions?changed_since={t}"),
+                None => "/v1/positions".to_owned(),
+            };
+            Ok(self.json(self.req(Method::GET, &path)).await?.1)
+        })
+        .await
     }
 }

@@ -327,28 +327,31 @@ impl Client {
         local_path_if_recorded: Option<&Path>,
         progress: Option<Progress<'_>>,
     ) -> Result<AudioHandle, ClientError> {
-        let hash = render.content_hash;
-        if let Some(local) = local_path_if_recorded {
-            match hash_file(local).await {
-                Ok((h, _)) if h == hash => {
-                    return Ok(AudioHandle::new(
-                        &self.audio.pins,
-                        hash,
-                        local.to_owned(),
-                        AudioSource::Recorded,
-                    ))
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let hash = render.content_hash;
+            if let Some(local) = local_path_if_recorded {
+                match hash_file(local).await {
+                    Ok((h, _)) if h == hash => {
+                        return Ok(AudioHandle::new(
+                            &self.audio.pins,
+                            hash,
+                            local.to_owned(),
+                            AudioSource::Recorded,
+                        ))
+                    }
+                    Ok((h, _)) => tracing::warn!(
+                        path = %local.display(), expected = %hash, found = %h,
+                        "the recorded file no longer matches its content; using the cache"
+                    ),
+                    Err(e) => tracing::debug!(
+                        path = %local.display(), error = %e,
+                        "the recorded file is unreadable; using the cache"
+                    ),
                 }
-                Ok((h, _)) => tracing::warn!(
-                    path = %local.display(), expected = %hash, found = %h,
-                    "the recorded file no longer matches its content; using the cache"
-                ),
-                Err(e) => tracing::debug!(
-                    path = %local.display(), error = %e,
-                    "the recorded file is unreadable; using the cache"
-                ),
             }
-        }
-        self.cached_or_fetched(hash, Origin::Hash, progress).await
+            self.cached_or_fetched(hash, Origin::Hash, progress).await
+        })
+        .await
     }
 
     /// A playable file for a message's audio, for any member of its thread: the cache (by
@@ -361,24 +364,27 @@ impl Client {
         message: &MessageId,
         progress: Option<Progress<'_>>,
     ) -> Result<AudioHandle, ClientError> {
-        let (t, m) = (thread.clone(), message.clone());
-        let known = self
-            .blocking(move |c| c.store.local_message(&t, &m))
-            .await?
-            .and_then(|m| m.audio)
-            .map(|r| r.content_hash);
-        match known {
-            Some(hash) => {
-                self.cached_or_fetched(hash, Origin::Message(thread, message), progress)
-                    .await
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let (t, m) = (thread.clone(), message.clone());
+            let known = self
+                .blocking(move |c| c.store.local_message(&t, &m))
+                .await?
+                .and_then(|m| m.audio)
+                .map(|r| r.content_hash);
+            match known {
+                Some(hash) => {
+                    self.cached_or_fetched(hash, Origin::Message(thread, message), progress)
+                        .await
+                }
+                None => {
+                    let view = self.api.message_audio(thread, message).await?;
+                    let hash = view.content_hash;
+                    self.cached_or_fetched(hash, Origin::Described(view), progress)
+                        .await
+                }
             }
-            None => {
-                let view = self.api.message_audio(thread, message).await?;
-                let hash = view.content_hash;
-                self.cached_or_fetched(hash, Origin::Described(view), progress)
-                    .await
-            }
-        }
+        })
+        .await
     }
 
     /// A playable file for content the caller holds (`GET /v1/audio/{hash}`), or that a
@@ -388,7 +394,10 @@ impl Client {
         hash: ContentHash,
         progress: Option<Progress<'_>>,
     ) -> Result<AudioHandle, ClientError> {
-        self.cached_or_fetched(hash, Origin::Hash, progress).await
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            self.cached_or_fetched(hash, Origin::Hash, progress).await
+        })
+        .await
     }
 
     /// The cached file, or a download from `origin`; pinned while the handle lives.

@@ -111,6 +111,7 @@ impl Client {
         let api = Api::new(
             &cfg.base_url,
             auth.clone(),
+            rt.handle().clone(),
             cfg.request_timeout,
             updates.clone(),
         )?

@@ -46,18 +46,21 @@ impl Client {
     /// Fetches only the library's changes after the stored cursor and merges them by id;
     /// each page commits with its cursor. `new` counts items added or changed.
     pub async fn sync_library(&self) -> Result<SyncReport, ClientError> {
-        let report = self
-            .sync_log(Scope::Library, |cursor| async move {
-                self.api.list_library(&cursor, SYNC_PAGE).await
-            })
-            .await?;
-        if report.new + report.deleted > 0 {
-            self.updates.send(Update::LibrarySynced {
-                changed: report.new,
-                deleted: report.deleted,
-            });
-        }
-        Ok(report)
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let report = self
+                .sync_log(Scope::Library, |cursor| async move {
+                    self.api.list_library(&cursor, SYNC_PAGE).await
+                })
+                .await?;
+            if report.new + report.deleted > 0 {
+                self.updates.send(Update::LibrarySynced {
+                    changed: report.new,
+                    deleted: report.deleted,
+                });
+            }
+            Ok(report)
+        })
+        .await
     }
 
     /// Puts a library item (new, or a new title or audio for an existing one). Shown at once
@@ -69,95 +72,101 @@ impl Client {
         audio: LibraryAudio,
         title: &str,
     ) -> Result<LibraryItem, ClientError> {
-        if audio_dedup_core::Title::new(title).is_err() {
-            return Err(ClientError::InvalidInput(
-                "a title is 1 to 200 characters, not blank, no control characters".into(),
-            ));
-        }
-        let (render, upload, from_message) = match audio {
-            LibraryAudio::Uploaded(r) => (Some(r), None, None),
-            LibraryAudio::File { path, format } => {
-                let (hash, _) = hash_file(&path).await?;
-                let r = AudioRender {
-                    content_hash: hash,
-                    format,
-                };
-                (Some(r), Some((path, r)), None)
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            if audio_dedup_core::Title::new(title).is_err() {
+                return Err(ClientError::InvalidInput(
+                    "a title is 1 to 200 characters, not blank, no control characters".into(),
+                ));
             }
-            LibraryAudio::FromMessage(m) => {
-                let source = m.clone();
-                let render = self
-                    .blocking(move |c| c.store.message_render(&source))
-                    .await?;
-                (render, None, Some(m))
-            }
-        };
-        let now = self.cfg.now_ms();
-        let op = QueuedOp::PutLibraryItem {
-            item_id: id.clone(),
-            content_hash: match from_message {
-                Some(_) => None,
-                None => render.map(|r| r.content_hash),
-            },
-            from_message: from_message.clone(),
-            title: title.to_owned(),
-        };
-        let (item, title) = (id.clone(), title.to_owned());
-        self.blocking(move |c| {
-            c.store.write_durable(|tx| {
-                tx.put_local_library_item(&LocalPut {
-                    id: &item,
-                    title: &title,
-                    render,
-                    from_message: from_message.as_ref(),
-                    now_ms: now,
-                })?;
-                let upload = upload.as_ref().map(|(p, r)| (p.as_path(), *r));
-                Ok(tx.enqueue_after_upload(&Lane::Library, upload, &op, now)?)
+            let (render, upload, from_message) = match audio {
+                LibraryAudio::Uploaded(r) => (Some(r), None, None),
+                LibraryAudio::File { path, format } => {
+                    let (hash, _) = hash_file(&path).await?;
+                    let r = AudioRender {
+                        content_hash: hash,
+                        format,
+                    };
+                    (Some(r), Some((path, r)), None)
+                }
+                LibraryAudio::FromMessage(m) => {
+                    let source = m.clone();
+                    let render = self
+                        .blocking(move |c| c.store.message_render(&source))
+                        .await?;
+                    (render, None, Some(m))
+                }
+            };
+            let now = self.cfg.now_ms();
+            let op = QueuedOp::PutLibraryItem {
+                item_id: id.clone(),
+                content_hash: match from_message {
+                    Some(_) => None,
+                    None => render.map(|r| r.content_hash),
+                },
+                from_message: from_message.clone(),
+                title: title.to_owned(),
+            };
+            let (item, title) = (id.clone(), title.to_owned());
+            self.blocking(move |c| {
+                c.store.write_durable(|tx| {
+                    tx.put_local_library_item(&LocalPut {
+                        id: &item,
+                        title: &title,
+                        render,
+                        from_message: from_message.as_ref(),
+                        now_ms: now,
+                    })?;
+                    let upload = upload.as_ref().map(|(p, r)| (p.as_path(), *r));
+                    Ok(tx.enqueue_after_upload(&Lane::Library, upload, &op, now)?)
+                })
             })
+            .await?;
+            self.updates.send(Update::LibraryItem {
+                item_id: id.clone(),
+                state: SendState::Sending,
+                error: None,
+            });
+            self.announce_queue_async().await;
+            self.bg.wake();
+            let _ = self.process_lane(&Lane::Library).await;
+            let item = id.clone();
+            self.blocking(move |c| c.store.library_item(&item, false))
+                .await?
+                .ok_or_else(|| ClientError::NotFound(format!("library item {id}")))
         })
-        .await?;
-        self.updates.send(Update::LibraryItem {
-            item_id: id.clone(),
-            state: SendState::Sending,
-            error: None,
-        });
-        self.announce_queue_async().await;
-        self.bg.wake();
-        let _ = self.process_lane(&Lane::Library).await;
-        let item = id.clone();
-        self.blocking(move |c| c.store.library_item(&item, false))
-            .await?
-            .ok_or_else(|| ClientError::NotFound(format!("library item {id}")))
+        .await
     }
 
     /// Deletes a library item optimistically: it leaves the list at once and the deletion is
     /// queued in the `library` lane (after any put of it still queued).
     pub async fn delete_library_item(&self, id: &LibraryItemId) -> Result<(), ClientError> {
-        let now = self.cfg.now_ms();
-        let item = id.clone();
-        let found = self
-            .blocking(move |c| {
-                c.store.write_durable(|tx| {
-                    if !tx.mark_library_item_deleted(&item)? {
-                        return Ok(false);
-                    }
-                    let delete = QueuedOp::DeleteLibraryItem { item_id: item };
-                    tx.enqueue(&Lane::Library, &delete, None, now)?;
-                    Ok(true)
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let now = self.cfg.now_ms();
+            let item = id.clone();
+            let found = self
+                .blocking(move |c| {
+                    c.store.write_durable(|tx| {
+                        if !tx.mark_library_item_deleted(&item)? {
+                            return Ok(false);
+                        }
+                        let delete = QueuedOp::DeleteLibraryItem { item_id: item };
+                        tx.enqueue(&Lane::Library, &delete, None, now)?;
+                        Ok(true)
+                    })
                 })
-            })
-            .await?;
-        if !found {
-            return Err(ClientError::NotFound(format!("library item {id}")));
-        }
-        self.updates.send(Update::LibraryItemRemoved {
-            item_id: id.clone(),
-        });
-        self.announce_queue_async().await;
-        self.bg.wake();
-        let _ = self.process_lane(&Lane::Library).await;
-        Ok(())
+                .await?;
+            if !found {
+                return Err(ClientError::NotFound(format!("library item {id}")));
+            }
+            self.updates.send(Update::LibraryItemRemoved {
+                item_id: id.clone(),
+            });
+            self.announce_queue_async().await;
+            self.bg.wake();
+            let _ = self.process_lane(&Lane::Library).await;
+            Ok(())
+        })
+        .await
     }
 
     /// A playable file for a library item's audio: the cache, or a download
@@ -167,17 +176,20 @@ impl Client {
         id: &LibraryItemId,
         progress: Option<Progress<'_>>,
     ) -> Result<AudioHandle, ClientError> {
-        let item = id.clone();
-        let item = self
-            .blocking(move |c| c.store.library_item(&item, true))
-            .await?
-            .ok_or_else(|| ClientError::NotFound(format!("library item {id}")))?;
-        let hash = item.content_hash.ok_or_else(|| {
-            ClientError::NotFound(format!(
-                "library item {id} has no known audio yet (sync the library)"
-            ))
-        })?;
-        self.audio_by_hash(hash, progress).await
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let item = id.clone();
+            let item = self
+                .blocking(move |c| c.store.library_item(&item, true))
+                .await?
+                .ok_or_else(|| ClientError::NotFound(format!("library item {id}")))?;
+            let hash = item.content_hash.ok_or_else(|| {
+                ClientError::NotFound(format!(
+                    "library item {id} has no known audio yet (sync the library)"
+                ))
+            })?;
+            self.audio_by_hash(hash, progress).await
+        })
+        .await
     }
 
     /// Sends a queued put. PUT by id is idempotent: a resend after a lost answer applies once.

@@ -56,42 +56,45 @@ impl Client {
     /// sent with this client's token); nothing is sent or written afterwards. Reads still
     /// work; the next user opens a new `Client`.
     pub async fn clear_all(&self) -> Result<(), ClientError> {
-        self.store.close();
-        self.bg.stop();
-        // A pass in flight checks the flag before each operation: it ends after this one.
-        let _turn = self.lanes.all().await;
-        self.blocking(|c| c.store.wipe_all()).await?;
-        self.updates.send(Update::Queue {
-            pending: 0,
-            failed: 0,
-        });
-        self.blocking(|c| {
-            empty_dir(&c.audio.dir)?;
-            std::fs::create_dir_all(&c.audio.dir)?;
-            if let Ok(entries) = std::fs::read_dir(&c.cfg.data_dir) {
-                for e in entries.flatten() {
-                    if e.file_name()
-                        .to_string_lossy()
-                        .starts_with("cache.sqlite.corrupt-")
-                    {
-                        std::fs::remove_file(e.path())?;
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            self.store.close();
+            self.bg.stop();
+            // A pass in flight checks the flag before each operation: it ends after this one.
+            let _turn = self.lanes.all().await;
+            self.blocking(|c| c.store.wipe_all()).await?;
+            self.updates.send(Update::Queue {
+                pending: 0,
+                failed: 0,
+            });
+            self.blocking(|c| {
+                empty_dir(&c.audio.dir)?;
+                std::fs::create_dir_all(&c.audio.dir)?;
+                if let Ok(entries) = std::fs::read_dir(&c.cfg.data_dir) {
+                    for e in entries.flatten() {
+                        if e.file_name()
+                            .to_string_lossy()
+                            .starts_with("cache.sqlite.corrupt-")
+                        {
+                            std::fs::remove_file(e.path())?;
+                        }
                     }
                 }
+                Ok(())
+            })
+            .await?;
+            // Nothing of this client touches the folder any more: the next user's may open it.
+            if let Some(f) = &self.folder {
+                f.release();
+            }
+            drop(_turn);
+            // Best effort: the rows are gone already; this only returns their pages to the
+            // file system and drops the old contents from the WAL.
+            if let Err(e) = self.blocking(|c| c.store.compact()).await {
+                tracing::warn!(error = %e, "compacting the cache after clear_all failed");
             }
             Ok(())
         })
-        .await?;
-        // Nothing of this client touches the folder any more: the next user's may open it.
-        if let Some(f) = &self.folder {
-            f.release();
-        }
-        drop(_turn);
-        // Best effort: the rows are gone already; this only returns their pages to the
-        // file system and drops the old contents from the WAL.
-        if let Err(e) = self.blocking(|c| c.store.compact()).await {
-            tracing::warn!(error = %e, "compacting the cache after clear_all failed");
-        }
-        Ok(())
+        .await
     }
 }
 

@@ -86,19 +86,22 @@ impl Client {
     /// never skips or repeats a change. A cursor the server no longer recognises
     /// (`409 cursor_unknown`) restarts the sync from the beginning.
     pub async fn sync_messages(&self, thread: &ThreadId) -> Result<SyncReport, ClientError> {
-        let report = self
-            .sync_log(Scope::Messages(thread.clone()), |cursor| async move {
-                self.api.list_messages(thread, &cursor, SYNC_PAGE).await
-            })
-            .await?;
-        if report.new + report.deleted > 0 {
-            self.updates.send(Update::MessagesSynced {
-                thread_id: thread.clone(),
-                new: report.new,
-                deleted: report.deleted,
-            });
-        }
-        Ok(report)
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let report = self
+                .sync_log(Scope::Messages(thread.clone()), |cursor| async move {
+                    self.api.list_messages(thread, &cursor, SYNC_PAGE).await
+                })
+                .await?;
+            if report.new + report.deleted > 0 {
+                self.updates.send(Update::MessagesSynced {
+                    thread_id: thread.clone(),
+                    new: report.new,
+                    deleted: report.deleted,
+                });
+            }
+            Ok(report)
+        })
+        .await
     }
 
     /// Merges messages received outside a sync (a push, another device's answer) into the
@@ -125,92 +128,95 @@ impl Client {
         snapshot: &serde_json::Value,
         audio: Option<Attachment>,
     ) -> Result<LocalMessage, ClientError> {
-        if snapshot.is_null() {
-            return Err(ClientError::InvalidInput(
-                "a snapshot is a JSON value other than null".into(),
-            ));
-        }
-        let snapshot = RawValue::from_string(serde_json::to_string(snapshot)?)?;
-        let id: MessageId = uuid::Uuid::now_v7()
-            .to_string()
-            .parse()
-            .map_err(|e| ClientError::Corrupt(format!("{e}")))?;
-        let mut from_message = None;
-        let (render, upload) = match audio {
-            None => (None, None),
-            Some(Attachment::Uploaded(r)) => (Some(r), None),
-            Some(Attachment::File { path, format }) => {
-                let (hash, _) = hash_file(&path).await?;
-                let render = AudioRender {
-                    content_hash: hash,
-                    format,
-                };
-                (Some(render), Some((path, render)))
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            if snapshot.is_null() {
+                return Err(ClientError::InvalidInput(
+                    "a snapshot is a JSON value other than null".into(),
+                ));
             }
-            Some(Attachment::FromMessage(source)) => {
-                let m = source.clone();
-                let render = self.blocking(move |c| c.store.message_render(&m)).await?;
-                from_message = Some(source);
-                (render, None)
-            }
-        };
-        let now = self.cfg.now_ms();
-        let view = MessageView {
-            id: id.clone(),
-            thread_id: thread.clone(),
-            author: "me"
+            let snapshot = RawValue::from_string(serde_json::to_string(snapshot)?)?;
+            let id: MessageId = uuid::Uuid::now_v7()
+                .to_string()
                 .parse()
-                .map_err(|e| ClientError::Corrupt(format!("{e}")))?,
-            cursor: String::new(),
-            created_at: now,
-            state: EntryState::Live,
-            deleted_at: None,
-            audio: render,
-            snapshot: Some(SnapshotInfo {
-                size: snapshot.get().len() as u64,
-                sha256: ContentHash::of(snapshot.get().as_bytes()),
-            }),
-        };
-        let draft = Draft {
-            snapshot,
-            audio: render,
-            from_message,
-        };
-        let lane = Lane::Thread(thread.clone());
-        let queued_lane = lane.clone();
-        let capacity = self.cfg.snapshot_capacity;
-        let counts = self
-            .blocking(move |c| {
-                c.store.write_durable(|tx| {
-                    tx.insert_unsent_message(&view, &draft)?;
-                    // The snapshot is known locally: keep it, so showing it needs no download.
-                    tx.remember_snapshot(&view.id, draft.snapshot.get().as_bytes())?;
-                    let create = QueuedOp::CreateMessage {
-                        thread_id: view.thread_id.clone(),
-                        message_id: view.id.clone(),
+                .map_err(|e| ClientError::Corrupt(format!("{e}")))?;
+            let mut from_message = None;
+            let (render, upload) = match audio {
+                None => (None, None),
+                Some(Attachment::Uploaded(r)) => (Some(r), None),
+                Some(Attachment::File { path, format }) => {
+                    let (hash, _) = hash_file(&path).await?;
+                    let render = AudioRender {
+                        content_hash: hash,
+                        format,
                     };
-                    let upload = upload.as_ref().map(|(p, r)| (p.as_path(), *r));
-                    tx.enqueue_after_upload(&queued_lane, upload, &create, now)?;
-                    Ok(())
-                })?;
-                // Outside the durable transaction: the LRU bound.
-                c.store.evict_snapshots(capacity)?;
-                c.store.queue_counts()
-            })
-            .await?;
-        self.updates.send(Update::Message {
-            thread_id: thread.clone(),
-            message_id: id.clone(),
-            state: SendState::Sending,
-            error: None,
-        });
-        self.announce_counts(counts);
-        self.bg.wake();
-        let _ = self.process_lane(&lane).await;
-        let (t, m) = (thread.clone(), id.clone());
-        self.blocking(move |c| c.store.local_message(&t, &m))
-            .await?
-            .ok_or_else(|| ClientError::NotFound(format!("message {id}")))
+                    (Some(render), Some((path, render)))
+                }
+                Some(Attachment::FromMessage(source)) => {
+                    let m = source.clone();
+                    let render = self.blocking(move |c| c.store.message_render(&m)).await?;
+                    from_message = Some(source);
+                    (render, None)
+                }
+            };
+            let now = self.cfg.now_ms();
+            let view = MessageView {
+                id: id.clone(),
+                thread_id: thread.clone(),
+                author: "me"
+                    .parse()
+                    .map_err(|e| ClientError::Corrupt(format!("{e}")))?,
+                cursor: String::new(),
+                created_at: now,
+                state: EntryState::Live,
+                deleted_at: None,
+                audio: render,
+                snapshot: Some(SnapshotInfo {
+                    size: snapshot.get().len() as u64,
+                    sha256: ContentHash::of(snapshot.get().as_bytes()),
+                }),
+            };
+            let draft = Draft {
+                snapshot,
+                audio: render,
+                from_message,
+            };
+            let lane = Lane::Thread(thread.clone());
+            let queued_lane = lane.clone();
+            let capacity = self.cfg.snapshot_capacity;
+            let counts = self
+                .blocking(move |c| {
+                    c.store.write_durable(|tx| {
+                        tx.insert_unsent_message(&view, &draft)?;
+                        // The snapshot is known locally: keep it, so showing it needs no download.
+                        tx.remember_snapshot(&view.id, draft.snapshot.get().as_bytes())?;
+                        let create = QueuedOp::CreateMessage {
+                            thread_id: view.thread_id.clone(),
+                            message_id: view.id.clone(),
+                        };
+                        let upload = upload.as_ref().map(|(p, r)| (p.as_path(), *r));
+                        tx.enqueue_after_upload(&queued_lane, upload, &create, now)?;
+                        Ok(())
+                    })?;
+                    // Outside the durable transaction: the LRU bound.
+                    c.store.evict_snapshots(capacity)?;
+                    c.store.queue_counts()
+                })
+                .await?;
+            self.updates.send(Update::Message {
+                thread_id: thread.clone(),
+                message_id: id.clone(),
+                state: SendState::Sending,
+                error: None,
+            });
+            self.announce_counts(counts);
+            self.bg.wake();
+            let _ = self.process_lane(&lane).await;
+            let (t, m) = (thread.clone(), id.clone());
+            self.blocking(move |c| c.store.local_message(&t, &m))
+                .await?
+                .ok_or_else(|| ClientError::NotFound(format!("message {id}")))
+        })
+        .await
     }
 
     /// Deletes a message optimistically. A message whose create never left the device is
@@ -220,47 +226,50 @@ impl Client {
         thread: &ThreadId,
         id: &MessageId,
     ) -> Result<(), ClientError> {
-        let now = self.cfg.now_ms();
-        let lane = Lane::Thread(thread.clone());
-        let _turn = self.lanes.lane(&lane).await;
-        let (t, m, l) = (thread.clone(), id.clone(), lane.clone());
-        let deleted = self
-            .blocking(move |c| {
-                c.store.write_durable(|tx| {
-                    let Some(seq) = tx.live_message_seq(&t, &m)? else {
-                        return Ok(Deleted::Missing);
-                    };
-                    if seq.is_none() {
-                        if let Some(create) = tx.queued_create(&t, &m)? {
-                            tx.cancel_op(&create)?;
-                            tx.remove_message(&t, &m)?;
-                            return Ok(Deleted::Cancelled);
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let now = self.cfg.now_ms();
+            let lane = Lane::Thread(thread.clone());
+            let _turn = self.lanes.lane(&lane).await;
+            let (t, m, l) = (thread.clone(), id.clone(), lane.clone());
+            let deleted = self
+                .blocking(move |c| {
+                    c.store.write_durable(|tx| {
+                        let Some(seq) = tx.live_message_seq(&t, &m)? else {
+                            return Ok(Deleted::Missing);
+                        };
+                        if seq.is_none() {
+                            if let Some(create) = tx.queued_create(&t, &m)? {
+                                tx.cancel_op(&create)?;
+                                tx.remove_message(&t, &m)?;
+                                return Ok(Deleted::Cancelled);
+                            }
                         }
-                    }
-                    tx.mark_message_deleted(&t, &m)?;
-                    let delete = QueuedOp::DeleteMessage {
-                        thread_id: t.clone(),
-                        message_id: m.clone(),
-                    };
-                    tx.enqueue(&l, &delete, None, now)?;
-                    Ok(Deleted::Queued)
+                        tx.mark_message_deleted(&t, &m)?;
+                        let delete = QueuedOp::DeleteMessage {
+                            thread_id: t.clone(),
+                            message_id: m.clone(),
+                        };
+                        tx.enqueue(&l, &delete, None, now)?;
+                        Ok(Deleted::Queued)
+                    })
                 })
-            })
-            .await?;
-        drop(_turn);
-        if let Deleted::Missing = deleted {
-            return Err(ClientError::NotFound(format!("message {id}")));
-        }
-        self.updates.send(Update::MessageRemoved {
-            thread_id: thread.clone(),
-            message_id: id.clone(),
-        });
-        self.announce_queue_async().await;
-        if let Deleted::Queued = deleted {
-            self.bg.wake();
-            let _ = self.process_lane(&lane).await;
-        }
-        Ok(())
+                .await?;
+            drop(_turn);
+            if let Deleted::Missing = deleted {
+                return Err(ClientError::NotFound(format!("message {id}")));
+            }
+            self.updates.send(Update::MessageRemoved {
+                thread_id: thread.clone(),
+                message_id: id.clone(),
+            });
+            self.announce_queue_async().await;
+            if let Deleted::Queued = deleted {
+                self.bg.wake();
+                let _ = self.process_lane(&lane).await;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The thread of a cached message (message ids are global).

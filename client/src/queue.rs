@@ -299,13 +299,19 @@ impl Client {
     /// failed for want of an answer (or a 5xx/408). An explicit Retry-After (429/503) is still
     /// honoured: that operation, and its lane behind it, wait until then.
     pub async fn process_queue(&self) -> Result<QueueReport, ClientError> {
-        self.process(None, Pass::Now).await
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            self.process(None, Pass::Now).await
+        })
+        .await
     }
 
     /// Sends what is due, honouring the backoff and Retry-After: what the background sender
     /// runs. Stops a lane at an operation that must wait; other lanes go on.
     pub async fn process_due(&self) -> Result<QueueReport, ClientError> {
-        self.process(None, Pass::Due).await
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            self.process(None, Pass::Due).await
+        })
+        .await
     }
 
     /// `process_due` for one lane only (right after an enqueue).

@@ -101,3 +101,31 @@ impl FolderLock {
         self.file.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
+
+/// Polls `fut` with the client's runtime entered, so a public async method works when the
+/// app awaits it from a thread, or an executor, that is not tokio's: its timers, spawns and
+/// sockets find the client's runtime.
+pub(crate) struct InRuntime<F> {
+    handle: Handle,
+    fut: std::pin::Pin<Box<F>>,
+}
+
+impl<F: std::future::Future> std::future::Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let _entered = self.handle.enter();
+        self.fut.as_mut().poll(cx)
+    }
+}
+
+/// [`InRuntime`] over `fut`.
+pub(crate) fn in_runtime<F: std::future::Future>(handle: &Handle, fut: F) -> InRuntime<F> {
+    InRuntime {
+        handle: handle.clone(),
+        fut: Box::pin(fut),
+    }
+}

@@ -13,26 +13,29 @@ impl Client {
     /// the SHA-256 the message carries when known, and cached. Every call makes it the most
     /// recently used; the least recently used beyond the capacity are evicted.
     pub async fn snapshot(&self, id: &MessageId) -> Result<Bytes, ClientError> {
-        let m = id.clone();
-        let cached = self.blocking(move |c| c.store.cached_snapshot(&m)).await?;
-        if let Some(json) = cached {
-            return Ok(Bytes::from(json));
-        }
-        let body = self.api.snapshot(id).await?;
-        let m = id.clone();
-        if let Some(expected) = self.blocking(move |c| c.store.snapshot_sha(&m)).await? {
-            if ContentHash::of(&body) != expected {
-                return Err(ClientError::HashMismatch(expected.to_string()));
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let m = id.clone();
+            let cached = self.blocking(move |c| c.store.cached_snapshot(&m)).await?;
+            if let Some(json) = cached {
+                return Ok(Bytes::from(json));
             }
-        }
-        let (m, json, capacity) = (id.clone(), body.clone(), self.cfg.snapshot_capacity);
-        self.blocking(move |c| {
-            c.store
-                .write_cache(|tx| Ok(tx.remember_snapshot(&m, &json)?))?;
-            c.store.evict_snapshots(capacity)
+            let body = self.api.snapshot(id).await?;
+            let m = id.clone();
+            if let Some(expected) = self.blocking(move |c| c.store.snapshot_sha(&m)).await? {
+                if ContentHash::of(&body) != expected {
+                    return Err(ClientError::HashMismatch(expected.to_string()));
+                }
+            }
+            let (m, json, capacity) = (id.clone(), body.clone(), self.cfg.snapshot_capacity);
+            self.blocking(move |c| {
+                c.store
+                    .write_cache(|tx| Ok(tx.remember_snapshot(&m, &json)?))?;
+                c.store.evict_snapshots(capacity)
+            })
+            .await?;
+            Ok(body)
         })
-        .await?;
-        Ok(body)
+        .await
     }
 
     /// Message ids of the cached snapshots, most recently used first.

@@ -39,16 +39,19 @@ impl Client {
 
     /// Syncs the thread list now: the feed after the stored cursor.
     pub async fn sync_threads(&self) -> Result<usize, ClientError> {
-        let report = self
-            .sync_log(Scope::Threads, |cursor| async move {
-                self.api.list_threads(&cursor, SYNC_PAGE).await
-            })
-            .await?;
-        let changed = report.new;
-        if changed > 0 {
-            self.updates.send(Update::ThreadsChanged { count: changed });
-        }
-        Ok(changed)
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let report = self
+                .sync_log(Scope::Threads, |cursor| async move {
+                    self.api.list_threads(&cursor, SYNC_PAGE).await
+                })
+                .await?;
+            let changed = report.new;
+            if changed > 0 {
+                self.updates.send(Update::ThreadsChanged { count: changed });
+            }
+            Ok(changed)
+        })
+        .await
     }
 
     /// Creates a thread on the server (online only) and caches it.
@@ -58,15 +61,21 @@ impl Client {
         title: &str,
         members: &[String],
     ) -> Result<ThreadView, ClientError> {
-        let t = self.api.create_thread(id, title, members).await?;
-        let cached = t.clone();
-        self.blocking(move |c| c.store.write_cache(|tx| Ok(tx.put_thread(&cached)?)))
-            .await?;
-        Ok(t)
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let t = self.api.create_thread(id, title, members).await?;
+            let cached = t.clone();
+            self.blocking(move |c| c.store.write_cache(|tx| Ok(tx.put_thread(&cached)?)))
+                .await?;
+            Ok(t)
+        })
+        .await
     }
 
     /// The thread as the server has it now, with its newest cursor.
     pub async fn thread_info(&self, id: &ThreadId) -> Result<ThreadInfo, ClientError> {
-        Ok(self.api.get_thread(id).await?)
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            Ok(self.api.get_thread(id).await?)
+        })
+        .await
     }
 }

@@ -147,10 +147,13 @@ impl Client {
         format: AudioFormat,
         progress: Option<Progress<'_>>,
     ) -> Result<UploadOutcome, ClientError> {
-        tracing::info!(path = %path.display(), "calculating content hash");
-        let (hash, size) = hash_file(path).await?;
-        tracing::info!(%hash, size, "file hash");
-        self.upload_hashed(path, hash, size, format, progress).await
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            tracing::info!(path = %path.display(), "calculating content hash");
+            let (hash, size) = hash_file(path).await?;
+            tracing::info!(%hash, size, "file hash");
+            self.upload_hashed(path, hash, size, format, progress).await
+        })
+        .await
     }
 
     /// Uploads a queued file, checking it still hashes to what was queued. A file that

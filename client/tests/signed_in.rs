@@ -381,3 +381,60 @@ async fn a_slow_thread_does_not_hold_back_another() {
         "the slow thread's message got through too"
     );
 }
+
+/// The smallest executor that is not tokio: polls one future on this thread, parking between
+/// wake-ups (as an app's UI executor or another async runtime would drive the client).
+fn block_on_plain<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never finished"
+        );
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+/// An app that does not run tokio opens the client on its UI thread and awaits its calls on
+/// an executor of its own: every call works (the client runs them inside its own runtime).
+#[test]
+fn calls_work_from_a_thread_and_an_executor_that_are_not_tokio() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server_rt = tokio::runtime::Runtime::new().expect("server runtime");
+    let server = server_rt.block_on(Server::start(
+        &dir.path().join("server"),
+        "127.0.0.1:0".parse().expect("addr"),
+    ));
+    let url = server.url();
+    let handle = std::thread::spawn(move || {
+        assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "no tokio here"
+        );
+        let c = Client::open(ClientConfig::new(url, ALICE, dir.path().join("c"))).expect("open");
+        let thread = tid("plain");
+        block_on_plain(c.create_thread(Some(&thread), "Plain", &[])).expect("create");
+        let m = block_on_plain(c.send_message(&thread, &json!({"from": "a UI thread"}), None))
+            .expect("send");
+        assert_eq!(m.send_state, SendState::Sent);
+        block_on_plain(c.sync_threads()).expect("sync");
+        assert_eq!(c.threads().expect("threads").len(), 1);
+        c.pause();
+        c.resume();
+        c.reconnect_now();
+    });
+    handle.join().expect("the app thread did not panic");
+    drop(server);
+}
