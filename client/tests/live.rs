@@ -23,30 +23,6 @@ fn bob(url: &str, dir: &std::path::Path) -> Client {
     Client::open(c).expect("open bob")
 }
 
-async fn post(s: &Server, thread: &str, id: &str) {
-    let (st, v) = s
-        .call(
-            ALICE,
-            Method::POST,
-            &format!("/v1/threads/{thread}/messages"),
-            Some(json!({ "id": id, "snapshot": { "n": id } })),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-}
-
-async fn post_to(s: &LiveServer, thread: &str, id: &str) {
-    let (st, v) = s
-        .call(
-            ALICE,
-            Method::POST,
-            &format!("/v1/threads/{thread}/messages"),
-            Some(json!({ "id": id, "snapshot": { "n": id } })),
-        )
-        .await;
-    assert_eq!(st, 201, "{v}");
-}
-
 /// Waits for bob's cache to hold exactly `want` in `thread`, watching his update stream.
 async fn until_cached(client: &Client, thread: &ThreadId, want: &[&str]) {
     let mut updates = client.subscribe();
@@ -89,7 +65,7 @@ async fn a_message_reaches_the_other_member_without_any_call_from_the_app() {
     let live = client.go_live();
 
     // The thread list is synced on connect; the message arrives by a poke.
-    post(&server, "jam", "m1").await;
+    post_as_alice(&server.url(), "jam", "m1").await;
     until_cached(&client, &thread, &["m1"]).await;
     let mut saw_sync = false;
     while let Ok(u) = updates.try_recv() {
@@ -101,9 +77,9 @@ async fn a_message_reaches_the_other_member_without_any_call_from_the_app() {
     // The server goes away and comes back: the client reconnects and re-syncs, so a message
     // posted meanwhile arrives once, and nothing is doubled.
     server.restart().await;
-    post(&server, "jam", "m2").await;
+    post_as_alice(&server.url(), "jam", "m2").await;
     until_cached(&client, &thread, &["m1", "m2"]).await;
-    post(&server, "jam", "m3").await;
+    post_as_alice(&server.url(), "jam", "m3").await;
     until_cached(&client, &thread, &["m1", "m2", "m3"]).await;
     drop(live);
 }
@@ -123,7 +99,7 @@ async fn a_thread_joined_while_away_is_synced_on_connect() {
         )
         .await;
     assert_eq!(st, 201, "{v}");
-    post(&server, "away", "before").await;
+    post_as_alice(&server.url(), "away", "before").await;
     let client = bob(&server.url(), &dir.path().join("bob"));
     assert!(client.cached_threads().expect("cache").is_empty());
     let _live = client.go_live();
@@ -196,7 +172,7 @@ async fn an_idle_connection_is_kept_open_by_keepalives() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(s.hub.open_connections(), 1);
     assert_eq!(s.requests_to("GET /v1/live"), 1, "{:?}", s.requests());
-    post_to(&s, "t0", "late").await;
+    post_as_alice(&s.url(), "t0", "late").await;
     until("the poke after 3 idle seconds", || {
         cached(&client, "t0") == ["late"]
     })
@@ -238,7 +214,7 @@ async fn a_rotation_loses_no_poke() {
     .await;
     let positions_before = s.requests_to("GET /v1/positions");
     for t in &threads {
-        post_to(&s, t, &format!("m-{t}")).await;
+        post_as_alice(&s.url(), t, &format!("m-{t}")).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for t in &threads {
@@ -283,7 +259,7 @@ async fn the_catch_up_after_a_disconnect_syncs_only_what_moved() {
     client.pause();
     s.until_open(0, WAIT).await;
     for t in &threads[5..8] {
-        post_to(&s, t, &format!("away-{t}")).await;
+        post_as_alice(&s.url(), t, &format!("away-{t}")).await;
     }
     // Asked with an earlier `as_of`, the answer lists the moved threads only.
     let since = client
@@ -378,7 +354,7 @@ async fn dropping_the_handle_ends_every_task() {
         client.cached_threads().map(|t| t.len()).unwrap_or(0) == 3
     })
     .await;
-    post_to(&s, "t1", "m").await;
+    post_as_alice(&s.url(), "t1", "m").await;
     until("a poke was synced", || cached(&client, "t1") == ["m"]).await;
     drop(live);
     s.until_open(0, WAIT).await;

@@ -107,15 +107,7 @@ impl LiveServer {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut rb = reqwest::Client::new()
-            .request(method, format!("{}{}", self.url(), path))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+        super::call_as(&self.url(), token, method, path, body).await
     }
 
     /// Waits (bounded) until `n` live connections are open.

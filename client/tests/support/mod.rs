@@ -72,16 +72,7 @@ impl Server {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut rb = reqwest::Client::new()
-            .request(method, format!("{}{}", self.url(), path))
-            .bearer_auth(token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let r = rb.send().await.expect("request");
-        let status = r.status().as_u16();
-        let v = r.json().await.unwrap_or(serde_json::Value::Null);
-        (status, v)
+        call_as(&self.url(), token, method, path, body).await
     }
 
     /// Every message change in the thread, from the start, as the server has them.
@@ -256,6 +247,38 @@ impl Proxy {
     pub fn clear(&self) {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+}
+
+/// One HTTP call to the server at `url` as the owner of `token`: status and JSON body.
+pub async fn call_as(
+    url: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut rb = reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Alice posts message `id` (its snapshot names it) in `thread` on the server at `url`.
+pub async fn post_as_alice(url: &str, thread: &str, id: &str) {
+    let (st, v) = call_as(
+        url,
+        ALICE,
+        reqwest::Method::POST,
+        &format!("/v1/threads/{thread}/messages"),
+        Some(serde_json::json!({ "id": id, "snapshot": { "n": id } })),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
 }
 
 /// A free loopback port (bound and released).
