@@ -4,7 +4,10 @@
 //! - [`Client::playable_path`] answers, in order: the just-recorded local file when it still
 //!   hashes to the content (no copy); the cached `audio/<sha256>`; or a download, streamed to
 //!   `audio/<sha256>.part` while hashing, checked (size and SHA-256), fsynced, renamed into
-//!   place and the folder fsynced, then recorded. A download asks `GET /v1/audio/{hash}`
+//!   place and the folder fsynced, then recorded. A download cut short (no network, a kill,
+//!   the caller dropping the future) leaves its `.part`; the next one asks only for the rest
+//!   (`Range`), hashes what it had, and checks the whole at the end (bytes that do not match
+//!   are deleted). `clear_audio` and `clear_all` remove partial downloads. A download asks `GET /v1/audio/{hash}`
 //!   (the caller holds the content); refused (a recipient does not), it goes through a
 //!   cached message carrying it. [`Client::message_audio`] goes through the message route
 //!   directly (any member of the thread), [`Client::library_audio`] by the item's hash.
@@ -287,15 +290,35 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes a partial download unless disarmed (errors and cancellation both clean up).
-struct Partial(Option<PathBuf>);
+/// The first byte of a `206`'s `Content-Range: bytes <first>-<last>/<total>`.
+fn range_start(res: &reqwest::Response) -> Option<u64> {
+    let v = res
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    let (first, _) = v.strip_prefix("bytes ")?.split_once('-')?;
+    first.parse().ok()
+}
 
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
+/// The SHA-256 state and length of the bytes already in `path` (a partial download), read
+/// in the blocking pool.
+async fn hash_prefix(path: PathBuf) -> Result<StreamingHasher, ClientError> {
+    tokio::task::spawn_blocking(move || -> Result<StreamingHasher, ClientError> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path)?;
+        let mut hasher = StreamingHasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hasher);
+            }
+            hasher.update(&buf[..n]);
         }
-    }
+    })
+    .await
+    .map_err(|e| ClientError::Task(format!("hashing task: {e}")))?
 }
 
 enum Lookup {
@@ -509,24 +532,52 @@ impl Client {
             .into());
         }
         let total = view.size;
-        let rb = self
+        let tmp = self.audio.partial_of(hash);
+        // Bytes an interrupted download of this content left (a lost network, a kill, a
+        // cancel): asked for the rest only. Checked with the rest at the end, like any byte.
+        let have = match tokio::fs::metadata(&tmp).await {
+            Ok(m) if m.len() < total => m.len(),
+            _ => 0,
+        };
+        let mut rb = self
             .api
             .http()
             .get(&view.url)
             .header(reqwest::header::ACCEPT_ENCODING, "identity")
-            .timeout(self.transfer_timeout(total));
+            .timeout(self.transfer_timeout(total - have));
+        if have > 0 {
+            rb = rb.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
         let res = self.api.send_signed(rb).await?;
-        if res.content_length().is_some_and(|n| n != total) {
-            tracing::warn!(%hash, expected = total, announced = ?res.content_length(), "download has the wrong length");
+        // A server (or cache) that ignores the range sends it all: start over.
+        let from = match res.status() == reqwest::StatusCode::PARTIAL_CONTENT {
+            true if range_start(&res) == Some(have) => have,
+            true => {
+                return Err(
+                    ApiError::Protocol("a range the download did not ask for".into()).into(),
+                )
+            }
+            false => 0,
+        };
+        if res.content_length().is_some_and(|n| n != total - from) {
+            tracing::warn!(%hash, expected = total - from, announced = ?res.content_length(), "download has the wrong length");
+            remove_if_present(&tmp)?;
             return Err(ClientError::HashMismatch(hash.to_string()));
         }
-        let tmp = self.audio.partial_of(hash);
-        let mut partial = Partial(Some(tmp.clone()));
-        let mut file = tokio::fs::File::create(&tmp).await?;
-        let mut hasher = StreamingHasher::new();
+        let (mut file, mut hasher) = if from > 0 {
+            tracing::info!(%hash, resumed_from = from, total, "download resumed");
+            let hasher = hash_prefix(tmp.clone()).await?;
+            let file = tokio::fs::OpenOptions::new()
+                .append(true)
+                .open(&tmp)
+                .await?;
+            (file, hasher)
+        } else {
+            (tokio::fs::File::create(&tmp).await?, StreamingHasher::new())
+        };
         let mut reporter =
             Reporter::new(&self.updates, *hash, Direction::Download, total, progress);
-        reporter.report(0);
+        reporter.report(hasher.len());
         let mut body = res.bytes_stream();
         // Bounded: the body is refused as soon as it runs past `total`, and the request has a
         // total timeout.
@@ -535,6 +586,8 @@ impl Client {
                 chunk.map_err(|e| ApiError::Offline(format!("reading the download: {e}")))?;
             if hasher.len().saturating_add(chunk.len() as u64) > total {
                 tracing::warn!(%hash, expected = total, "download is longer than described");
+                drop(file);
+                remove_if_present(&tmp)?;
                 return Err(ClientError::HashMismatch(hash.to_string()));
             }
             hasher.update(&chunk);
@@ -545,6 +598,8 @@ impl Client {
         let (got, len) = hasher.finish();
         if len != total || got != *hash {
             tracing::warn!(%hash, %got, len, expected = total, "downloaded bytes do not match their hash; discarded");
+            drop(file);
+            remove_if_present(&tmp)?;
             return Err(ClientError::HashMismatch(hash.to_string()));
         }
         file.sync_all().await?;
@@ -552,7 +607,6 @@ impl Client {
         let h = *hash;
         self.blocking(move |c| c.insert_audio_file(&h, total, &tmp))
             .await?;
-        partial.0 = None;
         Ok(())
     }
 
@@ -657,6 +711,19 @@ impl Client {
             })
             .collect();
         self.remove_entries(&victims)?;
+        // Partial downloads kept for resuming (a download in flight holds its pin).
+        for e in std::fs::read_dir(&self.audio.dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(hash) = name.strip_suffix(".part") else {
+                continue;
+            };
+            if !hash
+                .parse::<ContentHash>()
+                .is_ok_and(|h| pins.contains_key(&h))
+            {
+                remove_if_present(&e.path())?;
+            }
+        }
         drop(pins);
         Ok(())
     }

@@ -520,3 +520,80 @@ async fn entries_past_the_max_age_are_evicted() {
     assert_eq!(client.evict_audio().expect("evict"), 1);
     assert_eq!(client.audio_cache_size().expect("size"), 0);
 }
+
+/// A download cut short (here the caller drops it, as a kill or a lost network would end it)
+/// leaves its bytes; the next one asks only for the rest (`Range`), reports progress from
+/// where it resumed, and checks the whole file's hash. `clear_audio` removes a partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_download_resumes_from_the_bytes_on_disk() {
+    let server = TempServer::start().await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let total = 12 << 20;
+    let (r, bytes) = uploaded(&server, work.path(), 21, total).await;
+    let cache = work.path().join("cache");
+    let client = open(config(&server.base, &cache));
+    let partial = cache.join("audio").join(format!("{}.part", r.content_hash));
+
+    // First try: cut off once about a third has arrived.
+    let (cut, cut_rx) = tokio::sync::oneshot::channel::<()>();
+    let cut = Mutex::new(Some(cut));
+    let cb = |done: u64, _total: u64| {
+        if done > total as u64 / 3 {
+            if let Some(tx) = cut.lock().expect("lock").take() {
+                let _ = tx.send(());
+            }
+        }
+    };
+    tokio::select! {
+        r = client.playable_path(&r, None, Some(&cb)) => panic!("not cut off: {r:?}"),
+        _ = cut_rx => {}
+    }
+    // A write already handed to the blocking pool still lands: wait for the length to settle.
+    let len = || std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let mut last = len();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if len() == last {
+            break;
+        }
+        last = len();
+    }
+    let kept = std::fs::metadata(&partial)
+        .expect("the partial stays")
+        .len();
+    assert!(kept > 0 && kept < total as u64, "{kept}");
+
+    // Second try: resumes from what is on disk.
+    let mut updates = client.subscribe();
+    let h = client.playable_path(&r, None, None).await.expect("resumed");
+    assert!(h.downloaded());
+    assert_eq!(std::fs::read(h.path()).expect("read"), bytes);
+    assert!(!partial.exists(), "renamed into place");
+    let first = downloads(&mut updates)[0];
+    assert_eq!(
+        first,
+        (kept, total as u64),
+        "progress starts where it resumed"
+    );
+
+    // A partial whose bytes are wrong is found out at the end and deleted.
+    let (r2, bytes2) = uploaded(&server, work.path(), 22, 3 << 20).await;
+    let partial2 = cache
+        .join("audio")
+        .join(format!("{}.part", r2.content_hash));
+    std::fs::write(&partial2, vec![0u8; 1 << 20]).expect("a wrong prefix");
+    let err = client
+        .playable_path(&r2, None, None)
+        .await
+        .expect_err("mismatch");
+    assert!(matches!(err, ClientError::HashMismatch(_)), "{err:?}");
+    assert!(!partial2.exists(), "the wrong bytes are gone");
+    let h2 = client.playable_path(&r2, None, None).await.expect("from 0");
+    assert_eq!(std::fs::read(h2.path()).expect("read"), bytes2);
+
+    // clear_audio removes partial downloads too.
+    std::fs::write(&partial, b"left over").expect("a partial");
+    drop((h, h2));
+    client.clear_audio().expect("clear");
+    assert!(!partial.exists());
+}
