@@ -614,7 +614,7 @@ impl Client {
     /// then the folder fsynced), records it as the most recently used, and enforces the
     /// bounds. The caller holds the hash's pin if the file must survive this insert (a file
     /// bigger than the whole bound does not otherwise). Blocking.
-    fn insert_audio_file(
+    pub(crate) fn insert_audio_file(
         &self,
         hash: &ContentHash,
         size: u64,

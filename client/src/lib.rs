@@ -39,6 +39,7 @@ mod library;
 mod live;
 mod maintenance;
 mod messages;
+mod outbox;
 mod queue;
 mod runtime;
 mod sender;
@@ -138,6 +139,11 @@ impl Client {
             rt,
             folder: Some(folder),
         };
+        // Staged recordings no queued upload needs (cancelled, discarded, a kill before
+        // queueing): nothing else runs yet, so none is about to be queued.
+        if let Err(e) = client.sweep_outbox() {
+            tracing::warn!(error = %e, "outbox not swept");
+        }
         if client.cfg.background_sender {
             client.start_background_sender();
         }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, LibraryItemId, MessageId};
 
 use crate::api::LibrarySource;
-use crate::audio::{hash_file, AudioHandle, Progress};
+use crate::audio::{AudioHandle, Progress};
 use crate::error::{ApiError, ClientError};
 use crate::queue::{Lane, QueuedOp};
 use crate::store::library::LocalPut;
@@ -81,12 +81,13 @@ impl Client {
             let (render, upload, from_message) = match audio {
                 LibraryAudio::Uploaded(r) => (Some(r), None, None),
                 LibraryAudio::File { path, format } => {
-                    let (hash, _) = hash_file(&path).await?;
+                    // The queue sends the client's own copy, not the app's file.
+                    let staged = self.stage(&path).await?;
                     let r = AudioRender {
-                        content_hash: hash,
+                        content_hash: staged.hash,
                         format,
                     };
-                    (Some(r), Some((path, r)), None)
+                    (Some(r), Some((staged.relative, r)), None)
                 }
                 LibraryAudio::FromMessage(m) => {
                     let source = m.clone();

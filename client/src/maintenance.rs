@@ -69,6 +69,7 @@ impl Client {
             self.blocking(|c| {
                 empty_dir(&c.audio.dir)?;
                 std::fs::create_dir_all(&c.audio.dir)?;
+                empty_dir(&c.cfg.data_dir.join(crate::outbox::OUTBOX))?;
                 if let Ok(entries) = std::fs::read_dir(&c.cfg.data_dir) {
                     for e in entries.flatten() {
                         if e.file_name()

@@ -9,7 +9,6 @@ use audio_dedup_core::{
 };
 
 use crate::api::AudioChoice;
-use crate::audio::hash_file;
 use crate::error::ClientError;
 use crate::queue::{Lane, QueuedOp};
 use crate::store::messages::Draft;
@@ -26,7 +25,8 @@ pub use crate::store::messages::{LocalMessage, MessagePage, MessagePosition};
 pub enum Attachment {
     /// Already on the server (uploaded earlier).
     Uploaded(AudioRender),
-    /// A local file: hashed now, uploaded by the queue before the message is sent.
+    /// A local file: copied into the cache folder now (hashing as it copies), and that copy
+    /// uploaded by the queue before the message is sent. The app may delete or reuse the file.
     File {
         path: std::path::PathBuf,
         format: AudioFormat,
@@ -144,12 +144,13 @@ impl Client {
                 None => (None, None),
                 Some(Attachment::Uploaded(r)) => (Some(r), None),
                 Some(Attachment::File { path, format }) => {
-                    let (hash, _) = hash_file(&path).await?;
+                    // The queue sends the client's own copy, not the app's file.
+                    let staged = self.stage(&path).await?;
                     let render = AudioRender {
-                        content_hash: hash,
+                        content_hash: staged.hash,
                         format,
                     };
-                    (Some(render), Some((path, render)))
+                    (Some(render), Some((staged.relative, render)))
                 }
                 Some(Attachment::FromMessage(source)) => {
                     let m = source.clone();

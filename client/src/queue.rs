@@ -410,8 +410,21 @@ impl Client {
             match self.run_op(&e).await {
                 Ok(ack) => {
                     let id = e.id;
-                    self.blocking(move |c| c.store.acknowledge(id, &ack))
-                        .await?;
+                    let op = e.op.clone();
+                    self.blocking(move |c| {
+                        c.store.acknowledge(id, &ack)?;
+                        // A staged recording, uploaded: it becomes cached audio.
+                        if let QueuedOp::UploadAudio {
+                            path, content_hash, ..
+                        } = &op
+                        {
+                            let size =
+                                std::fs::metadata(c.queued_path(path)).map_or(0, |m| m.len());
+                            c.settle_staged(path, content_hash, size);
+                        }
+                        Ok(())
+                    })
+                    .await?;
                     report.sent += 1;
                 }
                 Err(ClientError::Api(err)) if err.is_retryable() => {
@@ -515,7 +528,7 @@ impl Client {
                 content_hash,
                 format,
             } => self
-                .upload_queued(std::path::Path::new(path), *content_hash, *format)
+                .upload_queued(&self.queued_path(path), *content_hash, *format)
                 .await
                 .map(|_| Ack::Dequeue),
             QueuedOp::PutLibraryItem {

@@ -676,3 +676,61 @@ async fn retry_after_is_honoured_and_only_408_429_5xx_are_retried() {
     assert_eq!(bad.send_state, SendState::Failed);
     assert_eq!(c.queue().unwrap()[0].state, QueueState::Failed);
 }
+
+/// A recording attached offline is the client's own: the app deletes its file and records a
+/// new take at the same path, and the queue still sends the first take when the server is
+/// back (from the copy in the cache folder), which then plays from the cache with no
+/// request. A copy no queued upload needs is gone at the next open.
+#[tokio::test]
+async fn a_queued_recording_survives_the_app_deleting_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&dir.path().join("server"), free_addr()).await;
+    make_thread(&s, ALICE, "rec", &[]).await;
+    s.stop().await;
+    let clk = clock();
+    let cache = dir.path().join("c");
+    let c = Client::open(config(&s.url(), ALICE, &cache, &clk)).unwrap();
+    let take = dir.path().join("take.wav");
+    let first: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&take, &first).unwrap();
+    let attach = audio_dedup_client::Attachment::File {
+        path: take.clone(),
+        format: audio_dedup_core::AudioFormat::Wav,
+    };
+    let m = c
+        .send_message(&tid("rec"), &json!({"take": 1}), Some(attach))
+        .await
+        .unwrap();
+    assert_eq!(m.send_state, SendState::Sending);
+    let hash = m.audio.expect("audio").content_hash;
+    assert_eq!(hash, audio_dedup_core::ContentHash::of(&first));
+    // The app deletes the take, then records another at the same path.
+    std::fs::remove_file(&take).unwrap();
+    std::fs::write(&take, b"a different take").unwrap();
+
+    s.restart().await;
+    let r = c.process_queue().await.unwrap();
+    assert_eq!((r.sent, r.failed), (2, 0), "the upload, then the message");
+    let sent = c.messages(&tid("rec")).unwrap();
+    assert_eq!(sent[0].send_state, SendState::Sent, "{sent:?}");
+    assert!(
+        s.blob_path(&hash.to_string()).exists(),
+        "the first take is on the server"
+    );
+    // The copy became cached audio: playable with no request, the outbox empty.
+    let render = audio_dedup_core::AudioRender {
+        content_hash: hash,
+        format: audio_dedup_core::AudioFormat::Wav,
+    };
+    let h = c.playable_path(&render, None, None).await.unwrap();
+    assert!(h.is_from_cache());
+    assert_eq!(std::fs::read(h.path()).unwrap(), first);
+    assert_eq!(std::fs::read_dir(cache.join("outbox")).unwrap().count(), 0);
+
+    // A stray copy (staged, never queued: a kill in between) is removed at the next open.
+    drop(h);
+    drop(c);
+    std::fs::write(cache.join("outbox").join("stray"), b"x").unwrap();
+    let _c = Client::open(config(&s.url(), ALICE, &cache, &clk)).unwrap();
+    assert_eq!(std::fs::read_dir(cache.join("outbox")).unwrap().count(), 0);
+}
