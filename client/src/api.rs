@@ -89,6 +89,56 @@ impl From<ThreadInfo> for ThreadDetail {
     }
 }
 
+/// S3 answers to a signed request that a later try gets past: two devices putting the same
+/// new content at once (`409 ConditionalRequestConflict`, which S3 documents), a body S3
+/// waited too long for (`400 RequestTimeout`), and URLs signed with credentials that expired
+/// or a clock that drifted (`400 ExpiredToken`, `403 RequestTimeTooSkewed`).
+fn s3_retryable(status: StatusCode, body: &[u8]) -> bool {
+    const CODES: [&str; 4] = [
+        "ConditionalRequestConflict",
+        "RequestTimeout",
+        "ExpiredToken",
+        "RequestTimeTooSkewed",
+    ];
+    let text = String::from_utf8_lossy(body);
+    status == StatusCode::CONFLICT
+        || CODES
+            .iter()
+            .any(|c| text.contains(&format!("<Code>{c}</Code>")))
+}
+
+/// A non-2xx answer, classified: retryable (5xx, 408, 429, and S3's passing refusals) or a
+/// refusal. The API's JSON error gives the code; any other body (S3's XML) gives `Unknown`,
+/// and the status still classifies.
+fn classify(
+    status: StatusCode,
+    body: &[u8],
+    after: Option<Duration>,
+) -> Result<Response, ApiError> {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = serde_json::from_value(json["error"]["code"].clone()).unwrap_or(ErrorCode::Unknown);
+    let message = json["error"]["message"].as_str().unwrap_or("").to_owned();
+    let s = status.as_u16();
+    let s3_passing = code == ErrorCode::Unknown && s3_retryable(status, body);
+    if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || s3_passing
+    {
+        Err(ApiError::Retryable {
+            status: s,
+            code,
+            retry_after: after,
+        })
+    } else {
+        Err(ApiError::Rejected {
+            status: s,
+            code,
+            message,
+        })
+    }
+}
+
 fn retry_after(r: &Response) -> Option<Duration> {
     let v = r
         .headers()
@@ -254,28 +304,8 @@ impl Api {
             return Ok(res);
         }
         let after = retry_after(&res);
-        let body: serde_json::Value = res.json().await.unwrap_or_default();
-        // A code this build does not know (or none) is `Unknown`; the status still classifies.
-        let code =
-            serde_json::from_value(body["error"]["code"].clone()).unwrap_or(ErrorCode::Unknown);
-        let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
-        let s = status.as_u16();
-        if status.is_server_error()
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::TOO_MANY_REQUESTS
-        {
-            Err(ApiError::Retryable {
-                status: s,
-                code,
-                retry_after: after,
-            })
-        } else {
-            Err(ApiError::Rejected {
-                status: s,
-                code,
-                message,
-            })
-        }
+        let body = res.bytes().await.unwrap_or_default();
+        classify(status, &body, after)
     }
 
     async fn json<T: DeserializeOwned>(
@@ -524,8 +554,27 @@ impl Api {
     }
 
     /// A request to a URL the server signed (no bearer token: the signature is the grant).
+    /// S3's answers that a later try gets past are retryable, not refusals
+    /// ([`s3_retryable`]); a new try opens a new session, so its URL is signed afresh.
     pub async fn send_signed(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
-        crate::runtime::in_runtime(&self.rt, async move { self.send_once(rb).await }).await
+        crate::runtime::in_runtime(&self.rt, async move {
+            let res = match rb.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.set_online(false);
+                    return Err(ApiError::Offline(e.to_string()));
+                }
+            };
+            self.set_online(true);
+            let status = res.status();
+            if status.is_success() {
+                return Ok(res);
+            }
+            let after = retry_after(&res);
+            let body = res.bytes().await.unwrap_or_default();
+            classify(status, &body, after)
+        })
+        .await
     }
 
     // Live channel (owned by the live-updates work) ----------------------------------------
@@ -545,5 +594,37 @@ impl Api {
             Ok(self.json(self.req(Method::GET, &path)).await?.1)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3_error(code: &str) -> Vec<u8> {
+        format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>")
+            .into_bytes()
+    }
+
+    /// S3's passing refusals of a signed request are retried; its real refusals and the
+    /// API's own 4xx are not.
+    #[test]
+    fn s3_answers_that_a_later_try_gets_past_are_retryable() {
+        let retryable = |status: u16, body: &[u8]| {
+            classify(StatusCode::from_u16(status).unwrap(), body, None)
+                .err()
+                .is_some_and(|e| e.is_retryable())
+        };
+        assert!(retryable(409, &s3_error("ConditionalRequestConflict")));
+        assert!(retryable(400, &s3_error("RequestTimeout")));
+        assert!(retryable(400, &s3_error("ExpiredToken")));
+        assert!(retryable(403, &s3_error("RequestTimeTooSkewed")));
+        assert!(retryable(503, &s3_error("SlowDown")));
+        assert!(!retryable(400, &s3_error("BadDigest")));
+        assert!(!retryable(403, &s3_error("SignatureDoesNotMatch")));
+        assert!(!retryable(412, &s3_error("PreconditionFailed")));
+        // The API's own 409 (a known code) is a refusal.
+        let api = br#"{"error":{"code":"thread_id_conflict","message":"taken"}}"#;
+        assert!(!retryable(409, api));
     }
 }
