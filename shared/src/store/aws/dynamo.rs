@@ -33,6 +33,43 @@ fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// Cancellation reasons of a transaction that mean "too much at once, try later".
+const THROTTLED_REASONS: [&str; 3] = [
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
+
+/// What a cancelled transaction's reasons (one per action, in order) mean: a failed
+/// condition (which action), a conflict with another transaction, or throttling; `None` for
+/// anything else (a bug or a limit: logged as a backend error).
+fn cancelled(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> Option<TxnError> {
+    if let Some((i, r)) = reasons
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
+    {
+        // ALL_OLD: the current item, so a caller could tell "already applied" from a
+        // conflict without a read. The protocol re-reads anyway; log what it was.
+        tracing::debug!(op = i, current = ?r.item().map(|m| m.get("v").cloned()), "condition failed");
+        return Some(TxnError::Rejected { op_index: i });
+    }
+    if reasons
+        .iter()
+        .any(|r| r.code() == Some("TransactionConflict"))
+    {
+        return Some(TxnError::Conflict);
+    }
+    // Throttled inside the transaction: nothing was written, and the same request may
+    // succeed later (503 with Retry-After), not a 500.
+    let throttled = reasons
+        .iter()
+        .find_map(|r| r.code().filter(|c| THROTTLED_REASONS.contains(c)))?;
+    Some(TxnError::Store(StoreError::Unavailable(format!(
+        "transaction throttled: {throttled}"
+    ))))
+}
+
 pub(super) fn backend<E, R>(e: SdkError<E, R>) -> StoreError
 where
     E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
@@ -360,23 +397,14 @@ impl TransactionalIndex for DynamoIndex {
                 if let Some(se) = e.as_service_error() {
                     if se.is_transaction_canceled_exception() {
                         if let aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) = se {
-                            let reasons = tc.cancellation_reasons();
-                            if let Some((i, r)) = reasons
-                                .iter()
-                                .enumerate()
-                                .find(|(_, r)| r.code() == Some("ConditionalCheckFailed"))
-                            {
-                                // ALL_OLD: the current item, so a caller could tell "already
-                                // applied" from a conflict without a read. The protocol re-reads
-                                // anyway; log what it was.
-                                tracing::debug!(op = i, current = ?r.item().map(|m| m.get("v").cloned()), "condition failed");
-                                return Err(TxnError::Rejected { op_index: i });
-                            }
-                            if reasons.iter().any(|r| r.code() == Some("TransactionConflict")) {
-                                return Err(TxnError::Conflict);
+                            if let Some(e) = cancelled(tc.cancellation_reasons()) {
+                                return Err(e);
                             }
                         }
                     }
+                    // In progress: the outcome is unknown (it may still commit). Retried as a
+                    // conflict, which is safe because every step re-reads what is stored and
+                    // finds its own write if it landed (the steps are idempotent by content).
                     if se.is_transaction_in_progress_exception()
                         || se.code() == Some("TransactionConflictException")
                     {
@@ -412,5 +440,48 @@ impl TransactionalIndex for DynamoIndex {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::types::CancellationReason;
+
+    fn reasons(codes: &[&str]) -> Vec<CancellationReason> {
+        codes
+            .iter()
+            .map(|c| CancellationReason::builder().code(*c).build())
+            .collect()
+    }
+
+    /// Throttling inside a transaction is "unavailable, retry" (503 with Retry-After), never
+    /// a 500; a failed condition names its action; a conflict is a conflict; anything else
+    /// is left to the backend error.
+    #[test]
+    fn cancellation_reasons_are_classified() {
+        for throttled in [
+            "ThrottlingError",
+            "ProvisionedThroughputExceeded",
+            "RequestLimitExceeded",
+        ] {
+            let e = cancelled(&reasons(&["None", throttled])).expect("classified");
+            let TxnError::Store(store) = e else {
+                panic!("{throttled}: {e:?}")
+            };
+            let err = crate::DedupError::Store(store);
+            assert!(err.is_transient(), "{throttled}");
+            assert_eq!(err.code(), crate::ErrorCode::Unavailable);
+            assert!(err.retry_after().is_some());
+        }
+        assert!(matches!(
+            cancelled(&reasons(&["None", "ConditionalCheckFailed"])),
+            Some(TxnError::Rejected { op_index: 1 })
+        ));
+        assert!(matches!(
+            cancelled(&reasons(&["TransactionConflict", "None"])),
+            Some(TxnError::Conflict)
+        ));
+        assert!(cancelled(&reasons(&["ValidationError"])).is_none());
     }
 }
