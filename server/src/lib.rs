@@ -50,7 +50,7 @@ pub struct ServerConfig {
     pub sync: Synchronous,
     /// Open connections, and deadlines for slow clients.
     pub connections: ConnectionLimits,
-    /// Live updates (`GET /v1/events`): heartbeat and per-connection queue.
+    /// Live updates (`GET /v1/live`): limits and per-connection queue.
     pub live: live::LiveConfig,
     /// Requests per user (none: unlimited, as in tests and benchmarks).
     pub request_rate: Option<rate_limit::RequestRate>,

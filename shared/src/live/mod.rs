@@ -1,7 +1,7 @@
 //! Live updates: pokes that tell online clients *that* a log they may read moved, never
 //! *what* ([`pokes`]), and their fan-out on AWS to the WebSocket connections each user has
 //! open ([`fanout`]), driven by DynamoDB Streams. The local server delivers the same pokes
-//! over Server-Sent Events (server/src/live.rs).
+//! over the same WebSocket protocol (server/src/live.rs).
 
 mod fanout;
 mod pokes;
