@@ -41,9 +41,10 @@ pub struct ClientOptions {
     pub request_timeout_ms: Option<u64>,
 }
 
-/// One account's client. Open it once per account and folder; `close()` it at sign-out or
-/// when the app no longer needs it (Kotlin: `close()` / `use {}`; the cleaner frees a
-/// forgotten one). After `close()` every call answers `ClientError.Closed`.
+/// One account's client. Open it once per account and folder; `shutdown()` it at sign-out or
+/// when the app no longer needs it. Kotlin's `close()` (or `use {}`) frees the object and so
+/// shuts the client down too; the cleaner frees a forgotten one. After `shutdown()` every call
+/// answers `ClientError.Closed`. (Not named `close`: Kotlin objects already have one.)
 #[derive(uniffi::Object)]
 pub struct ClientHandle {
     /// `None` once closed. Calls take a clone (cheap), so `close()` never waits for them.
@@ -116,7 +117,7 @@ impl ClientHandle {
 
     /// Lets the client go: its background tasks, live channel and update streams end, and
     /// the folder is free once calls still running return. Safe to call twice.
-    pub fn close(&self) {
+    pub fn shutdown(&self) {
         let closed = self
             .client
             .write()
@@ -432,7 +433,7 @@ impl ClientHandle {
         let c = self.client()?;
         let wiped = c.clear_all().await;
         drop(c);
-        self.close();
+        self.shutdown();
         Ok(wiped?)
     }
 }

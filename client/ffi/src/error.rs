@@ -115,7 +115,7 @@ pub enum ClientError {
     /// Another client (in this process or another) has this folder open.
     #[error("the cache folder {path} is in use by another client")]
     FolderInUse { path: String },
-    /// `close()` or `clear_all()` ran: open a new client.
+    /// `shutdown()` or `clear_all()` ran: open a new client.
     #[error("the client is closed")]
     Closed,
     /// The transfer was cancelled (`cancel()` on its handle).

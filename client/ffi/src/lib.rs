@@ -2,7 +2,7 @@
 //!
 //! A thin layer: the client library stays Rust-shaped, and this crate owns what the foreign
 //! boundary needs: a tokio runtime, objects with explicit lifetimes ([`ClientHandle`] with
-//! `close()`), listeners the app implements ([`UpdateListener`], [`ProgressListener`],
+//! `shutdown()`), listeners the app implements ([`UpdateListener`], [`ProgressListener`],
 //! [`TokenProvider`]), handles that stop work ([`TaskHandle`], [`UploadHandle`],
 //! [`DownloadHandle`]), and errors as enums ([`ClientError`]). Nothing here may panic on a
 //! path the app calls: a panic must not unwind across the FFI.

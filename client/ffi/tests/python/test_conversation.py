@@ -123,8 +123,8 @@ def test_two_people_talk_through_the_bindings(server, tmp_path):
         stream.cancel()
         live.cancel()
         assert stream.is_finished()
-        alice.close()
-        bob.close()
+        alice.shutdown()
+        bob.shutdown()
 
     run(story())
 
@@ -166,8 +166,8 @@ def test_offline_sends_drain_when_the_server_returns(server, tmp_path):
         assert sha256_of(audio.path()) == digest
 
         stream.cancel()
-        alice.close()
-        bob.close()
+        alice.shutdown()
+        bob.shutdown()
 
     run(story())
 
@@ -211,14 +211,14 @@ def test_errors_are_typed_and_tokens_come_from_the_app(server, tmp_path):
             ClientOptions(base_url=server.url, data_dir=str(tmp_path / "dave")), Provider(None))
         with pytest.raises(ClientError.SignedOut):
             await dave.create_thread("x", [])
-        dave.close()
+        dave.shutdown()
 
-        carol.close()
+        carol.shutdown()
         with pytest.raises(ClientError.Closed):
             carol.threads()
         # The folder is free again.
         reopened = await ClientHandle.open(options, provider)
         assert [t.id for t in reopened.threads()] == [thread.id]
-        reopened.close()
+        reopened.shutdown()
 
     run(story())
