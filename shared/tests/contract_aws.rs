@@ -253,6 +253,12 @@ async fn members_reach_audio_through_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_open_answers_the_same_session() {
+    let Some(env) = Aws::new().await else { return };
+    contract::limits::a_retried_open_answers_the_same_session(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_flood_stops_at_the_quota() {
     let Some(env) = Aws::new().await else { return };
     contract::limits::a_session_flood_stops_at_the_quota(&env).await;

@@ -176,6 +176,11 @@ async fn members_reach_audio_through_messages() {
 }
 
 #[tokio::test]
+async fn a_retried_open_answers_the_same_session() {
+    contract::limits::a_retried_open_answers_the_same_session(&Embedded::new()).await;
+}
+
+#[tokio::test]
 async fn a_session_flood_stops_at_the_quota() {
     contract::limits::a_session_flood_stops_at_the_quota(&Embedded::new()).await;
 }

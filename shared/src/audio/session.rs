@@ -78,6 +78,7 @@ fn standing_challenge(s: &SessionRecord, before: Option<&ProverRecord>) -> Prove
         expires_at: s.expires_at,
         failures: before.map_or(0, |p| p.failures),
         locked_until: before.and_then(|p| p.locked_until),
+        last_session: Some(s.id.clone()),
     }
 }
 
@@ -95,6 +96,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         }
         self.check_reference_usable(&req.hash, &req.owner, req.reference.as_ref())
             .await?;
+        if let Some(open) = self.reopenable(&req).await? {
+            return self.answer_session(&open).await;
+        }
         let now = self.core.now();
         let mut id = [0u8; 16];
         self.core.entropy.fill(&mut id);
@@ -112,16 +116,50 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             deduplicated: None,
         };
         let rec = self.core.cas(|| self.open_step(&fresh)).await?;
+        self.answer_session(&rec).await
+    }
+
+    /// The caller's last session on this content, when a retried open may answer it again:
+    /// still open, for the same size, format and reference, with at least half its life left
+    /// (so the URL answered again is worth having). Reading it writes nothing.
+    async fn reopenable(&self, req: &SessionRequest) -> Result<Option<SessionRecord>, DedupError> {
+        let prover = self
+            .core
+            .load::<ProverRecord>(&keys::prover(&req.hash, &req.owner))
+            .await?;
+        let Some(id) = prover.and_then(|p| p.value.last_session) else {
+            return Ok(None);
+        };
+        let Some(s) = self
+            .core
+            .load::<SessionRecord>(&keys::session(&req.hash, &id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let s = s.value;
+        let left = s.expires_at - self.core.now();
+        let same = s.owner == req.owner
+            && s.size == req.size
+            && s.format == req.format
+            && s.reference == req.reference;
+        let fresh_enough = left >= ms(self.core.cfg.session_ttl) / 2;
+        Ok((same && s.state == SessionState::Open && fresh_enough).then_some(s))
+    }
+
+    /// The answer for an open session: its URL signed for the rest of its life.
+    async fn answer_session(&self, rec: &SessionRecord) -> Result<UploadSession, DedupError> {
+        let left = u64::try_from(rec.expires_at - self.core.now()).unwrap_or(0);
         let upload = self
             .core
             .blobs
             .presign_put(&PresignPut {
-                key: self.core.blob_key(&req.hash),
-                sha256: req.hash,
-                size: req.size,
-                content_type: req.format.content_type(),
+                key: self.core.blob_key(&rec.hash),
+                sha256: rec.hash,
+                size: rec.size,
+                content_type: rec.format.content_type(),
                 uploader: Uploader::Session(rec.id.clone()).to_string(),
-                expires_in: self.core.cfg.session_ttl,
+                expires_in: std::time::Duration::from_millis(left),
             })
             .await?;
         Ok(UploadSession {
@@ -195,6 +233,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 rec.challenge = p.challenge.clone();
                 ProverRecord {
                     expires_at: p.expires_at.max(rec.expires_at),
+                    last_session: Some(rec.id.clone()),
                     ..p.clone()
                 }
             }

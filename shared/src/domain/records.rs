@@ -177,6 +177,11 @@ pub struct ProverRecord {
     pub failures: u32,
     /// While set and in the future, this user may not prove this content.
     pub locked_until: Option<Millis>,
+    /// The last session this user opened on this content: a retried open (its answer was
+    /// lost) for the same size, format and reference answers it again while it is open,
+    /// instead of opening another (a quota slot and the day's bytes each time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_session: Option<SessionId>,
 }
 
 /// What one user holds open and has declared for upload today, kept exact in the same

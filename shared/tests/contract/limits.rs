@@ -64,6 +64,52 @@ pub async fn a_session_flood_stops_at_the_quota<E: Env>(env: &E) {
     assert_safe(env).await;
 }
 
+/// A retried open (its answer lost) answers the same open session: no second quota slot and
+/// no second charge to the day's bytes, so retries never lock a user out; the URL answered
+/// again is signed for the rest of the session's life. Another size opens another session,
+/// and so does a retry once less than half the session's life is left.
+pub async fn a_retried_open_answers_the_same_session<E: Env>(env: &E) {
+    let d = env.dedup();
+    let limit = d.config().limits.open_sessions;
+    let first = d
+        .audio()
+        .open_session(session("mallory", hash_of(7), 1000))
+        .await
+        .expect("open");
+    let before = env.snapshot().await.0;
+    for i in 0..limit + 5 {
+        let again = d
+            .audio()
+            .open_session(session("mallory", hash_of(7), 1000))
+            .await
+            .unwrap_or_else(|e| panic!("retry {i}: {e}"));
+        assert_eq!(again.session_id, first.session_id, "retry {i}");
+        assert_eq!(again.expires_at, first.expires_at);
+    }
+    assert_eq!(
+        env.snapshot().await.0,
+        before,
+        "a retried open writes nothing"
+    );
+    let other = d
+        .audio()
+        .open_session(session("mallory", hash_of(7), 2000))
+        .await
+        .expect("another size");
+    assert_ne!(other.session_id, first.session_id);
+    env.advance(d.config().session_ttl / 2 + Duration::from_secs(1));
+    let late = d
+        .audio()
+        .open_session(session("mallory", hash_of(7), 1000))
+        .await
+        .expect("late retry");
+    assert_ne!(
+        late.session_id, first.session_id,
+        "too little life left: a new one"
+    );
+    assert_safe(env).await;
+}
+
 /// Bob holds only the first 3/4 of alice's file. Every session he opens carries the same
 /// challenge, so he cannot re-roll it until it lands in what he has; his wrong answers lock
 /// him out of proving it; and failures on absent content count the same.
@@ -114,7 +160,8 @@ pub async fn a_partial_holder_cannot_reroll_or_keep_guessing<E: Env>(env: &E) {
             .open_session(session("bob", hash, size as u64))
             .await
             .unwrap();
-        assert_ne!(s.session_id, first.session_id);
+        // Still open, same size: the open is answered with the same session.
+        assert_eq!(s.session_id, first.session_id);
         assert_eq!(
             (&s.challenge.nonce, &s.challenge.ranges),
             (&first.challenge.nonce, &first.challenge.ranges),
