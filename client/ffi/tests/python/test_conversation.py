@@ -222,3 +222,51 @@ def test_errors_are_typed_and_tokens_come_from_the_app(server, tmp_path):
         reopened.shutdown()
 
     run(story())
+
+
+class CancelOnFirstProgress(ProgressListener):
+    """Cancels its transfer from inside the first progress report (made before any byte)."""
+
+    def __init__(self):
+        self.handle = None
+        self.ready = threading.Event()
+
+    def on_progress(self, done, total):
+        if self.ready.wait(5):
+            self.handle.cancel()
+
+
+def test_transfers_can_be_cancelled(server, tmp_path):
+    async def story():
+        alice = await open_client(server, tmp_path, "alice")
+        bob = await open_client(server, tmp_path, "bob")
+        thread = await alice.create_thread("Big", ["bob"])
+        big = tmp_path / "big.mp3"
+        digest = audio_file(big, 8_000_000)
+
+        stopper = CancelOnFirstProgress()
+        stopper.handle = alice.start_upload(str(big), AudioFormat.MP3, stopper)
+        stopper.ready.set()
+        with pytest.raises(ClientError.Cancelled):
+            await stopper.handle.join()
+
+        # Whole this time; then bob's download of it is cancelled.
+        done = await alice.start_upload(str(big), AudioFormat.MP3).join()
+        assert done.content_hash == digest and not done.deduplicated
+        sent = await alice.send_message(
+            thread.id, "{}", OutgoingAudio.UPLOADED(content_hash=digest, format=AudioFormat.MP3))
+        await bob.sync_messages(thread.id)
+        stopper = CancelOnFirstProgress()
+        stopper.handle = bob.start_message_download(thread.id, sent.id, stopper)
+        stopper.ready.set()
+        with pytest.raises(ClientError.Cancelled):
+            await stopper.handle.join()
+        # Nothing half-downloaded is cached (a partial file stays for the next to resume).
+        assert bob.cache_stats().audio_files == 0
+        # And played whole afterwards.
+        audio = await bob.play_message(thread.id, sent.id)
+        assert sha256_of(audio.path()) == digest
+        alice.shutdown()
+        bob.shutdown()
+
+    run(story())
