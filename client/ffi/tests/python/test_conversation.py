@@ -11,7 +11,8 @@ import pytest
 
 from audio_dedup_ffi import (
     AudioFormat, AudioSource, ClientError, ClientHandle, ClientOptions, ClientUpdate,
-    OutgoingAudio, ProgressListener, SendState, TokenError, TokenProvider, UpdateListener,
+    OutgoingAudio, ProgressListener, SendState, SignOutReason, TokenError, TokenProvider,
+    UpdateListener,
 )
 from conftest import TOKENS, run, wait_until
 
@@ -206,12 +207,29 @@ def test_errors_are_typed_and_tokens_come_from_the_app(server, tmp_path):
         assert refused.value.status == 404
         assert refused.value.code.name == "THREAD_NOT_FOUND"
 
-        # A provider that has no token: the client is signed out, typed.
-        dave = await ClientHandle.open(
-            ClientOptions(base_url=server.url, data_dir=str(tmp_path / "dave")), Provider(None))
-        with pytest.raises(ClientError.SignedOut):
-            await dave.create_thread("x", [])
-        dave.shutdown()
+        # A provider that has no token: the client is signed out, typed; a send waits
+        # (nothing fails) until the app pushes a token, then goes.
+        phone = await ClientHandle.open(
+            ClientOptions(base_url=server.url, data_dir=str(tmp_path / "carol-phone")),
+            Provider(None))
+        heard = Updates()
+        stream = phone.subscribe(heard)
+        with pytest.raises(ClientError.SignedOut) as signed_out:
+            await phone.create_thread("x", [])
+        assert signed_out.value.reason == SignOutReason.SIGN_IN_REQUIRED()
+        waiting = await phone.send_message(thread.id, json.dumps({"from": "phone"}))
+        assert waiting.send_state == SendState.SENDING
+        await wait_until(lambda: heard.of(ClientUpdate.AUTH_REQUIRED), 10, "AuthRequired")
+        assert phone.state().signed_out
+        phone.set_token(TOKENS["carol"])
+        await wait_until(
+            lambda: [m.send_state for m in phone.messages(thread.id)] == [SendState.SENT],
+            20, "the waiting send")
+        await wait_until(lambda: heard.of(ClientUpdate.AUTH_RESTORED), 10, "AuthRestored")
+        assert not any(isinstance(u, ClientUpdate.MESSAGE_CHANGED) and u.state == SendState.FAILED
+                       for u in heard.items)
+        stream.cancel()
+        phone.shutdown()
 
         carol.shutdown()
         with pytest.raises(ClientError.Closed):
