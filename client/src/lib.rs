@@ -147,6 +147,16 @@ impl Client {
         if client.cfg.background_sender {
             client.start_background_sender();
         }
+        // WAL checkpoints, beside the client's writes (see `Store::checkpoint`).
+        let due = client.store.checkpoint_due();
+        client.spawn_task(|c| async move {
+            loop {
+                due.notified().await;
+                if let Err(e) = c.blocking(|c| c.store.checkpoint()).await {
+                    tracing::debug!(error = %e, "WAL checkpoint failed; the next one retries");
+                }
+            }
+        });
         Ok(client)
     }
 

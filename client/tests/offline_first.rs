@@ -734,3 +734,62 @@ async fn a_queued_recording_survives_the_app_deleting_its_file() {
     let _c = Client::open(config(&s.url(), ALICE, &cache, &clk)).unwrap();
     assert_eq!(std::fs::read_dir(cache.join("outbox")).unwrap().count(), 0);
 }
+
+/// A message whose upload failed is retried by the message: `retry_message` puts the upload
+/// back with it, and both go through once the cause is gone.
+#[tokio::test]
+async fn retry_message_retries_the_upload_it_depends_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(&dir.path().join("server"), free_addr()).await;
+    make_thread(&s, ALICE, "again", &[]).await;
+    s.stop().await;
+    let clk = clock();
+    let cache = dir.path().join("c");
+    let c = Client::open(config(&s.url(), ALICE, &cache, &clk)).unwrap();
+    let take = dir.path().join("take.mp3");
+    let bytes: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&take, &bytes).unwrap();
+    let attach = audio_dedup_client::Attachment::File {
+        path: take,
+        format: audio_dedup_core::AudioFormat::Mp3,
+    };
+    let m = c
+        .send_message(&tid("again"), &json!({}), Some(attach))
+        .await
+        .unwrap();
+    let hash = m.audio.expect("audio").content_hash;
+    // The client's own copy goes bad while offline (a disk error, say).
+    let copy = cache.join("outbox").join(hash.to_hex());
+    std::fs::write(&copy, b"not the take").unwrap();
+    s.restart().await;
+    let r = c.process_queue().await.unwrap();
+    assert_eq!(r.failed, 2, "the upload, and the message that needs it");
+    let failed = &c.messages(&tid("again")).unwrap()[0];
+    assert_eq!(failed.send_state, SendState::Failed);
+    assert_eq!(
+        failed.error,
+        Some(audio_dedup_client::FailureReason::DependencyFailed)
+    );
+    let q = c.queue().unwrap();
+    assert_eq!(
+        q[0].last_error,
+        Some(audio_dedup_client::FailureReason::FileChanged)
+    );
+
+    // Fixed, and retried by the message alone.
+    std::fs::write(&copy, &bytes).unwrap();
+    c.retry_message(&tid("again"), &m.id).unwrap();
+    assert_eq!(
+        c.messages(&tid("again")).unwrap()[0].send_state,
+        SendState::Sending
+    );
+    let r = c.process_queue().await.unwrap();
+    assert_eq!((r.sent, r.failed), (2, 0));
+    assert_eq!(
+        c.messages(&tid("again")).unwrap()[0].send_state,
+        SendState::Sent
+    );
+    assert!(s.blob_path(&hash.to_string()).exists());
+    // Nothing failed is left to retry.
+    assert!(c.retry_message(&tid("again"), &m.id).is_err());
+}

@@ -217,7 +217,9 @@ async fn an_expired_sign_in_pauses_the_queue_and_a_new_token_resumes_it() {
         .expect("thread");
     let mut updates = alice.subscribe();
     tokens.signed_out.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(2500)).await; // the token expired
+    // The token expired: `exp` is in whole seconds and a token is valid through its `exp`
+    // second, so a 2-second token may be accepted for up to 3 s.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
 
     let mut queued = Vec::new();
     for k in 0..3 {

@@ -29,7 +29,7 @@ mod threads;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
@@ -66,7 +66,18 @@ pub(crate) struct Store {
     /// Set by `clear_all`: every later write is refused, so nothing of the previous user
     /// is written back after the wipe (a pass or download that was in flight).
     closed: Arc<AtomicBool>,
+    /// Write transactions since the last checkpoint request.
+    commits: Arc<AtomicU64>,
+    /// Notified every `COMMITS_PER_CHECKPOINT` writes: the client's checkpoint task copies
+    /// the WAL into the database from a connection of its own.
+    checkpoint_due: Arc<tokio::sync::Notify>,
 }
+
+/// Writes between two WAL checkpoints: a cached message is about 5 pages, so about SQLite's
+/// default of 1,000 pages. SQLite's own checkpoint is off (`wal_autocheckpoint = 0`): it ran
+/// inside the write that crossed the limit, a copy and an fsync that stalled whichever sync
+/// or send happened to cross it.
+const COMMITS_PER_CHECKPOINT: u64 = 200;
 
 /// A write transaction committed with `synchronous=NORMAL`: cache-only writes.
 pub(crate) struct CacheTx<'a>(&'a Connection);
@@ -103,6 +114,8 @@ impl Store {
                 conn: Arc::new(Mutex::new(Conn(Some(conn)))),
                 path,
                 closed: Arc::default(),
+                commits: Arc::default(),
+                checkpoint_due: Arc::default(),
             },
             opened,
         ))
@@ -153,8 +166,38 @@ impl Store {
             if self.is_closed() {
                 return Err(ClientError::Closed);
             }
-            Self::commit(c, durable, f)
+            let out = Self::commit(c, durable, f)?;
+            if self.commits.fetch_add(1, Ordering::Relaxed) + 1 >= COMMITS_PER_CHECKPOINT {
+                self.commits.store(0, Ordering::Relaxed);
+                self.checkpoint_due.notify_one();
+            }
+            Ok(out)
         })
+    }
+
+    /// Notified when a checkpoint is due (the client's checkpoint task waits on it).
+    pub(crate) fn checkpoint_due(&self) -> Arc<tokio::sync::Notify> {
+        self.checkpoint_due.clone()
+    }
+
+    /// Copies the WAL into the database (`PASSIVE`: it takes no lock writers wait for), from
+    /// a connection of its own, so the copy and its fsync happen beside the client's writes,
+    /// not inside one of them. Blocking.
+    pub(crate) fn checkpoint(&self) -> Result<(), ClientError> {
+        use rusqlite::OpenFlags;
+        let c = {
+            let _turn = open_close_turn();
+            Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?
+        };
+        let c = Conn(Some(c));
+        if let Some(conn) = c.0.as_ref() {
+            conn.busy_timeout(std::time::Duration::from_secs(1))?;
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        }
+        Ok(())
     }
 
     /// A durable write that runs even when closed: the logout wipe.
@@ -279,6 +322,38 @@ fn json_text<T: serde::Serialize>(v: &T) -> rusqlite::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SQLite's own checkpoint is off; every `COMMITS_PER_CHECKPOINT` writes the store asks
+    /// for one, and `checkpoint` (from its own connection) keeps the WAL bounded: 1,000
+    /// writes of ~16 KiB would make a 16 MB WAL without it.
+    #[test]
+    fn checkpoints_are_asked_for_and_keep_the_wal_bounded() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, _) = Store::open(dir.path(), 1).expect("open");
+        let due = store.checkpoint_due();
+        let value = "x".repeat(16 * 1024);
+        let (mut asked, mut largest) = (0, 0);
+        for i in 0..1000 {
+            store
+                .write_cache(|tx| {
+                    tx.conn().execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('scratch', ?1)",
+                        [format!("{i}{value}")],
+                    )?;
+                    Ok(())
+                })
+                .expect("write");
+            if due.notified().now_or_never().is_some() {
+                asked += 1;
+                store.checkpoint().expect("checkpoint");
+            }
+            let wal = std::fs::metadata(dir.path().join("cache.sqlite-wal")).map_or(0, |m| m.len());
+            largest = largest.max(wal);
+        }
+        assert_eq!(asked, 1000 / COMMITS_PER_CHECKPOINT as usize);
+        assert!(largest < 8 << 20, "the WAL reached {largest} bytes");
+    }
 
     /// Two threads open and drop stores on one file over and over. With SQLite 3.51.1 an
     /// open racing the close of the last connection can deadlock (seen in the benchmark's

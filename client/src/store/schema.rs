@@ -141,6 +141,8 @@ pub(crate) struct Opened {
 
 fn configure(c: &Connection) -> rusqlite::Result<()> {
     c.pragma_update(None, "journal_mode", "WAL")?;
+    // Checkpoints run beside the writes, from the client's checkpoint task (store/mod.rs).
+    c.pragma_update(None, "wal_autocheckpoint", 0)?;
     c.pragma_update(None, "synchronous", "FULL")?;
     c.pragma_update(None, "foreign_keys", "ON")?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
