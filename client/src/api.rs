@@ -289,7 +289,8 @@ impl Api {
         r
     }
 
-    /// Sends as is (no token), classifies the answer, and returns the response of a 2xx.
+    /// Sends as is (no token), classifies the answer ([`classify`]), and returns the response
+    /// of a 2xx.
     async fn send_once(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
         let res = match rb.send().await {
             Ok(r) => r,
@@ -557,24 +558,7 @@ impl Api {
     /// S3's answers that a later try gets past are retryable, not refusals
     /// ([`s3_retryable`]); a new try opens a new session, so its URL is signed afresh.
     pub async fn send_signed(&self, rb: RequestBuilder) -> Result<Response, ApiError> {
-        crate::runtime::in_runtime(&self.rt, async move {
-            let res = match rb.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.set_online(false);
-                    return Err(ApiError::Offline(e.to_string()));
-                }
-            };
-            self.set_online(true);
-            let status = res.status();
-            if status.is_success() {
-                return Ok(res);
-            }
-            let after = retry_after(&res);
-            let body = res.bytes().await.unwrap_or_default();
-            classify(status, &body, after)
-        })
-        .await
+        crate::runtime::in_runtime(&self.rt, async move { self.send_once(rb).await }).await
     }
 
     // Live channel (owned by the live-updates work) ----------------------------------------
