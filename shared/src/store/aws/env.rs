@@ -89,7 +89,8 @@ fn dedup_with(sdk: &aws_config::SdkConfig) -> Result<Arc<AwsDedup>, EnvError> {
     };
     let (ddb, s3) = clients(sdk, path_style);
     // The sweep lists everything under the prefix: audio and snapshot objects.
-    let blobs = S3Blobs::new(s3, bucket, prefix);
+    let blobs =
+        S3Blobs::new(s3, bucket, prefix).with_signing_credentials(sdk.credentials_provider());
     Ok(Arc::new(Dedup::new(
         blobs,
         DynamoIndex::new(ddb, table),

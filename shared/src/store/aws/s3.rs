@@ -30,6 +30,8 @@ pub struct S3Blobs {
     bucket: String,
     /// Only keys under this prefix are listed by the orphan sweep.
     list_prefix: String,
+    /// What signs presigned URLs, asked for its expiry (see `lifetime`).
+    credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
 }
 
 fn status_of<E, R: HttpStatus>(e: &SdkError<E, R>) -> Option<u16> {
@@ -60,6 +62,27 @@ fn backend<E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static>(
         }
         _ => StoreError::Backend(text.into()),
     }
+}
+
+/// A URL signed with temporary credentials (a Lambda role's) dies with them, whatever its
+/// stated lifetime: sign for at most until they expire, less this margin.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(30);
+
+/// The lifetime to sign for: `wanted`, cut to end `CREDENTIALS_MARGIN` before the signing
+/// credentials expire (at least one second, so the answer is still a URL).
+fn lifetime_within(
+    wanted: Duration,
+    now: std::time::SystemTime,
+    credentials_expire: Option<std::time::SystemTime>,
+) -> Duration {
+    let Some(at) = credentials_expire else {
+        return wanted;
+    };
+    let left = at
+        .duration_since(now)
+        .unwrap_or_default()
+        .saturating_sub(CREDENTIALS_MARGIN);
+    wanted.min(left).max(Duration::from_secs(1))
 }
 
 fn presign_config(ttl: Duration) -> Result<PresigningConfig, StoreError> {
@@ -96,12 +119,45 @@ fn unversioned(key: &str) -> StoreError {
 }
 
 impl S3Blobs {
+    /// How long a URL signed now may live: `wanted`, or less when the client's credentials
+    /// expire sooner (both logged then). Credentials that cannot be had are the signing
+    /// call's error to report, not this one's.
+    async fn lifetime(&self, wanted: Duration) -> Duration {
+        use aws_sdk_s3::config::ProvideCredentials;
+        let Some(provider) = &self.credentials else {
+            return wanted;
+        };
+        let Ok(creds) = provider.provide_credentials().await else {
+            return wanted;
+        };
+        let ttl = lifetime_within(wanted, std::time::SystemTime::now(), creds.expiry());
+        if ttl < wanted {
+            tracing::info!(
+                wanted_secs = wanted.as_secs(),
+                signed_secs = ttl.as_secs(),
+                "URL lifetime cut to the signing credentials' expiry"
+            );
+        }
+        ttl
+    }
+
     pub fn new(client: Client, bucket: impl Into<String>, list_prefix: impl Into<String>) -> Self {
         Self {
             client,
             bucket: bucket.into(),
             list_prefix: list_prefix.into(),
+            credentials: None,
         }
+    }
+
+    /// The credentials the client signs with (the SDK configuration's), so presigned URLs
+    /// are never stated to live longer than they can (temporary role credentials).
+    pub fn with_signing_credentials(
+        mut self,
+        credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
+    ) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     pub fn bucket(&self) -> &str {
@@ -283,6 +339,7 @@ impl BlobStore for S3Blobs {
     }
 
     async fn presign_put(&self, req: &PresignPut) -> Result<SignedRequest, StoreError> {
+        let ttl = self.lifetime(req.expires_in).await;
         // aws-sdk-rust#1103: set only `checksum_sha256`, not `checksum_algorithm`, or the
         // value is dropped from the signed headers.
         let p = self
@@ -295,10 +352,10 @@ impl BlobStore for S3Blobs {
             .checksum_sha256(req.sha256.to_base64())
             .if_none_match("*")
             .metadata(UPLOADER_META, &req.uploader)
-            .presigned(presign_config(req.expires_in)?)
+            .presigned(presign_config(ttl)?)
             .await
             .map_err(backend)?;
-        Ok(signed(p, req.expires_in, now_ms()))
+        Ok(signed(p, ttl, now_ms()))
     }
 
     async fn presign_get(
@@ -308,6 +365,7 @@ impl BlobStore for S3Blobs {
         content_type: &'static str,
         ttl: Duration,
     ) -> Result<SignedRequest, StoreError> {
+        let ttl = self.lifetime(ttl.min(MAX_PRESIGN_GET)).await;
         let p = self
             .client
             .get_object()
@@ -315,10 +373,10 @@ impl BlobStore for S3Blobs {
             .key(key)
             .version_id(version)
             .response_content_type(content_type)
-            .presigned(presign_config(ttl.min(MAX_PRESIGN_GET))?)
+            .presigned(presign_config(ttl)?)
             .await
             .map_err(backend)?;
-        Ok(signed(p, ttl.min(MAX_PRESIGN_GET), now_ms()))
+        Ok(signed(p, ttl, now_ms()))
     }
 
     /// ListObjectVersions, not ListObjectsV2 + a HEAD each: the listing carries each
@@ -369,5 +427,29 @@ impl BlobStore for S3Blobs {
             None
         };
         Ok(ObjectPage { objects, next })
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    /// A URL never outlives the credentials that signed it (less the margin); long-lived or
+    /// static credentials leave the lifetime alone; expired ones still give a 1-second URL.
+    #[test]
+    fn a_url_lives_no_longer_than_its_signing_credentials() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(lifetime_within(hour, now, None), hour);
+        assert_eq!(lifetime_within(hour, now, Some(now + 3 * hour)), hour);
+        assert_eq!(
+            lifetime_within(hour, now, Some(now + Duration::from_secs(600))),
+            Duration::from_secs(570)
+        );
+        assert_eq!(
+            lifetime_within(hour, now, Some(now - hour)),
+            Duration::from_secs(1)
+        );
     }
 }
