@@ -114,12 +114,20 @@ async fn a_week_of_hourly_tokens_compressed_into_seconds() {
     let mut bob_failures = bob.subscribe();
     let _live = bob.go_live();
 
-    // 24 s of traffic: about five token lifetimes, a restart with sends while it is down.
+    // 24 s of traffic by default (about five token lifetimes; the test command's budget),
+    // `SIGNED_IN_TRAFFIC_SECS=60` for the full minute; a restart with sends while it
+    // is down either way.
+    let traffic = Duration::from_secs(
+        std::env::var("SIGNED_IN_TRAFFIC_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(24),
+    );
     let mut sent = BTreeSet::new();
     let start = Instant::now();
     let mut restarted = false;
     let mut n = 0u32;
-    while start.elapsed() < Duration::from_secs(24) {
+    while start.elapsed() < traffic {
         n += 1;
         let (who, client) = if n.is_multiple_of(3) {
             ("bob", &bob)
