@@ -293,13 +293,10 @@ impl ClientHandle {
         message_id: String,
         progress: Option<Arc<dyn ProgressListener>>,
     ) -> Result<Arc<PlayableAudio>, ClientError> {
-        let (t, m) = (Self::thread_id(&thread_id)?, Self::message_id(&message_id)?);
-        let c = self.client()?;
-        let report = progress_fn(progress);
-        let handle = c
-            .message_audio(&t, &m, report.as_ref().map(|f| f as Progress<'_>))
-            .await?;
-        Ok(Arc::new(PlayableAudio::new(handle)))
+        // The cancellable job, awaited here.
+        self.start_message_download(thread_id, message_id, progress)?
+            .join()
+            .await
     }
 
     /// `play_message` as a job the app can cancel.
@@ -330,15 +327,8 @@ impl ClientHandle {
         format: AudioFormat,
         progress: Option<Arc<dyn ProgressListener>>,
     ) -> Result<UploadResult, ClientError> {
-        let c = self.client()?;
-        let report = progress_fn(progress);
-        Ok(c.upload_audio(
-            std::path::Path::new(&path),
-            format,
-            report.as_ref().map(|f| f as Progress<'_>),
-        )
-        .await?
-        .into())
+        // The cancellable job, awaited here.
+        self.start_upload(path, format, progress)?.join().await
     }
 
     /// `upload_audio` as a job the app can cancel.
