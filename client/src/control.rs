@@ -41,7 +41,6 @@ impl Control {
     }
 
     /// Changes on every `reconnect_now`.
-    #[allow(dead_code)] // read by the live channel's WebSocket transport, in progress
     pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
         self.reconnects.subscribe()
     }

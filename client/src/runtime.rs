@@ -19,15 +19,15 @@ pub(crate) struct ClientRuntime {
 
 struct Owned(Option<Runtime>);
 
-/// How long dropping the client's own runtime waits for its tasks to be dropped (they hold
-/// the folder lock), when the last client is dropped outside any runtime.
+/// How long dropping the client's own runtime waits for its tasks to be dropped, when the
+/// last client is dropped outside any runtime: none of them still touches the cache after.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 impl Drop for Owned {
     fn drop(&mut self) {
         let Some(rt) = self.0.take() else { return };
         // Inside some runtime, blocking is not allowed: do not wait (tasks end by the
-        // lifeline anyway). Outside, wait, so the folder is free when `drop` returns.
+        // lifeline anyway). Outside, wait, so every task has ended when `drop` returns.
         if Handle::try_current().is_ok() {
             rt.shutdown_background();
         } else {
@@ -70,8 +70,9 @@ impl ClientRuntime {
 }
 
 /// One client per cache folder: an exclusive lock on `client.lock`, held by the app's clones
-/// of the client (its tasks end at their next step once the last of those is dropped). A second client (another process, or a forgotten one in this
-/// process) gets [`ClientError::FolderInUse`] instead of a second sender on one queue.
+/// of the client (its tasks end at their next step once the last of those is dropped). A
+/// second client (another process, or a forgotten one in this process) gets
+/// [`ClientError::FolderInUse`] instead of a second sender on one queue.
 pub(crate) struct FolderLock {
     /// Closing the file releases the lock (`release`, at logout).
     file: std::sync::Mutex<Option<std::fs::File>>,
