@@ -41,7 +41,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::ReferenceRemoved
         | C::ThreadIdConflict
         | C::MessageIdConflict
-        | C::CursorUnknown => StatusCode::CONFLICT,
+        | C::CursorUnknown
+        | C::PartsMissing => StatusCode::CONFLICT,
         C::SessionExpired => StatusCode::GONE,
         C::QuotaExceeded | C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         C::Busy | C::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -72,6 +73,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::InvalidProof
         | C::InvalidChecksum
         | C::ChecksumMismatch
+        | C::InvalidPart
         | C::SizeMismatch
         | C::BadDigest => StatusCode::BAD_REQUEST,
     }

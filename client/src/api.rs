@@ -14,8 +14,8 @@ use serde_json::value::RawValue;
 
 use audio_dedup_core::{
     AudioFormat, AudioRender, AudioView, ContentHash, LibraryItemId, LibraryItemView, MessageId,
-    MessageView, Page, ReferenceKind, SessionId, Stats, ThreadDetail, ThreadId, ThreadView,
-    UploadResult, UploadSession,
+    MessageView, Page, Part, PartUpload, PartsView, ReferenceKind, SessionId, Stats,
+    ThreadDetail, ThreadId, ThreadView, UploadResult, UploadSession,
 };
 
 use crate::auth::{Auth, TokenUnavailable};
@@ -533,6 +533,44 @@ impl Api {
                 )
                 .await?
                 .1)
+        })
+        .await
+    }
+
+    /// Signed PUTs for parts of a parted session (`POST /v1/audio/{hash}/parts`).
+    pub async fn sign_parts(
+        &self,
+        hash: &ContentHash,
+        session: &SessionId,
+        parts: &[Part],
+    ) -> Result<Vec<PartUpload>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Signed {
+            parts: Vec<PartUpload>,
+        }
+        crate::runtime::in_runtime(&self.rt, async move {
+            let body = serde_json::json!({ "session_id": session, "parts": parts });
+            let signed: Signed = self
+                .json(
+                    self.req(Method::POST, &format!("/v1/audio/{hash}/parts"))
+                        .json(&body),
+                )
+                .await?
+                .1;
+            Ok(signed.parts)
+        })
+        .await
+    }
+
+    /// The parts the server holds of a parted session (`GET /v1/audio/{hash}/parts`).
+    pub async fn list_parts(
+        &self,
+        hash: &ContentHash,
+        session: &SessionId,
+    ) -> Result<PartsView, ApiError> {
+        crate::runtime::in_runtime(&self.rt, async move {
+            let path = format!("/v1/audio/{hash}/parts?session_id={session}");
+            Ok(self.json(self.req(Method::GET, &path)).await?.1)
         })
         .await
     }

@@ -40,6 +40,7 @@ mod live;
 mod maintenance;
 mod messages;
 mod outbox;
+mod parts;
 mod queue;
 mod runtime;
 mod sender;

@@ -35,8 +35,10 @@ pub struct UploadOutcome {
     pub size: u64,
     /// The server had the content already: no audio bytes were sent.
     pub deduplicated: bool,
-    /// Audio bytes sent to the server or the blob store.
+    /// Audio bytes sent to the server or the blob store by this call.
     pub bytes_sent: u64,
+    /// A parted upload resumed: the bytes the server held already when this call began.
+    pub resumed_from: u64,
 }
 
 /// Chunks of the streamed PUT body.
@@ -191,7 +193,17 @@ impl Client {
                 path.display()
             )));
         }
-        let session = self.api.open_session(&hash, size, format, None).await?;
+        // A parted upload this device started (and was stopped in) is resumed, not begun
+        // again; the content was not on the server then, so no proof is tried first.
+        let saved = self
+            .store
+            .saved_upload(&hash)?
+            .filter(|s| crate::parts::resumable(s, size, self.cfg.now_ms()));
+        let resuming = saved.is_some();
+        let session = match saved {
+            Some(s) => s,
+            None => self.api.open_session(&hash, size, format, None).await?,
+        };
         if session.content_hash != hash {
             return Err(ApiError::Protocol(format!(
                 "opened a session for {hash}, the server answered one for {}",
@@ -204,18 +216,32 @@ impl Client {
             size,
             deduplicated: true,
             bytes_sent: 0,
+            resumed_from: 0,
         };
         // Locked out of proving (earlier wrong answers): sending the bytes still works.
-        if self.claim_by_proof(path, size, &session).await? == Claim::Accepted {
+        if !resuming && self.claim_by_proof(path, size, &session).await? == Claim::Accepted {
             tracing::info!(%hash, "already on the server (deduplicated)");
             return Ok(deduplicated);
         }
         tracing::info!(%hash, size, "uploading");
-        match self
-            .put_file(path, &hash, size, &session.upload, progress)
-            .await
-        {
-            Ok(()) => {}
+        let sent = match (&session.parts, &session.upload) {
+            (Some(plan), _) => {
+                self.store.save_upload(&session, self.cfg.now_ms())?;
+                self.send_parts(path, &session, *plan, progress)
+                    .await
+                    .map(Some)
+            }
+            (None, Some(upload)) => self
+                .put_file(path, &hash, size, upload, progress)
+                .await
+                .map(|()| None),
+            (None, None) => Err(ApiError::Protocol(
+                "the upload session has neither a URL nor parts".into(),
+            )
+            .into()),
+        };
+        match sent {
+            Ok(_) => {}
             Err(ClientError::Api(ApiError::Rejected { status: 412, .. })) => {
                 // The content is stored: only a proof claims it now.
                 let (status, code, wait) = match self.claim_by_proof(path, size, &session).await? {
@@ -235,7 +261,38 @@ impl Client {
             }
             Err(e) => return Err(e),
         }
-        let done = self.api.complete(&hash, &session.session_id, None).await?;
+        let parts = sent.ok().flatten();
+        let done = match self.api.complete(&hash, &session.session_id, None).await {
+            Ok(done) => done,
+            // Parts put together under another upload's object: only a proof claims it.
+            Err(ApiError::Rejected {
+                code: ErrorCode::UploadRequired,
+                ..
+            }) if parts.is_some() => {
+                self.store.forget_upload(&hash)?;
+                if self.claim_by_proof(path, size, &session).await? == Claim::Accepted {
+                    return Ok(UploadOutcome {
+                        bytes_sent: parts.map_or(0, |p| p.sent),
+                        ..deduplicated
+                    });
+                }
+                return Err(ApiError::Retryable {
+                    status: 412,
+                    code: ErrorCode::PreconditionFailed,
+                    retry_after: Some(Duration::from_secs(1)),
+                }
+                .into());
+            }
+            Err(e) => {
+                if !e.is_retryable() {
+                    self.store.forget_upload(&hash)?;
+                }
+                return Err(e.into());
+            }
+        };
+        if parts.is_some() {
+            self.store.forget_upload(&hash)?;
+        }
         if done.deduplicated {
             tracing::info!(%hash, "already on the server (deduplicated)");
         } else {
@@ -245,7 +302,8 @@ impl Client {
             content_hash: hash,
             size,
             deduplicated: done.deduplicated,
-            bytes_sent: size,
+            bytes_sent: parts.map_or(size, |p| p.sent),
+            resumed_from: parts.map_or(0, |p| p.resumed_from),
         })
     }
 

@@ -20,11 +20,13 @@ use tower_http::services::ServeFile;
 
 use audio_dedup_api::spool::spool_body;
 use audio_dedup_api::ApiError;
-use audio_dedup_core::ports::{BlobStore, PutOutcome, PutRequest};
+use audio_dedup_core::ports::{BlobBody, BlobStore, MultipartRef, PutOutcome, PutRequest};
 use audio_dedup_core::store::embedded::{FsBlobStore, SignError};
 
 use crate::LocalDedup;
-use audio_dedup_core::{protocol::keys, DailyBytes, DedupError, ErrorCode, Uploader, UserId};
+use audio_dedup_core::{
+    protocol::keys, DailyBytes, DedupError, ErrorCode, Part, Uploader, UserId,
+};
 
 pub struct BlobState {
     pub blobs: FsBlobStore,
@@ -89,6 +91,9 @@ pub async fn put_object(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if query.contains_key("X-Part") {
+        return put_part(state, key, query, headers, body).await;
+    }
     owned_key(&state, &key)?;
     let header = |name: &str| {
         headers
@@ -189,6 +194,113 @@ pub async fn put_object(
             "an object already exists at this key",
         )),
     }
+}
+
+/// The declared `content-length`, which must be what the URL was signed for.
+fn declared_length(headers: &HeaderMap, signed: u64) -> Result<(), ApiError> {
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        None => Err(ApiError::new(
+            ErrorCode::LengthRequired,
+            "content-length is required",
+        )),
+        Some(n) if n != signed => Err(ApiError::new(
+            ErrorCode::SizeMismatch,
+            format!("the URL is signed for {signed} bytes"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A signed part PUT (S3's UploadPart): stored if the signature, expiry, length and the
+/// part's SHA-256 check out, charged to the session's owner like a whole PUT.
+async fn put_part(
+    state: Arc<BlobState>,
+    key: String,
+    query: BTreeMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some((hash, session)) = keys::session_from_staging_key(&state.key_prefix, &key) else {
+        return Err(ApiError::new(
+            ErrorCode::SignatureInvalid,
+            "not a signed part URL",
+        ));
+    };
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let now = state.blobs.clock().now_ms();
+    let grant = state
+        .blobs
+        .signer()
+        .verify_part(&key, &query, header, now)
+        .map_err(sign_error)?;
+    declared_length(&headers, grant.size)?;
+    let Some(owner) = state
+        .dedup
+        .audio()
+        .session_owner(&hash, &session)
+        .await
+        .map_err(internal)?
+    else {
+        return Err(ApiError::new(
+            ErrorCode::SignatureInvalid,
+            "this URL names no upload session",
+        ));
+    };
+    state.reserve(&owner, grant.size, now)?;
+    let spooled = spool_body(body, grant.size, Some(&state.blobs.spool_dir()))
+        .await
+        .map_err(|e| {
+            e.into_api(|| ApiError::new(ErrorCode::SizeMismatch, "the body is longer than signed"))
+        })?;
+    if spooled.size != grant.size {
+        return Err(ApiError::new(
+            ErrorCode::SizeMismatch,
+            "the body is shorter than signed",
+        ));
+    }
+    if spooled.hash != grant.sha256 {
+        return Err(ApiError::new(
+            ErrorCode::BadDigest,
+            "the part does not match x-amz-checksum-sha256",
+        ));
+    }
+    let BlobBody::File(path) = &spooled.body else {
+        return Err(internal("a spooled part is not a file"));
+    };
+    let upload = MultipartRef {
+        key,
+        upload_id: grant.upload_id,
+    };
+    let part = Part {
+        number: grant.number,
+        size: grant.size,
+        sha256: grant.sha256,
+    };
+    if !state
+        .blobs
+        .put_part(&upload, part, path.clone())
+        .await
+        .map_err(internal)?
+    {
+        return Err(ApiError::new(
+            ErrorCode::ObjectNotFound,
+            "no such upload in progress (completed or aborted)",
+        ));
+    }
+    let mut res = StatusCode::OK.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", part.sha256)) {
+        res.headers_mut().insert("etag", v);
+    }
+    Ok(res)
 }
 
 pub async fn get_object(

@@ -9,9 +9,11 @@ use axum::Json;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
-use audio_dedup_core::audio::{CompleteRequest, DirectUpload, SessionRequest};
+use audio_dedup_core::audio::{CompleteRequest, DirectUpload, PartsRequest, SessionRequest};
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{AudioFormat, ContentHash, ErrorCode, PendingReference, Proof, SessionId};
+use audio_dedup_core::{
+    AudioFormat, ContentHash, ErrorCode, Part, PendingReference, Proof, SessionId,
+};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -180,6 +182,82 @@ pub async fn complete<B: BlobStore, I: TransactionalIndex>(
         })
         .await?;
     Ok(Json(result).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartBody {
+    number: u32,
+    #[serde(deserialize_with = "json_u64")]
+    size: u64,
+    sha256: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignPartsBody {
+    session_id: String,
+    parts: Vec<PartBody>,
+}
+
+/// `POST /v1/audio/{hash}/parts`: signed PUTs for parts of a parted session.
+pub async fn sign_parts<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    PathIds(hash): PathIds<ContentHash>,
+    JsonBody(b): JsonBody<SignPartsBody>,
+) -> Result<Response, ApiError> {
+    let session_id: SessionId = field(&b.session_id)?;
+    let parts = b
+        .parts
+        .iter()
+        .map(|p| {
+            Ok(Part {
+                number: p.number,
+                size: p.size,
+                sha256: field(&p.sha256)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let signed = s
+        .dedup
+        .audio()
+        .sign_parts(PartsRequest {
+            owner: caller.user,
+            hash,
+            session_id,
+            parts,
+        })
+        .await?;
+    Ok(Json(serde_json::json!({ "parts": signed })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartsQuery {
+    session_id: Option<String>,
+}
+
+/// `GET /v1/audio/{hash}/parts?session_id=`: the parts the store holds (to resume).
+pub async fn list_parts<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    PathIds(hash): PathIds<ContentHash>,
+    StrictQuery(q): StrictQuery<PartsQuery>,
+) -> Result<Response, ApiError> {
+    let raw = q.session_id.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidSessionId,
+            "the session_id query parameter is required",
+        )
+    })?;
+    let session_id: SessionId = field(&raw)?;
+    let view = s
+        .dedup
+        .audio()
+        .uploaded_parts(&caller.user, &hash, &session_id)
+        .await?;
+    Ok(Json(view).into_response())
 }
 
 pub async fn describe<B: BlobStore, I: TransactionalIndex>(

@@ -178,7 +178,10 @@ pub struct UploadResult {
     pub size: u64,
     /// The server had the content already: no audio byte was sent.
     pub deduplicated: bool,
+    /// Audio bytes this call sent.
     pub bytes_sent: u64,
+    /// A large upload resumed after a kill or lost network: bytes the server already held.
+    pub resumed_from: u64,
 }
 
 impl From<client::UploadOutcome> for UploadResult {
@@ -188,6 +191,7 @@ impl From<client::UploadOutcome> for UploadResult {
             size: o.size,
             deduplicated: o.deduplicated,
             bytes_sent: o.bytes_sent,
+            resumed_from: o.resumed_from,
         }
     }
 }

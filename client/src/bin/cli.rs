@@ -526,6 +526,13 @@ async fn run(cli: Cli) -> Res {
             pb.finish_and_clear();
             let up = up?;
             out!("{}", up.content_hash);
+            if up.resumed_from > 0 {
+                out!(
+                    "resumed from {} B of {} B (already on the server)",
+                    up.resumed_from,
+                    up.size
+                );
+            }
             match up.deduplicated {
                 true => out!("deduplicated: the server had it ({} B sent)", up.bytes_sent),
                 false => out!("uploaded {} B", up.bytes_sent),

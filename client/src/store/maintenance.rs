@@ -87,7 +87,8 @@ impl Store {
                  DELETE FROM sync_state;
                  DELETE FROM snapshots;
                  DELETE FROM audio;
-                 DELETE FROM queue;",
+                 DELETE FROM queue;
+                 DELETE FROM uploads;",
             )
         })
     }

@@ -26,6 +26,7 @@ mod schema;
 mod snapshots;
 pub(crate) mod sync_state;
 mod threads;
+pub(crate) mod uploads;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};

@@ -105,6 +105,12 @@ CREATE TABLE IF NOT EXISTS library (
     local_order INTEGER NOT NULL,
     error TEXT
 );
+-- Parted uploads in progress: the open session (JSON), so a restart resumes it.
+CREATE TABLE IF NOT EXISTS uploads (
+    hash TEXT PRIMARY KEY,
+    session TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 "#;
 
 /// Layout changes, applied in order by `open_checked` to an older file (`SCHEMA` has already

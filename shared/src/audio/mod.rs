@@ -7,6 +7,7 @@ mod combine;
 mod deletion;
 mod events;
 pub(crate) mod holding;
+mod parts;
 mod quota;
 mod read;
 pub(crate) mod reconcile;
@@ -21,6 +22,7 @@ pub use events::Adoption;
 pub use session::{
     proof_for, CompleteRequest, SessionRequest, PROOF_RANGES, PROOF_RANGE_LEN, WHOLE_FILE_PROOF_MAX,
 };
+pub use parts::{PartsRequest, MAX_PARTS, MAX_PARTS_PER_REQUEST};
 pub use upload::DirectUpload;
 
 use crate::domain::ContentHash;

@@ -53,18 +53,41 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             if let Some(s) = self.core.load::<SessionRecord>(&key).await? {
                 let over = s.value.expires_at + ms(self.core.cfg.session_slack) <= self.core.now();
                 if s.value.state == SessionState::Open && over {
-                    let mut e = s.value.clone();
-                    e.state = SessionState::Expired;
-                    let mut txn = self.core.txn();
-                    txn.put_session(&e, s.expect())?;
-                    self.plan_session_closed(&mut txn, &e.owner).await?;
-                    if self.core.commit(txn).await? {
+                    // An abandoned multipart upload goes first: the session names it.
+                    self.drop_parted(&s.value).await?;
+                    if self.expire_session(&s.value).await? {
                         report.sessions_expired += 1;
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Marks an open session expired and gives its quota slot back; `false` if it was no
+    /// longer open (completed or expired by someone else).
+    pub(crate) async fn expire_session(&self, s: &SessionRecord) -> Result<bool, DedupError> {
+        let key = keys::session(&s.hash, &s.id);
+        self.core
+            .cas(|| async {
+                let Some(cur) = self.core.load::<SessionRecord>(&key).await? else {
+                    return Ok(Step::Done(false));
+                };
+                if cur.value.state != SessionState::Open {
+                    return Ok(Step::Done(false));
+                }
+                let mut e = cur.value.clone();
+                e.state = SessionState::Expired;
+                let mut txn = self.core.txn();
+                txn.put_session(&e, cur.expect())?;
+                self.plan_session_closed(&mut txn, &e.owner).await?;
+                Ok(if self.core.commit(txn).await? {
+                    Step::Done(true)
+                } else {
+                    Step::Lost
+                })
+            })
+            .await
     }
 
     /// An audio object in the blob store: if the index does not account for it (a crash

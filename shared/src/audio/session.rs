@@ -102,8 +102,17 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let now = self.core.now();
         let mut id = [0u8; 16];
         self.core.entropy.fill(&mut id);
+        let id = SessionId::from_random(id);
+        let plan = self.parts_plan(req.size);
+        let parts = match plan {
+            Some(plan) => Some(
+                self.start_parted(&id, &req.hash, req.format, plan)
+                    .await?,
+            ),
+            None => None,
+        };
         let fresh = SessionRecord {
-            id: SessionId::from_random(id),
+            id,
             hash: req.hash,
             owner: req.owner.clone(),
             size: req.size,
@@ -112,11 +121,28 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             challenge: self.make_challenge(req.size),
             state: SessionState::Open,
             created_at: now,
-            expires_at: now + ms(self.core.cfg.session_ttl),
+            expires_at: now + ms(self.session_ttl(req.size)),
             deduplicated: None,
+            parts,
         };
-        let rec = self.core.cas(|| self.open_step(&fresh)).await?;
-        self.answer_session(&rec).await
+        match self.core.cas(|| self.open_step(&fresh)).await {
+            Ok(rec) => self.answer_session(&rec).await,
+            Err(e) => {
+                // Refused or failed: the upload this session started is nobody's.
+                if let Err(abort) = self.drop_parted(&fresh).await {
+                    tracing::warn!(error = %abort, "abandoned multipart upload left to the lifecycle rule");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// How long a session for `size` bytes stays open: parted ones long enough to resume.
+    fn session_ttl(&self, size: u64) -> std::time::Duration {
+        match self.parts_plan(size) {
+            Some(_) => self.core.cfg.parted_session_ttl,
+            None => self.core.cfg.session_ttl,
+        }
     }
 
     /// The caller's last session on this content, when a retried open may answer it again:
@@ -143,29 +169,34 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             && s.size == req.size
             && s.format == req.format
             && s.reference == req.reference;
-        let fresh_enough = left >= ms(self.core.cfg.session_ttl) / 2;
+        let fresh_enough = left >= ms(self.session_ttl(s.size)) / 2;
         Ok((same && s.state == SessionState::Open && fresh_enough).then_some(s))
     }
 
     /// The answer for an open session: its URL signed for the rest of its life.
     async fn answer_session(&self, rec: &SessionRecord) -> Result<UploadSession, DedupError> {
         let left = u64::try_from(rec.expires_at - self.core.now()).unwrap_or(0);
-        let upload = self
-            .core
-            .blobs
-            .presign_put(&PresignPut {
-                key: self.core.blob_key(&rec.hash),
-                sha256: rec.hash,
-                size: rec.size,
-                content_type: rec.format.content_type(),
-                uploader: Uploader::Session(rec.id.clone()).to_string(),
-                expires_in: std::time::Duration::from_millis(left),
-            })
-            .await?;
+        let upload = match &rec.parts {
+            Some(_) => None,
+            None => Some(
+                self.core
+                    .blobs
+                    .presign_put(&PresignPut {
+                        key: self.core.blob_key(&rec.hash),
+                        sha256: rec.hash,
+                        size: rec.size,
+                        content_type: rec.format.content_type(),
+                        uploader: Uploader::Session(rec.id.clone()).to_string(),
+                        expires_in: std::time::Duration::from_millis(left),
+                    })
+                    .await?,
+            ),
+        };
         Ok(UploadSession {
             session_id: rec.id.clone(),
             content_hash: rec.hash,
             upload,
+            parts: rec.parts.as_ref().map(|p| p.plan),
             challenge: ChallengeView {
                 nonce: rec.challenge.nonce.clone(),
                 ranges: rec.challenge.ranges.clone(),
@@ -313,6 +344,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         }
         if let Some(proof) = &req.proof {
             return self.core.cas(|| self.prove_step(&s.value, proof)).await;
+        }
+        if let Some(up) = &s.value.parts {
+            self.publish_parted(&s.value, up).await?;
         }
         let blob_key = self.core.blob_key(&req.hash);
         let Some(meta) = self.core.blobs.head(&blob_key).await? else {

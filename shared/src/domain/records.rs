@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AudioFormat, ContentHash, MessageId, ReferenceId, ReferenceKind, SessionId, UserId};
+use super::{
+    AudioFormat, ContentHash, MessageId, PartsPlan, ReferenceId, ReferenceKind, SessionId, UserId,
+};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -259,6 +261,17 @@ pub struct SessionRecord {
     pub expires_at: Millis,
     /// Set when completed: whether the bytes were already stored (so retries answer the same).
     pub deduplicated: Option<bool>,
+    /// Large content goes up in parts: the blob store's multipart upload for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<PartedUpload>,
+}
+
+/// A session's multipart upload: assembled under a staging key, published under the content
+/// hash only once the whole object's SHA-256 is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartedUpload {
+    pub upload_id: String,
+    pub plan: PartsPlan,
 }
 
 /// Who put an object, as its `uploader` metadata records it: an upload session's presigned

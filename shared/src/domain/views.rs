@@ -40,7 +40,12 @@ pub struct ChallengeView {
 pub struct UploadSession {
     pub session_id: SessionId,
     pub content_hash: ContentHash,
-    pub upload: SignedRequest,
+    /// The one signed PUT of the whole file; absent when the session takes parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<SignedRequest>,
+    /// How a large upload is cut into parts (`POST /v1/audio/{hash}/parts` signs them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<PartsPlan>,
     pub challenge: ChallengeView,
     pub expires_at: Millis,
 }
@@ -124,4 +129,56 @@ pub struct ReconcileReport {
     pub objects_swept: u64,
     /// Whether this pass reached the end of the key space (the next one starts over).
     pub sweep_cycle_completed: bool,
+}
+
+/// One part of a parted upload: its number (from 1), length and SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub number: u32,
+    pub size: u64,
+    pub sha256: ContentHash,
+}
+
+/// How a large upload is cut: parts of `part_size` bytes in order, the last one shorter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsPlan {
+    pub size: u64,
+    pub part_size: u64,
+    pub part_count: u32,
+}
+
+impl PartsPlan {
+    /// `size` bytes in parts of `part_size` (both non-zero).
+    pub fn new(size: u64, part_size: u64) -> Self {
+        let part_size = part_size.max(1);
+        Self {
+            size,
+            part_size,
+            part_count: u32::try_from(size.div_ceil(part_size)).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Where part `number` starts in the file and how long it is; `None` if there is no such
+    /// part.
+    pub fn span(&self, number: u32) -> Option<(u64, u64)> {
+        if number == 0 || number > self.part_count {
+            return None;
+        }
+        let offset = u64::from(number - 1) * self.part_size;
+        Some((offset, self.part_size.min(self.size - offset)))
+    }
+}
+
+/// A signed request that sends one part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartUpload {
+    pub number: u32,
+    pub upload: SignedRequest,
+}
+
+/// The parts the blob store holds for an open parted session, in part order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartsView {
+    pub plan: PartsPlan,
+    pub parts: Vec<Part>,
 }

@@ -46,6 +46,7 @@ pub enum ErrorCode {
     InvalidProof,
     InvalidChecksum,
     ChecksumMismatch,
+    InvalidPart,
     // Things that do not exist for this caller.
     AudioNotFound,
     ThreadNotFound,
@@ -61,6 +62,7 @@ pub enum ErrorCode {
     ThreadIdConflict,
     MessageIdConflict,
     SessionExpired,
+    PartsMissing,
     CursorUnknown,
     // Signed blob URLs of the local server (S3's own answers on AWS).
     UrlExpired,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::domain::{ContentHash, Millis, SignedRequest};
+use crate::domain::{ContentHash, Millis, Part, SignedRequest};
 use crate::error::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,29 @@ pub struct PresignPut {
     pub sha256: ContentHash,
     pub size: u64,
     pub content_type: &'static str,
+    pub uploader: String,
+    pub expires_in: Duration,
+}
+
+/// A multipart upload in progress: the key it assembles under and the store's id for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartRef {
+    pub key: String,
+    pub upload_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StartParts {
+    pub key: String,
+    pub content_type: &'static str,
+    pub uploader: String,
+}
+
+/// A PUT of one part the client sends itself. Signed: the part's checksum and length.
+#[derive(Debug, Clone)]
+pub struct PresignPart {
+    pub upload: MultipartRef,
+    pub part: Part,
     pub uploader: String,
     pub expires_in: Duration,
 }
@@ -130,6 +153,52 @@ pub trait BlobStore: Send + Sync + 'static {
         content_type: &'static str,
         expires_in: Duration,
     ) -> impl Future<Output = Result<SignedRequest, StoreError>> + Send;
+
+    /// Starts a multipart upload under `req.key`; the store's id for it. Parts must each carry
+    /// a SHA-256, which the store checks as they arrive.
+    fn start_parts(
+        &self,
+        req: &StartParts,
+    ) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// A signed PUT of one part: refused by the store unless its bytes match `part.sha256`
+    /// and `part.size`.
+    fn presign_part(
+        &self,
+        req: &PresignPart,
+    ) -> impl Future<Output = Result<SignedRequest, StoreError>> + Send;
+
+    /// The parts the store holds, by number; `None` when no such upload is in progress
+    /// (finished or aborted). Costs what the upload's parts do.
+    fn list_parts(
+        &self,
+        upload: &MultipartRef,
+    ) -> impl Future<Output = Result<Option<Vec<Part>>, StoreError>> + Send;
+
+    /// Assembles `parts` (all of them, in order) into an object under the upload's key: that
+    /// object, or `None` when no such upload is in progress. `sha256` is set only where the
+    /// store computed the whole object's digest while assembling it.
+    fn finish_parts(
+        &self,
+        upload: &MultipartRef,
+        parts: &[Part],
+    ) -> impl Future<Output = Result<Option<ObjectMeta>, StoreError>> + Send;
+
+    /// Drops an upload in progress and its parts. Aborting one that is gone succeeds.
+    fn abort_parts(
+        &self,
+        upload: &MultipartRef,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Copies one exact version to `to_key` as `uploader`, unless an object exists there
+    /// (if-none-match).
+    fn copy_if_absent(
+        &self,
+        from: &ObjectMeta,
+        to_key: &str,
+        content_type: &'static str,
+        uploader: &str,
+    ) -> impl Future<Output = Result<PutOutcome, StoreError>> + Send;
 
     /// Current objects in the store's key order (total and stable; `after` is a key from an
     /// earlier page), one page at a time, at a cost that follows the page (the reconciler's

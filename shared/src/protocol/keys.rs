@@ -175,6 +175,20 @@ pub fn hash_from_blob_key(prefix: &str, key: &str) -> Option<ContentHash> {
         .ok()
 }
 
+/// Where a parted upload is assembled: `<prefix>staging/<sha256>/<session>`. Outside
+/// `audio/`, so nothing there is ever mistaken for content; published under the content's
+/// key only once its whole SHA-256 is checked.
+pub fn staging_blob_key(prefix: &str, hash: &ContentHash, session: &SessionId) -> String {
+    format!("{prefix}staging/{hash}/{session}")
+}
+
+/// The content and session a staging key names, if the key is one of ours.
+pub fn session_from_staging_key(prefix: &str, key: &str) -> Option<(ContentHash, SessionId)> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("staging/")?;
+    let (hash, id) = rest.split_once('/')?;
+    Some((hash.parse().ok()?, id.parse().ok()?))
+}
+
 /// Blob key for a snapshot too big for an index item: `<prefix>snapshots/<message>-<sha256>`.
 /// One key per (message, content), so two racing creates of one id never share an object.
 pub fn snapshot_blob_key(prefix: &str, id: &MessageId, sha256: &ContentHash) -> String {

@@ -27,6 +27,12 @@ pub struct DedupConfig {
     pub key_prefix: String,
     /// How long an upload session's URL is valid.
     pub session_ttl: Duration,
+    /// Sessions for content larger than this take parts of this size (S3 allows 5 MiB to
+    /// 5 GiB a part, at most 10,000 parts); smaller content takes one signed PUT.
+    pub part_size: u64,
+    /// How long a parted session stays open: long enough to resume a large upload after
+    /// the app was killed or the network went away. Part URLs are signed on request.
+    pub parted_session_ttl: Duration,
     /// Extra time after a session's URL expires for a slow PUT to land and be completed.
     pub session_slack: Duration,
     /// Lifetime of download URLs (at most 15 minutes).
@@ -116,6 +122,8 @@ impl Default for DedupConfig {
         Self {
             key_prefix: String::new(),
             session_ttl: Duration::from_secs(15 * 60),
+            part_size: 8 * 1024 * 1024,
+            parted_session_ttl: Duration::from_secs(24 * 60 * 60),
             session_slack: Duration::from_secs(60 * 60),
             download_ttl: Duration::from_secs(10 * 60),
             deletion_grace: Duration::ZERO,

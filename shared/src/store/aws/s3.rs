@@ -12,10 +12,11 @@ use aws_sdk_s3::types::ChecksumMode;
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use crate::domain::{ContentHash, SignedRequest, StreamingHasher};
+use crate::domain::{ContentHash, Part, SignedRequest, StreamingHasher};
 use crate::error::StoreError;
 use crate::ports::{
-    BlobBody, BlobStore, ObjectMeta, ObjectPage, PresignPut, PutOutcome, PutRequest,
+    BlobBody, BlobStore, MultipartRef, ObjectMeta, ObjectPage, PresignPart, PresignPut, PutOutcome,
+    PutRequest, StartParts,
 };
 
 const UPLOADER_META: &str = "uploader";
@@ -195,8 +196,12 @@ impl S3Blobs {
             key: key.to_owned(),
             version: version.to_owned(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
+            // A multipart object's is a checksum of part checksums (`…-N`): not the content's.
             sha256: out
                 .checksum_sha256()
+                .filter(|_| {
+                    out.checksum_type() != Some(&aws_sdk_s3::types::ChecksumType::Composite)
+                })
                 .and_then(|c| ContentHash::from_base64(c).ok()),
             uploader: out.metadata().and_then(|m| m.get(UPLOADER_META)).cloned(),
             last_modified: out
@@ -228,6 +233,75 @@ impl S3Blobs {
             Err(e) if matches!(status_of(&e), Some(404 | 416 | 400)) => Ok(None),
             Err(e) => Err(backend(e)),
         }
+    }
+}
+
+/// A part as ListParts reports it, with the ETag CompleteMultipartUpload needs.
+struct ListedPart {
+    part: Part,
+    etag: String,
+}
+
+/// ListParts pages S3 gives (1,000 parts each) before an upload counts as too large.
+const MAX_PART_PAGES: usize = 10;
+
+fn no_such_upload<E: ProvideErrorMetadata, R: HttpStatus>(e: &SdkError<E, R>) -> bool {
+    status_of(e) == Some(404) || e.code() == Some("NoSuchUpload")
+}
+
+impl S3Blobs {
+    /// Every part of an upload in progress, by number; `None` if it is gone.
+    async fn listed_parts(
+        &self,
+        upload: &MultipartRef,
+    ) -> Result<Option<Vec<ListedPart>>, StoreError> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        for _ in 0..MAX_PART_PAGES {
+            let res = self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(&upload.key)
+                .upload_id(&upload.upload_id)
+                .set_part_number_marker(marker.take())
+                .send()
+                .await;
+            let page = match res {
+                Ok(p) => p,
+                Err(e) if no_such_upload(&e) => return Ok(None),
+                Err(e) => return Err(backend(e)),
+            };
+            for p in page.parts() {
+                let corrupt = |reason: &str| StoreError::Corrupt {
+                    key: upload.key.clone(),
+                    reason: reason.to_owned(),
+                };
+                let sha256 = p
+                    .checksum_sha256()
+                    .and_then(|c| ContentHash::from_base64(c).ok())
+                    .ok_or_else(|| corrupt("a part without its SHA-256"))?;
+                out.push(ListedPart {
+                    part: Part {
+                        number: p
+                            .part_number()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .ok_or_else(|| corrupt("a part without a number"))?,
+                        size: p.size().unwrap_or(0).max(0) as u64,
+                        sha256,
+                    },
+                    etag: p.e_tag().unwrap_or_default().to_owned(),
+                });
+            }
+            match page.next_part_number_marker() {
+                Some(next) if page.is_truncated() == Some(true) => marker = Some(next.to_owned()),
+                _ => return Ok(Some(out)),
+            }
+        }
+        Err(StoreError::Corrupt {
+            key: upload.key.clone(),
+            reason: "more parts than an upload may have".into(),
+        })
     }
 }
 
@@ -356,6 +430,161 @@ impl BlobStore for S3Blobs {
             .await
             .map_err(backend)?;
         Ok(signed(p, ttl, now_ms()))
+    }
+
+    async fn start_parts(&self, req: &StartParts) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&req.key)
+            .content_type(req.content_type)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+            .metadata(UPLOADER_META, &req.uploader)
+            .send()
+            .await
+            .map_err(backend)?;
+        out.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::Corrupt {
+                key: req.key.clone(),
+                reason: "CreateMultipartUpload answered no upload id".into(),
+            })
+    }
+
+    async fn presign_part(&self, req: &PresignPart) -> Result<SignedRequest, StoreError> {
+        let ttl = self.lifetime(req.expires_in).await;
+        // As for whole PUTs (aws-sdk-rust#1103): the checksum value only, so it is signed.
+        let p = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&req.upload.key)
+            .upload_id(&req.upload.upload_id)
+            .part_number(i32::try_from(req.part.number).map_err(StoreError::backend)?)
+            .content_length(req.part.size as i64)
+            .checksum_sha256(req.part.sha256.to_base64())
+            .presigned(presign_config(ttl)?)
+            .await
+            .map_err(backend)?;
+        Ok(signed(p, ttl, now_ms()))
+    }
+
+    async fn list_parts(&self, upload: &MultipartRef) -> Result<Option<Vec<Part>>, StoreError> {
+        Ok(self
+            .listed_parts(upload)
+            .await?
+            .map(|parts| parts.into_iter().map(|l| l.part).collect()))
+    }
+
+    /// CompleteMultipartUpload needs each part's ETag: the parts are listed again for them,
+    /// and must be exactly the ones asked for.
+    async fn finish_parts(
+        &self,
+        upload: &MultipartRef,
+        parts: &[Part],
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let Some(listed) = self.listed_parts(upload).await? else {
+            return Ok(None);
+        };
+        let mut completed = Vec::with_capacity(parts.len());
+        for want in parts {
+            let Some(l) = listed.iter().find(|l| l.part == *want) else {
+                return Err(StoreError::Corrupt {
+                    key: upload.key.clone(),
+                    reason: format!("part {} is not as listed", want.number),
+                });
+            };
+            completed.push(
+                CompletedPart::builder()
+                    .part_number(i32::try_from(want.number).map_err(StoreError::backend)?)
+                    .e_tag(&l.etag)
+                    .checksum_sha256(want.sha256.to_base64())
+                    .build(),
+            );
+        }
+        let res = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await;
+        let out = match res {
+            Ok(out) => out,
+            Err(e) if no_such_upload(&e) => return Ok(None),
+            Err(e) => return Err(backend(e)),
+        };
+        let version = out.version_id().ok_or_else(|| unversioned(&upload.key))?;
+        Ok(Some(ObjectMeta {
+            key: upload.key.clone(),
+            version: version.to_owned(),
+            size: parts.iter().map(|p| p.size).sum(),
+            // A multipart object's SHA-256 is a checksum of part checksums.
+            sha256: None,
+            uploader: None,
+            last_modified: now_ms(),
+        }))
+    }
+
+    async fn abort_parts(&self, upload: &MultipartRef) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&upload.key)
+            .upload_id(&upload.upload_id)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if no_such_upload(&e) => Ok(()),
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    /// CopyObject of one version with if-none-match; the copy gets a whole-object SHA-256
+    /// (a copy is written in one part), which HEAD then reports.
+    async fn copy_if_absent(
+        &self,
+        from: &ObjectMeta,
+        to_key: &str,
+        content_type: &'static str,
+        uploader: &str,
+    ) -> Result<PutOutcome, StoreError> {
+        let res = self
+            .client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(to_key)
+            .copy_source(format!(
+                "{}/{}?versionId={}",
+                self.bucket, from.key, from.version
+            ))
+            .if_none_match("*")
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .metadata(UPLOADER_META, uploader)
+            .content_type(content_type)
+            .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+            .send()
+            .await;
+        match res {
+            Ok(out) => match out.version_id() {
+                Some(version) => Ok(PutOutcome::Created {
+                    version: version.to_owned(),
+                }),
+                None => Err(unversioned(to_key)),
+            },
+            Err(e) if matches!(status_of(&e), Some(412 | 409)) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(backend(e)),
+        }
     }
 
     async fn presign_get(

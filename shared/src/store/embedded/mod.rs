@@ -7,4 +7,4 @@ mod signing;
 
 pub use blobs::{object_dir, FsBlobStore};
 pub use index::{SqliteIndex, Synchronous};
-pub use signing::{SignError, SignedGet, SignedPut, UrlSigner};
+pub use signing::{SignError, SignedGet, SignedPart, SignedPut, UrlSigner};

@@ -1,0 +1,178 @@
+//! Parted uploads: content above the server's part size goes up in parts, each PUT to its
+//! own signed URL with its SHA-256 (the blob store refuses a part whose bytes do not match).
+//! The session is saved in the cache (`uploads` table) before the first part, so after a
+//! kill or a lost network the next try asks the server which parts it holds and sends only
+//! the rest. Progress counts bytes the server has confirmed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use audio_dedup_core::{ContentHash, Part, PartUpload, PartsPlan, SignedRequest, UploadSession};
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use reqwest::Method;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::audio::{Progress, Reporter};
+use crate::error::{ApiError, ClientError, ErrorCode};
+use crate::updates::Direction;
+use crate::Client;
+
+/// Parts read, signed and sent at once: at most this many parts' bytes are held in memory.
+const PARTS_IN_FLIGHT: usize = 3;
+/// A saved session is resumed only while it has at least this long left.
+const RESUME_MARGIN_MS: i64 = 10 * 60 * 1000;
+
+/// What sending the parts did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PartsSent {
+    /// Bytes the server held already when this run started.
+    pub resumed_from: u64,
+    /// Bytes this run sent.
+    pub sent: u64,
+}
+
+/// Whether a session saved for `size` bytes may be resumed at `now`.
+pub(crate) fn resumable(saved: &UploadSession, size: u64, now_ms: i64) -> bool {
+    saved.parts.is_some_and(|p| p.size == size) && saved.expires_at - now_ms > RESUME_MARGIN_MS
+}
+
+/// Bytes `offset..offset+len` of the file.
+async fn read_part(path: &Path, offset: u64, len: u64) -> Result<Bytes, ClientError> {
+    let mut f = tokio::fs::File::open(path).await?;
+    f.seek(std::io::SeekFrom::Start(offset)).await?;
+    let len = usize::try_from(len)
+        .map_err(|_| ClientError::InvalidInput("a part too large for memory".into()))?;
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).await?;
+    Ok(Bytes::from(buf))
+}
+
+impl Client {
+    /// The parts of `session` the server does not hold yet, sent; then nothing is left but
+    /// completing the session.
+    pub(crate) async fn send_parts(
+        &self,
+        path: &Path,
+        session: &UploadSession,
+        plan: PartsPlan,
+        progress: Option<Progress<'_>>,
+    ) -> Result<PartsSent, ClientError> {
+        let hash = session.content_hash;
+        let view = match self.api.list_parts(&hash, &session.session_id).await {
+            Ok(v) => v,
+            Err(e) => {
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::SessionExpired | ErrorCode::SessionNotFound)
+                ) {
+                    // Over on the server: the next try opens a new session.
+                    self.store.forget_upload(&hash)?;
+                    return Err(ApiError::Retryable {
+                        status: 410,
+                        code: ErrorCode::SessionExpired,
+                        retry_after: None,
+                    }
+                    .into());
+                }
+                return Err(e.into());
+            }
+        };
+        let held: BTreeMap<u32, u64> = view.parts.iter().map(|p| (p.number, p.size)).collect();
+        let todo: Vec<(u32, u64, u64)> = (1..=plan.part_count)
+            .filter_map(|n| plan.span(n).map(|(offset, len)| (n, offset, len)))
+            .filter(|(n, _, len)| held.get(n) != Some(len))
+            .collect();
+        let resumed_from = plan.size - todo.iter().map(|(_, _, len)| len).sum::<u64>();
+        if resumed_from > 0 {
+            tracing::info!(%hash, resumed_from, size = plan.size, "resuming a parted upload");
+        }
+        let mut reporter =
+            Reporter::new(&self.updates, hash, Direction::Upload, plan.size, progress);
+        reporter.report(resumed_from);
+        let (mut confirmed, mut sent) = (resumed_from, 0);
+        for batch in todo.chunks(PARTS_IN_FLIGHT) {
+            let mut parts = Vec::with_capacity(batch.len());
+            let mut bodies = Vec::with_capacity(batch.len());
+            for &(number, offset, len) in batch {
+                let bytes = read_part(path, offset, len).await?;
+                parts.push(Part {
+                    number,
+                    size: len,
+                    sha256: ContentHash::of(&bytes),
+                });
+                bodies.push(bytes);
+            }
+            let signed = self
+                .api
+                .sign_parts(&hash, &session.session_id, &parts)
+                .await?;
+            let puts = bodies.into_iter().zip(&parts).map(|(body, part)| {
+                let upload = signed.iter().find(|s| s.number == part.number);
+                self.put_part(upload, body)
+            });
+            try_join_all(puts).await?;
+            let batch_bytes: u64 = parts.iter().map(|p| p.size).sum();
+            confirmed += batch_bytes;
+            sent += batch_bytes;
+            reporter.report(confirmed);
+        }
+        Ok(PartsSent { resumed_from, sent })
+    }
+
+    async fn put_part(&self, upload: Option<&PartUpload>, body: Bytes) -> Result<(), ClientError> {
+        let Some(PartUpload { upload, .. }) = upload else {
+            return Err(ApiError::Protocol("the server signed no URL for a part".into()).into());
+        };
+        let SignedRequest {
+            url,
+            method,
+            headers,
+            ..
+        } = upload;
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| ApiError::Protocol(format!("unknown upload method {method:?}")))?;
+        let len = body.len() as u64;
+        let mut rb = self
+            .api
+            .http()
+            .request(method, url)
+            .timeout(self.transfer_timeout(len));
+        for (name, value) in headers {
+            rb = rb.header(name.as_str(), value.as_str());
+        }
+        rb = rb.header(reqwest::header::CONTENT_LENGTH, len).body(body);
+        self.api.send_signed(rb).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(size: u64, expires_at: i64) -> UploadSession {
+        UploadSession {
+            session_id: "s1".parse().unwrap(),
+            content_hash: ContentHash::of(b"x"),
+            upload: None,
+            parts: Some(PartsPlan::new(size, 10)),
+            challenge: audio_dedup_core::ChallengeView {
+                nonce: String::new(),
+                ranges: vec![],
+            },
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn a_saved_session_resumes_only_for_the_same_size_with_time_left() {
+        let now = 1_000_000_000;
+        assert!(resumable(&session(25, now + RESUME_MARGIN_MS + 1), 25, now));
+        assert!(!resumable(&session(25, now + RESUME_MARGIN_MS + 1), 26, now));
+        assert!(!resumable(&session(25, now + RESUME_MARGIN_MS), 25, now));
+        let mut whole = session(25, now + RESUME_MARGIN_MS * 2);
+        whole.parts = None;
+        assert!(!resumable(&whole, 25, now));
+    }
+}
