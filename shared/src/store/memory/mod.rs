@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::domain::{ContentHash, SignedRequest};
+use crate::domain::{ContentHash, Part, SignedRequest};
 use crate::error::StoreError;
 use crate::ports::{
-    BlobBody, BlobEvent, BlobStore, Expect, IndexName, Item, Key, ObjectMeta, ObjectPage,
-    PresignPut, PutOutcome, PutRequest, Query, TransactionalIndex, TxnError, WriteOp,
+    BlobBody, BlobEvent, BlobStore, Expect, IndexName, Item, Key, MultipartRef, ObjectMeta,
+    ObjectPage, PresignPart, PresignPut, PutOutcome, PutRequest, Query, StartParts,
+    TransactionalIndex, TxnError, WriteOp,
 };
 
 /// Which port call a fault applies to.
@@ -32,6 +33,8 @@ pub enum Op {
     BlobDelete,
     BlobRead,
     BlobList,
+    /// Starting, listing, finishing or aborting a multipart upload.
+    BlobParts,
 }
 
 /// What to do to one call.
@@ -290,6 +293,14 @@ struct BlobState {
     /// Current object per key (at most one: puts are if-none-match).
     objects: BTreeMap<String, (ObjectMeta, Bytes)>,
     events: Vec<BlobEvent>,
+    /// Multipart uploads in progress, by upload id.
+    uploads: BTreeMap<String, Upload>,
+}
+
+struct Upload {
+    key: String,
+    uploader: String,
+    parts: BTreeMap<u32, (Part, Bytes)>,
 }
 
 /// In-memory versioned blob store. Events are queued for the simulation to deliver (or
@@ -354,6 +365,25 @@ impl MemoryBlobs {
     /// How many objects have been created or deleted so far.
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
+    }
+
+    /// What a client's signed part PUT does: stores the part if its bytes match what was
+    /// signed (S3 answers `400 BadDigest` otherwise). `false`: refused, or no such upload.
+    pub fn client_put_part(&self, upload_id: &str, part: Part, bytes: Bytes) -> bool {
+        if ContentHash::of(&bytes) != part.sha256 || bytes.len() as u64 != part.size {
+            return false;
+        }
+        let mut s = lock(&self.state);
+        let Some(u) = s.uploads.get_mut(upload_id) else {
+            return false;
+        };
+        u.parts.insert(part.number, (part, bytes));
+        true
+    }
+
+    /// How many multipart uploads are in progress.
+    pub fn uploads_in_progress(&self) -> usize {
+        lock(&self.state).uploads.len()
     }
 
     /// What a client's signed PUT does: store if absent, as `uploader`, checksum verified.
@@ -484,6 +514,131 @@ impl BlobStore for MemoryBlobs {
             headers: [("x-amz-checksum-sha256".to_owned(), req.sha256.to_base64())].into(),
             expires_at: req.expires_in.as_millis() as i64,
         })
+    }
+
+    async fn start_parts(&self, req: &StartParts) -> Result<String, StoreError> {
+        let f = gate(&*self.hook, Op::BlobParts).await?;
+        let id = format!("u{:08}", self.next.fetch_add(1, Ordering::SeqCst));
+        lock(&self.state).uploads.insert(
+            id.clone(),
+            Upload {
+                key: req.key.clone(),
+                uploader: req.uploader.clone(),
+                parts: BTreeMap::new(),
+            },
+        );
+        if f == Fault::LoseResponse {
+            return Err(lost(Op::BlobParts));
+        }
+        Ok(id)
+    }
+
+    async fn presign_part(&self, req: &PresignPart) -> Result<SignedRequest, StoreError> {
+        Ok(SignedRequest {
+            url: format!(
+                "mem://{}?uploadId={}&partNumber={}",
+                req.upload.key, req.upload.upload_id, req.part.number
+            ),
+            method: "PUT".into(),
+            headers: [(
+                "x-amz-checksum-sha256".to_owned(),
+                req.part.sha256.to_base64(),
+            )]
+            .into(),
+            expires_at: req.expires_in.as_millis() as i64,
+        })
+    }
+
+    async fn list_parts(&self, upload: &MultipartRef) -> Result<Option<Vec<Part>>, StoreError> {
+        gate(&*self.hook, Op::BlobParts).await?;
+        let s = lock(&self.state);
+        Ok(s.uploads
+            .get(&upload.upload_id)
+            .filter(|u| u.key == upload.key)
+            .map(|u| u.parts.values().map(|(p, _)| *p).collect()))
+    }
+
+    async fn finish_parts(
+        &self,
+        upload: &MultipartRef,
+        parts: &[Part],
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        let f = gate(&*self.hook, Op::BlobParts).await?;
+        let meta = {
+            let mut s = lock(&self.state);
+            let Some(u) = s.uploads.get(&upload.upload_id).filter(|u| u.key == upload.key)
+            else {
+                return Ok(None);
+            };
+            let mut whole = Vec::new();
+            for want in parts {
+                match u.parts.get(&want.number) {
+                    Some((have, bytes)) if have == want => whole.extend_from_slice(bytes),
+                    _ => {
+                        return Err(StoreError::Corrupt {
+                            key: upload.key.clone(),
+                            reason: format!("part {} is not as listed", want.number),
+                        })
+                    }
+                }
+            }
+            let uploader = u.uploader.clone();
+            s.uploads.remove(&upload.upload_id);
+            // S3 reports a checksum of part checksums here, never the whole object's.
+            let n = self.next.fetch_add(1, Ordering::SeqCst);
+            let meta = ObjectMeta {
+                key: upload.key.clone(),
+                version: format!("v{n:08}"),
+                size: whole.len() as u64,
+                sha256: None,
+                uploader: Some(uploader),
+                last_modified: self.clock.as_ref().map_or(0, |c| c.now_ms()),
+            };
+            s.objects
+                .insert(upload.key.clone(), (meta.clone(), Bytes::from(whole)));
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            meta
+        };
+        if f == Fault::LoseResponse {
+            return Err(lost(Op::BlobParts));
+        }
+        Ok(Some(meta))
+    }
+
+    async fn abort_parts(&self, upload: &MultipartRef) -> Result<(), StoreError> {
+        let f = gate(&*self.hook, Op::BlobParts).await?;
+        lock(&self.state).uploads.remove(&upload.upload_id);
+        if f == Fault::LoseResponse {
+            return Err(lost(Op::BlobParts));
+        }
+        Ok(())
+    }
+
+    async fn copy_if_absent(
+        &self,
+        from: &ObjectMeta,
+        to_key: &str,
+        _ct: &'static str,
+        uploader: &str,
+    ) -> Result<PutOutcome, StoreError> {
+        let f = gate(&*self.hook, Op::BlobPut).await?;
+        let source = lock(&self.state)
+            .objects
+            .get(&from.key)
+            .filter(|(m, _)| m.version == from.version)
+            .map(|(_, b)| b.clone());
+        let Some(bytes) = source else {
+            return Err(StoreError::Corrupt {
+                key: from.key.clone(),
+                reason: "the copy source version is gone".into(),
+            });
+        };
+        let hash = ContentHash::of(&bytes);
+        let out = self.insert(to_key, bytes, hash, Some(uploader.to_owned()));
+        if f == Fault::LoseResponse {
+            return Err(lost(Op::BlobPut));
+        }
+        Ok(out)
     }
 
     async fn presign_get(
