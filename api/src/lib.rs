@@ -2,6 +2,7 @@
 //! Lambda function answer identically (the same OpenAPI file describes both).
 
 mod auth;
+mod budget;
 mod error;
 mod extract;
 #[cfg(feature = "lambda")]
@@ -21,6 +22,7 @@ use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
 use audio_dedup_core::Dedup;
 
 pub use auth::{bearer, Authenticator, Caller};
+pub use budget::UserBudget;
 pub use error::ApiError;
 pub use openapi::openapi_json;
 
@@ -32,6 +34,8 @@ pub struct ApiConfig {
     /// Where direct-upload bodies are spooled (the blob store's own temp folder, so a put
     /// is a link, not a copy). `None` keeps them in memory (Lambda: the event is anyway).
     pub spool_dir: Option<PathBuf>,
+    /// Each user's request budget, taken on every authenticated route; `None`: no limit.
+    pub request_budget: Option<UserBudget>,
 }
 
 pub struct AppState<B, I> {
@@ -58,6 +62,7 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
     set: RouteSet,
 ) -> Router {
     use routes::{audio, library, messages, meta, references, threads};
+    let per_user = cfg.request_budget.clone();
     let state = Arc::new(AppState { dedup, cfg });
     let mut api: Router<Arc<AppState<B, I>>> = Router::new();
     if matches!(set, RouteSet::All | RouteSet::Upload) {
@@ -67,6 +72,10 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
                 post(audio::upload_direct::<B, I>).layer(DefaultBodyLimit::disable()),
             )
             .route("/v1/audio/uploads", post(audio::open_session::<B, I>))
+            .route(
+                "/v1/audio/{hash}/parts",
+                post(audio::sign_parts::<B, I>).get(audio::list_parts::<B, I>),
+            )
             .route("/v1/audio/{hash}/complete", post(audio::complete::<B, I>))
             .route("/v1/audio/{hash}", get(audio::describe::<B, I>));
     }
@@ -116,8 +125,15 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
     if set == RouteSet::All {
         api = api.route("/v1/admin/reconcile", post(meta::reconcile::<B, I>));
     }
+    let mut api = api.layer(DefaultBodyLimit::max(extract::MAX_JSON_BODY));
+    if let Some(per_user) = per_user {
+        // Added before the identity layer, so it runs after it: keyed by the caller.
+        api = api.route_layer(axum::middleware::from_fn_with_state(
+            per_user,
+            budget::limit_per_user,
+        ));
+    }
     let api = api
-        .layer(DefaultBodyLimit::max(extract::MAX_JSON_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             auth,
             auth::require_caller,

@@ -25,7 +25,7 @@ use serve::serve;
 pub use serve::ConnectionLimits;
 use tower_http::trace::TraceLayer;
 
-use audio_dedup_api::{router, ApiConfig, Authenticator, RouteSet};
+use audio_dedup_api::{router, ApiConfig, Authenticator, RouteSet, UserBudget};
 use audio_dedup_core::identity::{JwksError, VerifierConfig};
 use audio_dedup_core::ports::{Clock, SystemClock};
 use audio_dedup_core::store::embedded::{FsBlobStore, SqliteIndex, Synchronous, UrlSigner};
@@ -143,16 +143,13 @@ pub async fn build(cfg: &ServerConfig, bound: SocketAddr) -> Result<Built, Serve
 
     let api_cfg = ApiConfig {
         spool_dir: Some(blob_root.join("tmp")),
+        // Taken by the router on every authenticated route, as on Lambda.
+        request_budget: cfg
+            .request_rate
+            .map(|rate| UserBudget::new(rate_limit::GovernorBudget::new(rate))),
     };
-    // One authenticator for the API, the rate limit and live updates.
-    let mut api = router(dedup.clone(), auth.clone(), api_cfg, RouteSet::All);
-    if let Some(rate) = cfg.request_rate {
-        let limit = Arc::new(rate_limit::UserRateLimit::new(auth.clone(), rate));
-        api = api.layer(axum::middleware::from_fn_with_state(
-            limit,
-            rate_limit::limit_per_user,
-        ));
-    }
+    // One authenticator for the API and live updates.
+    let api = router(dedup.clone(), auth.clone(), api_cfg, RouteSet::All);
     let blob_state = Arc::new(blob_routes::BlobState {
         blobs,
         key_prefix: cfg.dedup.key_prefix.clone(),

@@ -1,61 +1,62 @@
-//! Per-user request rates on the local server: a token bucket per user, checked before a
-//! request reaches the API. Over it: `429 rate_limited` with `Retry-After`, and nothing done.
-//! Keys are authenticated users only (a request the server's authenticator refuses goes on
-//! to be refused with 401), so memory is bounded by the callers who hold a valid token. On AWS, API Gateway's route
-//! throttling (template parameters) plays this part.
+//! Per-user request rates on the local server: the in-process adapter of the core's
+//! `RequestBudget` port, a keyed token bucket (governor) per user. The API router takes from
+//! it on every authenticated route (`ApiConfig::request_budget`), as the Lambda functions
+//! take from the table's buckets: over it, `429 rate_limited` with `Retry-After`, and nothing
+//! done. Keys are authenticated users only (the router checks the caller first), so memory
+//! is bounded by the callers who hold a valid token.
 
-use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
 
-use audio_dedup_api::{ApiError, Authenticator};
-use audio_dedup_core::{ErrorCode, UserId};
+use audio_dedup_core::ports::{Admission, RequestBudget};
+use audio_dedup_core::{Millis, StoreError, UserId};
 
-/// Requests per second one user may make, and the burst above that rate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestRate {
-    pub per_second: NonZeroU32,
-    pub burst: NonZeroU32,
-}
+pub use audio_dedup_core::ports::RequestRate;
 
-pub struct UserRateLimit {
-    auth: Arc<dyn Authenticator>,
+pub struct GovernorBudget {
     limiter: RateLimiter<UserId, HashMapStateStore<UserId>, DefaultClock>,
 }
 
-impl UserRateLimit {
-    /// `auth` is the server's own authenticator (the one the router asks).
-    pub fn new(auth: Arc<dyn Authenticator>, rate: RequestRate) -> Self {
+impl GovernorBudget {
+    pub fn new(rate: RequestRate) -> Self {
         let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
         Self {
-            auth,
             limiter: RateLimiter::hashmap(quota),
         }
     }
 }
 
-pub async fn limit_per_user(
-    State(limit): State<Arc<UserRateLimit>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let (parts, body) = req.into_parts();
-    if let Some(caller) = limit.auth.authenticate(&parts) {
-        if let Err(not_until) = limit.limiter.check_key(&caller.user) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let mut e = ApiError::new(
-                ErrorCode::RateLimited,
-                "too many requests from this user; slow down",
-            );
-            e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
-            return e.into_response();
-        }
+impl RequestBudget for GovernorBudget {
+    /// Keeps to governor's monotonic clock: `now` is not needed in process.
+    async fn take(&self, user: &UserId, _now: Millis) -> Result<Admission, StoreError> {
+        Ok(match self.limiter.check_key(user) {
+            Ok(()) => Admission::Admitted,
+            Err(not_until) => Admission::Limited {
+                retry_after: not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .max(Duration::from_millis(1)),
+            },
+        })
     }
-    next.run(Request::from_parts(parts, body)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_burst_passes_then_the_user_is_limited_alone() {
+        let b = GovernorBudget::new(RequestRate::new(1, 2).unwrap());
+        let (alice, bob): (UserId, UserId) = ("alice".parse().unwrap(), "bob".parse().unwrap());
+        assert_eq!(b.take(&alice, 0).await.unwrap(), Admission::Admitted);
+        assert_eq!(b.take(&alice, 0).await.unwrap(), Admission::Admitted);
+        let Admission::Limited { retry_after } = b.take(&alice, 0).await.unwrap() else {
+            panic!("the third request in a burst of 2 is limited")
+        };
+        assert!(retry_after <= Duration::from_secs(1), "{retry_after:?}");
+        assert_eq!(b.take(&bob, 0).await.unwrap(), Admission::Admitted);
+    }
 }

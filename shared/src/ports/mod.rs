@@ -4,9 +4,11 @@
 mod blob;
 mod index;
 mod live;
+mod request_budget;
 mod time;
 
 pub use blob::*;
 pub use index::*;
 pub use live::*;
+pub use request_budget::*;
 pub use time::*;

@@ -9,16 +9,24 @@
 
 use std::time::Instant;
 
-use super::codec::expect_of;
+use super::codec::{expect_of, Versioned};
 use super::{keys, Dedup};
 use crate::domain::{ContentHash, ReconcileReport, SweepCursor};
 use crate::error::DedupError;
-use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
+use crate::ports::{BlobStore, IndexName, ObjectMeta, Query, TransactionalIndex};
 
 /// Due items read from one shard at a time, before the next shard's turn.
 const SHARD_PAGE: usize = 25;
 /// Due items counted per shard for the backlog figure.
 const BACKLOG_COUNT: usize = 100;
+
+/// What saving the sweep cursor left stored.
+enum CursorSave {
+    /// The cursor as stored now (`None`: never saved, and nothing to save).
+    Stored(Option<Versioned<SweepCursor>>),
+    /// A concurrent pass saved first.
+    Lost,
+}
 
 impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// One pass, within `cfg.reconcile`'s budget.
@@ -135,6 +143,11 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     /// The next slice of the blob store: every object goes to the service whose key space it
     /// is in. Resumes from the cursor the last pass saved; at the end of the key space the
     /// cycle is complete and the next pass starts over.
+    ///
+    /// Progress is saved after every page, so a pass that stops early (its time budget, a
+    /// failed listing) leaves the next one where it got to. An object whose step fails is
+    /// logged and skipped: it is looked at again in the next cycle, and cannot stop every
+    /// pass at the same place.
     async fn sweep_orphans(
         &self,
         started: Instant,
@@ -142,7 +155,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
     ) -> Result<(), DedupError> {
         let core = &self.audio.core;
         let budget = &core.cfg.reconcile;
-        let saved = core.load::<SweepCursor>(&keys::sweep_cursor()).await?;
+        let mut saved = core.load::<SweepCursor>(&keys::sweep_cursor()).await?;
         let mut cursor = saved.as_ref().map(|c| c.value.clone()).unwrap_or_default();
         if cursor.after.is_none() {
             cursor.cycle_started_at = core.now();
@@ -157,35 +170,62 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
                 .await?;
             report.objects_swept += page.objects.len() as u64;
             for meta in &page.objects {
-                if let Some(id) = keys::message_from_snapshot_key(&core.cfg.key_prefix, &meta.key) {
-                    match self.chat.sweep_snapshot(&id, meta).await {
-                        Ok(true) => report.orphans_deleted += 1,
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(key = %meta.key, error = %e, "snapshot sweep step failed")
-                        }
-                    }
-                    continue;
-                }
-                if let Some(hash) = keys::hash_from_blob_key(&core.cfg.key_prefix, &meta.key) {
-                    self.audio.sweep_object(&hash, meta, report).await?;
-                }
+                self.sweep_one(meta, report).await;
             }
             cursor.after = page.next;
+            match self.save_sweep_cursor(saved.as_ref(), &cursor).await? {
+                CursorSave::Stored(now_saved) => saved = now_saved,
+                // A concurrent pass saved first: it owns the sweep; this one's slice is
+                // simply swept again.
+                CursorSave::Lost => break,
+            }
             if cursor.after.is_none() {
                 report.sweep_cycle_completed = true;
                 break;
             }
         }
-        // Unchanged (the whole key space fits in one pass): nothing to write, so a store at
-        // rest stays at rest.
-        if saved.as_ref().map(|c| &c.value.after).unwrap_or(&None) == &cursor.after {
-            return Ok(());
-        }
-        // A concurrent pass that saved first wins; this one's slice is simply swept again.
-        let mut txn = core.txn();
-        txn.put(keys::sweep_cursor(), &cursor, expect_of(saved.as_ref()))?;
-        core.commit(txn).await?;
         Ok(())
+    }
+
+    /// One listed object, to the service whose key space it is in. Failures are logged.
+    async fn sweep_one(&self, meta: &ObjectMeta, report: &mut ReconcileReport) {
+        let core = &self.audio.core;
+        if let Some(id) = keys::message_from_snapshot_key(&core.cfg.key_prefix, &meta.key) {
+            match self.chat.sweep_snapshot(&id, meta).await {
+                Ok(true) => report.orphans_deleted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(key = %meta.key, error = %e, "snapshot sweep step failed; skipped")
+                }
+            }
+            return;
+        }
+        if let Some(hash) = keys::hash_from_blob_key(&core.cfg.key_prefix, &meta.key) {
+            if let Err(e) = self.audio.sweep_object(&hash, meta, report).await {
+                tracing::warn!(key = %meta.key, error = %e, "orphan sweep step failed; skipped");
+            }
+        }
+    }
+
+    /// Saves the sweep cursor over `saved`. Unchanged (the whole key space fits in one
+    /// page): nothing to write, so a store at rest stays at rest.
+    async fn save_sweep_cursor(
+        &self,
+        saved: Option<&Versioned<SweepCursor>>,
+        cursor: &SweepCursor,
+    ) -> Result<CursorSave, DedupError> {
+        let core = &self.audio.core;
+        if saved.map(|c| &c.value.after).unwrap_or(&None) == &cursor.after {
+            return Ok(CursorSave::Stored(saved.cloned()));
+        }
+        let mut txn = core.txn();
+        txn.put(keys::sweep_cursor(), cursor, expect_of(saved))?;
+        if !core.commit(txn).await? {
+            return Ok(CursorSave::Lost);
+        }
+        Ok(CursorSave::Stored(Some(Versioned {
+            value: cursor.clone(),
+            version: saved.map_or(1, |s| s.version + 1),
+        })))
     }
 }

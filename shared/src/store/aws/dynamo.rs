@@ -23,6 +23,7 @@ const MAX_QUERY_PAGES: usize = 50;
 pub struct DynamoIndex {
     client: Client,
     table: String,
+    retry: ConflictRetry,
 }
 
 fn s(v: &str) -> AttributeValue {
@@ -67,6 +68,196 @@ fn cancelled(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> Option<
         .find_map(|r| r.code().filter(|c| THROTTLED_REASONS.contains(c)))?;
     Some(TxnError::Store(StoreError::Unavailable(format!(
         "transaction throttled: {throttled}"
+    ))))
+}
+
+/// The sort-key part of a query: a key condition holding every bound there is (so `Limit`
+/// counts only items inside them, and a page never walks what lies past the upper bound),
+/// the filters left over, and the exclusive lower bound's own item to leave out.
+struct KeyCondition {
+    key_expr: &'static str,
+    values: HashMap<String, AttributeValue>,
+    filters: Vec<&'static str>,
+    /// `BETWEEN` is inclusive: an item at exactly the cursor (`after`) is dropped.
+    skip: Option<String>,
+}
+
+/// `None`: no key can be inside the bounds (the cursor is past the upper bound).
+fn key_condition(q: &Query) -> Option<KeyCondition> {
+    let mut values = HashMap::new();
+    let mut filters = Vec::new();
+    let prefix = (!q.sk_prefix.is_empty()).then_some(q.sk_prefix.as_str());
+    // Lower bound: the cursor (exclusive) or the prefix (inclusive), whichever is higher.
+    let lower = match (&q.after, prefix) {
+        (Some(after), Some(pre)) if after.as_str() < pre => Some((pre.to_owned(), false)),
+        (Some(after), _) => Some((after.clone(), true)),
+        (None, Some(pre)) => Some((pre.to_owned(), false)),
+        (None, None) => None,
+    };
+    // Upper bound (inclusive): `upto`, or past every key with the prefix (keys are ASCII;
+    // U+10FFFF sorts after each of them), whichever is lower.
+    let prefix_end = prefix.map(|p| format!("{p}\u{10FFFF}"));
+    let upper = match (&q.upto, prefix_end) {
+        (Some(u), Some(e)) => Some(if *u < e { u.clone() } else { e }),
+        (Some(u), None) => Some(u.clone()),
+        (None, e) => e,
+    };
+    let key_expr = match (&lower, upper) {
+        (None, None) => "#p = :p",
+        // A prefix alone: DynamoDB's own form.
+        (Some((_, false)), Some(_)) if q.upto.is_none() && q.after.is_none() => {
+            values.insert(":pre".into(), s(&q.sk_prefix));
+            "#p = :p AND begins_with(#s, :pre)"
+        }
+        (Some((lo, exclusive)), None) => {
+            values.insert(":lo".into(), s(lo));
+            if *exclusive {
+                "#p = :p AND #s > :lo"
+            } else {
+                "#p = :p AND #s >= :lo"
+            }
+        }
+        (None, Some(hi)) => {
+            values.insert(":hi".into(), s(&hi));
+            "#p = :p AND #s <= :hi"
+        }
+        (Some((lo, _)), Some(hi)) => {
+            // DynamoDB refuses BETWEEN with its bounds reversed; nothing is inside anyway.
+            if *lo > hi {
+                return None;
+            }
+            values.insert(":lo".into(), s(lo));
+            values.insert(":hi".into(), s(&hi));
+            "#p = :p AND #s BETWEEN :lo AND :hi"
+        }
+    };
+    if let Some(pre) = prefix {
+        if key_expr != "#p = :p AND begins_with(#s, :pre)" {
+            // Redundant for ASCII keys (the bounds already hold the prefix), kept exact for
+            // any other; it removes nothing inside the bounds, so it cannot make a page walk.
+            values.insert(":pre".into(), s(pre));
+            filters.push("begins_with(#s, :pre)");
+        }
+    }
+    let skip = lower.and_then(|(lo, exclusive)| exclusive.then_some(lo));
+    Some(KeyCondition {
+        key_expr,
+        values,
+        filters,
+        skip,
+    })
+}
+
+/// The sort key an item has in `index`.
+fn sort_key_of(item: &Item, index: IndexName) -> Option<&str> {
+    match index {
+        IndexName::Primary => Some(item.key.sk.as_str()),
+        IndexName::Work => item.work_key.as_ref().map(|k| k.sk.as_str()),
+    }
+}
+
+/// How one attempt of a transaction ended.
+#[derive(Debug)]
+enum Attempt {
+    /// Cancelled because a concurrent transaction held one of its items: nothing written.
+    Conflict,
+    /// A request with this token is still in progress: the outcome is unknown, so the same
+    /// request (same token) is sent again until it is known.
+    InProgress,
+    /// Committed, or failed in a way a retry of the same request cannot change.
+    Final(Result<(), TxnError>),
+}
+
+/// What a service error of `TransactWriteItems` means; `None`: a backend error.
+fn classify_service(
+    se: &aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+) -> Option<Attempt> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
+    match se {
+        E::TransactionCanceledException(tc) => match cancelled(tc.cancellation_reasons())? {
+            TxnError::Conflict => Some(Attempt::Conflict),
+            other => Some(Attempt::Final(Err(other))),
+        },
+        E::TransactionInProgressException(_) => Some(Attempt::InProgress),
+        _ if se.code() == Some("TransactionConflictException") => Some(Attempt::Conflict),
+        _ => None,
+    }
+}
+
+/// Bounds of the retries of one transaction that conflicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConflictRetry {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Backoff ceiling before the second attempt; it doubles for each one after, up to
+    /// `max_delay`. Each wait is drawn uniformly below the ceiling (full jitter), so writers
+    /// that collided once do not collide again in step.
+    pub first_delay: std::time::Duration,
+    pub max_delay: std::time::Duration,
+    /// No wait starts that would end later than this after the first attempt.
+    pub total: std::time::Duration,
+}
+
+impl Default for ConflictRetry {
+    fn default() -> Self {
+        Self {
+            attempts: 8,
+            first_delay: std::time::Duration::from_millis(10),
+            max_delay: std::time::Duration::from_millis(400),
+            total: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+impl ConflictRetry {
+    /// The wait after failed attempt `n` (0-based): uniform in [0, ceiling].
+    fn delay(&self, n: u32) -> std::time::Duration {
+        use rand::Rng;
+        let ceiling = self
+            .first_delay
+            .saturating_mul(1u32 << n.min(16))
+            .min(self.max_delay);
+        let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        std::time::Duration::from_millis(rand::rng().random_range(0..=ms))
+    }
+}
+
+/// Runs `attempt` with one token until it is final or the bounds are spent; then the
+/// transaction is answered `Unavailable`: nothing known to be written, retry later.
+async fn with_conflict_retries<F, Fut>(
+    policy: ConflictRetry,
+    mut attempt: F,
+) -> Result<(), TxnError>
+where
+    F: FnMut(&str) -> Fut,
+    Fut: std::future::Future<Output = Attempt>,
+{
+    let token = uuid::Uuid::new_v4().to_string();
+    let started = tokio::time::Instant::now();
+    let mut tried = 0;
+    let mut last = Attempt::Conflict;
+    for n in 0..policy.attempts.max(1) {
+        tried = n + 1;
+        match attempt(&token).await {
+            Attempt::Final(r) => return r,
+            a => last = a,
+        }
+        if tried == policy.attempts {
+            break;
+        }
+        let wait = policy.delay(n);
+        if started.elapsed() + wait > policy.total {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+    }
+    let why = match last {
+        Attempt::InProgress => "its outcome is unknown (still in progress)",
+        _ => "it conflicted with concurrent transactions",
+    };
+    tracing::warn!(attempts = tried, token = %token, "transaction given up: {why}");
+    Err(TxnError::Store(StoreError::Unavailable(format!(
+        "transaction not committed after {tried} attempts: {why}"
     ))))
 }
 
@@ -133,11 +324,23 @@ impl DynamoIndex {
         Self {
             client,
             table: table.into(),
+            retry: ConflictRetry::default(),
         }
+    }
+
+    /// The same index with other bounds on conflict retries.
+    pub fn with_conflict_retry(mut self, retry: ConflictRetry) -> Self {
+        self.retry = retry;
+        self
     }
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The SDK client (other adapters on the same table share it).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Creates the table with both GSIs (tests against moto; production uses the template).
@@ -308,43 +511,18 @@ impl TransactionalIndex for DynamoIndex {
             IndexName::Primary => (None, "pk", "sk"),
             IndexName::Work => (Some(WORK_INDEX), "wpk", "wsk"),
         };
-        let names = HashMap::from([
-            ("#p".to_owned(), pk_attr.to_owned()),
-            ("#s".to_owned(), sk_attr.to_owned()),
-        ]);
-        let mut values = HashMap::from([(":p".to_owned(), s(&q.pk))]);
-        // One sort-key condition in the key expression, the rest filter. A cursor (`after`)
-        // goes in the key condition when there is one, so a page starts reading at the
-        // cursor rather than at the start of the partition.
-        let mut filters = Vec::new();
-        let key_expr = if let Some(after) = &q.after {
-            values.insert(":after".into(), s(after));
-            if !q.sk_prefix.is_empty() {
-                values.insert(":pre".into(), s(&q.sk_prefix));
-                filters.push("begins_with(#s, :pre)");
-            }
-            if let Some(upto) = &q.upto {
-                values.insert(":upto".into(), s(upto));
-                filters.push("#s <= :upto");
-            }
-            "#p = :p AND #s > :after"
-        } else {
-            match (&q.upto, q.sk_prefix.is_empty()) {
-                (Some(upto), _) => {
-                    values.insert(":upto".into(), s(upto));
-                    if !q.sk_prefix.is_empty() {
-                        values.insert(":pre".into(), s(&q.sk_prefix));
-                        filters.push("begins_with(#s, :pre)");
-                    }
-                    "#p = :p AND #s <= :upto"
-                }
-                (None, false) => {
-                    values.insert(":pre".into(), s(&q.sk_prefix));
-                    "#p = :p AND begins_with(#s, :pre)"
-                }
-                (None, true) => "#p = :p",
-            }
+        let Some(cond) = key_condition(q) else {
+            return Ok(Vec::new());
         };
+        // DynamoDB refuses a name the expressions do not use.
+        let mut names = HashMap::from([("#p".to_owned(), pk_attr.to_owned())]);
+        if cond.key_expr.contains("#s") || !cond.filters.is_empty() {
+            names.insert("#s".to_owned(), sk_attr.to_owned());
+        }
+        let mut values = cond.values;
+        values.insert(":p".to_owned(), s(&q.pk));
+        let key_expr = cond.key_expr;
+        let filters = cond.filters;
         let mut out = Vec::new();
         let mut start = None;
         for _ in 0..MAX_QUERY_PAGES {
@@ -356,7 +534,8 @@ impl TransactionalIndex for DynamoIndex {
                 .set_expression_attribute_names(Some(names.clone()))
                 .set_expression_attribute_values(Some(values.clone()))
                 .set_exclusive_start_key(start)
-                .limit(q.limit.clamp(1, 1000) as i32);
+                // One more when the cursor's own item may be read (and dropped).
+                .limit((q.limit + usize::from(cond.skip.is_some())).clamp(1, 1000) as i32);
             if let Some(i) = index {
                 req = req.index_name(i);
             } else {
@@ -367,7 +546,11 @@ impl TransactionalIndex for DynamoIndex {
             }
             let page = req.send().await.map_err(backend)?;
             for m in page.items() {
-                out.push(item_from(m)?);
+                let item = item_from(m)?;
+                if cond.skip.is_some() && sort_key_of(&item, q.index) == cond.skip.as_deref() {
+                    continue;
+                }
+                out.push(item);
                 if out.len() == q.limit {
                     return Ok(out);
                 }
@@ -380,40 +563,33 @@ impl TransactionalIndex for DynamoIndex {
         Ok(out)
     }
 
+    /// Conflicts with concurrent transactions (and "still in progress" answers) are retried
+    /// here, with jittered backoff and the same `ClientRequestToken` throughout, so a retry
+    /// of a transaction that did commit is answered as committed, not applied twice; bounded
+    /// by [`ConflictRetry`], after which the answer is `Unavailable` (503 with Retry-After).
     async fn transact(&self, ops: Vec<WriteOp>) -> Result<(), TxnError> {
         let items = ops
             .into_iter()
             .map(|op| self.write_item(op))
             .collect::<Result<Vec<_>, _>>()?;
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                if let Some(se) = e.as_service_error() {
-                    if se.is_transaction_canceled_exception() {
-                        if let aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) = se {
-                            if let Some(e) = cancelled(tc.cancellation_reasons()) {
-                                return Err(e);
-                            }
-                        }
-                    }
-                    // In progress: the outcome is unknown (it may still commit). Retried as a
-                    // conflict, which is safe because every step re-reads what is stored and
-                    // finds its own write if it landed (the steps are idempotent by content).
-                    if se.is_transaction_in_progress_exception()
-                        || se.code() == Some("TransactionConflictException")
-                    {
-                        return Err(TxnError::Conflict);
-                    }
+        with_conflict_retries(self.retry, |token| {
+            let send = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .client_request_token(token)
+                .send();
+            async move {
+                match send.await {
+                    Ok(_) => Attempt::Final(Ok(())),
+                    Err(e) => match e.as_service_error().and_then(classify_service) {
+                        Some(a) => a,
+                        None => Attempt::Final(Err(TxnError::Store(backend(e)))),
+                    },
                 }
-                Err(TxnError::Store(backend(e)))
             }
-        }
+        })
+        .await
     }
 
     async fn counters(&self, pk: &str) -> Result<BTreeMap<String, i64>, StoreError> {
@@ -483,5 +659,174 @@ mod tests {
             Some(TxnError::Conflict)
         ));
         assert!(cancelled(&reasons(&["ValidationError"])).is_none());
+    }
+
+    fn conflict_error() -> aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError
+    {
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
+            aws_sdk_dynamodb::types::error::TransactionCanceledException::builder()
+                .set_cancellation_reasons(Some(reasons(&["None", "TransactionConflict"])))
+                .build(),
+        )
+    }
+
+    /// A conflict and "still in progress" are retried; a failed condition and throttling
+    /// are final; anything else is left to the backend error.
+    #[test]
+    fn transaction_errors_are_classified_for_retry() {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
+        assert!(matches!(
+            classify_service(&conflict_error()),
+            Some(Attempt::Conflict)
+        ));
+        let in_progress = E::TransactionInProgressException(
+            aws_sdk_dynamodb::types::error::TransactionInProgressException::builder().build(),
+        );
+        assert!(matches!(
+            classify_service(&in_progress),
+            Some(Attempt::InProgress)
+        ));
+        let failed = E::TransactionCanceledException(
+            aws_sdk_dynamodb::types::error::TransactionCanceledException::builder()
+                .set_cancellation_reasons(Some(reasons(&["ConditionalCheckFailed", "None"])))
+                .build(),
+        );
+        assert!(matches!(
+            classify_service(&failed),
+            Some(Attempt::Final(Err(TxnError::Rejected { op_index: 0 })))
+        ));
+        let throttled = E::TransactionCanceledException(
+            aws_sdk_dynamodb::types::error::TransactionCanceledException::builder()
+                .set_cancellation_reasons(Some(reasons(&["ThrottlingError"])))
+                .build(),
+        );
+        assert!(matches!(
+            classify_service(&throttled),
+            Some(Attempt::Final(Err(TxnError::Store(
+                StoreError::Unavailable(_)
+            ))))
+        ));
+        let mismatch = E::IdempotentParameterMismatchException(
+            aws_sdk_dynamodb::types::error::IdempotentParameterMismatchException::builder().build(),
+        );
+        assert!(classify_service(&mismatch).is_none());
+    }
+
+    /// Runs the retry loop over scripted attempts; answers its result and the tokens sent.
+    async fn scripted(
+        policy: ConflictRetry,
+        script: Vec<Attempt>,
+    ) -> (Result<(), TxnError>, Vec<String>) {
+        let script = std::sync::Mutex::new(script.into_iter());
+        let tokens = std::sync::Mutex::new(Vec::new());
+        let r = with_conflict_retries(policy, |token| {
+            tokens.lock().unwrap().push(token.to_owned());
+            let next = script.lock().unwrap().next().unwrap_or(Attempt::Conflict);
+            async move { next }
+        })
+        .await;
+        (r, tokens.into_inner().unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conflicts_are_retried_with_one_token_until_committed() {
+        let (r, tokens) = scripted(
+            ConflictRetry::default(),
+            vec![
+                Attempt::Conflict,
+                Attempt::InProgress,
+                Attempt::Final(Ok(())),
+            ],
+        )
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(tokens.len(), 3);
+        assert!(tokens.iter().all(|t| t == &tokens[0]), "{tokens:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_is_not_retried() {
+        let (r, tokens) = scripted(
+            ConflictRetry::default(),
+            vec![Attempt::Final(Err(TxnError::Rejected { op_index: 2 }))],
+        )
+        .await;
+        assert!(matches!(r, Err(TxnError::Rejected { op_index: 2 })));
+        assert_eq!(tokens.len(), 1);
+    }
+
+    /// Endless conflicts: given up after the attempts allowed, as Unavailable (503 with
+    /// Retry-After), never as a conflict the protocol would retry again at once.
+    #[tokio::test(start_paused = true)]
+    async fn endless_conflicts_end_in_unavailable_after_the_bound() {
+        let policy = ConflictRetry::default();
+        let (r, tokens) = scripted(policy, Vec::new()).await;
+        assert_eq!(tokens.len(), policy.attempts as usize);
+        let Err(TxnError::Store(store)) = r else {
+            panic!("{r:?}")
+        };
+        let err = crate::DedupError::Store(store);
+        assert_eq!(err.code(), crate::ErrorCode::Unavailable);
+        assert!(err.retry_after().is_some());
+    }
+
+    /// The time bound ends the retries before the count does.
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_within_the_time_bound() {
+        let policy = ConflictRetry {
+            attempts: 10_000,
+            first_delay: std::time::Duration::from_millis(50),
+            max_delay: std::time::Duration::from_millis(50),
+            total: std::time::Duration::from_secs(1),
+        };
+        let started = tokio::time::Instant::now();
+        let (r, tokens) = scripted(policy, Vec::new()).await;
+        assert!(r.is_err());
+        assert!(started.elapsed() <= policy.total, "{:?}", started.elapsed());
+        // Waits average 25 ms: about 40 fit in a second; far fewer than the count allows.
+        assert!(tokens.len() < 1_000, "{}", tokens.len());
+        assert!(tokens.len() > 1);
+    }
+
+    /// Both bounds of a query stay in the key condition, so `Limit` counts only items inside
+    /// them: a page after a cursor never reads what lies past the upper bound.
+    #[test]
+    fn both_bounds_stay_in_the_key_condition() {
+        let q = |after: Option<&str>, upto: Option<&str>, prefix: &str| Query {
+            index: IndexName::Work,
+            pk: "WORK#00".into(),
+            sk_prefix: prefix.into(),
+            after: after.map(str::to_owned),
+            upto: upto.map(str::to_owned),
+            limit: 25,
+        };
+        let c = key_condition(&q(Some("0005#a"), Some("0009~"), "")).unwrap();
+        assert_eq!(c.key_expr, "#p = :p AND #s BETWEEN :lo AND :hi");
+        assert!(c.filters.is_empty(), "{:?}", c.filters);
+        assert_eq!(c.values.get(":lo"), Some(&s("0005#a")));
+        assert_eq!(c.values.get(":hi"), Some(&s("0009~")));
+        assert_eq!(c.skip.as_deref(), Some("0005#a"));
+        // The cursor past the upper bound: nothing to read at all.
+        assert!(key_condition(&q(Some("0010#a"), Some("0009~"), "")).is_none());
+        // One bound each.
+        let c = key_condition(&q(Some("0005#a"), None, "")).unwrap();
+        assert_eq!(c.key_expr, "#p = :p AND #s > :lo");
+        let c = key_condition(&q(None, Some("0009~"), "")).unwrap();
+        assert_eq!(c.key_expr, "#p = :p AND #s <= :hi");
+        assert!(c.skip.is_none());
+        let c = key_condition(&q(None, None, "")).unwrap();
+        assert_eq!(c.key_expr, "#p = :p");
+        // A prefix alone, and a prefix with a cursor: the cursor is the lower bound, the
+        // prefix's end the upper one.
+        let c = key_condition(&q(None, None, "REF#")).unwrap();
+        assert_eq!(c.key_expr, "#p = :p AND begins_with(#s, :pre)");
+        let c = key_condition(&q(Some("REF#b"), None, "REF#")).unwrap();
+        assert_eq!(c.key_expr, "#p = :p AND #s BETWEEN :lo AND :hi");
+        assert_eq!(c.values.get(":lo"), Some(&s("REF#b")));
+        assert_eq!(c.values.get(":hi"), Some(&s("REF#\u{10FFFF}")));
+        // A cursor before the prefix: the prefix is the (inclusive) lower bound.
+        let c = key_condition(&q(Some("A"), None, "REF#")).unwrap();
+        assert_eq!(c.values.get(":lo"), Some(&s("REF#")));
+        assert!(c.skip.is_none());
     }
 }

@@ -3,7 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{clients, sdk_config, DynamoConnections, DynamoIndex, ManagementApi, S3Blobs};
+use super::{
+    clients, sdk_config, DynamoConnections, DynamoIndex, DynamoRequestBudget, ManagementApi,
+    S3Blobs,
+};
+use crate::ports::RequestRate;
 use crate::protocol::{Limits, ReconcileBudget};
 use crate::{Dedup, DedupConfig};
 
@@ -95,6 +99,23 @@ fn dedup_with(sdk: &aws_config::SdkConfig) -> Result<Arc<AwsDedup>, EnvError> {
         blobs,
         DynamoIndex::new(ddb, table),
         cfg,
+    )))
+}
+
+/// `USER_RATE_PER_SECOND` and `USER_RATE_BURST`: each user's request budget, kept in the
+/// table `TABLE_NAME`. `None` (no per-user limit) when either is unset or 0.
+pub async fn request_budget_from_env() -> Result<Option<DynamoRequestBudget>, EnvError> {
+    let Some(rate) = RequestRate::new(
+        number("USER_RATE_PER_SECOND", 0)?,
+        number("USER_RATE_BURST", 0)?,
+    ) else {
+        return Ok(None);
+    };
+    let table = var("TABLE_NAME")?;
+    Ok(Some(DynamoRequestBudget::new(
+        aws_sdk_dynamodb::Client::new(&sdk_config().await),
+        table,
+        rate,
     )))
 }
 

@@ -3,11 +3,16 @@
 mod dynamo;
 mod env;
 mod live;
+mod request_budget;
 mod s3;
 
-pub use dynamo::{DynamoIndex, WORK_INDEX};
-pub use env::{connections_from_env, dedup_from_env, live_from_env, AwsDedup, AwsLive, EnvError};
+pub use dynamo::{ConflictRetry, DynamoIndex, WORK_INDEX};
+pub use env::{
+    connections_from_env, dedup_from_env, live_from_env, request_budget_from_env, AwsDedup,
+    AwsLive, EnvError,
+};
 pub use live::{DynamoConnections, ManagementApi, EXPIRES_AT};
+pub use request_budget::{bucket_key, DynamoRequestBudget};
 pub use s3::S3Blobs;
 
 /// The SDK's configuration from the environment (region, credentials, `AWS_ENDPOINT_URL` for
