@@ -24,6 +24,7 @@ struct Aws {
     blobs: S3Blobs,
     clock: Arc<ManualClock>,
     http: reqwest::Client,
+    s3: aws_sdk_s3::Client,
 }
 
 fn endpoint() -> Option<String> {
@@ -56,7 +57,7 @@ impl Aws {
         let unique = format!("{}-{n}", std::process::id());
         let index = DynamoIndex::new(ddb, format!("audio-dedup-{unique}"));
         index.create_table().await.expect("create table");
-        let blobs = S3Blobs::new(s3, format!("audio-dedup-{unique}"), "prod/");
+        let blobs = S3Blobs::new(s3.clone(), format!("audio-dedup-{unique}"), "prod/");
         blobs.create_bucket().await.expect("create bucket");
         let cfg = DedupConfig {
             key_prefix: "prod/".into(),
@@ -76,6 +77,7 @@ impl Aws {
             blobs,
             clock,
             http: reqwest::Client::new(),
+            s3,
         })
     }
 }
@@ -98,6 +100,17 @@ impl Env for Aws {
 
     fn advance(&self, by: std::time::Duration) {
         self.clock.advance(by);
+    }
+
+    async fn uploads_in_progress(&self) -> usize {
+        let out = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(self.blobs.bucket())
+            .send()
+            .await
+            .unwrap();
+        out.uploads().len()
     }
 
     async fn snapshot(&self) -> (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>) {
@@ -285,4 +298,74 @@ async fn a_sweep_across_passes_collects_every_orphan() {
 async fn a_full_thread_reaches_every_members_feed() {
     let Some(env) = Aws::new().await else { return };
     contract::chat::a_full_thread_reaches_every_members_feed(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parted_upload_resumes_and_publishes_verified_content() {
+    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    contract::parts::a_parted_upload_resumes_and_publishes_verified_content(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bytes_never_appear_under_the_hash() {
+    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    contract::parts::wrong_bytes_never_appear_under_the_hash(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_use_someone_elses_parts() {
+    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    contract::parts::a_stranger_cannot_use_someone_elses_parts(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parts_path_is_no_existence_oracle() {
+    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    contract::parts::the_parts_path_is_no_existence_oracle(&env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_parts_are_aborted_by_the_reconciler() {
+    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    contract::parts::abandoned_parts_are_aborted_by_the_reconciler(&env).await;
+}
+
+/// Each part's checksum is a signed header of its presigned UploadPart, as for whole PUTs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_parts_sign_their_checksum_and_length() {
+    let Some(env) = Aws::new().await else { return };
+    let hash = ContentHash::of(b"part");
+    let req = audio_dedup_core::ports::PresignPart {
+        upload: audio_dedup_core::ports::MultipartRef {
+            key: "prod/staging/x/y".into(),
+            upload_id: "u1".into(),
+        },
+        part: audio_dedup_core::Part {
+            number: 2,
+            size: 4,
+            sha256: hash,
+        },
+        uploader: "session:abc".into(),
+        expires_in: std::time::Duration::from_secs(900),
+    };
+    let signed = env.blobs.presign_part(&req).await.unwrap();
+    let query = signed.url.split_once('?').unwrap().1;
+    let signed_headers = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("X-Amz-SignedHeaders="))
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8()
+                .unwrap()
+                .into_owned()
+        })
+        .expect("X-Amz-SignedHeaders");
+    for h in ["x-amz-checksum-sha256", "content-length"] {
+        assert!(
+            signed_headers.split(';').any(|s| s == h),
+            "{h} not signed: {signed_headers}"
+        );
+    }
+    assert!(query.contains("partNumber=2") && query.contains("uploadId=u1"));
+    assert_eq!(signed.headers["x-amz-checksum-sha256"], hash.to_base64());
 }

@@ -51,6 +51,62 @@ impl Embedded {
     }
 }
 
+fn query_of(url: &str) -> (String, BTreeMap<String, String>) {
+    let (path, query) = url.split_once('?').unwrap();
+    let key = path.split_once("/blob/").unwrap().1.to_owned();
+    let q = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8()
+                    .unwrap()
+                    .into_owned(),
+            )
+        })
+        .collect();
+    (key, q)
+}
+
+impl Embedded {
+    /// What the `/blob` route does with a signed part PUT.
+    async fn client_put_part(&self, req: &SignedRequest, body: Vec<u8>) -> u16 {
+        let (key, q) = query_of(&req.url);
+        let Ok(grant) = self
+            .blobs
+            .signer()
+            .verify_part(&key, &q, |h| req.headers.get(h).cloned(), 0)
+        else {
+            return 403;
+        };
+        if audio_dedup_core::ContentHash::of(&body) != grant.sha256
+            || body.len() as u64 != grant.size
+        {
+            return 400;
+        }
+        let file = self.blobs.spool_dir().join(format!("part-{}", grant.number));
+        std::fs::write(&file, &body).unwrap();
+        let upload = audio_dedup_core::ports::MultipartRef {
+            key,
+            upload_id: grant.upload_id,
+        };
+        let part = audio_dedup_core::Part {
+            number: grant.number,
+            size: grant.size,
+            sha256: grant.sha256,
+        };
+        let stored = self.blobs.put_part(&upload, part, file.clone()).await.unwrap();
+        let _ = std::fs::remove_file(file);
+        if stored {
+            200
+        } else {
+            404
+        }
+    }
+}
+
 impl Env for Embedded {
     type B = FsBlobStore;
     type I = SqliteIndex;
@@ -59,8 +115,12 @@ impl Env for Embedded {
         &self.d
     }
 
-    /// What the local server's `/blob` route does with a signed PUT.
+    /// What the local server's `/blob` route does with a signed PUT (of a whole object, or
+    /// of one part).
     async fn client_put(&self, req: &SignedRequest, body: Vec<u8>) -> u16 {
+        if req.url.contains("X-Part=") {
+            return self.client_put_part(req, body).await;
+        }
         let (path, query) = req.url.split_once('?').unwrap();
         let key = path.split_once("/blob/").unwrap().1;
         let q: BTreeMap<String, String> = query
@@ -106,6 +166,11 @@ impl Env for Embedded {
 
     fn advance(&self, by: std::time::Duration) {
         self.clock.advance(by);
+    }
+
+    async fn uploads_in_progress(&self) -> usize {
+        std::fs::read_dir(self._dir.path().join("blobs/uploads"))
+            .map_or(0, |d| d.count())
     }
 
     async fn snapshot(&self) -> (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>) {
@@ -206,4 +271,34 @@ async fn a_sweep_across_passes_collects_every_orphan() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_thread_reaches_every_members_feed() {
     contract::chat::a_full_thread_reaches_every_members_feed(&Embedded::new()).await;
+}
+
+#[tokio::test]
+async fn a_parted_upload_resumes_and_publishes_verified_content() {
+    let env = Embedded::with_config(contract::parts::config());
+    contract::parts::a_parted_upload_resumes_and_publishes_verified_content(&env).await;
+}
+
+#[tokio::test]
+async fn wrong_bytes_never_appear_under_the_hash() {
+    let env = Embedded::with_config(contract::parts::config());
+    contract::parts::wrong_bytes_never_appear_under_the_hash(&env).await;
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_use_someone_elses_parts() {
+    let env = Embedded::with_config(contract::parts::config());
+    contract::parts::a_stranger_cannot_use_someone_elses_parts(&env).await;
+}
+
+#[tokio::test]
+async fn the_parts_path_is_no_existence_oracle() {
+    let env = Embedded::with_config(contract::parts::config());
+    contract::parts::the_parts_path_is_no_existence_oracle(&env).await;
+}
+
+#[tokio::test]
+async fn abandoned_parts_are_aborted_by_the_reconciler() {
+    let env = Embedded::with_config(contract::parts::config());
+    contract::parts::abandoned_parts_are_aborted_by_the_reconciler(&env).await;
 }

@@ -76,8 +76,8 @@ fn check_parts(plan: &PartsPlan, parts: &[Part]) -> Result<(), DedupError> {
 enum Published {
     /// The content's key holds this session's object.
     Ready,
-    /// Parts are missing (their numbers, the first few).
-    Missing(Vec<u32>),
+    /// Parts are missing: the first few numbers, and how many parts the store holds.
+    Missing { first: Vec<u32>, held: usize },
     /// The assembled bytes do not hash to the session's content: deleted.
     Mismatch,
     /// Another upload's object holds the content's key: only a proof claims it now.
@@ -213,7 +213,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         match self.publish_step(s, up).await? {
             Published::Ready => Ok(()),
             Published::Taken => Err(DedupError::UploadRequired),
-            Published::Missing(numbers) => Err(DedupError::refused(
+            // Nothing sent: the single PUT's answer, whether or not the content exists.
+            Published::Missing { held: 0, .. } => Err(DedupError::UploadRequired),
+            Published::Missing { first: numbers, .. } => Err(DedupError::refused(
                 ErrorCode::PartsMissing,
                 format!(
                     "the blob store is missing parts of this upload (for example {numbers:?}); \
@@ -250,7 +252,10 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             Some(have) => {
                 let missing = missing_parts(&up.plan, &have);
                 if !missing.is_empty() {
-                    return Ok(Published::Missing(missing));
+                    return Ok(Published::Missing {
+                        first: missing,
+                        held: have.len(),
+                    });
                 }
                 match blobs.finish_parts(&staging, &have).await? {
                     Some(m) => Some(m),
@@ -262,9 +267,10 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         };
         let Some(assembled) = assembled else {
             // Nothing in progress and nothing assembled: aborted, or never sent.
-            return Ok(Published::Missing(
-                (1..=up.plan.part_count.min(10)).collect(),
-            ));
+            return Ok(Published::Missing {
+                first: (1..=up.plan.part_count.min(10)).collect(),
+                held: 0,
+            });
         };
         if !self.whole_matches(s, &assembled).await? {
             blobs
