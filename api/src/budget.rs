@@ -82,3 +82,14 @@ pub(crate) async fn limit_per_user(
         }
     }
 }
+
+#[cfg(feature = "lambda")]
+impl UserBudget {
+    /// The Lambda functions' budget, kept in the table: `USER_RATE_PER_SECOND` and
+    /// `USER_RATE_BURST`; `None` (no per-user limit) when either is unset or 0.
+    pub async fn from_env() -> Result<Option<Self>, audio_dedup_core::store::aws::EnvError> {
+        Ok(audio_dedup_core::store::aws::request_budget_from_env()
+            .await?
+            .map(Self::new))
+    }
+}
