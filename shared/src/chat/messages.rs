@@ -26,6 +26,16 @@ use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
 use crate::protocol::{keys, ms, Step};
 
+/// Snapshots longer than this (bytes of JSON) are stored as objects even when the message
+/// item could hold them (`DedupConfig::snapshot_inline_max`, the item size limit, still caps
+/// it). Cost, at AWS list prices (docs/cost.md): inside the item, a snapshot is written in
+/// the message's transaction at 2 write units per KB (about $1.25 per million KB) and read
+/// whole by every recipient's fetch (a strongly consistent read unit per 4 KB); as an object
+/// it is one PUT ($5 per million) and one GET per fetch ($0.40 per million). The two meet
+/// near 4 KB, so a typical text snapshot stays inline (no extra request) and a large one no
+/// longer costs hundreds of write units (a 350 KB one cost 700).
+const SNAPSHOT_INLINE_COST_MAX: usize = 4 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub id: MessageId,
@@ -95,7 +105,12 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         {
             return replay(author, thread, &m.value, &print).map(|v| (v, false));
         }
-        let staged = if text.len() > self.core.cfg.snapshot_inline_max {
+        let inline_max = self
+            .core
+            .cfg
+            .snapshot_inline_max
+            .min(SNAPSHOT_INLINE_COST_MAX);
+        let staged = if text.len() > inline_max {
             // Staging writes an object, so the audio is checked first: a caller who may not
             // attach it cannot fill the store with orphans (the transaction checks again).
             if let Some(choice) = &req.audio {
@@ -362,5 +377,72 @@ fn replay(
             ErrorCode::MessageIdConflict,
             "a different message exists with this id",
         ))
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use crate::chat::NewThread;
+    use crate::domain::{Members, Title};
+    use crate::store::memory::{MemoryBlobs, MemoryIndex};
+    use crate::{Dedup, DedupConfig};
+
+    fn message(id: &str, text_len: usize) -> NewMessage {
+        let json = format!(r#"{{"text":"{}"}}"#, "a".repeat(text_len));
+        let raw = serde_json::value::RawValue::from_string(json).unwrap();
+        NewMessage {
+            id: id.parse().unwrap(),
+            snapshot: Snapshot::new(raw).unwrap(),
+            audio: None,
+        }
+    }
+
+    /// Under the cost limit a snapshot stays in the message item (no request more); over
+    /// it, it is an object and the item holds a pointer, though the item could hold it.
+    #[tokio::test]
+    async fn snapshots_over_the_cost_limit_are_objects_even_when_an_item_could_hold_them() {
+        let blobs = MemoryBlobs::default();
+        let index = MemoryIndex::default();
+        let cfg = DedupConfig::default();
+        assert!(cfg.snapshot_inline_max > 10 * SNAPSHOT_INLINE_COST_MAX);
+        let d = Dedup::new(blobs.clone(), index.clone(), cfg);
+        let alice: UserId = "alice".parse().unwrap();
+        let (t, _) = d
+            .chat()
+            .create_thread(
+                &alice,
+                NewThread {
+                    id: Some("t1".parse().unwrap()),
+                    title: Title::new("t1").unwrap(),
+                    members: Members::new(vec!["bob".parse().unwrap()]).unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+        let small = message("small", SNAPSHOT_INLINE_COST_MAX - 100);
+        let big = message("big", SNAPSHOT_INLINE_COST_MAX + 100);
+        for m in [small, big] {
+            d.chat().create_message(&alice, &t.id, m).await.unwrap();
+        }
+        let objects = blobs.objects();
+        assert_eq!(objects.len(), 1, "one snapshot object");
+        assert!(objects[0].0.key.contains("snapshots/big-"));
+        let body = |id: &str| {
+            index
+                .dump()
+                .into_iter()
+                .find(|i| i.key == keys::message(&id.parse().unwrap()))
+                .unwrap()
+                .body
+        };
+        assert!(body("small").len() > SNAPSHOT_INLINE_COST_MAX - 100);
+        assert!(body("big").len() < 2_000, "a pointer, not the snapshot");
+        let bob: UserId = "bob".parse().unwrap();
+        let read = d.chat().snapshot(&bob, &"big".parse().unwrap()).await;
+        assert_eq!(
+            read.unwrap().json.len(),
+            SNAPSHOT_INLINE_COST_MAX + 100 + 11
+        );
     }
 }
