@@ -30,11 +30,22 @@ pub struct Server {
 impl Server {
     /// Starts on `addr` (port 0: any), over `data` (kept across restarts).
     pub async fn start(data: &Path, addr: SocketAddr) -> Self {
+        Self::start_with(data, addr, |_| {}).await
+    }
+
+    /// As `start`, with the test config changed by `configure` first.
+    pub async fn start_with(
+        data: &Path,
+        addr: SocketAddr,
+        configure: impl FnOnce(&mut audio_dedup_server::ServerConfig),
+    ) -> Self {
         let mut tokens = TokenTable::default();
         tokens.insert(ALICE, "alice", false).expect("token");
         tokens.insert(BOB, "bob", false).expect("token");
         tokens.insert(CAROL, "carol", false).expect("token");
-        let inner = InProcess::start(test_config(data, tokens), addr)
+        let mut cfg = test_config(data, tokens);
+        configure(&mut cfg);
+        let inner = InProcess::start(cfg, addr)
             .await
             .expect("start the server");
         Self {
@@ -133,6 +144,10 @@ pub struct Proxy {
     /// Answer the next requests with this status and `Retry-After` (seconds) instead of
     /// forwarding them: (count, status, retry_after).
     pub refuse: Arc<Mutex<(usize, u16, Option<u64>)>>,
+    /// Requests whose line starts with the prefix wait this long before they are forwarded.
+    pub slow: Arc<Mutex<(String, Duration)>>,
+    /// Each forwarded request's line and the status it was answered.
+    pub answered: Arc<Mutex<Vec<(String, u16)>>>,
 }
 
 impl Proxy {
@@ -174,6 +189,14 @@ impl Proxy {
                 let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
                     .await
                     .unwrap_or_default();
+                let (slow_prefix, delay) = state
+                    .slow
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if !slow_prefix.is_empty() && line.starts_with(&slow_prefix) {
+                    tokio::time::sleep(delay).await;
+                }
                 let mut rb = http.request(
                     parts.method.clone(),
                     format!(
@@ -202,6 +225,11 @@ impl Proxy {
                 match res {
                     Ok(r) => {
                         let status = r.status();
+                        state
+                            .answered
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((line.clone(), status.as_u16()));
                         let headers = r.headers().clone();
                         let body = r.bytes().await.unwrap_or_default();
                         let mut out = axum::response::Response::new(axum::body::Body::from(body));
@@ -242,6 +270,21 @@ impl Proxy {
 
     pub fn requests(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Requests starting with `prefix` wait `delay` before they are forwarded.
+    pub fn slow_down(&self, prefix: &str, delay: Duration) {
+        *self.slow.lock().unwrap_or_else(|e| e.into_inner()) = (prefix.to_owned(), delay);
+    }
+
+    /// How many forwarded requests starting with `prefix` were answered `status`.
+    pub fn answered(&self, prefix: &str, status: u16) -> usize {
+        self.answered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(line, s)| line.starts_with(prefix) && *s == status)
+            .count()
     }
 
     pub fn clear(&self) {
