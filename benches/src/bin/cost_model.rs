@@ -118,6 +118,9 @@ struct Counts {
     lambda: BTreeMap<&'static str, u64>,
     ws_messages: u64,
     ws_connect_minutes: f64,
+    /// Per step (a route, or what a function set off): calls, then index gets, queries,
+    /// RRU, WRU and S3 requests, summed.
+    steps: BTreeMap<String, [f64; 6]>,
 }
 
 impl Counts {
@@ -399,6 +402,26 @@ fn function_of(path: &str) -> &'static str {
     }
 }
 
+/// A path with its ids replaced by the route's parameter names.
+fn route_of(path: &str) -> String {
+    let p = path.split('?').next().unwrap_or(path);
+    let mut out = Vec::new();
+    let mut prev = "";
+    for seg in p.split('/') {
+        let named = match prev {
+            "threads" => "{id}",
+            "messages" if seg != "snapshot" => "{message_id}",
+            "audio" if seg.len() == 64 => "{hash}",
+            "references" => "{ref_id}",
+            "library" => "{item_id}",
+            _ => seg,
+        };
+        out.push(named);
+        prev = seg;
+    }
+    out.join("/")
+}
+
 // ---------- one deployment ----------
 
 type Store = Dedup<MemoryBlobs, CountingIndex>;
@@ -463,6 +486,29 @@ impl Env {
         lock(&self.meter).clone()
     }
 
+    /// Index gets, queries, RRU, WRU and S3 requests so far.
+    fn tally(&self) -> [f64; 5] {
+        let m = lock(&self.meter);
+        [
+            m.gets as f64,
+            m.queries as f64,
+            m.rru,
+            m.wru() as f64,
+            (m.s3_put + m.s3_head + m.s3_read + m.s3_delete + m.s3_list) as f64,
+        ]
+    }
+
+    /// Books what happened since `before` to `step`.
+    fn book(&self, step: String, before: [f64; 5]) {
+        let now = self.tally();
+        let mut m = lock(&self.meter);
+        let e = m.steps.entry(step).or_insert([0.0; 6]);
+        e[0] += 1.0;
+        for i in 0..5 {
+            e[i + 1] += now[i] - before[i];
+        }
+    }
+
     fn lambda(&self, f: &'static str, n: u64) {
         *lock(&self.meter).lambda.entry(f).or_insert(0) += n;
     }
@@ -482,6 +528,8 @@ impl Env {
             *m.http.entry(f).or_insert(0) += 1;
             *m.lambda.entry(f).or_insert(0) += 1;
         }
+        let step = format!("{method} {}", route_of(path));
+        let before = self.tally();
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -502,6 +550,7 @@ impl Env {
         let status = res.status();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        self.book(step, before);
         self.settle().await;
         (status, v)
     }
@@ -516,15 +565,19 @@ impl Env {
                 continue;
             }
             self.lambda("s3-events", 1);
+            let before = self.tally();
             self.dedup.audio().on_blob_event(&event).await.unwrap();
+            self.book("s3-events".into(), before);
         }
         let batches = std::mem::take(&mut *lock(&self.index.written_logs));
         for keys in batches {
             self.lambda("live-stream", 1);
             let before = self.poster.delivered().len();
+            let t = self.tally();
             fan_out(self.dedup.chat(), &self.conns, &self.poster, keys)
                 .await
                 .unwrap();
+            self.book("live-stream".into(), t);
             let posted = (self.poster.delivered().len() - before) as u64;
             lock(&self.meter).ws_messages += posted;
         }
@@ -1021,6 +1074,21 @@ async fn run() -> Result<bool, String> {
     );
     details.push(("reconcile cycle", rec));
 
+    println!(
+        "\nper step, new audio workload (per call: index gets, queries, RRU, WRU, S3 requests):"
+    );
+    for (step, v) in &new_audio.steps {
+        let n = v[0].max(1.0);
+        println!(
+            "  {step:<48} {:>6} calls  gets {:>5.2}  queries {:>4.2}  RRU {:>5.2}  WRU {:>5.2}  s3 {:>4.2}",
+            v[0],
+            v[1] / n,
+            v[2] / n,
+            v[3] / n,
+            v[4] / n,
+            v[5] / n
+        );
+    }
     println!("\ndetail (unscaled counts of each run):");
     for (name, c) in &details {
         detail(name, c, lambda_ms);
