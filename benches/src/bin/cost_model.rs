@@ -312,7 +312,8 @@ impl TransactionalIndex for CountingIndex {
         let mut m = lock(&self.meter);
         m.queries += 1;
         // One consistent Query over the partition's shard items.
-        let u = units(64 * COUNTER_ITEM_BYTES, 4096) as f64;
+        let shards = DedupConfig::default().stats_shards as usize;
+        let u = units(shards * COUNTER_ITEM_BYTES, 4096) as f64;
         m.rru += u;
         m.rru_strong += u;
         Ok(out)
