@@ -21,10 +21,11 @@ use bytes::Bytes;
 
 use audio_dedup_benches::{env_u64, machine_summary, pass_fail};
 use audio_dedup_core::ports::{
-    BlobStore, ObjectMeta, ObjectPage, OsEntropy, PresignPut, PutOutcome, PutRequest, SystemClock,
+    BlobStore, MultipartRef, ObjectMeta, ObjectPage, OsEntropy, PresignPart, PresignPut,
+    PutOutcome, PutRequest, StartParts, SystemClock,
 };
 use audio_dedup_core::store::aws::{clients_from_env, DynamoIndex, S3Blobs};
-use audio_dedup_core::{ContentHash, Dedup, DedupConfig, SignedRequest, StoreError};
+use audio_dedup_core::{ContentHash, Dedup, DedupConfig, Part, SignedRequest, StoreError};
 
 /// The S3 adapter, counting its calls by operation.
 #[derive(Clone)]
@@ -93,6 +94,41 @@ impl BlobStore for Counted {
     ) -> Result<SignedRequest, StoreError> {
         self.inner
             .presign_get(key, version, content_type, expires_in)
+            .await
+    }
+    async fn start_parts(&self, req: &StartParts) -> Result<String, StoreError> {
+        self.count("CreateMultipartUpload");
+        self.inner.start_parts(req).await
+    }
+    async fn presign_part(&self, req: &PresignPart) -> Result<SignedRequest, StoreError> {
+        self.inner.presign_part(req).await
+    }
+    async fn list_parts(&self, upload: &MultipartRef) -> Result<Option<Vec<Part>>, StoreError> {
+        self.count("ListParts");
+        self.inner.list_parts(upload).await
+    }
+    async fn finish_parts(
+        &self,
+        upload: &MultipartRef,
+        parts: &[Part],
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        self.count("CompleteMultipartUpload");
+        self.inner.finish_parts(upload, parts).await
+    }
+    async fn abort_parts(&self, upload: &MultipartRef) -> Result<(), StoreError> {
+        self.count("AbortMultipartUpload");
+        self.inner.abort_parts(upload).await
+    }
+    async fn copy_if_absent(
+        &self,
+        from: &ObjectMeta,
+        to_key: &str,
+        content_type: &'static str,
+        uploader: &str,
+    ) -> Result<PutOutcome, StoreError> {
+        self.count("CopyObject");
+        self.inner
+            .copy_if_absent(from, to_key, content_type, uploader)
             .await
     }
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<ObjectPage, StoreError> {
