@@ -233,3 +233,65 @@ async fn a_work_page_after_a_cursor_does_not_walk_future_items() {
     let items = index.query(&q).await.unwrap();
     assert_eq!(items.len(), 2);
 }
+
+/// The writes each take costs (docs/deploy.md's cost table), and exactness across two
+/// processes (each with its own hints) sharing one user's bucket.
+#[tokio::test]
+async fn writes_per_take_match_the_documented_cost() {
+    let sent = Arc::new(AtomicUsize::new(0));
+    let Some(index) = table(Some(CountRequests {
+        target: "DynamoDB_20120810.UpdateItem",
+        sent: sent.clone(),
+    }))
+    .await
+    else {
+        return;
+    };
+    let writes = |before: usize| sent.load(Ordering::SeqCst) - before;
+    let (one, two) = (budget(&index, 1, 3), budget(&index, 1, 3));
+    let dave = user("dave");
+    // A user under the rate (no bucket yet, or a full one): one write.
+    let w = sent.load(Ordering::SeqCst);
+    assert_eq!(one.take(&dave, T0).await.unwrap(), Admission::Admitted);
+    assert_eq!(writes(w), 1);
+    // Inside the burst, in the process that saw the bucket last: one write.
+    let w = sent.load(Ordering::SeqCst);
+    assert_eq!(one.take(&dave, T0).await.unwrap(), Admission::Admitted);
+    assert_eq!(writes(w), 1);
+    // Inside the burst, from another process (no hint): the idle try, then the burst's.
+    let w = sent.load(Ordering::SeqCst);
+    assert_eq!(two.take(&dave, T0).await.unwrap(), Admission::Admitted);
+    assert_eq!(writes(w), 2);
+    // The bucket is empty now (burst 3 taken across both processes). The first process's
+    // hint is stale: its try fails and refuses (one write); the second's refusal is known
+    // from its own last sight (no write), and stays so.
+    let w = sent.load(Ordering::SeqCst);
+    assert!(matches!(
+        one.take(&dave, T0).await.unwrap(),
+        Admission::Limited { .. }
+    ));
+    assert_eq!(writes(w), 1);
+    let w = sent.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        assert!(matches!(
+            two.take(&dave, T0).await.unwrap(),
+            Admission::Limited { .. }
+        ));
+        assert!(matches!(
+            one.take(&dave, T0).await.unwrap(),
+            Admission::Limited { .. }
+        ));
+    }
+    assert_eq!(writes(w), 0, "refusals known from a hint write nothing");
+    // A second later one more passes, once, whichever process takes it.
+    let w = sent.load(Ordering::SeqCst);
+    assert_eq!(
+        two.take(&dave, T0 + 1000).await.unwrap(),
+        Admission::Admitted
+    );
+    assert!(matches!(
+        one.take(&dave, T0 + 1000).await.unwrap(),
+        Admission::Limited { .. }
+    ));
+    assert_eq!(writes(w), 2);
+}

@@ -2,23 +2,27 @@
 //! holding GCRA's `tat` in microseconds (see `ports::request_budget`), changed only by
 //! conditional `UpdateItem`s, so concurrent Lambdas share each user's bucket exactly.
 //!
-//! `tat` only ever grows, and DynamoDB has no `max` in an update expression, so a request
-//! tries the bucket's two ways forward in turn, each a conditional write that also answers
-//! the item it found (`ALL_OLD`) when its condition fails:
-//! 1. idle (the common case: a user under the rate): `SET tat = now + interval` if
-//!    `tat < now` or there is no bucket. One write.
-//! 2. within a burst: `SET tat = tat + interval` if `tat <= now + tolerance`. Tried only when
-//!    the first found `tat` inside the tolerance: two writes.
+//! `tat` only ever grows, and DynamoDB has no `max` in an update expression, so the bucket has
+//! two ways forward, each a conditional write that answers the item it found (`ALL_OLD`)
+//! when its condition fails:
+//! - idle (a user under the rate): `SET tat = now + interval` if `tat < now` or there is no
+//!   bucket;
+//! - within a burst: `SET tat = tat + interval` if `now <= tat <= now + tolerance`.
 //!
-//! Refused when the found `tat` is past the tolerance: nothing more is written. Each write
-//! is one write request unit (the item is far under 1 KB), failed conditions included; the
-//! cost per million requests is in docs/deploy.md. Items carry `expires_at` (the table's TTL)
-//! an hour after their bucket is full again, so idle users' buckets go away by themselves.
+//! A take tries the one the process's last sight of the bucket (a per-user hint) points to,
+//! idle when there is none, then the other if the found `tat` says so; a found `tat` past the
+//! tolerance refuses with nothing more written. Since `tat` never decreases, a hint already
+//! past the tolerance refuses exactly with no write at all: a flood from one user into a warm
+//! function costs no writes after its first refusal. Each write is one write request unit
+//! (the item is far under 1 KB), failed conditions included; the cost per million requests is
+//! in docs/deploy.md. Items carry `expires_at` (the table's TTL) an hour after their bucket is
+//! full again, so idle users' buckets go away by themselves.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
 use super::dynamo::{backend, key_map};
@@ -31,6 +35,9 @@ use crate::ports::{Admission, Gcra, GcraStep, Key, RequestBudget, RequestRate};
 /// request of the same user moved the bucket in between.
 const MAX_WRITES: usize = 4;
 
+/// Users whose last `tat` a process keeps as a hint.
+const HINTS: usize = 10_000;
+
 /// How long after a bucket is full again its item is kept (DynamoDB's TTL deletes it).
 const KEEP_SECONDS: i64 = 3600;
 
@@ -39,6 +46,8 @@ pub struct DynamoRequestBudget {
     client: Client,
     table: String,
     gcra: Gcra,
+    /// The last `tat` seen per user (a hint: see `take`); cleared when it reaches `HINTS`.
+    hints: Arc<Mutex<HashMap<UserId, i64>>>,
 }
 
 /// The item holding `user`'s bucket.
@@ -48,7 +57,8 @@ pub fn bucket_key(user: &UserId) -> Key {
 
 /// How one conditional write ended.
 enum Write {
-    Done,
+    /// Written; the `tat` stored now.
+    Done(Option<i64>),
     /// The condition did not hold; the `tat` found (`None`: no bucket).
     Found(Option<i64>),
 }
@@ -59,6 +69,31 @@ impl DynamoRequestBudget {
             client,
             table: table.into(),
             gcra: rate.gcra(),
+            hints: Arc::default(),
+        }
+    }
+
+    fn hint(&self, user: &UserId) -> Option<i64> {
+        self.hints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied()
+    }
+
+    fn remember(&self, user: &UserId, tat: Option<i64>) {
+        let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+        match tat {
+            Some(tat) => {
+                if hints.len() >= HINTS && !hints.contains_key(user) {
+                    hints.clear();
+                }
+                let h = hints.entry(user.clone()).or_insert(tat);
+                *h = (*h).max(tat);
+            }
+            None => {
+                hints.remove(user);
+            }
         }
     }
 
@@ -80,23 +115,23 @@ impl DynamoRequestBudget {
             .expression_attribute_names("#e", EXPIRES_AT)
             .set_expression_attribute_values(Some(values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .return_values(ReturnValue::UpdatedNew)
             .send()
             .await;
         match sent {
-            Ok(_) => Ok(Write::Done),
+            Ok(out) => Ok(Write::Done(out.attributes().and_then(tat_of))),
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
-                    let tat = c
-                        .item()
-                        .and_then(|m| m.get("tat"))
-                        .and_then(|v| v.as_n().ok())
-                        .and_then(|v| v.parse().ok());
-                    Ok(Write::Found(tat))
+                    Ok(Write::Found(c.item().and_then(tat_of)))
                 }
                 _ => Err(backend(e)),
             },
         }
     }
+}
+
+fn tat_of(item: &HashMap<String, AttributeValue>) -> Option<i64> {
+    item.get("tat")?.as_n().ok()?.parse().ok()
 }
 
 fn n(v: i64) -> AttributeValue {
@@ -115,14 +150,12 @@ impl RequestBudget for DynamoRequestBudget {
             .saturating_add(interval)
             .div_euclid(1_000_000)
             .saturating_add(KEEP_SECONDS + 1);
-        // What the bucket was last seen as; `None` before any write (try idle first).
-        let mut seen: Option<Option<i64>> = None;
+        // The last `tat` this process saw for the user, if any. `tat` never decreases, so
+        // a hint past the burst refuses exactly, with no write at all; a hint inside it
+        // tries the burst's write first. A wrong guess only costs the other write.
+        let mut seen: Option<i64> = self.hint(user);
         for _ in 0..MAX_WRITES {
-            let step = match seen {
-                None => self.gcra.step(None, now),
-                Some(tat) => self.gcra.step(tat, now),
-            };
-            let outcome = match step {
+            let outcome = match self.gcra.step(seen, now) {
                 GcraStep::Refuse { retry_after } => {
                     return Ok(Admission::Limited { retry_after });
                 }
@@ -143,9 +176,10 @@ impl RequestBudget for DynamoRequestBudget {
                     self.write(
                         &key,
                         "SET #t = #t + :interval, #e = :exp",
-                        "#t <= :limit",
+                        "#t >= :now AND #t <= :limit",
                         HashMap::from([
                             (":interval".into(), n(interval)),
+                            (":now".into(), n(now)),
                             (":limit".into(), n(now.saturating_add(tolerance))),
                             (":exp".into(), n(expires)),
                         ]),
@@ -154,8 +188,14 @@ impl RequestBudget for DynamoRequestBudget {
                 }
             };
             match outcome {
-                Write::Done => return Ok(Admission::Admitted),
-                Write::Found(tat) => seen = Some(tat),
+                Write::Done(tat) => {
+                    self.remember(user, tat);
+                    return Ok(Admission::Admitted);
+                }
+                Write::Found(tat) => {
+                    self.remember(user, tat);
+                    seen = tat;
+                }
             }
         }
         // The same user's other requests kept moving the bucket under this one: they are
