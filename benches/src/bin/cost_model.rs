@@ -40,7 +40,9 @@
 //!
 //! Knobs: `BENCH_MESSAGES` (1000), `BENCH_AUDIO_BYTES` (100000: about 30 s of voice),
 //! `BENCH_SNAPSHOT_BYTES` (600), `BENCH_BIG_SNAPSHOT_BYTES` (50000), `BENCH_BIG_MEMBERS`
-//! (100), `BENCH_RECONNECTS_PER_DAY` (4), `BENCH_LAMBDA_MS` (50).
+//! (100), `BENCH_RECONNECTS_PER_DAY` (4), `BENCH_LAMBDA_MS` (50), `BENCH_BUDGET_WRU` (1: the
+//! write units the per-user request budget spends per HTTP request, which it makes on
+//! DynamoDB directly; deploy.md counts 1 under the rate, 2 at most; 0 with the limit off).
 //!
 //! Exit code: 0 (it prints figures; there is no target).
 
@@ -437,6 +439,8 @@ struct Env {
     meter: Meter,
     /// Each user's open connection, if online.
     online: BTreeMap<String, ConnectionId>,
+    /// WRU the per-user request budget writes per HTTP request.
+    budget_wru: u64,
     next_conn: u64,
 }
 
@@ -475,6 +479,7 @@ impl Env {
             poster: RecordingPoster::default(),
             meter,
             online: BTreeMap::new(),
+            budget_wru: env_u64("BENCH_BUDGET_WRU", 1),
             next_conn: 0,
         }
     }
@@ -528,6 +533,10 @@ impl Env {
             let mut m = lock(&self.meter);
             *m.http.entry(f).or_insert(0) += 1;
             *m.lambda.entry(f).or_insert(0) += 1;
+            // The per-user request budget (api/src/budget.rs) writes its token bucket item on
+            // DynamoDB directly, not through the index port: counted here, as deploy.md's
+            // "Per-user request limits" counts it (1 WRU for a user under the rate).
+            m.wru_plain += self.budget_wru;
         }
         let step = format!("{method} {}", route_of(path));
         let before = self.tally();
