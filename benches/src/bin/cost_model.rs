@@ -32,7 +32,9 @@
 //! 6. `idle day`: one user with the app open for 24 h: a keepalive every 5 min, rotation every
 //!    110 min, `BENCH_RECONNECTS_PER_DAY` network reconnects, each (re)connect's catch-up.
 //!
-//! Then a reconciler pass over what workload 1 left (its cost is a fixed monthly cost).
+//! Then reconciler passes over what workload 1 left: one sweep cycle, and the scheduled
+//! function's monthly cost (the pass, the drift check and the dedup figures' read, each
+//! measured over steady passes and scaled to 8,640 passes).
 //!
 //! Prices (list prices, us-east-1, as of 2025; to be checked before quoting) turn the counts
 //! into dollars; see docs/cost.md. Lambda duration is not measured here: `BENCH_LAMBDA_MS`
