@@ -14,8 +14,8 @@ use serde_json::value::RawValue;
 
 use audio_dedup_core::{
     AudioFormat, AudioRender, AudioView, ContentHash, LibraryItemId, LibraryItemView, MessageId,
-    MessageView, Page, Part, PartUpload, PartsView, ReferenceKind, SessionId, Stats,
-    ThreadDetail, ThreadId, ThreadView, UploadResult, UploadSession,
+    MessageView, Page, Part, PartUpload, PartsView, ReferenceKind, SessionId, Stats, ThreadDetail,
+    ThreadId, ThreadView, UploadResult, UploadSession,
 };
 
 use crate::auth::{Auth, TokenUnavailable};

@@ -19,7 +19,7 @@ use crate::updates::Direction;
 use crate::Client;
 
 /// Parts read, signed and sent at once: at most this many parts' bytes are held in memory.
-const PARTS_IN_FLIGHT: usize = 3;
+const PARTS_IN_FLIGHT: usize = 4;
 /// A saved session is resumed only while it has at least this long left.
 const RESUME_MARGIN_MS: i64 = 10 * 60 * 1000;
 
@@ -169,7 +169,11 @@ mod tests {
     fn a_saved_session_resumes_only_for_the_same_size_with_time_left() {
         let now = 1_000_000_000;
         assert!(resumable(&session(25, now + RESUME_MARGIN_MS + 1), 25, now));
-        assert!(!resumable(&session(25, now + RESUME_MARGIN_MS + 1), 26, now));
+        assert!(!resumable(
+            &session(25, now + RESUME_MARGIN_MS + 1),
+            26,
+            now
+        ));
         assert!(!resumable(&session(25, now + RESUME_MARGIN_MS), 25, now));
         let mut whole = session(25, now + RESUME_MARGIN_MS * 2);
         whole.parts = None;

@@ -28,7 +28,11 @@ fn recording() -> Vec<u8> {
         .collect()
 }
 
-fn upload_cmd(proxy: &str, data: &std::path::Path, file: &std::path::Path) -> tokio::process::Command {
+fn upload_cmd(
+    proxy: &str,
+    data: &std::path::Path,
+    file: &std::path::Path,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_audio-dedup"));
     cmd.env_remove("AUDIO_DEDUP_URL")
         .env_remove("AUDIO_DEDUP_CLIENT_DIR")
@@ -50,8 +54,7 @@ fn upload_cmd(proxy: &str, data: &std::path::Path, file: &std::path::Path) -> to
 async fn a_killed_upload_resumes_from_the_parts_the_server_holds() {
     let dir = tempfile::tempdir().expect("dir");
     let server_addr = free_addr();
-    let (proxy, proxy_addr) =
-        Proxy::start(format!("http://{server_addr}"), Duration::ZERO).await;
+    let (proxy, proxy_addr) = Proxy::start(format!("http://{server_addr}"), Duration::ZERO).await;
     let proxy_url = format!("http://{proxy_addr}");
     let public = proxy_url.clone();
     let _server = Server::start_with(&dir.path().join("server"), server_addr, |cfg| {
@@ -137,6 +140,11 @@ async fn a_killed_upload_resumes_from_the_parts_the_server_holds() {
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["size"], SIZE as u64);
     let url = view["url"].as_str().expect("url");
-    let bytes = reqwest::get(url).await.expect("get").bytes().await.expect("body");
+    let bytes = reqwest::get(url)
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body");
     assert_eq!(ContentHash::of(&bytes), hash);
 }

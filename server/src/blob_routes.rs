@@ -20,13 +20,11 @@ use tower_http::services::ServeFile;
 
 use audio_dedup_api::spool::spool_body;
 use audio_dedup_api::ApiError;
-use audio_dedup_core::ports::{BlobBody, BlobStore, MultipartRef, PutOutcome, PutRequest};
-use audio_dedup_core::store::embedded::{FsBlobStore, SignError};
+use audio_dedup_core::ports::{BlobStore, MultipartRef, PutOutcome, PutRequest};
+use audio_dedup_core::store::embedded::{FsBlobStore, PartReceipt, SignError};
 
 use crate::LocalDedup;
-use audio_dedup_core::{
-    protocol::keys, DailyBytes, DedupError, ErrorCode, Part, Uploader, UserId,
-};
+use audio_dedup_core::{protocol::keys, DailyBytes, DedupError, ErrorCode, Part, Uploader, UserId};
 
 pub struct BlobState {
     pub blobs: FsBlobStore,
@@ -256,26 +254,6 @@ async fn put_part(
         ));
     };
     state.reserve(&owner, grant.size, now)?;
-    let spooled = spool_body(body, grant.size, Some(&state.blobs.spool_dir()))
-        .await
-        .map_err(|e| {
-            e.into_api(|| ApiError::new(ErrorCode::SizeMismatch, "the body is longer than signed"))
-        })?;
-    if spooled.size != grant.size {
-        return Err(ApiError::new(
-            ErrorCode::SizeMismatch,
-            "the body is shorter than signed",
-        ));
-    }
-    if spooled.hash != grant.sha256 {
-        return Err(ApiError::new(
-            ErrorCode::BadDigest,
-            "the part does not match x-amz-checksum-sha256",
-        ));
-    }
-    let BlobBody::File(path) = &spooled.body else {
-        return Err(internal("a spooled part is not a file"));
-    };
     let upload = MultipartRef {
         key,
         upload_id: grant.upload_id,
@@ -285,16 +263,40 @@ async fn put_part(
         size: grant.size,
         sha256: grant.sha256,
     };
-    if !state
+    // Written straight into the upload's data file while hashed; kept only if it matches.
+    let receipt = state
         .blobs
-        .put_part(&upload, part, path.clone())
+        .receive_part(&upload, part, body.into_data_stream())
         .await
-        .map_err(internal)?
-    {
-        return Err(ApiError::new(
-            ErrorCode::ObjectNotFound,
-            "no such upload in progress (completed or aborted)",
-        ));
+        .map_err(internal)?;
+    match receipt {
+        PartReceipt::Stored => {}
+        PartReceipt::NoSuchUpload => {
+            return Err(ApiError::new(
+                ErrorCode::ObjectNotFound,
+                "no such upload in progress (completed or aborted)",
+            ))
+        }
+        PartReceipt::InProgress => {
+            let mut e = ApiError::new(
+                ErrorCode::Busy,
+                "this part is being written by another request; retry",
+            );
+            e.retry_after = Some(1);
+            return Err(e);
+        }
+        PartReceipt::WrongLength | PartReceipt::Incomplete => {
+            return Err(ApiError::new(
+                ErrorCode::SizeMismatch,
+                format!("the part must be exactly {} bytes", grant.size),
+            ))
+        }
+        PartReceipt::WrongDigest => {
+            return Err(ApiError::new(
+                ErrorCode::BadDigest,
+                "the part does not match x-amz-checksum-sha256",
+            ))
+        }
     }
     let mut res = StatusCode::OK.into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", part.sha256)) {

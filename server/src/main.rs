@@ -74,6 +74,10 @@ struct Args {
     /// Seconds after which a reconciler pass starts nothing new (default 60).
     #[arg(long)]
     reconcile_budget_secs: Option<u64>,
+    /// Sessions for content larger than this many MiB take parts of this size (default 8;
+    /// 5 to 5120, S3's part sizes).
+    #[arg(long, env = "AUDIO_DEDUP_PART_SIZE_MIB", value_parser = clap::value_parser!(u64).range(5..=5120))]
+    part_size_mib: Option<u64>,
     /// Upload sessions one user may hold open at once (default 20).
     #[arg(long, env = "AUDIO_DEDUP_MAX_OPEN_SESSIONS")]
     max_open_sessions: Option<u32>,
@@ -234,6 +238,9 @@ async fn start(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         jwt,
         dedup: DedupConfig {
             deletion_grace: Duration::from_secs(args.deletion_grace_secs),
+            part_size: args
+                .part_size_mib
+                .map_or(DedupConfig::default().part_size, |m| m * 1024 * 1024),
             limits,
             reconcile: reconcile_budget,
             ..DedupConfig::default()

@@ -302,31 +302,41 @@ async fn a_full_thread_reaches_every_members_feed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parted_upload_resumes_and_publishes_verified_content() {
-    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    let Some(env) = Aws::with_config(contract::parts::config()).await else {
+        return;
+    };
     contract::parts::a_parted_upload_resumes_and_publishes_verified_content(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bytes_never_appear_under_the_hash() {
-    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    let Some(env) = Aws::with_config(contract::parts::config()).await else {
+        return;
+    };
     contract::parts::wrong_bytes_never_appear_under_the_hash(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_cannot_use_someone_elses_parts() {
-    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    let Some(env) = Aws::with_config(contract::parts::config()).await else {
+        return;
+    };
     contract::parts::a_stranger_cannot_use_someone_elses_parts(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_parts_path_is_no_existence_oracle() {
-    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    let Some(env) = Aws::with_config(contract::parts::config()).await else {
+        return;
+    };
     contract::parts::the_parts_path_is_no_existence_oracle(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_parts_are_aborted_by_the_reconciler() {
-    let Some(env) = Aws::with_config(contract::parts::config()).await else { return };
+    let Some(env) = Aws::with_config(contract::parts::config()).await else {
+        return;
+    };
     contract::parts::abandoned_parts_are_aborted_by_the_reconciler(&env).await;
 }
 

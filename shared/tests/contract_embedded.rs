@@ -10,7 +10,9 @@ use audio_dedup_core::ports::{
     SystemClock,
 };
 use audio_dedup_core::protocol::keys;
-use audio_dedup_core::store::embedded::{FsBlobStore, SqliteIndex, Synchronous, UrlSigner};
+use audio_dedup_core::store::embedded::{
+    uploads_in_progress, FsBlobStore, PartReceipt, SqliteIndex, Synchronous, UrlSigner,
+};
 use audio_dedup_core::{Dedup, DedupConfig, SignedRequest};
 use contract::Env;
 
@@ -74,20 +76,13 @@ impl Embedded {
     /// What the `/blob` route does with a signed part PUT.
     async fn client_put_part(&self, req: &SignedRequest, body: Vec<u8>) -> u16 {
         let (key, q) = query_of(&req.url);
-        let Ok(grant) = self
-            .blobs
-            .signer()
-            .verify_part(&key, &q, |h| req.headers.get(h).cloned(), 0)
+        let Ok(grant) =
+            self.blobs
+                .signer()
+                .verify_part(&key, &q, |h| req.headers.get(h).cloned(), 0)
         else {
             return 403;
         };
-        if audio_dedup_core::ContentHash::of(&body) != grant.sha256
-            || body.len() as u64 != grant.size
-        {
-            return 400;
-        }
-        let file = self.blobs.spool_dir().join(format!("part-{}", grant.number));
-        std::fs::write(&file, &body).unwrap();
         let upload = audio_dedup_core::ports::MultipartRef {
             key,
             upload_id: grant.upload_id,
@@ -97,12 +92,12 @@ impl Embedded {
             size: grant.size,
             sha256: grant.sha256,
         };
-        let stored = self.blobs.put_part(&upload, part, file.clone()).await.unwrap();
-        let _ = std::fs::remove_file(file);
-        if stored {
-            200
-        } else {
-            404
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(body))]);
+        match self.blobs.receive_part(&upload, part, body).await.unwrap() {
+            PartReceipt::Stored => 200,
+            PartReceipt::NoSuchUpload => 404,
+            PartReceipt::InProgress => 503,
+            _ => 400,
         }
     }
 }
@@ -169,8 +164,7 @@ impl Env for Embedded {
     }
 
     async fn uploads_in_progress(&self) -> usize {
-        std::fs::read_dir(self._dir.path().join("blobs/uploads"))
-            .map_or(0, |d| d.count())
+        uploads_in_progress(&self._dir.path().join("blobs"))
     }
 
     async fn snapshot(&self) -> (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>) {

@@ -257,7 +257,10 @@ async fn session_upload_then_complete_is_idempotent_and_event_driven() {
         }),
     };
     let s = h.d.audio().open_session(req).await.unwrap();
-    assert_eq!(s.upload.as_ref().unwrap().headers["x-amz-checksum-sha256"], hash.to_base64());
+    assert_eq!(
+        s.upload.as_ref().unwrap().headers["x-amz-checksum-sha256"],
+        hash.to_base64()
+    );
     let complete = CompleteRequest {
         owner: user("alice"),
         hash,

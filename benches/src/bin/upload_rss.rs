@@ -1,15 +1,21 @@
-//! Peak RSS of the server process during large uploads through an upload session: open the
-//! session, PUT the bytes to the signed URL with exactly the signed headers (plus
-//! content-length), complete. The server is the real binary in a separate process (so its
+//! Peak RSS of the server process during large uploads through an upload session, and the
+//! two paths side by side: one signed PUT of the whole file (the server run with parts as
+//! large as S3 allows, so no session takes parts), and parts of 8 MiB (the default: signed
+//! per part, four in flight as the client sends them, assembled and verified by the
+//! server at completion). Each: open the session, send the bytes with exactly the signed
+//! headers (plus content-length), complete; the time is from the first byte to the
+//! completion's answer. The server is the real binary in a separate process (so its
 //! RSS is its own), read from `/proc/<pid>/status` (`VmHWM`, the kernel's peak, plus sampled
-//! `VmRSS`). The client streams deterministic pseudo-random bytes and never holds the file.
+//! `VmRSS`). The client streams deterministic pseudo-random bytes and never holds the file
+//! (parts: four parts at a time).
 //!
 //! Build the server first, in the same profile as this binary:
 //! `cargo build --profile bench -p audio-dedup-server -p audio-dedup-benches`.
 //!
-//! Knobs: `BENCH_RSS_SIZES_MIB` (default `256,1024`), `BENCH_SERVER_BIN` (default: the
+//! Knobs: `BENCH_RSS_SIZES_MIB` (default `256,1024`), `BENCH_RSS_ROUNDS` (default 3), `BENCH_SERVER_BIN` (default: the
 //! `audio-dedup-server` next to this binary), `BENCH_TMPDIR` (server data dirs; default the
-//! system temp dir). Target: server peak RSS < 64 MiB at every size, flat as the file grows.
+//! system temp dir). Targets: server peak RSS < 64 MiB at every size and on both paths, flat
+//! as the file grows; the parts path's throughput at least 0.9x the single PUT's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -30,6 +36,29 @@ use audio_dedup_benches::{
 use audio_dedup_core::StreamingHasher;
 
 const TARGET_PEAK_KIB: u64 = 64 * 1024;
+const TARGET_PARTS_RATIO: f64 = 0.9;
+/// Parts sent at once, as the client does.
+const PARTS_IN_FLIGHT: usize = 4;
+/// The server's default part size (8 MiB).
+const PART_SIZE: u64 = 8 * MIB;
+
+/// Which way the bytes go up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// One signed PUT of the whole file.
+    Single,
+    /// Parts of the server's default size.
+    Parts,
+}
+
+impl Route {
+    fn server_args(self) -> &'static [&'static str] {
+        match self {
+            Self::Single => &["--part-size-mib", "5120"],
+            Self::Parts => &[],
+        }
+    }
+}
 const SEED: u64 = 0xA0D1_0000;
 
 fn main() -> ExitCode {
@@ -73,6 +102,11 @@ fn run() -> Result<bool, String> {
     if sizes.is_empty() {
         return Err("BENCH_RSS_SIZES_MIB selects no size".into());
     }
+    let rounds: usize = std::env::var("BENCH_RSS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .clamp(1, 9);
     let server_bin = server_binary()?;
     let modified = std::fs::metadata(&server_bin)
         .and_then(|m| m.modified())
@@ -87,27 +121,41 @@ fn run() -> Result<bool, String> {
         "server: {} ({modified}), separate process, --sync default (full)",
         server_bin.display()
     );
-    println!("sizes: {sizes:?} MiB; one fresh server process and data dir per size");
+    println!(
+        "sizes: {sizes:?} MiB; {rounds} rounds per size and path (median time, highest peak), \
+         one fresh server process and data dir per round"
+    );
     println!();
 
     let mut results = Vec::new();
+    let mut ratios = Vec::new();
     for &mib in &sizes {
-        let m = measure(&server_bin, mib * MIB)?;
+        let mut secs = [0f64; 2];
+        for (i, route) in [Route::Single, Route::Parts].into_iter().enumerate() {
+            let m = measure_rounds(&server_bin, mib * MIB, route, rounds)?;
+            println!(
+                "[{:>5} MiB {:>6}] server peak RSS {:>6.1} MiB (VmHWM {:.1}, sampled max VmRSS {:.1} over {} samples); idle {:.1}, after {:.1} MiB | client hash pass {:.0} MB/s, upload {:.0} MB/s ({:.2} s to completed), state {}",
+                mib,
+                format!("{route:?}").to_lowercase(),
+                kib_to_mib(m.peak_kib),
+                kib_to_mib(m.hwm_kib),
+                kib_to_mib(m.sampled_max_kib),
+                m.samples,
+                kib_to_mib(m.idle_kib),
+                kib_to_mib(m.final_kib),
+                m.size as f64 / 1e6 / m.hash_secs,
+                m.size as f64 / 1e6 / m.put_secs,
+                m.put_secs,
+                m.complete_state,
+            );
+            secs[i] = m.put_secs;
+            results.push(m);
+        }
+        let ratio = secs[0] / secs[1];
         println!(
-            "[{:>5} MiB] server peak RSS {:>6.1} MiB (VmHWM {:.1}, sampled max VmRSS {:.1} over {} samples); idle {:.1}, after {:.1} MiB | client hash pass {:.0} MB/s, PUT {:.0} MB/s ({:.1} s), state {}",
-            mib,
-            kib_to_mib(m.peak_kib),
-            kib_to_mib(m.hwm_kib),
-            kib_to_mib(m.sampled_max_kib),
-            m.samples,
-            kib_to_mib(m.idle_kib),
-            kib_to_mib(m.final_kib),
-            m.size as f64 / 1e6 / m.hash_secs,
-            m.size as f64 / 1e6 / m.put_secs,
-            m.put_secs,
-            m.complete_state,
+            "[{mib:>5} MiB] parts / single throughput: {ratio:.2}x (target >= {TARGET_PARTS_RATIO})"
         );
-        results.push(m);
+        ratios.push(ratio);
     }
 
     let client_hwm = proc_status_kib(std::process::id(), "VmHWM").unwrap_or(0);
@@ -117,26 +165,37 @@ fn run() -> Result<bool, String> {
         kib_to_mib(client_hwm)
     );
     let worst = results.iter().map(|m| m.peak_kib).max().unwrap_or(0);
-    if let (Some(first), Some(last)) = (results.first(), results.last()) {
-        if results.len() > 1 {
-            println!(
-                "growth: {} MiB -> {} MiB file ({:.1}x bytes): peak {:.1} -> {:.1} MiB ({:+.1} MiB)",
-                first.size / MIB,
-                last.size / MIB,
-                last.size as f64 / first.size as f64,
-                kib_to_mib(first.peak_kib),
-                kib_to_mib(last.peak_kib),
-                kib_to_mib(last.peak_kib) - kib_to_mib(first.peak_kib),
-            );
+    for route in 0..2 {
+        let same: Vec<&Measured> = results.iter().skip(route).step_by(2).collect();
+        if let (Some(first), Some(last)) = (same.first(), same.last()) {
+            if same.len() > 1 {
+                println!(
+                    "growth ({}): {} MiB -> {} MiB file ({:.1}x bytes): peak {:.1} -> {:.1} MiB ({:+.1} MiB)",
+                    ["single", "parts"][route],
+                    first.size / MIB,
+                    last.size / MIB,
+                    last.size as f64 / first.size as f64,
+                    kib_to_mib(first.peak_kib),
+                    kib_to_mib(last.peak_kib),
+                    kib_to_mib(last.peak_kib) - kib_to_mib(first.peak_kib),
+                );
+            }
         }
     }
-    let ok = worst < TARGET_PEAK_KIB && results.iter().all(|m| m.complete_state == "active");
+    let rss_ok = worst < TARGET_PEAK_KIB && results.iter().all(|m| m.complete_state == "active");
     println!(
-        "target: server peak RSS < {} MiB at every size: worst {:.1} MiB  {}",
+        "target: server peak RSS < {} MiB at every size, both paths: worst {:.1} MiB  {}",
         TARGET_PEAK_KIB / 1024,
         kib_to_mib(worst),
-        pass_fail(ok)
+        pass_fail(rss_ok)
     );
+    let slowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let ratio_ok = slowest >= TARGET_PARTS_RATIO;
+    println!(
+        "target: parts path >= {TARGET_PARTS_RATIO}x the single PUT's throughput at every size: lowest {slowest:.2}x  {}",
+        pass_fail(ratio_ok)
+    );
+    let ok = rss_ok && ratio_ok;
     println!("loadavg at end: {}", audio_dedup_benches::loadavg());
     Ok(ok)
 }
@@ -205,10 +264,10 @@ fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn spawn_server(bin: &Path) -> Result<Server, String> {
+fn spawn_server(bin: &Path, route: Route) -> Result<Server, String> {
     let mut last = String::new();
     for _ in 0..3 {
-        match try_spawn(bin) {
+        match try_spawn(bin, route) {
             Ok(s) => return Ok(s),
             Err(e) => last = e,
         }
@@ -216,7 +275,7 @@ fn spawn_server(bin: &Path) -> Result<Server, String> {
     Err(last)
 }
 
-fn try_spawn(bin: &Path) -> Result<Server, String> {
+fn try_spawn(bin: &Path, route: Route) -> Result<Server, String> {
     let dir = match std::env::var_os("BENCH_TMPDIR") {
         Some(d) => tempfile::Builder::new().prefix("upload-rss").tempdir_in(d),
         None => tempfile::Builder::new().prefix("upload-rss").tempdir(),
@@ -237,6 +296,7 @@ fn try_spawn(bin: &Path) -> Result<Server, String> {
         .arg(&data_dir)
         .arg("--log-format")
         .arg("json")
+        .args(route.server_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
@@ -275,20 +335,54 @@ fn try_spawn(bin: &Path) -> Result<Server, String> {
     })
 }
 
-/// SHA-256 of the generated stream, computed in a streaming pass (nothing held whole).
-fn stream_hash(size: u64) -> (String, f64) {
+/// The client's hash pass over the generated stream (nothing held whole): the whole
+/// file's SHA-256 and, in the same pass, each default-size part's (what a client that
+/// expects parts computes while it reads the file once).
+fn stream_hash(size: u64) -> (String, Vec<String>, f64) {
     let start = Instant::now();
     let mut src = PseudoRandomSource::new(SEED ^ size, size);
-    let mut h = StreamingHasher::new();
+    let mut whole = StreamingHasher::new();
+    let mut part = StreamingHasher::new();
+    let mut parts = Vec::new();
     while let Some(c) = src.next_chunk() {
-        h.update(&c);
+        whole.update(&c);
+        let mut rest: &[u8] = &c;
+        while !rest.is_empty() {
+            let room = (PART_SIZE - part.len()) as usize;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            part.update(now);
+            rest = later;
+            if part.len() == PART_SIZE {
+                parts.push(std::mem::take(&mut part).finish().0.to_hex());
+            }
+        }
     }
-    (h.finish().0.to_hex(), start.elapsed().as_secs_f64())
+    if !part.is_empty() {
+        parts.push(part.finish().0.to_hex());
+    }
+    (
+        whole.finish().0.to_hex(),
+        parts,
+        start.elapsed().as_secs_f64(),
+    )
 }
 
-fn measure(bin: &Path, size: u64) -> Result<Measured, String> {
-    let (sha, hash_secs) = stream_hash(size);
-    let mut server = spawn_server(bin)?;
+/// `rounds` runs of one size and path: the median time, the highest peak.
+fn measure_rounds(bin: &Path, size: u64, route: Route, rounds: usize) -> Result<Measured, String> {
+    let mut runs = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        runs.push(measure(bin, size, route)?);
+    }
+    let peak = runs.iter().map(|m| m.peak_kib).max().unwrap_or(0);
+    runs.sort_by(|a, b| a.put_secs.total_cmp(&b.put_secs));
+    let mut m = runs.swap_remove(runs.len() / 2);
+    m.peak_kib = peak;
+    Ok(m)
+}
+
+fn measure(bin: &Path, size: u64, route: Route) -> Result<Measured, String> {
+    let (sha, part_hashes, hash_secs) = stream_hash(size);
+    let mut server = spawn_server(bin, route)?;
     let pid = server.pid();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -318,7 +412,7 @@ fn measure(bin: &Path, size: u64) -> Result<Measured, String> {
     // At least 10 MB/s, plus a minute: a bound, not an expectation.
     let limit = Duration::from_secs(60 + size / 10_000_000);
     let outcome = rt.block_on(async {
-        tokio::time::timeout(limit, upload(&server, &sha, size))
+        tokio::time::timeout(limit, upload(&server, &sha, &part_hashes, size, route))
             .await
             .map_err(|_| format!("upload of {size} bytes exceeded {limit:?}"))?
     });
@@ -345,8 +439,36 @@ fn measure(bin: &Path, size: u64) -> Result<Measured, String> {
     })
 }
 
-/// Session, signed PUT, complete. Returns the PUT's duration and the completed state.
-async fn upload(server: &Server, sha: &str, size: u64) -> Result<(f64, String), String> {
+/// Where a signed URL points: its loopback address, authority and path.
+fn target_of(url: &str) -> Result<(SocketAddr, String, String), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("signed url {url:?}: {e}"))?;
+    let authority = uri
+        .authority()
+        .ok_or("signed url has no authority")?
+        .as_str()
+        .to_owned();
+    let target: SocketAddr = authority
+        .parse()
+        .map_err(|e| format!("signed url authority {authority:?}: {e}"))?;
+    require_loopback(&target)?;
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .ok_or("signed url has no path")?;
+    Ok((target, authority, path))
+}
+
+/// Session, the bytes (one PUT or parts), complete. Returns the time from the first byte
+/// sent to the completion's answer, and the completed state.
+async fn upload(
+    server: &Server,
+    sha: &str,
+    part_hashes: &[String],
+    size: u64,
+    route: Route,
+) -> Result<(f64, String), String> {
     let addr = server.addr;
     let token = server.token.as_str();
     let mut api = connect(addr).await?;
@@ -375,28 +497,179 @@ async fn upload(server: &Server, sha: &str, size: u64) -> Result<(f64, String), 
         .as_str()
         .ok_or("no session_id")?
         .to_owned();
+    let start = Instant::now();
+    let phase = std::env::var_os("BENCH_PHASES").is_some();
+    match (route, session["parts"].is_object()) {
+        (Route::Single, false) => put_whole(&session, size).await?,
+        (Route::Parts, true) => {
+            put_parts(server, sha, &session_id, &session, part_hashes, size).await?
+        }
+        (route, parted) => {
+            return Err(format!(
+                "{route:?} route, but the session {} parts",
+                if parted { "takes" } else { "takes no" }
+            ))
+        }
+    }
+    let sent_at = start.elapsed().as_secs_f64();
+    // A fresh connection: the first one sat idle through the upload.
+    let mut api = connect(addr).await?;
+    let done = call(
+        &mut api,
+        addr,
+        Method::POST,
+        &format!("/v1/audio/{sha}/complete"),
+        Some(token),
+        Some("application/json"),
+        Bytes::from(serde_json::json!({ "session_id": session_id }).to_string()),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let secs = start.elapsed().as_secs_f64();
+    if phase {
+        eprintln!(
+            "  phases: bytes sent {sent_at:.2} s, complete {:.2} s",
+            secs - sent_at
+        );
+    }
+    if done.status != StatusCode::OK {
+        return Err(format!(
+            "complete answered {}: {}",
+            done.status,
+            done.text()
+        ));
+    }
+    let state = done.json()["state"].as_str().unwrap_or("?").to_owned();
+    Ok((secs, state))
+}
+
+/// The parts, `PARTS_IN_FLIGHT` in flight at any time (the next starts as one ends), each
+/// on a connection of its own; URLs signed up front, 100 parts a request, from the hashes
+/// of the hash pass. Part bytes are generated just before their PUT.
+async fn put_parts(
+    server: &Server,
+    sha: &str,
+    session_id: &str,
+    session: &serde_json::Value,
+    part_hashes: &[String],
+    size: u64,
+) -> Result<(), String> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let part_size = session["parts"]["part_size"]
+        .as_u64()
+        .ok_or("no part_size")?;
+    let count = session["parts"]["part_count"]
+        .as_u64()
+        .ok_or("no part_count")? as usize;
+    if part_size != PART_SIZE || part_hashes.len() != count {
+        return Err(format!(
+            "the server cuts {part_size}-byte parts; the bench hashed {PART_SIZE}"
+        ));
+    }
+    let len_of = |n: usize| part_size.min(size - (n as u64 - 1) * part_size);
+    let mut urls: Vec<serde_json::Value> = Vec::with_capacity(count);
+    for first in (1..=count).step_by(100) {
+        let parts: Vec<serde_json::Value> = (first..=count.min(first + 99))
+            .map(|n| serde_json::json!({ "number": n, "size": len_of(n), "sha256": part_hashes[n - 1] }))
+            .collect();
+        let mut api = connect(server.addr).await?;
+        let signed = call(
+            &mut api,
+            server.addr,
+            Method::POST,
+            &format!("/v1/audio/{sha}/parts"),
+            Some(server.token.as_str()),
+            Some("application/json"),
+            Bytes::from(
+                serde_json::json!({ "session_id": session_id, "parts": parts }).to_string(),
+            ),
+            Duration::from_secs(10),
+        )
+        .await?;
+        if signed.status != StatusCode::OK {
+            return Err(format!(
+                "sign parts answered {}: {}",
+                signed.status,
+                signed.text()
+            ));
+        }
+        urls.extend(
+            signed.json()["parts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    if urls.len() != count {
+        return Err(format!("{} of {count} parts signed", urls.len()));
+    }
+    let mut src = PseudoRandomSource::new(SEED ^ size, size);
+    let mut pending: Vec<u8> = Vec::new();
+    // Generated lazily, in order, as each PUT is about to start.
+    let mut next_body = move |len: usize| -> Result<Bytes, String> {
+        while pending.len() < len {
+            let chunk = src.next_chunk().ok_or("the source ended early")?;
+            pending.extend_from_slice(&chunk);
+        }
+        let rest = pending.split_off(len);
+        Ok(Bytes::from(std::mem::replace(&mut pending, rest)))
+    };
+    let puts = stream::iter(urls.into_iter().enumerate().map(|(i, signed)| {
+        let body = next_body(len_of(i + 1) as usize);
+        async move {
+            let bytes = body?;
+            let upload = &signed["upload"];
+            let url = upload["url"].as_str().ok_or("no part url")?;
+            let (target, authority, path) = target_of(url)?;
+            let mut req = Request::builder()
+                .method(Method::PUT)
+                .uri(path)
+                .header("host", authority)
+                .header("content-length", bytes.len().to_string());
+            for (k, v) in upload["headers"].as_object().ok_or("no part headers")? {
+                req = req.header(k.as_str(), v.as_str().ok_or("non-string header")?);
+            }
+            let req = req
+                .body(http_body_util::Full::new(bytes))
+                .map_err(|e| format!("request: {e}"))?;
+            let mut blob = connect::<http_body_util::Full<Bytes>>(target).await?;
+            blob.ready().await.map_err(|e| format!("not ready: {e}"))?;
+            let res = blob
+                .send_request(req)
+                .await
+                .map_err(|e| format!("part PUT: {e}"))?;
+            let status = res.status();
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("part body: {e}"))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!(
+                    "part {} answered {status}: {}",
+                    i + 1,
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            Ok::<(), String>(())
+        }
+    }));
+    puts.buffer_unordered(PARTS_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// One signed PUT of the whole file, streamed.
+async fn put_whole(session: &serde_json::Value, size: u64) -> Result<(), String> {
     let upload = &session["upload"];
     let url = upload["url"].as_str().ok_or("no upload.url")?;
     let method = upload["method"].as_str().unwrap_or("PUT");
     if method != "PUT" {
         return Err(format!("upload.method is {method}, expected PUT"));
     }
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("upload.url {url:?}: {e}"))?;
-    let authority = uri
-        .authority()
-        .ok_or("upload.url has no authority")?
-        .as_str();
-    let target: SocketAddr = authority
-        .parse()
-        .map_err(|e| format!("upload.url authority {authority:?}: {e}"))?;
-    require_loopback(&target)?;
-    let path = uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .ok_or("upload.url has no path")?;
-
+    let (target, authority, path) = target_of(url)?;
     let mut req = Request::builder()
         .method(Method::PUT)
         .uri(path)
@@ -414,7 +687,6 @@ async fn upload(server: &Server, sha: &str, size: u64) -> Result<(f64, String), 
         .body(PseudoRandomBody(PseudoRandomSource::new(SEED ^ size, size)))
         .map_err(|e| format!("request: {e}"))?;
     let mut blob = connect::<PseudoRandomBody>(target).await?;
-    let start = Instant::now();
     blob.ready().await.map_err(|e| format!("not ready: {e}"))?;
     let res = blob
         .send_request(req)
@@ -427,34 +699,11 @@ async fn upload(server: &Server, sha: &str, size: u64) -> Result<(f64, String), 
         .await
         .map_err(|e| format!("PUT body: {e}"))?
         .to_bytes();
-    let put_secs = start.elapsed().as_secs_f64();
     if !status.is_success() {
         return Err(format!(
             "PUT answered {status}: {}",
             String::from_utf8_lossy(&body)
         ));
     }
-
-    // A fresh connection: the first one sat idle through the whole PUT.
-    let mut api = connect(addr).await?;
-    let done = call(
-        &mut api,
-        addr,
-        Method::POST,
-        &format!("/v1/audio/{sha}/complete"),
-        Some(token),
-        Some("application/json"),
-        Bytes::from(serde_json::json!({ "session_id": session_id }).to_string()),
-        Duration::from_secs(60),
-    )
-    .await?;
-    if done.status != StatusCode::OK {
-        return Err(format!(
-            "complete answered {}: {}",
-            done.status,
-            done.text()
-        ));
-    }
-    let state = done.json()["state"].as_str().unwrap_or("?").to_owned();
-    Ok((put_secs, state))
+    Ok(())
 }

@@ -45,9 +45,7 @@ impl Server {
         tokens.insert(CAROL, "carol", false).expect("token");
         let mut cfg = test_config(data, tokens);
         configure(&mut cfg);
-        let inner = InProcess::start(cfg, addr)
-            .await
-            .expect("start the server");
+        let inner = InProcess::start(cfg, addr).await.expect("start the server");
         Self {
             addr: inner.addr(),
             inner,
@@ -189,11 +187,8 @@ impl Proxy {
                 let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
                     .await
                     .unwrap_or_default();
-                let (slow_prefix, delay) = state
-                    .slow
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
+                let (slow_prefix, delay) =
+                    state.slow.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if !slow_prefix.is_empty() && line.starts_with(&slow_prefix) {
                     tokio::time::sleep(delay).await;
                 }

@@ -19,10 +19,10 @@ mod upload;
 use std::sync::Arc;
 
 pub use events::Adoption;
+pub use parts::{PartsRequest, MAX_PARTS, MAX_PARTS_PER_REQUEST};
 pub use session::{
     proof_for, CompleteRequest, SessionRequest, PROOF_RANGES, PROOF_RANGE_LEN, WHOLE_FILE_PROOF_MAX,
 };
-pub use parts::{PartsRequest, MAX_PARTS, MAX_PARTS_PER_REQUEST};
 pub use upload::DirectUpload;
 
 use crate::domain::ContentHash;

@@ -66,7 +66,10 @@ fn check_parts(plan: &PartsPlan, parts: &[Part]) -> Result<(), DedupError> {
             )));
         }
         if !seen.insert(p.number) {
-            return Err(invalid_part(format!("part {} is asked for twice", p.number)));
+            return Err(invalid_part(format!(
+                "part {} is asked for twice",
+                p.number
+            )));
         }
     }
     Ok(())
@@ -110,6 +113,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 key: keys::staging_blob_key(&self.core.cfg.key_prefix, hash, id),
                 content_type: format.content_type(),
                 uploader: Uploader::Session(id.clone()).to_string(),
+                part_size: plan.part_size,
             })
             .await?;
         Ok(PartedUpload { upload_id, plan })
@@ -393,7 +397,10 @@ mod tests {
     fn missing_parts_names_absent_and_short_ones() {
         let plan = PartsPlan::new(25, 10);
         assert_eq!(missing_parts(&plan, &[part(1, 10)]), vec![2, 3]);
-        assert_eq!(missing_parts(&plan, &[part(1, 10), part(2, 9), part(3, 5)]), vec![2]);
+        assert_eq!(
+            missing_parts(&plan, &[part(1, 10), part(2, 9), part(3, 5)]),
+            vec![2]
+        );
         assert!(missing_parts(&plan, &[part(1, 10), part(2, 10), part(3, 5)]).is_empty());
     }
 }

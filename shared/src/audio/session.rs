@@ -105,10 +105,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let id = SessionId::from_random(id);
         let plan = self.parts_plan(req.size);
         let parts = match plan {
-            Some(plan) => Some(
-                self.start_parted(&id, &req.hash, req.format, plan)
-                    .await?,
-            ),
+            Some(plan) => Some(self.start_parted(&id, &req.hash, req.format, plan).await?),
             None => None,
         };
         let fresh = SessionRecord {

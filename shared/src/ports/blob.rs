@@ -70,6 +70,8 @@ pub struct StartParts {
     pub key: String,
     pub content_type: &'static str,
     pub uploader: String,
+    /// Every part but the last is this long (a store may lay parts out by it).
+    pub part_size: u64,
 }
 
 /// A PUT of one part the client sends itself. Signed: the part's checksum and length.

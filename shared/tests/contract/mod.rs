@@ -164,9 +164,14 @@ pub async fn session_put_complete_and_proof<E: Env>(env: &E) {
         d.audio().complete(done.clone()).await.unwrap_err().code(),
         ErrorCode::UploadRequired
     );
-    assert_eq!(env.client_put(s.upload.as_ref().unwrap(), data.clone()).await, 200);
     assert_eq!(
-        env.client_put(s.upload.as_ref().unwrap(), data.clone()).await,
+        env.client_put(s.upload.as_ref().unwrap(), data.clone())
+            .await,
+        200
+    );
+    assert_eq!(
+        env.client_put(s.upload.as_ref().unwrap(), data.clone())
+            .await,
         412,
         "signed PUTs never overwrite"
     );

@@ -53,7 +53,12 @@ fn part_of(plan: &PartsPlan, data: &[u8], n: u32) -> (Part, Vec<u8>) {
     (part, bytes)
 }
 
-async fn sign<E: Env>(env: &E, owner: &str, s: &UploadSession, parts: Vec<Part>) -> Vec<PartUpload> {
+async fn sign<E: Env>(
+    env: &E,
+    owner: &str,
+    s: &UploadSession,
+    parts: Vec<Part>,
+) -> Vec<PartUpload> {
     env.dedup()
         .audio()
         .sign_parts(PartsRequest {
@@ -107,10 +112,18 @@ pub async fn a_parted_upload_resumes_and_publishes_verified_content<E: Env>(env:
     // Part 2 sent again (a retry after a lost answer) replaces itself.
     assert_eq!(send(env, "alice", &s, &song, 2).await, 200);
     assert_eq!(send(env, "alice", &s, &song, 3).await, 200);
-    let done = d.audio().complete(complete("alice", &s)).await.expect("complete");
+    let done = d
+        .audio()
+        .complete(complete("alice", &s))
+        .await
+        .expect("complete");
     assert!(!done.deduplicated);
     assert_eq!(done.size, SIZE as u64);
-    let again = d.audio().complete(complete("alice", &s)).await.expect("retry");
+    let again = d
+        .audio()
+        .complete(complete("alice", &s))
+        .await
+        .expect("retry");
     assert_eq!((again.content_hash, again.deduplicated), (hash, false));
     let (_, objects, _) = env.snapshot().await;
     let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
@@ -143,11 +156,19 @@ pub async fn wrong_bytes_never_appear_under_the_hash<E: Env>(env: &E) {
     for n in 1..=plan.part_count {
         assert_eq!(send(env, "mallory", &s, &fake, n).await, 200);
     }
-    let e = d.audio().complete(complete("mallory", &s)).await.unwrap_err();
+    let e = d
+        .audio()
+        .complete(complete("mallory", &s))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::ChecksumMismatch, "{e}");
     let (_, objects, _) = env.snapshot().await;
     assert!(objects.is_empty(), "nothing stored: {objects:?}");
-    let closed = d.audio().complete(complete("mallory", &s)).await.unwrap_err();
+    let closed = d
+        .audio()
+        .complete(complete("mallory", &s))
+        .await
+        .unwrap_err();
     assert_eq!(closed.code(), ErrorCode::SessionExpired);
     assert_safe(env).await;
 }
@@ -208,7 +229,10 @@ pub async fn the_parts_path_is_no_existence_oracle<E: Env>(env: &E) {
     for n in 1..=3 {
         assert_eq!(send(env, "alice", &s, &song, n).await, 200);
     }
-    d.audio().complete(complete("alice", &s)).await.expect("stored");
+    d.audio()
+        .complete(complete("alice", &s))
+        .await
+        .expect("stored");
     let absent = ContentHash::of(&bytes_of(25, SIZE));
     let mut answers = Vec::new();
     for hash in [stored, absent] {
@@ -218,7 +242,12 @@ pub async fn the_parts_path_is_no_existence_oracle<E: Env>(env: &E) {
             .await
             .expect("open");
         let e = d.audio().complete(complete("eve", &s)).await.unwrap_err();
-        answers.push((s.parts, s.upload.is_some(), s.challenge.ranges.len(), e.code()));
+        answers.push((
+            s.parts,
+            s.upload.is_some(),
+            s.challenge.ranges.len(),
+            e.code(),
+        ));
     }
     assert_eq!(answers[0], answers[1]);
     assert_eq!(answers[0].3, ErrorCode::UploadRequired);

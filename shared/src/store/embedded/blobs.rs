@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::signing::UrlSigner;
-use crate::domain::{hash_reader, ContentHash, Part, SignedRequest, StreamingHasher};
+use crate::domain::{hash_reader, ContentHash, Part, SignedRequest};
 use crate::error::StoreError;
 use crate::ports::{
     BlobBody, BlobEvent, BlobStore, Clock, MultipartRef, ObjectMeta, ObjectPage, PresignPart,
@@ -23,17 +23,19 @@ use crate::ports::{
 
 #[derive(Clone)]
 pub struct FsBlobStore {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    root: PathBuf,
+pub(super) struct Inner {
+    pub(super) root: PathBuf,
     signer: UrlSigner,
     /// Serialises the check-then-rename of puts and deletes (the if-none-match guarantee).
-    lock: Mutex<()>,
+    pub(super) lock: Mutex<()>,
     events: Option<UnboundedSender<BlobEvent>>,
     sequencer: AtomicU64,
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
+    /// Multipart uploads being written to (`parts.rs`).
+    pub(super) uploads: super::parts::Uploads,
 }
 
 /// Written once the store is in the fan-out layout (new, or migrated from one folder per key).
@@ -78,13 +80,13 @@ fn bad_key(key: &str) -> StoreError {
     }
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+pub(super) fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-struct Found {
-    path: PathBuf,
-    meta: ObjectMeta,
+pub(super) struct Found {
+    pub(super) path: PathBuf,
+    pub(super) meta: ObjectMeta,
 }
 
 impl FsBlobStore {
@@ -109,6 +111,7 @@ impl FsBlobStore {
                 events,
                 sequencer: AtomicU64::new(start.saturating_mul(1000)),
                 clock,
+                uploads: Default::default(),
             }),
         })
     }
@@ -143,33 +146,14 @@ impl FsBlobStore {
         .await
     }
 
-    /// Stores one verified part of an upload in progress (a part sent again replaces the
-    /// earlier one, as on S3). `false`: no such upload for this key (finished or aborted).
-    /// `file` is a synced file on this store's filesystem (its spool folder); it is linked.
-    pub async fn put_part(
-        &self,
-        upload: &MultipartRef,
-        part: Part,
-        file: PathBuf,
-    ) -> Result<bool, StoreError> {
-        let inner = self.inner.clone();
-        let upload = upload.clone();
-        blocking(move || {
-            let _guard = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(dir) = inner.upload_dir(&upload)? else {
-                return Ok(false);
-            };
-            for (old, path) in inner.parts_in(&dir)? {
-                if old.number == part.number {
-                    std::fs::remove_file(path)?;
-                }
-            }
-            std::fs::File::open(&file)?.sync_all()?;
-            std::fs::hard_link(&file, dir.join(format!("{}~{}", part.number, part.sha256)))?;
-            fsync_dir(&dir)?;
-            Ok(true)
-        })
-        .await
+    /// Sends a created event for a version just written.
+    pub(super) fn emit_created(&self, key: &str, version: &str) {
+        let sequencer = self.next_sequencer();
+        self.emit(BlobEvent::Created {
+            key: key.to_owned(),
+            version: version.to_owned(),
+            sequencer,
+        });
     }
 
     fn emit(&self, event: BlobEvent) {
@@ -186,7 +170,7 @@ impl FsBlobStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
@@ -194,64 +178,15 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Unavailable(format!("blob task failed: {e}")))?
 }
 
-/// An upload in progress: `uploads/<id>/` with the key it assembles under in `KEY_FILE`,
-/// its uploader in `UPLOADER_FILE`, and one file per part named `<number>~<sha256>`.
-const KEY_FILE: &str = "key";
-const UPLOADER_FILE: &str = "uploader";
-
-fn valid_upload_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
 impl Inner {
-    /// The folder of an upload in progress under `upload.key`, if there is one.
-    fn upload_dir(&self, upload: &MultipartRef) -> Result<Option<PathBuf>, StoreError> {
-        if !valid_upload_id(&upload.upload_id) {
-            return Ok(None);
-        }
-        let dir = self.root.join("uploads").join(&upload.upload_id);
-        match std::fs::read_to_string(dir.join(KEY_FILE)) {
-            Ok(key) if key == upload.key => Ok(Some(dir)),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The parts in an upload's folder, by number.
-    fn parts_in(&self, dir: &Path) -> Result<Vec<(Part, PathBuf)>, StoreError> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some((n, sha)) = name.split_once('~') else {
-                continue;
-            };
-            let (Ok(number), Ok(sha256)) = (n.parse::<u32>(), sha.parse::<ContentHash>()) else {
-                continue;
-            };
-            let size = entry.metadata()?.len();
-            out.push((
-                Part {
-                    number,
-                    size,
-                    sha256,
-                },
-                entry.path(),
-            ));
-        }
-        out.sort_by_key(|(p, _)| p.number);
-        Ok(out)
-    }
-
-    fn dir(&self, key: &str) -> Result<PathBuf, StoreError> {
+    pub(super) fn dir(&self, key: &str) -> Result<PathBuf, StoreError> {
         if !valid_key(key) {
             return Err(bad_key(key));
         }
         Ok(object_dir(&self.root.join("objects"), key))
     }
 
-    fn find(&self, key: &str) -> Result<Option<Found>, StoreError> {
+    pub(super) fn find(&self, key: &str) -> Result<Option<Found>, StoreError> {
         self.find_in(&self.dir(key)?, key)
     }
 
@@ -589,24 +524,7 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn start_parts(&self, req: &StartParts) -> Result<String, StoreError> {
-        if !valid_key(&req.key) {
-            return Err(bad_key(&req.key));
-        }
-        let inner = self.inner.clone();
-        let (key, uploader) = (req.key.clone(), req.uploader.clone());
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let upload_id = id.clone();
-        blocking(move || {
-            let dir = inner.root.join("uploads").join(&id);
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join(UPLOADER_FILE), uploader)?;
-            // The key last: an upload exists once its key file does.
-            std::fs::write(dir.join(KEY_FILE), key)?;
-            fsync_dir(&dir)?;
-            Ok(())
-        })
-        .await?;
-        Ok(upload_id)
+        self.start_parts_fs(req).await
     }
 
     async fn presign_part(&self, req: &PresignPart) -> Result<SignedRequest, StoreError> {
@@ -622,101 +540,21 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn list_parts(&self, upload: &MultipartRef) -> Result<Option<Vec<Part>>, StoreError> {
-        let inner = self.inner.clone();
-        let upload = upload.clone();
-        blocking(move || match inner.upload_dir(&upload)? {
-            Some(dir) => Ok(Some(
-                inner.parts_in(&dir)?.into_iter().map(|(p, _)| p).collect(),
-            )),
-            None => Ok(None),
-        })
-        .await
+        self.list_parts_fs(upload).await
     }
 
-    /// Concatenates the parts into one temp file, hashing as it goes (so the object's name
-    /// carries its whole SHA-256), links it in under the upload's key, and drops the upload.
+    /// Moves the written parts in under the upload's key, named with their whole SHA-256
+    /// (`parts.rs`).
     async fn finish_parts(
         &self,
         upload: &MultipartRef,
         parts: &[Part],
     ) -> Result<Option<ObjectMeta>, StoreError> {
-        let inner = self.inner.clone();
-        let (upload, parts) = (upload.clone(), parts.to_vec());
-        let version = uuid::Uuid::now_v7().simple().to_string();
-        let out = blocking(move || {
-            let _guard = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(dir) = inner.upload_dir(&upload)? else {
-                return Ok(None);
-            };
-            if let Some(done) = inner.find(&upload.key)? {
-                // Assembled before a crash left the upload's folder behind.
-                std::fs::remove_dir_all(&dir)?;
-                return Ok(Some(done.meta));
-            }
-            let held = inner.parts_in(&dir)?;
-            let tmp = inner.root.join("tmp").join(format!("{version}.assembled"));
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            let mut hasher = StreamingHasher::new();
-            let mut buf = vec![0u8; 1024 * 1024];
-            for want in &parts {
-                let Some((_, path)) = held.iter().find(|(p, _)| p == want) else {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(StoreError::Corrupt {
-                        key: upload.key.clone(),
-                        reason: format!("part {} is not as listed", want.number),
-                    });
-                };
-                let mut f = std::fs::File::open(path)?;
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    out.write_all(&buf[..n])?;
-                }
-            }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            let (sha256, size) = hasher.finish();
-            let uploader = std::fs::read_to_string(dir.join(UPLOADER_FILE))?;
-            let obj_dir = inner.dir(&upload.key)?;
-            std::fs::create_dir_all(&obj_dir)?;
-            std::fs::rename(&tmp, obj_dir.join(format!("{version}~{sha256}~{uploader}")))?;
-            fsync_dir(&obj_dir)?;
-            std::fs::remove_dir_all(&dir)?;
-            Ok(Some(ObjectMeta {
-                key: upload.key.clone(),
-                version: version.clone(),
-                size,
-                sha256: Some(sha256),
-                uploader: Some(uploader),
-                last_modified: inner.clock.now_ms(),
-            }))
-        })
-        .await?;
-        if let Some(meta) = &out {
-            let sequencer = self.next_sequencer();
-            self.emit(BlobEvent::Created {
-                key: meta.key.clone(),
-                version: meta.version.clone(),
-                sequencer,
-            });
-        }
-        Ok(out)
+        self.finish_parts_fs(upload, parts).await
     }
 
     async fn abort_parts(&self, upload: &MultipartRef) -> Result<(), StoreError> {
-        let inner = self.inner.clone();
-        let upload = upload.clone();
-        blocking(move || {
-            let _guard = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(dir) = inner.upload_dir(&upload)? {
-                std::fs::remove_dir_all(dir)?;
-            }
-            Ok(())
-        })
-        .await
+        self.abort_parts_fs(upload).await
     }
 
     /// A hard link of the source version's file: no bytes copied, the checksum it was
@@ -735,7 +573,9 @@ impl BlobStore for FsBlobStore {
             let version = version.clone();
             blocking(move || {
                 let _guard = inner.lock.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(src) = inner.find(&from.key)?.filter(|f| f.meta.version == from.version)
+                let Some(src) = inner
+                    .find(&from.key)?
+                    .filter(|f| f.meta.version == from.version)
                 else {
                     return Err(StoreError::Corrupt {
                         key: from.key,

@@ -3,8 +3,10 @@
 
 mod blobs;
 mod index;
+mod parts;
 mod signing;
 
 pub use blobs::{object_dir, FsBlobStore};
 pub use index::{SqliteIndex, Synchronous};
+pub use parts::{uploads_in_progress, PartReceipt};
 pub use signing::{SignError, SignedGet, SignedPart, SignedPut, UrlSigner};

@@ -566,7 +566,10 @@ impl BlobStore for MemoryBlobs {
         let f = gate(&*self.hook, Op::BlobParts).await?;
         let meta = {
             let mut s = lock(&self.state);
-            let Some(u) = s.uploads.get(&upload.upload_id).filter(|u| u.key == upload.key)
+            let Some(u) = s
+                .uploads
+                .get(&upload.upload_id)
+                .filter(|u| u.key == upload.key)
             else {
                 return Ok(None);
             };

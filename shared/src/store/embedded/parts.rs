@@ -1,0 +1,419 @@
+//! Multipart uploads on the file system: `uploads/<id>/` holds the key the upload assembles
+//! under, its uploader and part size, one `data` file every part is written into at its
+//! offset, and a marker per stored part (`<number>~<size>~<sha256>`). A part is written
+//! straight from the request body into its region while it is hashed; its marker appears
+//! only once the bytes matched its signed SHA-256 and were synced. One writer per part at a
+//! time, and a part's marker goes before its region is rewritten, so a marked region never
+//! changes. The whole object's SHA-256 runs along as parts arrive in order (over marked
+//! regions only), so finishing needs no second pass over the bytes; a server restart loses
+//! that running hash, and it is taken again from the data.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Display;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+
+use super::blobs::{blocking, fsync_dir, FsBlobStore, Inner};
+use crate::domain::{ContentHash, Part};
+use crate::error::StoreError;
+use crate::ports::{MultipartRef, ObjectMeta, StartParts};
+
+const KEY_FILE: &str = "key";
+const UPLOADER_FILE: &str = "uploader";
+const PART_SIZE_FILE: &str = "part_size";
+const DATA_FILE: &str = "data";
+/// Body bytes gathered before each write into the data file.
+const WRITE_CHUNK: usize = 1024 * 1024;
+
+/// What receiving one part came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartReceipt {
+    Stored,
+    /// No such upload in progress (finished or aborted).
+    NoSuchUpload,
+    /// Another request is writing this part right now.
+    InProgress,
+    /// More or fewer bytes than signed.
+    WrongLength,
+    /// The bytes do not match the signed SHA-256.
+    WrongDigest,
+    /// The body broke off.
+    Incomplete,
+}
+
+/// Uploads being written to, by id: who writes which part, and the running hash.
+#[derive(Default)]
+pub(super) struct Uploads {
+    map: Mutex<HashMap<String, Arc<Mutex<Running>>>>,
+}
+
+struct Running {
+    writing: BTreeSet<u32>,
+    /// SHA-256 over parts `1..next`, in order.
+    next: u32,
+    hasher: Sha256,
+}
+
+impl Default for Running {
+    fn default() -> Self {
+        Self {
+            writing: BTreeSet::new(),
+            next: 1,
+            hasher: Sha256::new(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn valid_upload_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+struct Folder {
+    dir: PathBuf,
+    part_size: u64,
+}
+
+impl Folder {
+    fn offset(&self, number: u32) -> u64 {
+        u64::from(number.saturating_sub(1)) * self.part_size
+    }
+
+    fn marker(&self, p: &Part) -> PathBuf {
+        self.dir
+            .join(format!("{}~{}~{}", p.number, p.size, p.sha256))
+    }
+
+    /// The stored parts, by number.
+    fn parts(&self) -> Result<Vec<Part>, StoreError> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let mut it = name.splitn(3, '~');
+            let (Some(n), Some(size), Some(sha)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            if let (Ok(number), Ok(size), Ok(sha256)) = (n.parse(), size.parse(), sha.parse()) {
+                out.push(Part {
+                    number,
+                    size,
+                    sha256,
+                });
+            }
+        }
+        out.sort_by_key(|p| p.number);
+        Ok(out)
+    }
+
+    /// Extends the running hash over the stored parts that follow it.
+    fn catch_up(&self, run: &mut Running) -> Result<(), StoreError> {
+        let parts = self.parts()?;
+        let data = std::fs::File::open(self.dir.join(DATA_FILE))?;
+        let mut buf = vec![0u8; WRITE_CHUNK];
+        while let Some(p) = parts.iter().find(|p| p.number == run.next) {
+            let (mut at, end) = (self.offset(p.number), self.offset(p.number) + p.size);
+            while at < end {
+                let n = ((end - at) as usize).min(buf.len());
+                data.read_exact_at(&mut buf[..n], at)?;
+                run.hasher.update(&buf[..n]);
+                at += n as u64;
+            }
+            run.next += 1;
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn uploads_dir(&self) -> PathBuf {
+        self.root.join("uploads")
+    }
+
+    /// The folder of an upload in progress under `upload.key`, if there is one.
+    fn folder(&self, upload: &MultipartRef) -> Result<Option<Folder>, StoreError> {
+        if !valid_upload_id(&upload.upload_id) {
+            return Ok(None);
+        }
+        let dir = self.uploads_dir().join(&upload.upload_id);
+        match std::fs::read_to_string(dir.join(KEY_FILE)) {
+            Ok(key) if key == upload.key => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let part_size = std::fs::read_to_string(dir.join(PART_SIZE_FILE))?
+            .trim()
+            .parse()
+            .map_err(|_| StoreError::Corrupt {
+                key: upload.key.clone(),
+                reason: "unreadable part size".into(),
+            })?;
+        Ok(Some(Folder { dir, part_size }))
+    }
+
+    fn running(&self, upload_id: &str) -> Arc<Mutex<Running>> {
+        lock(&self.uploads.map)
+            .entry(upload_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn forget_running(&self, upload_id: &str) {
+        lock(&self.uploads.map).remove(upload_id);
+    }
+}
+
+/// Frees a part's writer slot however its request ends (a dropped body included).
+struct Writing {
+    run: Arc<Mutex<Running>>,
+    number: u32,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        lock(&self.run).writing.remove(&self.number);
+    }
+}
+
+impl FsBlobStore {
+    /// Writes one part from a request body into its region of the upload, checking its
+    /// length and SHA-256 against what was signed; marked stored (and synced) only if both
+    /// match.
+    pub async fn receive_part<S, E>(
+        &self,
+        upload: &MultipartRef,
+        part: Part,
+        mut body: S,
+    ) -> Result<PartReceipt, StoreError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let inner = self.inner.clone();
+        let up = upload.clone();
+        let begun = blocking(move || {
+            let Some(folder) = inner.folder(&up)? else {
+                return Ok(None);
+            };
+            let run = inner.running(&up.upload_id);
+            {
+                let mut r = lock(&run);
+                if !r.writing.insert(part.number) {
+                    return Ok(Some(Err(PartReceipt::InProgress)));
+                }
+                // The region is about to change: its marker goes first, and a running hash
+                // that covered it starts over.
+                for old in folder.parts()?.iter().filter(|p| p.number == part.number) {
+                    std::fs::remove_file(folder.marker(old))?;
+                    if part.number < r.next {
+                        *r = Running {
+                            writing: std::mem::take(&mut r.writing),
+                            ..Running::default()
+                        };
+                    }
+                }
+            }
+            let writing = Writing {
+                run,
+                number: part.number,
+            };
+            let data = std::fs::OpenOptions::new()
+                .write(true)
+                .open(folder.dir.join(DATA_FILE))?;
+            Ok(Some(Ok((folder, writing, Arc::new(data)))))
+        })
+        .await?;
+        let (folder, writing, data) = match begun {
+            None => return Ok(PartReceipt::NoSuchUpload),
+            Some(Err(busy)) => return Ok(busy),
+            Some(Ok(b)) => b,
+        };
+        let start = folder.offset(part.number);
+        let mut hasher = Sha256::new();
+        let mut received = 0u64;
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
+        loop {
+            let next = body.next().await;
+            let end = match next {
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > part.size {
+                        return Ok(PartReceipt::WrongLength);
+                    }
+                    hasher.update(&chunk);
+                    buf.extend_from_slice(&chunk);
+                    false
+                }
+                Some(Err(e)) => {
+                    tracing::info!(error = %e, "part body broke off");
+                    return Ok(PartReceipt::Incomplete);
+                }
+                None => true,
+            };
+            if buf.len() >= WRITE_CHUNK || (end && !buf.is_empty()) {
+                let at = start + received - buf.len() as u64;
+                let (file, bytes) = (data.clone(), std::mem::take(&mut buf));
+                blocking(move || Ok(file.write_all_at(&bytes, at)?)).await?;
+                buf.reserve(WRITE_CHUNK);
+            }
+            if end {
+                break;
+            }
+        }
+        if received != part.size {
+            return Ok(PartReceipt::WrongLength);
+        }
+        if ContentHash::from_bytes(hasher.finalize().into()) != part.sha256 {
+            return Ok(PartReceipt::WrongDigest);
+        }
+        blocking(move || {
+            // The bytes are durable before the marker says so. A marker lost in a crash
+            // only means the part is sent again.
+            data.sync_data()?;
+            std::fs::File::create(folder.marker(&part))?;
+            let mut r = lock(&writing.run);
+            folder.catch_up(&mut r)?;
+            Ok(PartReceipt::Stored)
+        })
+        .await
+    }
+
+    pub(super) async fn start_parts_fs(&self, req: &StartParts) -> Result<String, StoreError> {
+        let inner = self.inner.clone();
+        let (key, uploader, part_size) = (req.key.clone(), req.uploader.clone(), req.part_size);
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let upload_id = id.clone();
+        blocking(move || {
+            inner.dir(&key)?;
+            let dir = inner.uploads_dir().join(&id);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join(UPLOADER_FILE), uploader)?;
+            std::fs::write(dir.join(PART_SIZE_FILE), part_size.max(1).to_string())?;
+            std::fs::File::create(dir.join(DATA_FILE))?;
+            // The key last: an upload exists once its key file does.
+            std::fs::write(dir.join(KEY_FILE), key)?;
+            fsync_dir(&dir)?;
+            Ok(())
+        })
+        .await?;
+        Ok(upload_id)
+    }
+
+    pub(super) async fn list_parts_fs(
+        &self,
+        upload: &MultipartRef,
+    ) -> Result<Option<Vec<Part>>, StoreError> {
+        let inner = self.inner.clone();
+        let upload = upload.clone();
+        blocking(move || match inner.folder(&upload)? {
+            Some(folder) => Ok(Some(folder.parts()?)),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    /// Moves the data file in under the upload's key, named with the whole SHA-256 (the
+    /// running hash, or one pass over the data after a restart), and drops the upload.
+    pub(super) async fn finish_parts_fs(
+        &self,
+        upload: &MultipartRef,
+        parts: &[Part],
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        let inner = self.inner.clone();
+        let (upload, parts) = (upload.clone(), parts.to_vec());
+        let version = uuid::Uuid::now_v7().simple().to_string();
+        let out = blocking(move || {
+            let _guard = lock(&inner.lock);
+            let Some(folder) = inner.folder(&upload)? else {
+                return Ok(None);
+            };
+            if let Some(done) = inner.find(&upload.key)? {
+                // Moved in before a crash left the upload's folder behind.
+                std::fs::remove_dir_all(&folder.dir)?;
+                inner.forget_running(&upload.upload_id);
+                return Ok(Some(done.meta));
+            }
+            let corrupt = |reason: String| StoreError::Corrupt {
+                key: upload.key.clone(),
+                reason,
+            };
+            let held = folder.parts()?;
+            let mut size = 0u64;
+            for (i, want) in parts.iter().enumerate() {
+                if want.number as usize != i + 1 || !held.contains(want) {
+                    return Err(corrupt(format!("part {} is not as listed", want.number)));
+                }
+                size += want.size;
+            }
+            let run = inner.running(&upload.upload_id);
+            let mut r = lock(&run);
+            if !r.writing.is_empty() {
+                return Err(StoreError::Unavailable(
+                    "a part of this upload is still being written".into(),
+                ));
+            }
+            folder.catch_up(&mut r)?;
+            let data_path = folder.dir.join(DATA_FILE);
+            let data = std::fs::OpenOptions::new().write(true).open(&data_path)?;
+            data.set_len(size)?;
+            let sha256 = if r.next as usize == parts.len() + 1 {
+                ContentHash::from_bytes(r.hasher.clone().finalize().into())
+            } else {
+                crate::domain::hash_reader(std::fs::File::open(&data_path)?.take(size))?.0
+            };
+            data.sync_all()?;
+            drop(r);
+            let uploader = std::fs::read_to_string(folder.dir.join(UPLOADER_FILE))?;
+            let obj_dir = inner.dir(&upload.key)?;
+            std::fs::create_dir_all(&obj_dir)?;
+            std::fs::rename(
+                &data_path,
+                obj_dir.join(format!("{version}~{sha256}~{uploader}")),
+            )?;
+            fsync_dir(&obj_dir)?;
+            std::fs::remove_dir_all(&folder.dir)?;
+            inner.forget_running(&upload.upload_id);
+            Ok(Some(ObjectMeta {
+                key: upload.key.clone(),
+                version: version.clone(),
+                size,
+                sha256: Some(sha256),
+                uploader: Some(uploader),
+                last_modified: inner.clock.now_ms(),
+            }))
+        })
+        .await?;
+        if let Some(meta) = &out {
+            self.emit_created(&meta.key, &meta.version);
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn abort_parts_fs(&self, upload: &MultipartRef) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        let upload = upload.clone();
+        blocking(move || {
+            let _guard = lock(&inner.lock);
+            if let Some(folder) = inner.folder(&upload)? {
+                std::fs::remove_dir_all(folder.dir)?;
+            }
+            inner.forget_running(&upload.upload_id);
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Uploads in progress under `root` (what the reconciler's contract tests count).
+pub fn uploads_in_progress(root: &Path) -> usize {
+    std::fs::read_dir(root.join("uploads")).map_or(0, |d| d.count())
+}
