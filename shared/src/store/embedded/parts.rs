@@ -417,3 +417,157 @@ impl FsBlobStore {
 pub fn uploads_in_progress(root: &Path) -> usize {
     std::fs::read_dir(root.join("uploads")).map_or(0, |d| d.count())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{BlobStore, SystemClock};
+    use crate::store::embedded::UrlSigner;
+
+    fn store(root: &Path) -> FsBlobStore {
+        let signer = UrlSigner::new("http://127.0.0.1:9", [1; 32]);
+        FsBlobStore::open(root, signer, None, Arc::new(SystemClock)).unwrap()
+    }
+
+    fn body(b: &[u8]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        futures_util::stream::iter([Ok(Bytes::copy_from_slice(b))])
+    }
+
+    fn part(n: u32, b: &[u8]) -> Part {
+        Part {
+            number: n,
+            size: b.len() as u64,
+            sha256: ContentHash::of(b),
+        }
+    }
+
+    async fn start(s: &FsBlobStore) -> MultipartRef {
+        let id = s
+            .start_parts(&StartParts {
+                key: "staging/h/s".into(),
+                content_type: "audio/wav",
+                uploader: "session:s".into(),
+                part_size: 4,
+            })
+            .await
+            .unwrap();
+        MultipartRef {
+            key: "staging/h/s".into(),
+            upload_id: id,
+        }
+    }
+
+    /// Parts out of order, one resent, the server restarted between them (its running hash
+    /// lost): the assembled object is the parts in order, named with its whole SHA-256.
+    #[tokio::test]
+    async fn parts_in_any_order_across_a_restart_assemble_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks: [&[u8]; 3] = [b"abcd", b"efgh", b"ij"];
+        let parts: Vec<Part> = (1..=3).map(|n| part(n, chunks[n as usize - 1])).collect();
+        let s = store(dir.path());
+        let up = start(&s).await;
+        let got = s
+            .receive_part(&up, parts[2], body(chunks[2]))
+            .await
+            .unwrap();
+        assert_eq!(got, PartReceipt::Stored);
+        let got = s
+            .receive_part(&up, parts[0], body(chunks[0]))
+            .await
+            .unwrap();
+        assert_eq!(got, PartReceipt::Stored);
+        drop(s);
+        let s = store(dir.path());
+        let got = s.receive_part(&up, parts[1], body(b"efgX")).await.unwrap();
+        assert_eq!(got, PartReceipt::WrongDigest);
+        assert_eq!(
+            s.list_parts(&up).await.unwrap().unwrap(),
+            vec![parts[0], parts[2]]
+        );
+        let got = s
+            .receive_part(&up, parts[1], body(chunks[1]))
+            .await
+            .unwrap();
+        assert_eq!(got, PartReceipt::Stored);
+        // Part 1 again, same bytes: the running hash starts over and still ends right.
+        let got = s
+            .receive_part(&up, parts[0], body(chunks[0]))
+            .await
+            .unwrap();
+        assert_eq!(got, PartReceipt::Stored);
+        let meta = s.finish_parts(&up, &parts).await.unwrap().unwrap();
+        assert_eq!(meta.sha256, Some(ContentHash::of(b"abcdefghij")));
+        assert_eq!(meta.size, 10);
+        let hashed = s.stream_sha256(&meta.key, &meta.version).await.unwrap();
+        assert_eq!(hashed, Some(ContentHash::of(b"abcdefghij")));
+        assert_eq!(s.list_parts(&up).await.unwrap(), None, "the upload is gone");
+        assert_eq!(uploads_in_progress(dir.path()), 0);
+    }
+
+    /// A part longer or shorter than signed is refused and not listed; an unknown upload
+    /// answers as such; finishing with a part not held is refused.
+    #[tokio::test]
+    async fn wrong_lengths_and_unknown_uploads_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let up = start(&s).await;
+        let p = part(1, b"abcd");
+        let long = s.receive_part(&up, p, body(b"abcde")).await.unwrap();
+        assert_eq!(long, PartReceipt::WrongLength);
+        let short = s.receive_part(&up, p, body(b"abc")).await.unwrap();
+        assert_eq!(short, PartReceipt::WrongLength);
+        assert_eq!(s.list_parts(&up).await.unwrap().unwrap(), vec![]);
+        assert!(s.finish_parts(&up, &[p]).await.is_err());
+        let other = MultipartRef {
+            key: up.key.clone(),
+            upload_id: "nosuchupload".into(),
+        };
+        let got = s.receive_part(&other, p, body(b"abcd")).await.unwrap();
+        assert_eq!(got, PartReceipt::NoSuchUpload);
+        s.abort_parts(&up).await.unwrap();
+        let got = s.receive_part(&up, p, body(b"abcd")).await.unwrap();
+        assert_eq!(got, PartReceipt::NoSuchUpload);
+    }
+
+    /// While one request writes a part, another for the same part waits its turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_writer_per_part_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let up = start(&s).await;
+        let p = part(1, b"abcd");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+        let slow = tokio_stream_of(rx);
+        let first = {
+            let (s, up) = (s.clone(), up.clone());
+            tokio::spawn(async move { s.receive_part(&up, p, slow).await })
+        };
+        tx.send(Ok(Bytes::from_static(b"ab"))).unwrap();
+        // The first writer claims part 1 before it reads its body, and now waits for the rest.
+        for _ in 0..200 {
+            if uploads_writing(&s, &up) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(!first.is_finished());
+        let busy = s.receive_part(&up, p, body(b"abcd")).await.unwrap();
+        assert_eq!(busy, PartReceipt::InProgress);
+        tx.send(Ok(Bytes::from_static(b"cd"))).unwrap();
+        drop(tx);
+        assert_eq!(first.await.unwrap().unwrap(), PartReceipt::Stored);
+        assert_eq!(s.list_parts(&up).await.unwrap().unwrap(), vec![p]);
+    }
+
+    fn uploads_writing(s: &FsBlobStore, up: &MultipartRef) -> bool {
+        lock(&s.inner.uploads.map)
+            .get(&up.upload_id)
+            .is_some_and(|r| !lock(r).writing.is_empty())
+    }
+
+    fn tokio_stream_of(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, std::io::Error>>,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    }
+}
