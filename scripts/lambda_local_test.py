@@ -5,8 +5,9 @@ Drives the real function binaries (the workspace's debug build, each polling its
 AWS endpoint pointed at moto, through a whole flow:
   - through `cargo lambda invoke --data-file` with API Gateway v2 events (built from the SAM
     fixture) carrying JWT claims: upload the same content twice (deduplicated), add and remove
-    references, read the stats, open an upload session and PUT to its presigned URL, feed the
-    S3 created and removed events to s3-events, run the reconciler;
+    references, read the stats, open an upload session and PUT to its presigned URL, a parted
+    upload (parts signed, one refused, listed, completed and verified), feed the S3 created and
+    removed events to s3-events, run the reconciler;
   - through plain HTTP to the function URLs, which carry no authorizer claims: /healthz answers,
     every /v1 route answers 401 (identity cannot come from anywhere else);
   - live updates: live-authorizer with tokens signed here (ES256) against a JWKS served here,
@@ -251,6 +252,52 @@ st, _ = http_call("library", api_event("DELETE", "/v1/library/from-carol", "", "
 check(st == 204, f"dave deletes his saved copy: {st}")
 st, body = http_call("stats", api_event("GET", "/v1/audio/stats", "", "carol", None))
 check(body["total_references"] == 1 and body["unique_files"] == 1, f"the session's reference keeps the audio: {body}")
+
+# A parted upload (content above the 8 MiB part size): parts signed by the upload function,
+# each PUT straight to S3 with its own checksum; a wrong part refused; the parts listed (the
+# resume point); complete assembles, verifies the whole SHA-256 and publishes under the hash.
+huge = hashlib.sha256(b"parted").digest() * (9 * 32768)  # 9 MiB: parts of 8 MiB and 1 MiB
+huge_digest = hashlib.sha256(huge).hexdigest()
+st, ps = http_call("upload", api_event("POST", "/v1/audio/uploads", "", "erin",
+                                       json.dumps({"sha256": huge_digest, "size": len(huge), "format": "wav"}).encode()))
+check(st == 201 and "upload" not in ps and ps["parts"]["part_count"] == 2, f"a parted session: {st} {ps.get('parts')}")
+part_size = ps["parts"]["part_size"]
+chunks = [huge[:part_size], huge[part_size:]]
+parts = [{"number": i + 1, "size": len(c), "sha256": hashlib.sha256(c).hexdigest()} for i, c in enumerate(chunks)]
+st, signed = http_call("upload", api_event("POST", f"/v1/audio/{huge_digest}/parts", "", "erin",
+                                           json.dumps({"session_id": ps["session_id"], "parts": parts}).encode()))
+check(st == 200 and len(signed["parts"]) == 2, f"parts signed: {st}")
+st, _ = http_call("upload", api_event("POST", f"/v1/audio/{huge_digest}/parts", "", "mallory",
+                                      json.dumps({"session_id": ps["session_id"], "parts": parts}).encode()))
+check(st == 404, f"someone else's session is not found: {st}")
+
+
+def put_part(n, data):
+    up = signed["parts"][n - 1]["upload"]
+    req = urllib.request.Request(up["url"], data=data, method="PUT", headers=up["headers"])
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+check(put_part(1, b"x" + chunks[0][1:]) == 400, "a part with wrong bytes is refused by S3")
+check(put_part(1, chunks[0]) == 200, "part 1 stored")
+st, listed = http_call("upload", api_event("GET", f"/v1/audio/{huge_digest}/parts", f"session_id={ps['session_id']}", "erin", None))
+check(st == 200 and [p["number"] for p in listed["parts"]] == [1], f"the server lists part 1 (the resume point): {st} {listed}")
+st, early = http_call("upload", api_event("POST", f"/v1/audio/{huge_digest}/complete", "", "erin",
+                                          json.dumps({"session_id": ps["session_id"]}).encode()))
+check(st == 409 and early["error"]["code"] == "parts_missing", f"completing early names what is missing: {st} {early}")
+check(put_part(2, chunks[1]) == 200, "part 2 stored")
+st, done = http_call("upload", api_event("POST", f"/v1/audio/{huge_digest}/complete", "", "erin",
+                                         json.dumps({"session_id": ps["session_id"]}).encode()))
+check(st == 200 and done["state"] == "active" and done["size"] == len(huge), f"complete publishes it: {st} {done}")
+huge_key = f"{PREFIX}audio/{huge_digest}"
+with urllib.request.urlopen(done["url"], timeout=60) as r:
+    check(hashlib.sha256(r.read()).hexdigest() == huge_digest, "the published object is the content")
+staged = s3.list_object_versions(Bucket=BUCKET, Prefix=f"{PREFIX}staging/").get("Versions", [])
+check(not staged and not s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads"), "nothing left staged")
 
 # ---------- Live updates ----------
 def b64url(b):
