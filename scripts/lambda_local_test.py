@@ -274,11 +274,14 @@ check(st == 404, f"someone else's session is not found: {st}")
 
 def put_part(n, data):
     up = signed["parts"][n - 1]["upload"]
-    req = urllib.request.Request(up["url"], data=data, method="PUT", headers=up["headers"])
+    # urllib would send a form content type otherwise (unsigned either way).
+    headers = {"content-type": "application/octet-stream", **up["headers"]}
+    req = urllib.request.Request(up["url"], data=data, method="PUT", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status
     except urllib.error.HTTPError as e:
+        print(f"     part {n}: {e.code} {e.read()[:300]!r}", flush=True)
         return e.code
 
 
