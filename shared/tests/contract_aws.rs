@@ -116,7 +116,12 @@ impl Env for Aws {
     async fn snapshot(&self) -> (Vec<Item>, Vec<ObjectMeta>, BTreeMap<String, i64>) {
         use audio_dedup_core::ports::TransactionalIndex;
         let items = self.index.dump().await.unwrap();
-        let counters = self.index.counters(keys::STATS_PK).await.unwrap();
+        let mut counters = BTreeMap::new();
+        for pk in keys::stats_partitions(keys::MAX_STATS_SHARDS) {
+            for (name, v) in self.index.counters(&pk).await.unwrap() {
+                *counters.entry(name).or_insert(0) += v;
+            }
+        }
         let mut objects = self.blobs.list(None, 1000).await.unwrap().objects;
         // moto's HEAD reports no checksum: hash the bytes, as the protocol does then.
         for o in &mut objects {

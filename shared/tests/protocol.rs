@@ -1077,3 +1077,56 @@ async fn a_big_thread_reaches_every_feed_once_even_if_its_creation_is_cut_short(
     assert_eq!(feed(u(99)).await.len(), 1);
     h.check();
 }
+
+/// Stats shards live each in a partition of their own, and a store written before they
+/// moved (counters under the one `STATS` partition) still reads its counts: the stats sum
+/// both, and new writes never touch the legacy partition.
+#[tokio::test]
+async fn stats_shards_spread_over_partitions_and_legacy_counters_still_count() {
+    use audio_dedup_core::ports::{Key, TransactionalIndex, WriteOp};
+    let h = harness();
+    // What an older release left: one file of 8 bytes with one reference, counted under
+    // `STATS / SHARD#003`.
+    h.index
+        .transact(vec![WriteOp::Bump {
+            key: Key::new(keys::STATS_PK, "SHARD#003"),
+            deltas: vec![
+                ("active_files", 1),
+                ("stored_bytes", 8),
+                ("live_refs", 1),
+                ("referenced_bytes", 8),
+            ],
+        }])
+        .await
+        .unwrap();
+    let legacy = h.index.counter_totals(keys::STATS_PK);
+    for i in 0..24 {
+        h.upload(
+            "alice",
+            format!("song {i:03}").as_bytes(),
+            Some(&format!("m{i}")),
+        )
+        .await
+        .unwrap();
+    }
+    let s = h.d.audio().stats().await.unwrap();
+    assert_eq!((s.unique_files, s.total_references), (25, 25));
+    assert_eq!(s.stored_bytes, 8 + 24 * 8);
+    // The port's sum over the legacy partition alone did not move: new counts went to the
+    // shards' partitions, more than one of them.
+    let legacy_now = h.index.counters(keys::STATS_PK).await.unwrap();
+    assert_eq!(legacy_now.get("live_refs"), Some(&1), "{legacy:?}");
+    let mut written = 0;
+    for pk in keys::stats_partitions(DedupConfig::default().stats_shards)
+        .iter()
+        .skip(1)
+    {
+        if !h.index.counters(pk).await.unwrap().is_empty() {
+            written += 1;
+        }
+    }
+    assert!(
+        written > 1,
+        "counts spread over {written} shard partition(s)"
+    );
+}

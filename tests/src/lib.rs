@@ -127,7 +127,7 @@ impl StoreDump {
             .collect::<Result<Vec<_>, _>>()
             .expect("rows");
         let mut stmt = conn
-            .prepare("SELECT name, SUM(value) FROM counters WHERE pk = ?1 GROUP BY name")
+            .prepare("SELECT name, SUM(value) FROM counters WHERE pk = ?1 OR pk GLOB ?1 || '#*' GROUP BY name")
             .expect("prepare");
         let counters = stmt
             .query_map([keys::STATS_PK], |r| {

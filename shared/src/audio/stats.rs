@@ -1,6 +1,7 @@
 //! Global statistics from sharded counters. Each counter change is written in the same
-//! transaction as the state change it counts, on a random shard, so the totals are exact
-//! once writes settle, no request scans the table, and no single item takes every write.
+//! transaction as the state change it counts, on a random shard (each shard alone in its
+//! partition), so the totals are exact once writes settle, no request scans the table, and
+//! no single item or partition takes every write.
 
 use super::AudioEngine;
 use crate::domain::Stats;
@@ -10,7 +11,15 @@ use crate::protocol::keys;
 
 impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     pub async fn stats(&self) -> Result<Stats, DedupError> {
-        let c = self.core.index.counters(keys::STATS_PK).await?;
+        // One read per shard's partition (and the legacy one), all at once.
+        let parts = keys::stats_partitions(self.core.cfg.stats_shards);
+        let sums =
+            futures_util::future::try_join_all(parts.iter().map(|pk| self.core.index.counters(pk)))
+                .await?;
+        let mut c = std::collections::BTreeMap::<String, i64>::new();
+        for (name, v) in sums.into_iter().flatten() {
+            *c.entry(name).or_insert(0) += v;
+        }
         // Counters of a store written before a counter existed start at 0: never below it.
         let get = |k: &str| c.get(k).copied().unwrap_or(0).max(0);
         let unreferenced_files = get("unreferenced_files").min(get("active_files"));

@@ -9,7 +9,11 @@ use sha2::{Digest, Sha256};
 
 use crate::ports::Key;
 
+/// The stats shards' partition before they were spread over partitions of their own; still
+/// read (its counters are summed with the shards'), never written.
 pub const STATS_PK: &str = "STATS";
+/// Most stats shards (`DedupConfig::stats_shards` is clamped to it).
+pub const MAX_STATS_SHARDS: u64 = 256;
 /// The work index's partition before it was sharded; still read, so old items drain.
 pub const LEGACY_WORK_PK: &str = "WORK";
 /// Due items spread over this many work partitions, so no one partition takes them all.
@@ -45,8 +49,33 @@ pub fn user_quota(owner: &UserId) -> Key {
     Key::new(format!("USER#{owner}"), "QUOTA")
 }
 
+/// Stats shard `shard`: `STATS#nnn / SHARD`, each alone in its partition, so the counters'
+/// writes spread over as many partitions as there are shards (one partition takes about
+/// 1,000 writes/s on DynamoDB).
 pub fn stats_shard(shard: u64) -> Key {
-    Key::new(STATS_PK, format!("SHARD#{shard:03}"))
+    Key::new(stats_shard_pk(shard), "SHARD")
+}
+
+fn stats_shard_pk(shard: u64) -> String {
+    format!("{STATS_PK}#{shard:03}")
+}
+
+/// Every partition whose counters make up the stats: the legacy `STATS` partition (a store
+/// written before the shards moved keeps its counts there), then each of `shards` shards.
+pub fn stats_partitions(shards: u64) -> Vec<String> {
+    [STATS_PK.to_owned()]
+        .into_iter()
+        .chain((0..shards.clamp(1, MAX_STATS_SHARDS)).map(stats_shard_pk))
+        .collect()
+}
+
+/// Whether partition `pk` holds stats counters (the legacy one or a shard's).
+pub fn is_stats_pk(pk: &str) -> bool {
+    pk == STATS_PK
+        || pk
+            .strip_prefix(STATS_PK)
+            .and_then(|r| r.strip_prefix('#'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 pub fn thread(id: &ThreadId) -> Key {
@@ -237,6 +266,28 @@ mod tests {
         );
         assert!(log_sk(9) < log_sk(10));
         assert_eq!(seq_of_log_sk(&log_sk(42)), Some(42));
+    }
+
+    #[test]
+    fn stats_shards_each_have_a_partition_and_the_legacy_one_is_still_read() {
+        let parts = stats_partitions(16);
+        assert_eq!(parts.len(), 17);
+        assert_eq!(parts[0], STATS_PK);
+        let shard_pks: std::collections::BTreeSet<_> = (0..16).map(|s| stats_shard(s).pk).collect();
+        assert_eq!(shard_pks.len(), 16, "one partition per shard");
+        for pk in &shard_pks {
+            assert!(parts.contains(pk), "{pk} is read");
+            assert!(is_stats_pk(pk));
+        }
+        assert!(is_stats_pk(STATS_PK));
+        assert!(!is_stats_pk("STATSX"));
+        assert!(!is_stats_pk("STATS#"));
+        assert!(!is_stats_pk("AUDIO#00"));
+        assert_eq!(stats_partitions(0).len(), 2, "at least one shard");
+        assert_eq!(
+            stats_partitions(u64::MAX).len() as u64,
+            MAX_STATS_SHARDS + 1
+        );
     }
 
     #[test]

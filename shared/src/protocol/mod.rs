@@ -43,6 +43,9 @@ pub struct DedupConfig {
     pub unreferenced_ttl: Duration,
     /// How long a direct upload may take between claiming the content and activating it.
     pub direct_lease: Duration,
+    /// Stats counter shards, each in a partition of its own (at most
+    /// `keys::MAX_STATS_SHARDS`). Stats read every one of them: never lower it on a store
+    /// that has been written (the shards above the new count would no longer be read).
     pub stats_shards: u64,
     /// Snapshots longer than this (bytes of JSON) go to the blob store, not the index item:
     /// a DynamoDB item holds 400 KB, the message's other attributes included.
@@ -259,7 +262,7 @@ impl<B: BlobStore, I: TransactionalIndex> Core<B, I> {
     }
 
     pub(crate) fn random_shard(&self) -> u64 {
-        self.entropy.next_u64() % self.cfg.stats_shards.max(1)
+        self.entropy.next_u64() % self.cfg.stats_shards.clamp(1, keys::MAX_STATS_SHARDS)
     }
 }
 

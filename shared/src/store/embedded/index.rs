@@ -351,7 +351,8 @@ fn apply_one(conn: &Connection, ops: &[WriteOp]) -> Result<(), TxnError> {
 }
 
 impl SqliteIndex {
-    /// Every item and the summed counters of partition `counters_pk` (tests and tooling).
+    /// Every item and the summed counters of partition `counters_pk` and of every partition
+    /// `counters_pk#…` (the stats shards'; tests and tooling).
     pub async fn dump(
         &self,
         counters_pk: &str,
@@ -363,7 +364,20 @@ impl SqliteIndex {
                 rows.collect()
             })
             .await?;
-        Ok((items, self.counters(counters_pk).await?))
+        let pk = counters_pk.to_owned();
+        let counters = self
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT name, SUM(value) FROM counters
+                     WHERE pk = ?1 OR substr(pk, 1, length(?1) + 1) = ?1 || '#' GROUP BY name",
+                )?;
+                let rows = stmt.query_map(params![pk], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })?;
+                rows.collect()
+            })
+            .await?;
+        Ok((items, counters))
     }
 }
 

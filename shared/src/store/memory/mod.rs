@@ -176,15 +176,18 @@ impl MemoryIndex {
         lock(&self.state).items.values().for_each(f);
     }
 
+    /// The sums of each counter over partition `pk` and every partition `pk#…` (the stats
+    /// shards' partitions, for invariant checks).
     pub fn counter_totals(&self, pk: &str) -> BTreeMap<String, i64> {
-        sum_counters(&lock(&self.state), pk)
+        let shard = format!("{pk}#");
+        sum_counters(&lock(&self.state), |p| p == pk || p.starts_with(&shard))
     }
 }
 
-fn sum_counters(s: &IndexState, pk: &str) -> BTreeMap<String, i64> {
+fn sum_counters(s: &IndexState, which: impl Fn(&str) -> bool) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     for (k, c) in &s.counters {
-        if k.pk == pk {
+        if which(&k.pk) {
             for (name, v) in c {
                 *out.entry(name.clone()).or_insert(0) += v;
             }
@@ -284,7 +287,7 @@ impl TransactionalIndex for MemoryIndex {
 
     async fn counters(&self, pk: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         gate(&*self.hook, Op::IndexQuery).await?;
-        Ok(sum_counters(&lock(&self.state), pk))
+        Ok(sum_counters(&lock(&self.state), |p| p == pk))
     }
 }
 
