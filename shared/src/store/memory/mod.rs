@@ -81,10 +81,7 @@ fn check_contract(ops: &[WriteOp]) {
     );
     let mut keys = std::collections::HashSet::new();
     for op in ops {
-        let key = match op {
-            WriteOp::Put { item, .. } => &item.key,
-            WriteOp::Check { key, .. } | WriteOp::Bump { key, .. } => key,
-        };
+        let key = op_key(op);
         assert!(keys.insert(key), "two ops on {key} in one transaction");
     }
 }
@@ -117,6 +114,24 @@ fn lost(op: Op) -> StoreError {
 struct IndexState {
     items: BTreeMap<Key, Item>,
     counters: BTreeMap<Key, BTreeMap<String, i64>>,
+    /// Items held by transactions in flight (only with a [`ConflictModel`]).
+    held: std::collections::HashSet<Key>,
+}
+
+/// DynamoDB's optimistic concurrency, modelled: a transaction holds every item it names
+/// (puts, condition checks and counter bumps alike) from when it starts until it commits,
+/// and a transaction that names an item another one holds is cancelled at once with a
+/// conflict (`TransactionCanceledException`, reason `TransactionConflict`), nothing
+/// written. Reads never conflict (a `GetItem` or `Query` reads the last committed version).
+/// Without a model a transaction is instantaneous and never conflicts by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConflictModel {
+    /// How long a transaction holds its items (tokio time: paused in simulations and
+    /// benchmarks, so this is model time).
+    pub hold: Duration,
+    /// Scheduler yields while it holds them (the window other tasks can run in, with no
+    /// time passing).
+    pub hold_yields: u32,
 }
 
 #[derive(Clone)]
@@ -125,6 +140,31 @@ pub struct MemoryIndex {
     hook: Arc<dyn FaultHook>,
     writes: Arc<AtomicU64>,
     bumps: Arc<AtomicU64>,
+    conflict_model: Option<ConflictModel>,
+    conflicts: Arc<AtomicU64>,
+}
+
+/// Releases a transaction's held items however it ends (committed, refused, or dropped
+/// while it held them).
+struct Held<'a> {
+    state: &'a Mutex<IndexState>,
+    keys: Vec<Key>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut s = lock(self.state);
+        for k in &self.keys {
+            s.held.remove(k);
+        }
+    }
+}
+
+fn op_key(op: &WriteOp) -> &Key {
+    match op {
+        WriteOp::Put { item, .. } => &item.key,
+        WriteOp::Check { key, .. } | WriteOp::Bump { key, .. } => key,
+    }
 }
 
 impl Default for MemoryIndex {
@@ -140,7 +180,37 @@ impl MemoryIndex {
             hook,
             writes: Arc::new(AtomicU64::new(0)),
             bumps: Arc::new(AtomicU64::new(0)),
+            conflict_model: None,
+            conflicts: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The same store with DynamoDB's transaction conflicts modelled (see [`ConflictModel`]).
+    pub fn with_conflicts(mut self, model: ConflictModel) -> Self {
+        self.conflict_model = Some(model);
+        self
+    }
+
+    /// How many transactions the conflict model cancelled so far (injected conflicts from
+    /// the fault hook not included).
+    pub fn modelled_conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::SeqCst)
+    }
+
+    /// Takes `ops`' items for a transaction in flight, or `None` when another one holds
+    /// one of them (a conflict).
+    fn hold(&self, ops: &[WriteOp]) -> Option<Held<'_>> {
+        let mut s = lock(&self.state);
+        if ops.iter().any(|op| s.held.contains(op_key(op))) {
+            self.conflicts.fetch_add(1, Ordering::SeqCst);
+            return None;
+        }
+        let keys: Vec<Key> = ops.iter().map(|op| op_key(op).clone()).collect();
+        s.held.extend(keys.iter().cloned());
+        Some(Held {
+            state: &self.state,
+            keys,
+        })
     }
 
     /// How many committed transactions changed a counter so far.
@@ -244,6 +314,21 @@ impl TransactionalIndex for MemoryIndex {
             return Err(TxnError::Conflict);
         }
         check_contract(&ops);
+        let _held = match self.conflict_model {
+            Some(model) => {
+                let Some(held) = self.hold(&ops) else {
+                    return Err(TxnError::Conflict);
+                };
+                for _ in 0..model.hold_yields {
+                    tokio::task::yield_now().await;
+                }
+                if !model.hold.is_zero() {
+                    tokio::time::sleep(model.hold).await;
+                }
+                Some(held)
+            }
+            None => None,
+        };
         let mut s = lock(&self.state);
         for (i, op) in ops.iter().enumerate() {
             let ok = match op {
@@ -685,7 +770,7 @@ impl BlobStore for MemoryBlobs {
 #[cfg(test)]
 mod contract_tests {
     use super::*;
-    use crate::ports::{Expect, Key, TransactionalIndex, WriteOp};
+    use crate::ports::{Expect, Item, Key, TransactionalIndex, TxnError, WriteOp};
 
     fn check(key: &str) -> WriteOp {
         WriteOp::Check {
@@ -711,6 +796,83 @@ mod contract_tests {
             .map(|i| check(&i.to_string()))
             .collect();
         let _ = index.transact(ops).await;
+    }
+
+    fn put(key: &str, expect: Expect) -> WriteOp {
+        WriteOp::Put {
+            item: Item {
+                key: Key::new("P", key),
+                version: match expect {
+                    Expect::Version(v) => v + 1,
+                    _ => 1,
+                },
+                body: "{}".into(),
+                work_key: None,
+            },
+            expect,
+        }
+    }
+
+    /// With the model on, a transaction naming an item another one holds is cancelled as a
+    /// conflict, writing nothing, whatever the kind of op; one on other items commits
+    /// meanwhile; once the holder commits, the item is free again. Reads never conflict.
+    #[tokio::test(start_paused = true)]
+    async fn transactions_holding_one_item_conflict_as_on_dynamodb() {
+        let index = MemoryIndex::default().with_conflicts(ConflictModel {
+            hold: Duration::from_millis(10),
+            hold_yields: 0,
+        });
+        let slow = {
+            let index = index.clone();
+            tokio::spawn(async move { index.transact(vec![put("a", Expect::Absent)]).await })
+        };
+        tokio::task::yield_now().await;
+        for op in [
+            put("a", Expect::Absent),
+            check("a"),
+            WriteOp::Bump {
+                key: Key::new("P", "a"),
+                deltas: vec![("n", 1)],
+            },
+        ] {
+            let r = index.transact(vec![check("z"), op]).await;
+            assert!(matches!(r, Err(TxnError::Conflict)), "{r:?}");
+        }
+        assert_eq!(index.modelled_conflicts(), 3);
+        assert_eq!(index.get(&Key::new("P", "a")).await.unwrap(), None);
+        assert!(index.transact(vec![put("b", Expect::Absent)]).await.is_ok());
+        assert!(slow.await.unwrap().is_ok());
+        assert_eq!(index.writes(), 2, "nothing written by the cancelled ones");
+        assert!(index
+            .transact(vec![put("a", Expect::Version(1))])
+            .await
+            .is_ok());
+        assert_eq!(index.modelled_conflicts(), 3);
+        // Without the model, the same interleaving commits in turn.
+        let plain = MemoryIndex::default();
+        assert!(plain.transact(vec![put("a", Expect::Absent)]).await.is_ok());
+        assert_eq!(plain.modelled_conflicts(), 0);
+    }
+
+    /// A transaction dropped while it holds its items releases them.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_transaction_releases_its_items() {
+        let index = MemoryIndex::default().with_conflicts(ConflictModel {
+            hold: Duration::from_secs(60),
+            hold_yields: 0,
+        });
+        let held = {
+            let index = index.clone();
+            tokio::spawn(async move { index.transact(vec![put("a", Expect::Absent)]).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(matches!(
+            index.transact(vec![check("a")]).await,
+            Err(TxnError::Conflict)
+        ));
+        held.abort();
+        let _ = held.await;
+        assert!(matches!(index.transact(vec![check("a")]).await, Ok(())));
     }
 
     #[tokio::test]
