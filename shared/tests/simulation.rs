@@ -20,6 +20,8 @@
 //! - `SIM_THREADS=n` worker threads (default: available cores; each seed is independent).
 //! - `SIM_SHRINK=0` turns the minimiser off; `SIM_KEEP_GOING=1` lists every failing seed.
 //! - `SIM_FULL_CHECK=1` hands `safety` the whole index dump (slower, same verdicts).
+//! - `SIM_CONFLICT_MODEL=all|off`: DynamoDB's transaction conflicts modelled in the memory
+//!   index in every seed, or in none (default: a tenth of the seeds).
 //!
 //! See docs/verification.md.
 
@@ -37,7 +39,9 @@ use audio_dedup_core::ports::{
 };
 use audio_dedup_core::protocol::invariants::{self, Record};
 use audio_dedup_core::protocol::keys;
-use audio_dedup_core::store::memory::{Fault, FaultHook, MemoryBlobs, MemoryIndex, Op};
+use audio_dedup_core::store::memory::{
+    ConflictModel, Fault, FaultHook, MemoryBlobs, MemoryIndex, Op,
+};
 use audio_dedup_core::*;
 use bytes::Bytes;
 
@@ -164,6 +168,24 @@ struct Params {
     /// Per clock tick: an object nobody claims appears under a content's key.
     strays: f64,
     deletion_grace: Duration,
+    /// In a tenth of the seeds, DynamoDB's transaction conflicts are modelled: a
+    /// transaction holds its items while in flight and cancels any other naming one of them.
+    conflict_model: Option<ConflictModel>,
+}
+
+/// Drawn from a stream of its own, so the rest of a seed's workload is what it was.
+/// `SIM_CONFLICT_MODEL=all` turns it on in every seed, `off` in none.
+fn conflict_model(seed: u64) -> Option<ConflictModel> {
+    let mut r = Rng::new(seed, 11);
+    let share = match std::env::var("SIM_CONFLICT_MODEL").as_deref() {
+        Ok("all") => 1.0,
+        Ok("off") => 0.0,
+        _ => 0.1,
+    };
+    r.chance(share).then(|| ConflictModel {
+        hold: Duration::from_millis(r.range(0, 5)),
+        hold_yields: r.range(1, 3) as u32,
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -408,6 +430,7 @@ fn generate(seed: u64) -> Workload {
         } else {
             Duration::ZERO
         },
+        conflict_model: conflict_model(seed),
     };
     let n_clients = r.range(5, 8) as usize;
     let n_users = r.range(3, n_clients as u64) as usize;
@@ -1563,7 +1586,10 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
         trace: trace.clone(),
     });
     let blobs = MemoryBlobs::new(hook.clone()).with_clock(clock.clone());
-    let index = MemoryIndex::new(hook.clone());
+    let index = match w.params.conflict_model {
+        Some(model) => MemoryIndex::new(hook.clone()).with_conflicts(model),
+        None => MemoryIndex::new(hook.clone()),
+    };
     let cfg = DedupConfig {
         deletion_grace: w.params.deletion_grace,
         // Small, so some snapshots take the blob-store path (with its faults).
@@ -1730,6 +1756,10 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
     }
     let mut counters = std::mem::take(&mut *lock(&sim.trace.counters));
     counters.insert("checks", sim.checks.load(Ordering::Relaxed));
+    if w.params.conflict_model.is_some() {
+        counters.insert("index.conflict_model_seeds", 1);
+        counters.insert("index.modelled_conflicts", sim.index.modelled_conflicts());
+    }
     let failure = lock(&sim.failure).clone();
     RunResult {
         failure,
@@ -2100,6 +2130,8 @@ fn workload_exercises_every_flow_and_fault() {
         "fault.fail_before",
         "fault.lose_response",
         "fault.conflict",
+        "index.conflict_model_seeds",
+        "index.modelled_conflicts",
         "fault.crash",
         "fault.slow_call",
         "event.delivered",
