@@ -68,6 +68,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::InvalidTitle
         | C::TooManyMembers
         | C::InvalidSnapshot
+        | C::SnapshotTooDeep
+        | C::InvalidText
         | C::InvalidAudio
         | C::InvalidSize
         | C::InvalidProof

@@ -61,6 +61,8 @@ struct NewMessageBody<'a> {
     snapshot: &'a RawValue,
     #[serde(skip_serializing_if = "Option::is_none")]
     audio: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
 }
 
 /// Where a library item's audio comes from, on the wire.
@@ -392,11 +394,25 @@ impl Api {
         snapshot: &RawValue,
         audio: Option<&AudioChoice>,
     ) -> Result<MessageView, ApiError> {
+        self.create_message_with_text(thread, id, snapshot, None, audio)
+            .await
+    }
+
+    /// [`Self::create_message`] with an optional plain-text body.
+    pub async fn create_message_with_text(
+        &self,
+        thread: &ThreadId,
+        id: &MessageId,
+        snapshot: &RawValue,
+        text: Option<&str>,
+        audio: Option<&AudioChoice>,
+    ) -> Result<MessageView, ApiError> {
         crate::runtime::in_runtime(&self.rt, async move {
             let body = NewMessageBody {
                 id,
                 snapshot,
                 audio: audio.map(AudioChoice::json),
+                text,
             };
             let rb = self
                 .req(Method::POST, &format!("/v1/threads/{thread}/messages"))

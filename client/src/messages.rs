@@ -128,13 +128,40 @@ impl Client {
         snapshot: &serde_json::Value,
         audio: Option<Attachment>,
     ) -> Result<LocalMessage, ClientError> {
+        self.send_message_with_text(thread, snapshot, None, audio)
+            .await
+    }
+
+    /// [`Client::send_message`] with a plain-text body (checked here by the server's own
+    /// rule, `MessageText`: 1 to 2,000 characters, no control characters but line feed and
+    /// tab), shown by lists at once and sent with the message.
+    pub async fn send_message_with_text(
+        &self,
+        thread: &ThreadId,
+        snapshot: &serde_json::Value,
+        text: Option<&str>,
+        audio: Option<Attachment>,
+    ) -> Result<LocalMessage, ClientError> {
         crate::runtime::in_runtime(self.rt.handle(), async move {
             if snapshot.is_null() {
                 return Err(ClientError::InvalidInput(
                     "a snapshot is a JSON value other than null".into(),
                 ));
             }
-            let snapshot = RawValue::from_string(serde_json::to_string(snapshot)?)?;
+            let text = text
+                .map(|t| {
+                    audio_dedup_core::MessageText::new(t)
+                        .map(String::from)
+                        .map_err(|e| ClientError::InvalidInput(e.to_string()))
+                })
+                .transpose()?;
+            let snapshot_text = serde_json::to_string(snapshot)?;
+            if let Err(e) =
+                audio_dedup_core::Snapshot::new(RawValue::from_string(snapshot_text.clone())?)
+            {
+                return Err(ClientError::InvalidInput(e.to_string()));
+            }
+            let snapshot = RawValue::from_string(snapshot_text)?;
             let id: MessageId = uuid::Uuid::now_v7()
                 .to_string()
                 .parse()
@@ -175,11 +202,13 @@ impl Client {
                     size: snapshot.get().len() as u64,
                     sha256: ContentHash::of(snapshot.get().as_bytes()),
                 }),
+                text: text.clone(),
             };
             let draft = Draft {
                 snapshot,
                 audio: render,
                 from_message,
+                text,
             };
             let lane = Lane::Thread(thread.clone());
             let queued_lane = lane.clone();
@@ -315,7 +344,7 @@ impl Client {
         };
         let v = self
             .api
-            .create_message(thread, id, &d.snapshot, audio.as_ref())
+            .create_message_with_text(thread, id, &d.snapshot, d.text.as_deref(), audio.as_ref())
             .await?;
         self.updates.send(Update::Message {
             thread_id: thread.clone(),

@@ -139,16 +139,36 @@ async fn online_send_and_sync() {
     let r = cli(&url, &data, &["send", "jam", "--snapshot", &snap_arg]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.trim_end().ends_with(" sent"), "{}", r.stdout);
+    // Text alone (the snapshot is `{}`); a bad text is refused before anything is queued.
+    let r = cli(&url, &data, &["send", "jam", "--text", "in D, slower"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let texted = r
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let r = cli(&url, &data, &["send", "jam", "--text", "bell\u{7}"]).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.contains("control characters"), "{}", r.stderr);
 
     let other = tempfile::tempdir().expect("dir");
     let r = cli(&url, other.path(), &["messages", "jam"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
-        r.stdout.contains("synced: 1 new, 0 deleted"),
+        r.stdout.contains("synced: 2 new, 0 deleted"),
         "{}",
         r.stdout
     );
     assert!(r.stdout.contains("alice"), "{}", r.stdout);
+    let line = r.stdout.lines().rev().find(|l| l.contains(&texted));
+    assert!(
+        line.is_some_and(|l| l.contains("\"in D, slower\"")),
+        "{}",
+        r.stdout
+    );
+    let r = cli(&url, other.path(), &["snapshot", &texted]).await;
+    assert_eq!((r.code, r.stdout.trim()), (0, "{}"), "{}", r.stderr);
 
     let r = cli(&url, &data, &["messages", "nope"]).await;
     assert_eq!(r.code, 1, "an unknown thread is an error: {}", r.stdout);

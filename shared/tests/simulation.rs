@@ -1235,6 +1235,10 @@ async fn perform(
                     content_hash: w.hashes[*content],
                     format: AudioFormat::ALL[*content % 2],
                 })),
+                // Every other message carries text: its retries must match it too.
+                text: (*msg % 2 == 0).then(|| {
+                    MessageText::new(format!("take {msg}")).expect("a generated text is valid")
+                }),
             };
             let thread: ThreadId = THREAD.parse().expect("valid thread id");
             let (v, created) = sim.d.chat().create_message(owner, &thread, req).await?;
@@ -1259,6 +1263,7 @@ async fn perform(
                     *from_client,
                     *from_msg,
                 ))),
+                text: None,
             };
             let thread: ThreadId = THREAD.parse().expect("valid thread id");
             let (v, created) = match sim.d.chat().create_message(owner, &thread, req).await {

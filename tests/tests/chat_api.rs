@@ -556,6 +556,46 @@ async fn bad_input_on_every_new_route_is_a_4xx_and_writes_nothing() {
             "invalid_json",
         ),
         (
+            // Issue #25's attack: 20,000 nested arrays in 40 KB.
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Raw(
+                format!(
+                    "{{\"id\":\"m2\",\"snapshot\":{}{}}}",
+                    "[".repeat(20_000),
+                    "]".repeat(20_000)
+                )
+                .into_bytes(),
+            ),
+            400,
+            "snapshot_too_deep",
+        ),
+        (
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Json(json!({"id": "m2", "snapshot": {}, "text": "ring\u{7}"})),
+            400,
+            "invalid_text",
+        ),
+        (
+            Method::POST,
+            "/v1/threads/{id}/messages",
+            "/v1/threads/t1/messages".into(),
+            Body::Json(json!({"id": "m2", "snapshot": {}, "text": "x".repeat(2001)})),
+            400,
+            "invalid_text",
+        ),
+        (
+            Method::POST,
+            "/v1/threads",
+            "/v1/threads".into(),
+            Body::Json(json!({"title": "evil\u{202e}txt.mp3", "members": []})),
+            400,
+            "invalid_title",
+        ),
+        (
             Method::POST,
             "/v1/threads/{id}/messages",
             "/v1/threads/t1/messages".into(),
@@ -1018,4 +1058,48 @@ async fn positions_name_the_callers_logs_and_what_changed() {
     let carol = s.client(CAROL);
     let theirs = positions(&carol, "").await;
     assert_eq!(theirs.body["threads"], json!({}));
+}
+
+#[tokio::test]
+async fn a_message_text_is_stored_synced_checked_on_retry_and_dropped_on_delete() {
+    let s = TestServer::start().await;
+    let (alice, bob) = (s.client(ALICE), s.client(BOB));
+    create_thread(&alice, "tx", &["bob"]).await;
+    let body = json!({"id": "tx1", "snapshot": {"bpm": 90}, "text": "line one\n\tline two"});
+    let r = post(&alice, "tx", body.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["text"], "line one\n\tline two");
+    // The same create again answers the same; other text under the id is another message.
+    assert_eq!(post(&alice, "tx", body).await.status, StatusCode::OK);
+    let other = json!({"id": "tx1", "snapshot": {"bpm": 90}, "text": "other"});
+    assert_eq!(
+        post(&alice, "tx", other).await.code(),
+        "message_id_conflict"
+    );
+    let no_text = json!({"id": "tx1", "snapshot": {"bpm": 90}});
+    assert_eq!(
+        post(&alice, "tx", no_text).await.code(),
+        "message_id_conflict"
+    );
+    // Bob's sync carries it; the snapshot is unchanged.
+    let page = sync(&bob, "tx", "0").await;
+    assert_eq!(page.body["items"][0]["text"], "line one\n\tline two");
+    assert_eq!(snapshot(&bob, "tx1").await.body, json!({"bpm": 90}));
+    // A deletion's tombstone drops it.
+    assert_eq!(
+        delete_msg(&alice, "tx", "tx1").await.status,
+        StatusCode::NO_CONTENT
+    );
+    let page = sync(&bob, "tx", "1").await;
+    assert_eq!(page.body["items"][0]["state"], "deleted");
+    assert!(
+        page.body["items"][0].get("text").is_none(),
+        "{:?}",
+        page.body
+    );
+    let dump = s.dump();
+    assert!(
+        !format!("{dump:?}").contains("line one"),
+        "the text is gone from the store"
+    );
 }

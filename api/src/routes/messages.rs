@@ -12,7 +12,9 @@ use serde_json::value::RawValue;
 
 use audio_dedup_core::chat::NewMessage;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{MessageAudio, MessageId, Snapshot, ThreadId, MAX_SNAPSHOT_BYTES};
+use audio_dedup_core::{
+    MessageAudio, MessageId, MessageText, Snapshot, ThreadId, MAX_SNAPSHOT_BYTES,
+};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -20,8 +22,9 @@ use crate::error::ApiError;
 use crate::extract::{field, non_null, JsonBody, PathIds, StrictQuery};
 use crate::AppState;
 
-/// Largest `POST /v1/threads/{id}/messages` body: a full snapshot and the rest.
-pub const MAX_MESSAGE_BODY: usize = MAX_SNAPSHOT_BYTES + 16 * 1024;
+/// Largest `POST /v1/threads/{id}/messages` body: a full snapshot and the rest (a full text
+/// written as `\\u` escapes is at most 24,000 bytes).
+pub const MAX_MESSAGE_BODY: usize = MAX_SNAPSHOT_BYTES + 32 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +33,8 @@ pub struct CreateBody {
     snapshot: Box<RawValue>,
     #[serde(default, deserialize_with = "non_null")]
     audio: Option<MessageAudio>,
+    #[serde(default, deserialize_with = "non_null")]
+    text: Option<String>,
 }
 
 pub async fn create<B: BlobStore, I: TransactionalIndex>(
@@ -43,6 +48,7 @@ pub async fn create<B: BlobStore, I: TransactionalIndex>(
         id,
         snapshot: Snapshot::new(b.snapshot)?,
         audio: b.audio,
+        text: b.text.map(MessageText::new).transpose()?,
     };
     let (view, created) = s
         .dedup

@@ -434,6 +434,7 @@ async fn run() -> Result<bool, String> {
                 size: 40,
                 sha256: audio_dedup_core::ContentHash::of(b"snapshot"),
             }),
+            text: None,
         };
         let t = Instant::now();
         offline

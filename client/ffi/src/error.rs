@@ -35,6 +35,8 @@ pub enum ErrorCode {
     TooManyMembers,
     InvalidSnapshot,
     SnapshotTooLarge,
+    SnapshotTooDeep,
+    InvalidText,
     InvalidAudio,
     InvalidSize,
     InvalidProof,

@@ -107,6 +107,11 @@ enum Cmd {
     },
     /// Send a message (queued if offline).
     Send(SendArgs),
+    /// Print a message's snapshot (the cache first, else fetched and checked).
+    Snapshot {
+        /// The message's id.
+        message: MessageId,
+    },
     /// Delete one of your messages (queued if offline).
     Delete {
         thread: ThreadId,
@@ -177,9 +182,12 @@ enum LibraryCmd {
 struct SendArgs {
     /// The thread's id.
     thread: ThreadId,
-    /// A JSON file: the message's snapshot.
+    /// A JSON file: the message's snapshot (`{}` when only `--text` is given).
+    #[arg(long, required_unless_present = "text")]
+    snapshot: Option<PathBuf>,
+    /// The message's plain text (at most 2,000 characters).
     #[arg(long)]
-    snapshot: PathBuf,
+    text: Option<String>,
     /// An audio file to attach (uploaded before the message).
     #[arg(long)]
     audio: Option<PathBuf>,
@@ -285,7 +293,8 @@ fn print_messages(client: &Client, thread: &ThreadId) -> Res {
             None => String::new(),
         };
         let err = opt(m.error.as_ref(), |e| format!("  ({e})"));
-        out!("  {cursor:>6}  {id}  by {author}  {at}  {st}{snap}{audio}{err}");
+        let text = opt(m.text.as_ref(), |t| format!("  {t:?}"));
+        out!("  {cursor:>6}  {id}  by {author}  {at}  {st}{text}{snap}{audio}{err}");
     }
     Ok(())
 }
@@ -654,7 +663,10 @@ async fn run(cli: Cli) -> Res {
             watch(&client, thread.as_ref(), limit).await?;
         }
         Cmd::Send(a) => {
-            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&a.snapshot)?)?;
+            let json: serde_json::Value = match &a.snapshot {
+                Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
+                None => serde_json::json!({}),
+            };
             let attachment = match a.audio {
                 Some(path) => Some(Attachment::File {
                     format: format_of(&path, a.format)?,
@@ -662,7 +674,9 @@ async fn run(cli: Cli) -> Res {
                 }),
                 None => None,
             };
-            let m = client.send_message(&a.thread, &json, attachment).await?;
+            let m = client
+                .send_message_with_text(&a.thread, &json, a.text.as_deref(), attachment)
+                .await?;
             out!("{} {}", m.id, state(m.send_state));
             if m.send_state == SendState::Failed {
                 let why = match &m.error {
@@ -671,6 +685,10 @@ async fn run(cli: Cli) -> Res {
                 };
                 return Err(ClientError::InvalidInput(why));
             }
+        }
+        Cmd::Snapshot { message } => {
+            let json = client.snapshot(&message).await?;
+            out!("{}", String::from_utf8_lossy(&json));
         }
         Cmd::Delete { thread, message } => {
             client.delete_message(&thread, &message).await?;

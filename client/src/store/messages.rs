@@ -33,6 +33,8 @@ pub struct LocalMessage {
     pub audio: Option<AudioRender>,
     /// Size and SHA-256 of the snapshot (fetch it with `Client::snapshot`).
     pub snapshot: Option<SnapshotInfo>,
+    /// The message's plain text, if it has one.
+    pub text: Option<String>,
     /// Why it failed, when `send_state` is `Failed`.
     pub error: Option<FailureReason>,
 }
@@ -71,13 +73,16 @@ pub(crate) struct Draft {
     /// Forwarded from this message (then `audio` is only what the row shows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_message: Option<MessageId>,
+    /// The message's text, sent with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// The listed columns, in the order `local_row` reads them, as `SELECT … FROM messages`.
 macro_rules! select_listed {
     () => {
         "SELECT id, seq, send_state, error, author, created_at, audio_hash, audio_format,
-                snapshot_size, snapshot_sha, state, local_order FROM messages "
+                snapshot_size, snapshot_sha, state, local_order, text FROM messages "
     };
 }
 
@@ -154,6 +159,7 @@ fn local_row(
             send_state,
             audio,
             snapshot,
+            text: r.get(12)?,
             error: r.get(3)?,
         }),
     ))
@@ -378,8 +384,9 @@ impl Store {
 macro_rules! insert_row {
     () => {
         "INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json, draft,
-                               author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                               author, created_at, audio_hash, audio_format, snapshot_size, snapshot_sha,
+                               text)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
     };
 }
 
@@ -395,6 +402,7 @@ const MERGE: &str = concat!(
         audio_format = COALESCE(?12, messages.audio_format),
         snapshot_size = COALESCE(?13, messages.snapshot_size),
         snapshot_sha = COALESCE(?14, messages.snapshot_sha),
+        text = ?15,
         state = CASE WHEN messages.state = 'deleted' THEN 'deleted' ELSE ?6 END,
         send_state = CASE WHEN messages.send_state = 'sending' AND messages.state = 'deleted' AND ?6 = 'live'
                           THEN 'sending' ELSE 'sent' END,
@@ -427,7 +435,8 @@ fn insert(c: &Connection, sql: &str, v: &MessageView, row: &Row<'_>) -> rusqlite
         k.audio_hash,
         k.audio_format,
         k.snapshot_size,
-        k.snapshot_sha
+        k.snapshot_sha,
+        v.text.as_deref()
     ])?;
     Ok(())
 }
@@ -618,6 +627,7 @@ mod tests {
             deleted_at: None,
             audio: None,
             snapshot: None,
+            text: None,
         }
     }
 
@@ -647,6 +657,7 @@ mod tests {
                         snapshot: RawValue::from_string("{}".into()).expect("raw"),
                         audio: None,
                         from_message: None,
+                        text: None,
                     };
                     tx.insert_unsent_message(&view("t", &format!("u{i}"), None), &draft)?;
                 }

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS messages (
     audio_format TEXT,
     snapshot_size INTEGER,
     snapshot_sha BLOB,
+    -- The message's plain text, if any (shown in lists without parsing `json`).
+    text TEXT,
     -- The message as the server answers it (or as created locally).
     json TEXT NOT NULL,
     -- While unsent: what to send ({snapshot, audio}); NULL once the server has it.
@@ -115,7 +117,7 @@ CREATE TABLE IF NOT EXISTS uploads (
 
 /// Layout changes, applied in order by `open_checked` to an older file (`SCHEMA` has already
 /// created the tables and indexes that are new): `(from version, SQL)`.
-const MIGRATIONS: [(&str, &str); 2] = [
+const MIGRATIONS: [(&str, &str); 3] = [
     (
         "1",
         // Why an operation waits: an explicit Retry-After is kept apart from the backoff, so
@@ -130,11 +132,33 @@ const MIGRATIONS: [(&str, &str); 2] = [
         // Paged reads of a thread's tail (`SCHEMA` creates it; named here as what changed).
         "CREATE INDEX IF NOT EXISTS messages_unsent ON messages (thread_id, local_order) WHERE seq IS NULL;",
     ),
+    // Version 3 to 4: columns only (`ADDED_COLUMNS`).
+    ("3", ""),
 ];
+
+/// Columns added to existing tables since version 3, as `(table, column, declaration)`.
+/// `SCHEMA` declares them for a new file; a migrated file gets each one it lacks, after
+/// `MIGRATIONS` (so a file of any older version, however it was made, ends with all of them).
+const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("messages", "text", "TEXT")];
+
+/// Adds each of `ADDED_COLUMNS` that its table lacks.
+fn add_missing_columns(c: &Connection) -> rusqlite::Result<()> {
+    for (table, column, decl) in ADDED_COLUMNS {
+        let has: i64 = c.query_row(
+            &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if has == 0 {
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl};"))?;
+        }
+    }
+    Ok(())
+}
 
 /// Bumped when the layout changes; an older file is migrated (`MIGRATIONS`), an unknown one
 /// rebuilt from the server (the queue is carried over).
-const SCHEMA_VERSION: &str = "3";
+const SCHEMA_VERSION: &str = "4";
 
 /// What opening found.
 #[derive(Debug, Default)]
@@ -180,6 +204,7 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
             for (_, sql) in &MIGRATIONS[at..] {
                 tx.execute_batch(sql)?;
             }
+            add_missing_columns(&tx)?;
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'schema'",
                 [SCHEMA_VERSION],
@@ -329,5 +354,30 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 1, "the unsent message is still there");
+    }
+
+    /// A version-3 file (no `messages.text`) gets the column in place and keeps its rows.
+    #[test]
+    fn a_version_3_cache_gets_the_text_column_in_place() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("cache.sqlite");
+        {
+            let c = open_checked(&path).expect("create");
+            c.execute_batch(
+                "ALTER TABLE messages DROP COLUMN text;
+                 INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json,
+                                       author, created_at)
+                    VALUES ('t', 'm', 1, 1, 'sent', 'live', '{}', 'bob', 1);
+                 UPDATE meta SET value = '3' WHERE key = 'schema';",
+            )
+            .expect("back to version 3");
+        }
+        let (c, _, opened) = open(dir.path(), 1).expect("open");
+        assert!(opened.moved_to.is_none(), "migrated, not rebuilt");
+        assert_eq!(version(&c), SCHEMA_VERSION);
+        let text: Option<String> = c
+            .query_row("SELECT text FROM messages WHERE id = 'm'", [], |r| r.get(0))
+            .expect("the row, with the new column");
+        assert_eq!(text, None);
     }
 }

@@ -18,9 +18,9 @@ use super::message_audio::message_not_found;
 use super::threads::ahead_cursor;
 use super::ChatService;
 use crate::domain::{
-    ContentHash, EntryState, MessageAudio, MessageId, MessageRecord, MessageView, Millis, Page,
-    PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot, SnapshotStore, ThreadId, Uploader,
-    UserId,
+    ContentHash, EntryState, MessageAudio, MessageId, MessageRecord, MessageText, MessageView,
+    Millis, Page, PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot, SnapshotStore,
+    ThreadId, Uploader, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
@@ -41,6 +41,8 @@ pub struct NewMessage {
     pub id: MessageId,
     pub snapshot: Snapshot,
     pub audio: Option<MessageAudio>,
+    /// An optional plain-text body, stored inline with the message.
+    pub text: Option<MessageText>,
 }
 
 /// A snapshot as `GET /v1/messages/{id}/snapshot` answers it.
@@ -63,6 +65,7 @@ fn fingerprint(
     thread: &ThreadId,
     snapshot_sha256: &ContentHash,
     audio: Option<&MessageAudio>,
+    text: Option<&MessageText>,
 ) -> ContentHash {
     let mut h = Sha256::new();
     h.update(thread.as_str().as_bytes());
@@ -80,6 +83,13 @@ fn fingerprint(
         }
         None => {}
     }
+    // Only a message with text hashes it, so messages stored before texts existed keep
+    // their fingerprints (a retry of one still matches).
+    if let Some(t) = text {
+        h.update([3]);
+        h.update((t.as_str().len() as u64).to_be_bytes());
+        h.update(t.as_str().as_bytes());
+    }
     ContentHash::from_bytes(h.finalize().into())
 }
 
@@ -95,7 +105,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
     ) -> Result<(MessageView, bool), DedupError> {
         let text = req.snapshot.text().as_bytes();
         let sha = ContentHash::of(text);
-        let print = fingerprint(thread, &sha, req.audio.as_ref());
+        let print = fingerprint(thread, &sha, req.audio.as_ref(), req.text.as_ref());
         // Checked before anything is stored: a foreign caller or a retry stores nothing.
         self.member_thread(author, thread).await?;
         if let Some(m) = self
@@ -193,6 +203,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             snapshot_sha256: sha,
             snapshot,
             fingerprint: print,
+            text: req.text.as_ref().map(|t| t.as_str().to_owned()),
         };
         let mut th = t.value.clone();
         th.last_seq = seq;
@@ -303,6 +314,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         gone.state = EntryState::Deleted;
         gone.seq = seq;
         gone.deleted_at = Some(now);
+        gone.text = None;
         let purge = matches!(gone.snapshot, SnapshotStore::Blob { .. });
         if purge {
             // The reconciler finishes the purge if this request dies before it does.
@@ -313,6 +325,16 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         }
         txn.put(keys::thread(thread), &th, t.expect())?;
         txn.put(keys::thread_log(thread, seq), &gone.view(), Expect::Absent)?;
+        if m.value.text.is_some() {
+            // The creation's log entry carried the text: it goes with the message, so a
+            // reader syncing from the start never sees a deleted message's words.
+            let at = keys::thread_log(thread, m.value.created_seq);
+            if let Some(entry) = self.core.load::<MessageView>(&at).await? {
+                let mut redacted = entry.value.clone();
+                redacted.text = None;
+                txn.put(at, &redacted, entry.expect())?;
+            }
+        }
         Ok(if self.core.commit(txn).await? {
             Step::Done((deleting, purge))
         } else {
@@ -395,6 +417,7 @@ mod tests {
             id: id.parse().unwrap(),
             snapshot: Snapshot::new(raw).unwrap(),
             audio: None,
+            text: None,
         }
     }
 

@@ -18,6 +18,12 @@ pub const MAX_THREAD_MEMBERS: usize = 100;
 pub const MAX_TITLE_LEN: usize = 200;
 /// Largest snapshot a message carries (bytes of its JSON text).
 pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024;
+/// Deepest nesting of arrays and objects in a snapshot: deeper JSON breaks the recursive
+/// parsers most apps use (Python's `json` at about 1,000 levels, many at far fewer).
+pub const MAX_SNAPSHOT_DEPTH: usize = 64;
+/// Longest message text, in characters (Unicode scalar values, as JSON Schema's
+/// `maxLength` counts them): at most 8,000 bytes of UTF-8.
+pub const MAX_TEXT_CHARS: usize = 2000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadRecord {
@@ -133,6 +139,9 @@ pub struct MessageRecord {
     pub snapshot: SnapshotStore,
     /// SHA-256 of what the create asked for: a retry must ask for the same.
     pub fingerprint: ContentHash,
+    /// The plain-text body (`MessageText`), inline; dropped when the message is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 impl MessageRecord {
@@ -151,6 +160,7 @@ impl MessageRecord {
                 size: self.snapshot_size,
                 sha256: self.snapshot_sha256,
             }),
+            text: if live { self.text.clone() } else { None },
         }
     }
 }
@@ -178,6 +188,9 @@ pub struct MessageView {
     pub audio: Option<AudioRender>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotInfo>,
+    /// The message's plain text, if it has one (live messages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,10 @@
 
 use serde_json::value::RawValue;
 
-use super::{UserId, MAX_SNAPSHOT_BYTES, MAX_THREAD_MEMBERS, MAX_TITLE_LEN};
+use super::{
+    UserId, MAX_SNAPSHOT_BYTES, MAX_SNAPSHOT_DEPTH, MAX_TEXT_CHARS, MAX_THREAD_MEMBERS,
+    MAX_TITLE_LEN,
+};
 use crate::error::{DedupError, ErrorCode};
 
 /// A thread's or library item's title: 1 to 200 characters, not blank, no control characters.
@@ -16,7 +19,7 @@ impl Title {
         let n = title.chars().count();
         let ok = (1..=MAX_TITLE_LEN).contains(&n)
             && !title.trim().is_empty()
-            && !title.chars().any(char::is_control);
+            && !title.chars().any(|c| breaks_display(c, false));
         if !ok {
             return Err(DedupError::refused(
                 ErrorCode::InvalidTitle,
@@ -91,7 +94,7 @@ impl Members {
 }
 
 /// A message's snapshot: any JSON value but `null`, at most `MAX_SNAPSHOT_BYTES` of text,
-/// kept byte for byte as sent.
+/// nested at most `MAX_SNAPSHOT_DEPTH` arrays or objects deep, kept byte for byte as sent.
 #[derive(Debug, Clone)]
 pub struct Snapshot(Box<RawValue>);
 
@@ -109,6 +112,12 @@ impl Snapshot {
                 format!("a snapshot is at most {MAX_SNAPSHOT_BYTES} bytes of JSON"),
             ));
         }
+        if json_depth(raw.get()) > MAX_SNAPSHOT_DEPTH {
+            return Err(DedupError::refused(
+                ErrorCode::SnapshotTooDeep,
+                format!("a snapshot nests at most {MAX_SNAPSHOT_DEPTH} arrays or objects"),
+            ));
+        }
         Ok(Self(raw))
     }
 
@@ -119,6 +128,79 @@ impl Snapshot {
 
     pub fn to_raw(&self) -> Box<RawValue> {
         self.0.clone()
+    }
+}
+
+/// The deepest nesting of arrays and objects in valid JSON text, counted in one pass over
+/// its bytes (no recursion, so any depth is safe to measure). Brackets inside strings do not
+/// count; an escaped quote does not end a string.
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The characters another member's client must never be handed in text it shows: control
+/// characters other than line feed and tab, and the bidirectional overrides and isolates
+/// that reorder the text around them (a title could make a message read as another's).
+fn breaks_display(c: char, allow_lines: bool) -> bool {
+    if allow_lines && (c == '\n' || c == '\t') {
+        return false;
+    }
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A message's plain-text body: 1 to `MAX_TEXT_CHARS` characters, not blank; line feeds
+/// and tabs allowed, no other control characters or bidirectional overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageText(String);
+
+impl MessageText {
+    pub fn new(text: impl Into<String>) -> Result<Self, DedupError> {
+        let text = text.into();
+        let ok = !text.is_empty()
+            && text.chars().count() <= MAX_TEXT_CHARS
+            && !text.trim().is_empty()
+            && !text.chars().any(|c| breaks_display(c, true));
+        if !ok {
+            return Err(DedupError::refused(
+                ErrorCode::InvalidText,
+                format!(
+                    "a message text is 1 to {MAX_TEXT_CHARS} characters, not blank, with no control characters but line feeds and tabs"
+                ),
+            ));
+        }
+        Ok(Self(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<MessageText> for String {
+    fn from(t: MessageText) -> Self {
+        t.0
     }
 }
 
@@ -158,7 +240,13 @@ mod tests {
             Title::new("é".repeat(MAX_TITLE_LEN)).is_ok(),
             "characters, not bytes"
         );
-        for bad in ["", "   ", "a\nb", &"x".repeat(MAX_TITLE_LEN + 1)] {
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            "a\u{202e}b",
+            &"x".repeat(MAX_TITLE_LEN + 1),
+        ] {
             assert_eq!(code(Title::new(bad)), ErrorCode::InvalidTitle, "{bad:?}");
         }
     }
@@ -193,6 +281,65 @@ mod tests {
         assert_eq!(code(Snapshot::new(raw(&big))), ErrorCode::SnapshotTooLarge);
         let fits = format!("\"{}\"", "x".repeat(MAX_SNAPSHOT_BYTES - 2));
         assert!(Snapshot::new(raw(&fits)).is_ok());
+    }
+
+    #[test]
+    fn snapshot_nesting_is_limited_in_any_shape() {
+        let raw = |s: String| RawValue::from_string(s).unwrap();
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(Snapshot::new(raw(nested(MAX_SNAPSHOT_DEPTH))).is_ok());
+        assert_eq!(
+            code(Snapshot::new(raw(nested(MAX_SNAPSHOT_DEPTH + 1)))),
+            ErrorCode::SnapshotTooDeep
+        );
+        // The attack from issue #25: 20,000 nested arrays in 40 KB.
+        assert_eq!(
+            code(Snapshot::new(raw(nested(20_000)))),
+            ErrorCode::SnapshotTooDeep
+        );
+        let objects = format!(
+            "{}1{}",
+            "{\"a\":".repeat(MAX_SNAPSHOT_DEPTH + 1),
+            "}".repeat(MAX_SNAPSHOT_DEPTH + 1)
+        );
+        assert_eq!(
+            code(Snapshot::new(raw(objects))),
+            ErrorCode::SnapshotTooDeep
+        );
+        // Brackets in strings, and escaped quotes, are not nesting.
+        let in_string = format!(r#"{{"s":"{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+        assert!(Snapshot::new(raw(in_string)).is_ok());
+        // Siblings do not add up.
+        let wide = format!("[{}]", vec![nested(60); 100].join(","));
+        assert!(Snapshot::new(raw(wide)).is_ok());
+    }
+
+    #[test]
+    fn message_texts() {
+        assert_eq!(
+            MessageText::new("line one\n\tline two").unwrap().as_str(),
+            "line one\n\tline two"
+        );
+        assert!(
+            MessageText::new("é".repeat(MAX_TEXT_CHARS)).is_ok(),
+            "characters"
+        );
+        for bad in [
+            String::new(),
+            " \n ".into(),
+            "a\u{0}b".into(),
+            "a\rb".into(),
+            "bell\u{7}".into(),
+            "esc\u{1b}[31m".into(),
+            "\u{202e}reversed".into(),
+            "x".repeat(MAX_TEXT_CHARS + 1),
+        ] {
+            assert_eq!(
+                code(MessageText::new(bad.clone())),
+                ErrorCode::InvalidText,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,6 @@ pub use ids::{
     ConnectionId, IdParseError, LibraryItemId, MessageId, ReferenceId, ReferenceKind, SessionId,
     ThreadId, UserId,
 };
-pub use input::{Members, Proof, Snapshot, Title};
+pub use input::{Members, MessageText, Proof, Snapshot, Title};
 pub use records::*;
 pub use views::*;

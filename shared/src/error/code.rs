@@ -41,6 +41,10 @@ pub enum ErrorCode {
     TooManyMembers,
     InvalidSnapshot,
     SnapshotTooLarge,
+    /// A snapshot nested deeper than 64 arrays or objects.
+    SnapshotTooDeep,
+    /// A message's text: too long, or with control characters.
+    InvalidText,
     InvalidAudio,
     InvalidSize,
     InvalidProof,

@@ -36,6 +36,7 @@ pub fn msg(id: &str, snapshot: &str, audio: Option<ContentHash>) -> NewMessage {
                 format: AudioFormat::Mp3,
             })
         }),
+        text: None,
     }
 }
 
@@ -619,6 +620,7 @@ pub async fn members_reach_audio_through_messages<E: Env>(env: &E) {
         id: mid(id),
         snapshot: snap("{}"),
         audio: Some(MessageAudio::FromMessage(mid(from))),
+        text: None,
     };
     let e = d
         .chat()
