@@ -262,8 +262,13 @@ impl FsBlobStore {
             if buf.len() >= WRITE_CHUNK || (end && !buf.is_empty()) {
                 let at = start + received - buf.len() as u64;
                 let (file, bytes) = (data.clone(), std::mem::take(&mut buf));
-                blocking(move || Ok(file.write_all_at(&bytes, at)?)).await?;
-                buf.reserve(WRITE_CHUNK);
+                // The buffer comes back to be filled again: one allocation per part.
+                buf = blocking(move || {
+                    file.write_all_at(&bytes, at)?;
+                    Ok(bytes)
+                })
+                .await?;
+                buf.clear();
             }
             if end {
                 break;
