@@ -1130,3 +1130,106 @@ async fn stats_shards_spread_over_partitions_and_legacy_counters_still_count() {
         "counts spread over {written} shard partition(s)"
     );
 }
+
+/// A hot track on Lambda: many processes (each its own `Dedup`, so nothing batches across
+/// them) add references to one audio at once over a store that models DynamoDB's
+/// transaction conflicts. Every add succeeds; most skip the audio record (they write an open
+/// count shard); then every reference is removed, again from many processes, and the last
+/// one closes the shards and deletes the audio.
+#[tokio::test(start_paused = true)]
+async fn a_hot_track_takes_adds_from_many_processes_through_count_shards() {
+    use audio_dedup_core::ports::TransactionalIndex;
+    use audio_dedup_core::store::memory::ConflictModel;
+    let blobs = MemoryBlobs::new(Arc::new(NoFault));
+    let index = MemoryIndex::new(Arc::new(NoFault)).with_conflicts(ConflictModel {
+        hold: Duration::from_millis(10),
+        hold_yields: 0,
+    });
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let process = || {
+        Arc::new(Dedup::with_env(
+            blobs.clone(),
+            index.clone(),
+            DedupConfig {
+                max_add_batch: 1,
+                ..DedupConfig::default()
+            },
+            clock.clone(),
+            Arc::new(OsEntropy),
+        ))
+    };
+    let h = Harness {
+        d: process(),
+        blobs: blobs.clone(),
+        index: index.clone(),
+        clock: clock.clone(),
+    };
+    let hash = ContentHash::of(b"viral");
+    h.upload("alice", b"viral", None).await.unwrap();
+    let record_version = || async {
+        index
+            .get(&keys::audio(&hash))
+            .await
+            .unwrap()
+            .unwrap()
+            .version
+    };
+    let before = record_version().await;
+    const ADDS: usize = 120;
+    let tasks: Vec<_> = (0..ADDS)
+        .map(|i| {
+            let d = process();
+            tokio::spawn(async move {
+                d.audio()
+                    .add_reference(
+                        &user("alice"),
+                        &hash,
+                        &rid(&format!("r{i}")),
+                        ReferenceKind::Library,
+                    )
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    h.check();
+    assert_eq!(
+        h.d.audio().stats().await.unwrap().total_references,
+        ADDS as i64
+    );
+    let record_writes = record_version().await - before;
+    assert!(
+        record_writes < ADDS as u64 / 2,
+        "{record_writes} of {ADDS} adds wrote the audio record"
+    );
+    let open = index
+        .dump()
+        .iter()
+        .filter(|i| i.key.sk.starts_with("COUNT#") && !i.body.contains("\"count\":0"))
+        .count();
+    assert!(open > 1, "{open} count shards open");
+    assert!(index.modelled_conflicts() > 0, "the adds did contend");
+    let tasks: Vec<_> = (0..ADDS)
+        .map(|i| {
+            let d = process();
+            tokio::spawn(async move {
+                d.audio()
+                    .remove_reference(&user("alice"), &hash, &rid(&format!("r{i}")))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    h.check();
+    assert_eq!(h.object_count(), 0, "the last removal deleted the audio");
+    assert!(index
+        .dump()
+        .iter()
+        .filter(|i| i.key.sk.starts_with("COUNT#"))
+        .all(|i| i.body.contains("\"count\":0")));
+    h.settled();
+}

@@ -103,7 +103,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             return Ok(false);
         }
         let p = self.referenced_audio(hash).await?;
-        self.plan_remove_reference(txn, &r, &p)
+        self.plan_remove_reference(txn, &r, &p).await
     }
 
     /// Finishes a deletion that a dropped reference started (the reconciler does if not).

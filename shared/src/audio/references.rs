@@ -7,6 +7,14 @@
 //! Race closed: the last reference removed while another is added. Both transactions CAS the
 //! audio record's version; the add re-reads, sees `Deleting`, and answers 409. Concurrent adds
 //! to one audio are batched in-process (`combine`), so they do not lose to each other.
+//!
+//! A hot track (docs/protocol.md, "A hot track"): adds from many processes at once (one
+//! Lambda each) would all compare-and-swap the one audio record. An add that lost once opens
+//! one of the audio's count shards instead (one compare-and-swap of the record, which counts
+//! the open shard as a `SHARD_TOKEN`); later adds and removals that find an open shard write
+//! only that shard, under its version, and never the record. A shard is opened and closed
+//! only together with the record, so "a shard is open" implies "the record counts a
+//! reference", which implies "the record is active": the deletion argument is unchanged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +30,9 @@ use crate::domain::{
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, Expect, TransactionalIndex};
-use crate::protocol::codec::{Txn, Versioned};
+use crate::protocol::codec::{
+    direct_refs, expect_of, open_shards, CountShard, Txn, Versioned, SHARD_TOKEN,
+};
 use crate::protocol::{guards, keys, ms, Step};
 
 /// One reference add waiting in a batch.
@@ -51,6 +61,30 @@ impl AddRequest {
 }
 
 pub(crate) type AddAnswer = Result<ReferenceView, DedupError>;
+
+/// Where an add's count goes.
+enum AddRoute {
+    /// The audio record's own count (its compare-and-swap).
+    Direct,
+    /// Open shard `n`, read at this version: written alone, the record untouched.
+    Shard(u64, Versioned<CountShard>),
+    /// Closed shard `n` (as read): opened together with the record.
+    Open(u64, Option<Versioned<CountShard>>),
+}
+
+/// Where a removal's count comes off.
+enum RemoveRoute {
+    /// The record's own count (and its transitions at zero).
+    Direct,
+    /// Shard `n`, which keeps at least one reference: written alone.
+    Shard(u64, Versioned<CountShard>),
+    /// Shard `n`, whose last reference this is: closed together with the record.
+    Close(u64, Versioned<CountShard>),
+}
+
+fn is_open(s: &Versioned<CountShard>, a: &AudioRecord) -> bool {
+    s.value.count > 0 && s.value.generation == a.generation
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attach {
@@ -189,18 +223,117 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             }
             return Ok(Step::Done(answers));
         }
+        let route = self.add_route(&p, use_seen).await?;
         let mut a = p.value.clone();
         let mut txn = self.core.txn();
         for &i in &new {
             let r = &batch[i];
             answers[i] = Ok(self.plan_new_reference(&mut txn, &mut a, &r.owner, &r.wanted)?);
         }
-        self.put_or_check_audio(&mut txn, a, &p)?;
+        let added = new.len() as u64;
+        match route {
+            AddRoute::Direct => self.put_or_check_audio(&mut txn, a, &p)?,
+            AddRoute::Shard(n, s) => {
+                let shard = CountShard {
+                    count: s.value.count + added,
+                    ..s.value.clone()
+                };
+                let expect = if guards::count_shard_guard() {
+                    s.expect()
+                } else {
+                    Expect::Any
+                };
+                txn.put_count_shard(n, &shard, expect)?;
+                txn.stats_shard_for(hash, n);
+            }
+            AddRoute::Open(n, s) => {
+                a.refs = p.value.refs + SHARD_TOKEN;
+                let shard = CountShard {
+                    hash: *hash,
+                    generation: p.value.generation,
+                    count: added,
+                };
+                txn.put_count_shard(n, &shard, expect_of(s.as_ref()))?;
+                txn.stats_shard_for(hash, n);
+                self.put_or_check_audio(&mut txn, a, &p)?;
+            }
+        }
         Ok(if self.core.commit(txn).await? {
             Step::Done(answers)
         } else {
             Step::Lost
         })
+    }
+
+    /// Where the count of an add to active audio `p` goes. One random shard is read when
+    /// the record has shards open, or when this is a retry (the first attempt lost a race
+    /// for the record): an open one takes the add alone; a closed one is opened on a retry.
+    /// A first attempt on audio with no open shard counts on the record, as always, so
+    /// audio that is not contended costs no extra item.
+    async fn add_route(
+        &self,
+        p: &Versioned<AudioRecord>,
+        first: bool,
+    ) -> Result<AddRoute, DedupError> {
+        if first && open_shards(p.value.refs) == 0 {
+            return Ok(AddRoute::Direct);
+        }
+        let n = self.core.entropy.next_u64() % keys::COUNT_SHARDS;
+        let s = self
+            .core
+            .load::<CountShard>(&keys::count_shard(&p.value.hash, n))
+            .await?;
+        Ok(match s {
+            Some(s) if is_open(&s, &p.value) => AddRoute::Shard(n, s),
+            _ if first => AddRoute::Direct,
+            s => AddRoute::Open(n, s),
+        })
+    }
+
+    /// Where the count of a removal from audio `p` comes off. Audio with no open shard: the
+    /// record. Otherwise a random shard with two or more references, else (all shards read,
+    /// after `p`, so a shard opened or closed since makes the record's condition fail) any
+    /// such shard, else the record's own count, else an open shard's last reference.
+    async fn remove_route(&self, p: &Versioned<AudioRecord>) -> Result<RemoveRoute, DedupError> {
+        let a = &p.value;
+        if open_shards(a.refs) == 0 {
+            return Ok(RemoveRoute::Direct);
+        }
+        let n = self.core.entropy.next_u64() % keys::COUNT_SHARDS;
+        let one = self
+            .core
+            .load::<CountShard>(&keys::count_shard(&a.hash, n))
+            .await?;
+        if let Some(s) = one.filter(|s| is_open(s, a) && s.value.count >= 2) {
+            return Ok(RemoveRoute::Shard(n, s));
+        }
+        let all = join_all((0..keys::COUNT_SHARDS).map(|n| async move {
+            let s = self
+                .core
+                .load::<CountShard>(&keys::count_shard(&a.hash, n))
+                .await;
+            (n, s)
+        }))
+        .await;
+        let mut open = Vec::new();
+        for (n, s) in all {
+            if let Some(s) = s?.filter(|s| is_open(s, a)) {
+                open.push((n, s));
+            }
+        }
+        if let Some(i) = open.iter().position(|(_, s)| s.value.count >= 2) {
+            let (n, s) = open.swap_remove(i);
+            return Ok(RemoveRoute::Shard(n, s));
+        }
+        if direct_refs(a.refs) > 0 {
+            return Ok(RemoveRoute::Direct);
+        }
+        match open.pop() {
+            Some((n, s)) => Ok(RemoveRoute::Close(n, s)),
+            // The record counts an open shard that the reads did not find: they straddled
+            // a change to the record. Nothing is written; the caller retries.
+            None => Err(DedupError::Busy),
+        }
     }
 
     /// An existing live reference with the same kind answers as the first add did.
@@ -349,17 +482,67 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     }
 
     /// Plans removing live reference `r` from audio `p`: the reference becomes a tombstone
-    /// and the count drops, both conditioned on the versions read. Returns whether the
-    /// audio becomes `Deleting` (the caller then finishes the deletion after committing).
-    pub(crate) fn plan_remove_reference(
+    /// and the count drops (on the record, or on one of its count shards), both conditioned
+    /// on the versions read. Returns whether the audio becomes `Deleting` (the caller then
+    /// finishes the deletion after committing).
+    pub(crate) async fn plan_remove_reference(
         &self,
         txn: &mut Txn,
         r: &Versioned<ReferenceRecord>,
         p: &Versioned<AudioRecord>,
     ) -> Result<bool, DedupError> {
+        match self.remove_route(p).await? {
+            RemoveRoute::Direct => self.plan_remove_counted(txn, r, p, 1),
+            RemoveRoute::Shard(n, s) => {
+                let shard = CountShard {
+                    count: s.value.count - 1,
+                    ..s.value.clone()
+                };
+                let expect = if guards::count_shard_guard() {
+                    s.expect()
+                } else {
+                    Expect::Any
+                };
+                txn.put_count_shard(n, &shard, expect)?;
+                txn.stats_shard_for(&p.value.hash, n);
+                txn.stats.reference(p.value.size, -1);
+                self.plan_tombstone(txn, r)?;
+                Ok(false)
+            }
+            RemoveRoute::Close(n, s) => {
+                let shard = CountShard {
+                    count: 0,
+                    ..s.value.clone()
+                };
+                txn.put_count_shard(n, &shard, s.expect())?;
+                txn.stats_shard_for(&p.value.hash, n);
+                self.plan_remove_counted(txn, r, p, SHARD_TOKEN)
+            }
+        }
+    }
+
+    fn plan_tombstone(
+        &self,
+        txn: &mut Txn,
+        r: &Versioned<ReferenceRecord>,
+    ) -> Result<(), DedupError> {
+        let mut removed = r.value.clone();
+        removed.state = ReferenceState::Removed;
+        removed.removed_at = Some(self.core.now());
+        txn.put_reference(&removed, r.expect())
+    }
+
+    /// The removal's count comes off the record (`minus`: 1, or a closed shard's token).
+    fn plan_remove_counted(
+        &self,
+        txn: &mut Txn,
+        r: &Versioned<ReferenceRecord>,
+        p: &Versioned<AudioRecord>,
+        minus: u64,
+    ) -> Result<bool, DedupError> {
         let now = self.core.now();
         let mut a = p.value.clone();
-        a.refs = a.refs.saturating_sub(1);
+        a.refs = a.refs.saturating_sub(minus);
         a.updated_at = now;
         txn.stats.reference(a.size, -1);
         let mut deleting = false;
@@ -386,10 +569,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             Expect::Any
         };
         txn.put_audio_expecting(&a, Some(&p.value), expect)?;
-        let mut removed = r.value.clone();
-        removed.state = ReferenceState::Removed;
-        removed.removed_at = Some(now);
-        txn.put_reference(&removed, r.expect())?;
+        self.plan_tombstone(txn, r)?;
         Ok(deleting)
     }
 
@@ -414,7 +594,11 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         }
         let p = self.referenced_audio(hash).await?;
         let mut txn = self.core.txn();
-        let deleting = self.plan_remove_reference(&mut txn, &r, &p)?;
+        let deleting = match self.plan_remove_reference(&mut txn, &r, &p).await {
+            Ok(deleting) => deleting,
+            Err(DedupError::Busy) => return Ok(Step::Lost),
+            Err(e) => return Err(e),
+        };
         Ok(if self.core.commit(txn).await? {
             Step::Done(deleting)
         } else {

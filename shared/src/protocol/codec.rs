@@ -1,7 +1,7 @@
 //! Typed records over the index's JSON items, and the transaction builder every flow uses.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{keys, ms, Core};
 use crate::domain::{
@@ -62,15 +62,24 @@ impl<B: BlobStore, I: TransactionalIndex> Core<B, I> {
             ops: Vec::new(),
             stats: StatsDelta::default(),
             slack: ms(self.cfg.session_slack),
+            stats_shard: None,
         }
     }
 
     /// Commits; `Ok(false)` when a condition failed or a transaction conflicted (nothing written).
     pub(crate) async fn commit(&self, txn: Txn) -> Result<bool, DedupError> {
-        let Txn { mut ops, stats, .. } = txn;
+        let Txn {
+            mut ops,
+            stats,
+            stats_shard,
+            ..
+        } = txn;
         if !stats.is_zero() {
+            let shard = stats_shard
+                .map(|s| s % self.cfg.stats_shards.clamp(1, keys::MAX_STATS_SHARDS))
+                .unwrap_or_else(|| self.random_shard());
             ops.push(WriteOp::Bump {
-                key: keys::stats_shard(self.random_shard()),
+                key: keys::stats_shard(shard),
                 deltas: stats.deltas(),
             });
         }
@@ -159,6 +168,33 @@ pub(crate) struct Txn {
     ops: Vec<WriteOp>,
     pub stats: StatsDelta,
     slack: i64,
+    /// The stats shard to bump (modulo the shard count); `None`: a random one.
+    stats_shard: Option<u64>,
+}
+
+/// One of an audio record's reference-count shards (`AUDIO#h / COUNT#nn`). A shard is *open*
+/// while `count >= 1`; the audio record then counts it as one [`SHARD_TOKEN`] in `refs`, and
+/// `generation` is the record's. See docs/protocol.md, "A hot track".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountShard {
+    pub hash: crate::domain::ContentHash,
+    pub generation: u64,
+    pub count: u64,
+}
+
+/// What one open count shard weighs in an audio record's `refs`: `refs` is the references
+/// counted on the record itself plus `SHARD_TOKEN` per open shard, so `refs == 0` still
+/// means "no reference at all", and each part can be told from the other.
+pub const SHARD_TOKEN: u64 = 1 << 32;
+
+/// How many count shards audio with `refs` has open.
+pub fn open_shards(refs: u64) -> u64 {
+    refs / SHARD_TOKEN
+}
+
+/// The references an audio record with `refs` counts on itself.
+pub fn direct_refs(refs: u64) -> u64 {
+    refs % SHARD_TOKEN
 }
 
 impl Txn {
@@ -262,6 +298,26 @@ impl Txn {
         due: Millis,
     ) -> Result<(), DedupError> {
         self.put_json(key, value, expect, Some(due))
+    }
+
+    /// Writes count shard `n` of `rec.hash`.
+    pub fn put_count_shard(
+        &mut self,
+        n: u64,
+        rec: &CountShard,
+        expect: Expect,
+    ) -> Result<(), DedupError> {
+        self.put_json(keys::count_shard(&rec.hash, n), rec, expect, None)
+    }
+
+    /// Bumps the stats shard tied to count shard `n` of `hash`: concurrent writes to one
+    /// audio's distinct count shards then bump distinct stats shards (while there are at
+    /// least as many stats shards as count shards), so they cannot conflict on stats.
+    pub fn stats_shard_for(&mut self, hash: &crate::domain::ContentHash, n: u64) {
+        let bytes = hash.as_bytes();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&bytes[..8]);
+        self.stats_shard = Some(u64::from_le_bytes(first).wrapping_add(n));
     }
 
     pub fn check(&mut self, key: Key, expect: Expect) {

@@ -16,6 +16,11 @@ pub(crate) fn reference_items() -> bool {
 pub(crate) fn decrement_guard() -> bool {
     on(Guard::Decrement)
 }
+/// A write to a count shard that skips the audio record is conditioned on the shard's
+/// version (an open shard is what stands for "the audio is active and referenced").
+pub(crate) fn count_shard_guard() -> bool {
+    on(Guard::CountShard)
+}
 /// A deletion removes exactly the object version the record names.
 pub(crate) fn exact_version_delete() -> bool {
     on(Guard::ExactVersionDelete)
@@ -24,6 +29,12 @@ pub(crate) fn exact_version_delete() -> bool {
 /// Closing a session gives its place in the owner's quota back.
 pub(crate) fn session_release() -> bool {
     on(Guard::SessionRelease)
+}
+
+/// A membership change retried after a lost compare-and-swap starts again from the thread
+/// record as it is now (not the members it read first), so concurrent changes are not lost.
+pub(crate) fn membership_reread() -> bool {
+    on(Guard::MembershipReread)
 }
 
 /// The guards, named in `AUDIO_DEDUP_MUTANT` as the mutant that lacks one.
@@ -36,10 +47,14 @@ enum Guard {
     ReferenceItems,
     #[cfg_attr(feature = "mutants", strum(serialize = "no-decrement-guard"))]
     Decrement,
+    #[cfg_attr(feature = "mutants", strum(serialize = "no-count-shard-guard"))]
+    CountShard,
     #[cfg_attr(feature = "mutants", strum(serialize = "no-exact-version-delete"))]
     ExactVersionDelete,
     #[cfg_attr(feature = "mutants", strum(serialize = "no-session-release"))]
     SessionRelease,
+    #[cfg_attr(feature = "mutants", strum(serialize = "no-membership-reread"))]
+    MembershipReread,
 }
 
 #[cfg(not(feature = "mutants"))]

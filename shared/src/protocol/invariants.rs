@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::codec::{direct_refs, open_shards, CountShard};
 use super::keys;
 use crate::domain::{
     AudioRecord, AudioState, ContentHash, EntryState, LibraryItemRecord, MessageRecord,
@@ -17,6 +18,8 @@ use crate::ports::{Item, Key, ObjectMeta};
 pub enum Record {
     Audio(AudioRecord),
     Reference(ReferenceRecord),
+    /// One of an audio's reference-count shards.
+    CountShard(CountShard),
     Message(MessageRecord),
     LibraryItem(LibraryItemRecord),
     Session(SessionRecord),
@@ -36,6 +39,7 @@ pub enum Record {
 enum Kind {
     Audio,
     Reference,
+    CountShard,
     Message,
     LibraryItem,
     Session,
@@ -48,6 +52,8 @@ fn kind_of(key: &Key) -> Option<Kind> {
         Some(Kind::Audio)
     } else if sk.starts_with("REF#") {
         Some(Kind::Reference)
+    } else if sk.starts_with("COUNT#") && pk.starts_with("AUDIO#") {
+        Some(Kind::CountShard)
     } else if sk == "META" && pk.starts_with("MSG#") {
         Some(Kind::Message)
     } else if sk.starts_with("ITEM#") && pk.starts_with("LIB#") {
@@ -72,6 +78,7 @@ impl Record {
         let decoded = match kind_of(&item.key) {
             Some(Kind::Audio) => decode(item, "audio record", Record::Audio),
             Some(Kind::Reference) => decode(item, "reference", Record::Reference),
+            Some(Kind::CountShard) => decode(item, "count shard", Record::CountShard),
             Some(Kind::Message) => decode(item, "message", Record::Message),
             Some(Kind::LibraryItem) => decode(item, "library item", Record::LibraryItem),
             Some(Kind::Session) => decode(item, "session", Record::Session),
@@ -122,11 +129,13 @@ pub fn safety_of(
     let objects: HashMap<&str, &ObjectMeta> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
     let mut audio: HashMap<ContentHash, &AudioRecord> = HashMap::new();
     let mut live: HashMap<ContentHash, u64> = HashMap::new();
+    let mut shards: HashMap<ContentHash, Vec<&CountShard>> = HashMap::new();
     for record in records {
         match record {
             Record::Audio(a) => {
                 audio.insert(a.hash, a);
             }
+            Record::CountShard(s) => shards.entry(s.hash).or_default().push(s),
             Record::Reference(r) if r.state == ReferenceState::Live => {
                 *live.entry(r.hash).or_default() += 1
             }
@@ -138,8 +147,32 @@ pub fn safety_of(
     let (mut unreferenced, mut unreferenced_bytes) = (0i64, 0i64);
     for (hash, a) in &audio {
         let n = live.get(hash).copied().unwrap_or(0);
-        if a.refs != n {
-            bad.push(format!("{hash}: count {} but {n} live references", a.refs));
+        // The record's own count plus its open shards' counts; the record holds one token
+        // per open shard, and an open shard is of the record's generation.
+        let open: Vec<&CountShard> = shards
+            .get(hash)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|s| s.count > 0)
+            .collect();
+        let counted = direct_refs(a.refs) + open.iter().map(|s| s.count).sum::<u64>();
+        if counted != n {
+            bad.push(format!(
+                "{hash}: count {counted} ({} on the record, {} open shards) but {n} live references",
+                direct_refs(a.refs),
+                open.len()
+            ));
+        }
+        if open_shards(a.refs) != open.len() as u64 {
+            bad.push(format!(
+                "{hash}: the record counts {} open shards, {} are open",
+                open_shards(a.refs),
+                open.len()
+            ));
+        }
+        if open.iter().any(|s| s.generation != a.generation) {
+            bad.push(format!("{hash}: an open count shard of another generation"));
         }
         match a.state() {
             AudioState::Active => {
@@ -174,6 +207,11 @@ pub fn safety_of(
                 "{hash}: {n} live references to {} audio",
                 a.state().as_str()
             ));
+        }
+    }
+    for hash in shards.keys() {
+        if !audio.contains_key(hash) {
+            bad.push(format!("{hash}: count shards of no audio record"));
         }
     }
     for (hash, n) in &live {

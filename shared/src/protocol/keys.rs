@@ -31,6 +31,14 @@ pub fn reference(hash: &ContentHash, owner: &UserId, ref_id: &ReferenceId) -> Ke
     Key::new(audio_pk(hash), format!("REF#{owner}#{ref_id}"))
 }
 
+/// Reference-count shards per audio (docs/protocol.md, "A hot track").
+pub const COUNT_SHARDS: u64 = 32;
+
+/// Count shard `n` of `hash`'s references: `AUDIO#h / COUNT#nn`.
+pub fn count_shard(hash: &ContentHash, n: u64) -> Key {
+    Key::new(audio_pk(hash), format!("COUNT#{n:02}"))
+}
+
 pub fn holder(hash: &ContentHash, owner: &UserId) -> Key {
     Key::new(audio_pk(hash), format!("HOLDER#{owner}"))
 }

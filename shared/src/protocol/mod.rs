@@ -13,7 +13,7 @@ mod reconcile;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use codec::Versioned;
+pub use codec::{CountShard, Versioned};
 
 use crate::audio::AudioEngine;
 use crate::chat::ChatService;
@@ -132,7 +132,7 @@ impl Default for DedupConfig {
             deletion_grace: Duration::ZERO,
             unreferenced_ttl: Duration::from_secs(24 * 60 * 60),
             direct_lease: Duration::from_secs(5 * 60),
-            stats_shards: 16,
+            stats_shards: 64,
             snapshot_inline_max: 350_000,
             snapshot_grace: Duration::from_secs(15 * 60),
             positions_margin: Duration::from_secs(5 * 60),
