@@ -235,6 +235,20 @@ with urllib.request.urlopen(heard["url"], timeout=60) as r:
     check(hashlib.sha256(r.read()).hexdigest() == big_digest, "the presigned GET serves the exact bytes")
 st, _ = http_call("threads", api_event("GET", audio_path, "", "eve", None))
 check(st == 404, f"a non-member gets 404 for the message's audio: {st}")
+# Membership: any member adds (eve then hears the history), anyone leaves (404 again after).
+st, t = http_call("threads", api_event("POST", "/v1/threads/jam/members", "", "dave",
+                                       json.dumps({"member": "eve"}).encode()))
+check(st == 201 and t["members"] == ["carol", "dave", "eve"], f"dave adds eve: {st} {t}")
+st, _ = http_call("threads", api_event("GET", audio_path, "", "eve", None))
+check(st == 200, f"a new member hears the history: {st}")
+st, _ = http_call("threads", api_event("DELETE", "/v1/threads/jam/members/carol", "", "dave", None))
+check(st == 403, f"only the creator removes others: {st}")
+st, _ = http_call("threads", api_event("DELETE", "/v1/threads/jam/members/eve", "", "eve", None))
+check(st == 204, f"eve leaves: {st}")
+st, _ = http_call("threads", api_event("GET", audio_path, "", "eve", None))
+check(st == 404, f"after leaving, eve gets a stranger's 404: {st}")
+st, feed = http_call("threads", api_event("GET", "/v1/threads", "", "eve", None))
+check(st == 200 and feed["items"][-1].get("left") is True, f"eve's feed says she left: {feed}")
 st, saved = http_call("library", api_event("PUT", "/v1/library/from-carol", "", "dave",
                                            json.dumps({"from_message": "0190c0de-0001", "title": "Carol's"}).encode()))
 check(st == 201 and saved["content_hash"] == big_digest, f"dave saves it from the message: {st}")

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use audio_dedup_core::{
     AudioFormat, ContentHash, ErrorCode, LibraryItemId, MessageId, ReferenceId, ReferenceKind,
-    SessionId, ThreadId,
+    SessionId, ThreadId, UserId,
 };
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
@@ -136,6 +136,7 @@ fields! {
     ThreadId => InvalidThreadId,
     MessageId => InvalidMessageId,
     LibraryItemId => InvalidItemId,
+    UserId => InvalidMember,
 }
 
 /// Parses `raw` as a `T`, or refuses it with `T`'s code.

@@ -95,6 +95,14 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
                 post(threads::create::<B, I>).get(threads::list::<B, I>),
             )
             .route("/v1/threads/{id}", get(threads::get_one::<B, I>))
+            .route(
+                "/v1/threads/{id}/members",
+                post(threads::add_member::<B, I>),
+            )
+            .route(
+                "/v1/threads/{id}/members/{member}",
+                delete(threads::remove_member::<B, I>),
+            )
             .route("/v1/positions", get(threads::positions::<B, I>))
             .route(
                 "/v1/threads/{id}/messages",

@@ -384,3 +384,9 @@ async fn presigned_parts_sign_their_checksum_and_length() {
     assert!(query.contains("partNumber=2") && query.contains("uploadId=u1"));
     assert_eq!(signed.headers["x-amz-checksum-sha256"], hash.to_base64());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_membership_changes_keep_record_and_feeds_consistent() {
+    let Some(env) = Aws::new().await else { return };
+    contract::chat::concurrent_membership_changes_keep_record_and_feeds_consistent(&env).await;
+}

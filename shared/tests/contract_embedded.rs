@@ -296,3 +296,9 @@ async fn abandoned_parts_are_aborted_by_the_reconciler() {
     let env = Embedded::with_config(contract::parts::config());
     contract::parts::abandoned_parts_are_aborted_by_the_reconciler(&env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_membership_changes_keep_record_and_feeds_consistent() {
+    contract::chat::concurrent_membership_changes_keep_record_and_feeds_consistent(&Embedded::new())
+        .await;
+}

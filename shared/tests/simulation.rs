@@ -252,11 +252,29 @@ enum Action {
     Flood {
         sessions: u32,
     },
+    /// A change of the shared thread's members, about guest `guest` (a user no client
+    /// is): added by this client (any member may), removed by this client (only the
+    /// creator may: the others are refused), or leaving (the guest itself).
+    Member {
+        guest: u32,
+        op: MemberOp,
+    },
     /// The same request as step `of` of this client, again (possibly much later).
     Retry {
         of: usize,
         action: Box<Action>,
     },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum MemberOp {
+    Add,
+    Remove,
+    Leave,
+}
+
+fn guest(n: u32) -> UserId {
+    format!("guest{n}").parse().expect("valid user")
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +377,7 @@ fn describe(client: usize, a: &Action) -> String {
             message_id(*from_client, *from_msg)
         ),
         Action::Unpost { msg } => format!("delete_message {}", message_id(client, *msg)),
+        Action::Member { guest: g, op } => format!("member {op:?} {}", guest(*g)),
         Action::Retry { of, action } => format!("RETRY of #{of}: {}", describe(client, action)),
     }
 }
@@ -641,6 +660,22 @@ fn client_script(
             action,
         });
     }
+    // Membership changes of the shared thread, from a stream of their own (so the rest of
+    // each script is as before), without pauses, so clients' changes overlap.
+    let mut mem = Rng::new(seed, 7000 + c as u64);
+    if mem.chance(0.6) {
+        for _ in 0..mem.range(1, 4) {
+            let op = [MemberOp::Add, MemberOp::Remove, MemberOp::Leave][mem.weighted(&[5, 3, 2])];
+            steps.push(Step {
+                id: steps.len(),
+                pause_ms: mem.pick(&[0, 0, 1]),
+                action: Action::Member {
+                    guest: mem.below(2) as u32,
+                    op,
+                },
+            });
+        }
+    }
     if p.cleanup {
         r.shuffle(&mut posts);
         for msg in posts {
@@ -919,6 +954,15 @@ impl Sim {
             let records: Vec<&Record> = records.iter().map(|r| &**r).collect();
             invariants::safety_of(&records, &objects, &counters, "")
         };
+        if !bad.is_empty() {
+            self.fail("safety", &context(), bad);
+        }
+    }
+
+    /// The membership invariant (`chat::membership_violations`): the shared thread's record
+    /// lists exactly the users whose feed's latest entry for it is a join.
+    fn check_membership(&self, context: impl FnOnce() -> String) {
+        let bad = audio_dedup_core::chat::membership_violations(&self.index.dump());
         if !bad.is_empty() {
             self.fail("safety", &context(), bad);
         }
@@ -1288,6 +1332,28 @@ async fn perform(
                 .await?;
             sim.trace.bump("message.deleted");
             Ok("ok".into())
+        }
+        Action::Member { guest: g, op } => {
+            let thread: ThreadId = THREAD.parse().expect("valid thread id");
+            let chat = sim.d.chat();
+            let r = match op {
+                MemberOp::Add => chat
+                    .add_member(owner, &thread, &guest(*g))
+                    .await
+                    .map(|(_, added)| added),
+                MemberOp::Remove => chat.remove_member(owner, &thread, &guest(*g)).await,
+                MemberOp::Leave => chat.remove_member(&guest(*g), &thread, &guest(*g)).await,
+            };
+            // Checked at once, without awaiting: every state between two store calls holds it.
+            sim.check_membership(|| format!("c{} after member {op:?} guest{g}", c.idx));
+            let changed = r?;
+            sim.trace.bump(match (op, changed) {
+                (MemberOp::Add, true) => "member.added",
+                (MemberOp::Remove, true) => "member.removed",
+                (MemberOp::Leave, true) => "member.left",
+                (_, false) => "member.unchanged",
+            });
+            Ok(format!("ok changed={changed}"))
         }
         Action::Retry { .. } => unreachable!("retries are unwrapped by the caller"),
     }
@@ -1736,7 +1802,10 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
         settle(&sim, &mut held).await;
     }
     if !sim.failed() {
-        let bad = invariants::settled(&sim.index.dump(), &sim.blobs.metas(), "");
+        let mut bad = invariants::settled(&sim.index.dump(), &sim.blobs.metas(), "");
+        bad.extend(audio_dedup_core::chat::membership_violations(
+            &sim.index.dump(),
+        ));
         if !bad.is_empty() {
             sim.fail(
                 "settled",
@@ -2133,6 +2202,9 @@ fn workload_exercises_every_flow_and_fault() {
         "message.deleted",
         "message.forwarded",
         "message.forward_refused",
+        "member.added",
+        "member.removed",
+        "member.left",
         "reconcile.snapshots_purged",
         "client.retry_step",
         "client.retry_after_5xx",

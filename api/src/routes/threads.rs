@@ -5,11 +5,12 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http::StatusCode;
 use serde::Deserialize;
 
 use audio_dedup_core::chat::NewThread;
 use audio_dedup_core::ports::{BlobStore, TransactionalIndex};
-use audio_dedup_core::{Members, ThreadId, Title};
+use audio_dedup_core::{Members, ThreadId, Title, UserId};
 
 use super::{created_or_ok, CursorParam, ListQuery};
 use crate::auth::Caller;
@@ -63,6 +64,42 @@ pub async fn get_one<B: BlobStore, I: TransactionalIndex>(
 ) -> Result<Response, ApiError> {
     let t = s.dedup.chat().get_thread(&caller.user, &id).await?;
     Ok(Json(t).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMemberBody {
+    member: String,
+}
+
+/// `POST /v1/threads/{id}/members`: any member adds someone (`201`; `200` if they are one).
+pub async fn add_member<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    PathIds(id): PathIds<ThreadId>,
+    JsonBody(b): JsonBody<AddMemberBody>,
+) -> Result<Response, ApiError> {
+    let member: UserId = field(&b.member)?;
+    let (view, added) = s
+        .dedup
+        .chat()
+        .add_member(&caller.user, &id, &member)
+        .await?;
+    Ok(created_or_ok(added, view))
+}
+
+/// `DELETE /v1/threads/{id}/members/{member}`: the creator removes a member; anyone removes
+/// themselves (leaves). `204` whether or not they were a member.
+pub async fn remove_member<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    PathIds((id, member)): PathIds<(ThreadId, UserId)>,
+) -> Result<Response, ApiError> {
+    s.dedup
+        .chat()
+        .remove_member(&caller.user, &id, &member)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]

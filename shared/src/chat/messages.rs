@@ -20,7 +20,7 @@ use super::ChatService;
 use crate::domain::{
     ContentHash, EntryState, MessageAudio, MessageId, MessageRecord, MessageText, MessageView,
     Millis, Page, PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot, SnapshotStore,
-    ThreadId, Uploader, UserId,
+    ThreadId, ThreadLogEntry, Uploader, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
@@ -342,15 +342,15 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         })
     }
 
-    /// Changes to the thread's messages after position `after`: creations, and deletions
-    /// as tombstones, oldest first.
+    /// Changes to the thread after position `after`, oldest first: message creations,
+    /// deletions as tombstones, and membership changes.
     pub async fn list_messages(
         &self,
         caller: &UserId,
         thread: &ThreadId,
         after: Seq,
         limit: usize,
-    ) -> Result<Page<MessageView>, DedupError> {
+    ) -> Result<Page<ThreadLogEntry>, DedupError> {
         let t = self.member_thread(caller, thread).await?;
         if after > t.value.last_seq {
             return Err(ahead_cursor());

@@ -4,6 +4,7 @@
 //! started.
 
 mod library;
+mod membership;
 mod message_audio;
 mod messages;
 mod positions;
@@ -12,6 +13,7 @@ mod threads;
 
 use std::sync::Arc;
 
+pub use membership::membership_violations;
 pub use messages::{NewMessage, SnapshotBody};
 pub use positions::{Positions, MAX_POSITION_THREADS};
 pub use threads::{parse_cursor, NewThread, DEFAULT_PAGE, MAX_PAGE};

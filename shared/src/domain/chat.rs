@@ -55,6 +55,7 @@ impl ThreadRecord {
             members: self.members.clone(),
             created_by: self.created_by.clone(),
             created_at: self.created_at,
+            left: false,
         }
     }
 }
@@ -72,9 +73,14 @@ pub struct ThreadView {
     pub members: Vec<UserId>,
     pub created_by: UserId,
     pub created_at: Millis,
+    /// In a feed entry only: the reader is no longer a member (they left, or the creator
+    /// removed them); the client forgets the thread, its messages and their snapshots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
 }
 
-/// One entry of a user's thread feed: they became a member of this thread.
+/// One entry of a user's thread feed: they became a member of this thread, or (`left`)
+/// stopped being one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedEntry {
     pub seq: Seq,
@@ -89,6 +95,58 @@ pub struct ThreadDetail {
     /// The cursor of the newest message change: a client whose cursor equals it is current.
     pub last_cursor: String,
     pub message_count: u64,
+}
+
+/// What a membership entry of a thread's log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MembershipChange {
+    /// A member added `member`.
+    MemberAdded,
+    /// The creator removed `member`.
+    MemberRemoved,
+    /// `member` left.
+    MemberLeft,
+}
+
+/// A change of a thread's members, at its position in the thread's log (beside the
+/// messages), so every member's client learns it by the ordinary sync and a live poke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipEvent {
+    pub thread_id: ThreadId,
+    /// This change's position in the thread's log.
+    pub cursor: String,
+    pub event: MembershipChange,
+    pub member: UserId,
+    /// Who made the change (the member themselves when they left).
+    pub by: UserId,
+    pub at: Millis,
+}
+
+/// One entry of a thread's log as `GET /v1/threads/{id}/messages` answers it: a message
+/// change, or a membership change (which has `event` and no `id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ThreadLogEntry {
+    Membership(MembershipEvent),
+    Message(MessageView),
+}
+
+impl ThreadLogEntry {
+    pub fn cursor(&self) -> &str {
+        match self {
+            Self::Membership(e) => &e.cursor,
+            Self::Message(m) => &m.cursor,
+        }
+    }
+
+    pub fn message(&self) -> Option<&MessageView> {
+        match self {
+            Self::Message(m) => Some(m),
+            Self::Membership(_) => None,
+        }
+    }
 }
 
 /// The audio a message carries.
