@@ -103,6 +103,8 @@ pub fn router<B: BlobStore, I: TransactionalIndex>(
                 "/v1/threads/{id}/members/{member}",
                 delete(threads::remove_member::<B, I>),
             )
+            .route("/v1/threads/{id}/leave", post(threads::leave::<B, I>))
+            .route("/v1/threads/{id}/read", put(threads::mark_read::<B, I>))
             .route("/v1/positions", get(threads::positions::<B, I>))
             .route(
                 "/v1/threads/{id}/messages",

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use audio_dedup_core::{
     AudioFormat, AudioRender, AudioView, ContentHash, LibraryItemId, LibraryItemView, MessageId,
     MessageView, Page, Part, PartUpload, PartsView, ReferenceKind, SessionId, Stats, ThreadDetail,
-    ThreadId, ThreadView, UploadResult, UploadSession,
+    ThreadId, ThreadLogEntry, ThreadView, UploadResult, UploadSession, UserId,
 };
 
 use crate::auth::{Auth, TokenUnavailable};
@@ -371,6 +371,46 @@ impl Api {
         .await
     }
 
+    /// Adds `member` to the thread (any member may). Answers the thread as it is now.
+    pub async fn add_member(
+        &self,
+        thread: &ThreadId,
+        member: &UserId,
+    ) -> Result<ThreadView, ApiError> {
+        crate::runtime::in_runtime(&self.rt, async move {
+            let body = serde_json::json!({ "member": member });
+            let rb = self
+                .req(Method::POST, &format!("/v1/threads/{thread}/members"))
+                .json(&body);
+            Ok(self.json(rb).await?.1)
+        })
+        .await
+    }
+
+    /// Removes `member` from the thread (the creator), or leaves it (`member` is the
+    /// caller).
+    pub async fn remove_member(&self, thread: &ThreadId, member: &str) -> Result<(), ApiError> {
+        crate::runtime::in_runtime(&self.rt, async move {
+            self.send(self.req(
+                Method::DELETE,
+                &format!("/v1/threads/{thread}/members/{member}"),
+            ))
+            .await
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Leaves the thread (`POST /v1/threads/{id}/leave`: the server knows who asks).
+    pub async fn leave_thread(&self, thread: &ThreadId) -> Result<(), ApiError> {
+        crate::runtime::in_runtime(&self.rt, async move {
+            self.send(self.req(Method::POST, &format!("/v1/threads/{thread}/leave")))
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
     // Messages --------------------------------------------------------------------------
 
     pub async fn list_messages(
@@ -378,7 +418,7 @@ impl Api {
         thread: &ThreadId,
         after: &str,
         limit: usize,
-    ) -> Result<Page<MessageView>, ApiError> {
+    ) -> Result<Page<ThreadLogEntry>, ApiError> {
         crate::runtime::in_runtime(&self.rt, async move {
             let path = format!("/v1/threads/{thread}/messages?after={after}&limit={limit}");
             Ok(self.json(self.req(Method::GET, &path)).await?.1)

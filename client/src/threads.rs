@@ -2,7 +2,7 @@
 //! the last sync is older than `thread_sync_interval` (60 s), or when forced. The server's
 //! data wins.
 
-use audio_dedup_core::{ThreadId, ThreadView};
+use audio_dedup_core::{ThreadId, ThreadView, UserId};
 
 use crate::api::ThreadInfo;
 use crate::error::ClientError;
@@ -67,6 +67,56 @@ impl Client {
             self.blocking(move |c| c.store.write_cache(|tx| Ok(tx.put_thread(&cached)?)))
                 .await?;
             Ok(t)
+        })
+        .await
+    }
+
+    /// Adds `member` to the thread (online; any member may). The thread's log records it, so
+    /// every member's client learns it at its next sync; the cached thread is updated now.
+    pub async fn add_member(
+        &self,
+        thread: &ThreadId,
+        member: &UserId,
+    ) -> Result<ThreadView, ClientError> {
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let t = self.api.add_member(thread, member).await?;
+            let cached = t.clone();
+            self.blocking(move |c| c.store.write_cache(|tx| Ok(tx.put_thread(&cached)?)))
+                .await?;
+            Ok(t)
+        })
+        .await
+    }
+
+    /// Removes `member` from the thread (online; the creator only).
+    pub async fn remove_member(
+        &self,
+        thread: &ThreadId,
+        member: &UserId,
+    ) -> Result<(), ClientError> {
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            self.api.remove_member(thread, member.as_str()).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Leaves the thread (online), then syncs the feed, whose `left` entry makes this cache
+    /// forget the thread, its messages and their snapshots (as it does on every device of
+    /// the caller at its next feed sync).
+    pub async fn leave_thread(&self, thread: &ThreadId) -> Result<(), ClientError> {
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            match self.api.leave_thread(thread).await {
+                Ok(()) => {}
+                // Already gone (a retried leave): the feed says so too.
+                Err(crate::error::ApiError::Rejected {
+                    code: crate::error::ErrorCode::ThreadNotFound,
+                    ..
+                }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.sync_threads().await?;
+            Ok(())
         })
         .await
     }

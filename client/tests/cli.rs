@@ -548,3 +548,106 @@ async fn watch_prints_the_other_members_messages_as_they_arrive() {
         );
     }
 }
+
+/// Issue #25's story through the binary: Alice adds Carol, who sees the history and plays
+/// its audio; Bob leaves, gets 404 from then on, and his cache forgets the thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_come_and_go_through_the_cli() {
+    use support::{ALICE, BOB, CAROL};
+    let srv = tempfile::tempdir().expect("dir");
+    let server = support::Server::start(srv.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("dir");
+    let (a, b, c) = (
+        dir.path().join("alice"),
+        dir.path().join("bob"),
+        dir.path().join("carol"),
+    );
+    let song = dir.path().join("take.mp3");
+    let bytes: Vec<u8> = (0..50_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    std::fs::write(&song, &bytes).expect("song");
+    let song_arg = song.to_string_lossy().into_owned();
+    let ok = |r: &Run| assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+
+    let r = cli_as(
+        ALICE,
+        &url,
+        &a,
+        &[
+            "threads", "create", "--id", "duo", "--title", "Duo", "--member", "bob",
+        ],
+    )
+    .await;
+    ok(&r);
+    let args = ["send", "duo", "--text", "take one", "--audio", &song_arg];
+    let r = cli_as(ALICE, &url, &a, &args).await;
+    ok(&r);
+    let sent = first_word(&r);
+    // Bob caches the thread, the message and its snapshot.
+    ok(&cli_as(BOB, &url, &b, &["threads"]).await);
+    let r = cli_as(BOB, &url, &b, &["messages", "duo"]).await;
+    ok(&r);
+    assert!(r.stdout.contains("\"take one\""), "{}", r.stdout);
+    ok(&cli_as(BOB, &url, &b, &["snapshot", &sent]).await);
+
+    // Bob may not remove anyone; Alice adds Carol.
+    let r = cli_as(BOB, &url, &b, &["threads", "remove-member", "duo", "alice"]).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.contains("forbidden"), "{}", r.stderr);
+    let r = cli_as(ALICE, &url, &a, &["threads", "add-member", "duo", "carol"]).await;
+    ok(&r);
+    assert!(
+        r.stdout.contains("members [alice, bob, carol]"),
+        "{}",
+        r.stdout
+    );
+    let r = cli_as(CAROL, &url, &c, &["threads"]).await;
+    ok(&r);
+    assert!(r.stdout.contains("duo  \"Duo\""), "{}", r.stdout);
+    let r = cli_as(CAROL, &url, &c, &["messages", "duo"]).await;
+    ok(&r);
+    assert!(
+        r.stdout.contains(&sent) && r.stdout.contains("take one"),
+        "{}",
+        r.stdout
+    );
+    let r = cli_as(CAROL, &url, &c, &["play", &sent]).await;
+    ok(&r);
+    let path = r
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert_eq!(std::fs::read(&path).expect("played file"), bytes);
+
+    // Bob leaves: his cache forgets the thread, its message and its snapshot.
+    let r = cli_as(BOB, &url, &b, &["threads", "leave", "duo"]).await;
+    ok(&r);
+    let r = cli_as(BOB, &url, &b, &["cache", "stats"]).await;
+    ok(&r);
+    for row in ["threads", "messages", "snapshots"] {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{row} ")));
+        let n = line
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?");
+        assert_eq!(n, "0", "{row}: {}", r.stdout);
+    }
+    // From then on, a stranger's 404.
+    let r = cli_as(BOB, &url, &b, &["messages", "duo"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("thread_not_found"), "{}", r.stderr);
+    let r = cli_as(BOB, &url, &b, &["play", &sent, "--thread", "duo"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("404"), "{}", r.stderr);
+    // Alice's members list follows by the thread's log.
+    let r = cli_as(ALICE, &url, &a, &["messages", "duo"]).await;
+    ok(&r);
+    let r = cli_as(ALICE, &url, &a, &["threads"]).await;
+    ok(&r);
+    assert!(r.stdout.contains("members [alice, carol]"), "{}", r.stdout);
+}

@@ -96,6 +96,12 @@ async fn every_route(c: &Client, own: &str, thread: &str, msg: &str) -> Vec<(u16
             Body::None,
         ),
         (
+            Method::POST,
+            "/v1/threads/{id}/leave",
+            format!("/v1/threads/{thread}/leave"),
+            Body::None,
+        ),
+        (
             Method::PUT,
             "/v1/library/{item_id}",
             "/v1/library/stolen".into(),
@@ -231,6 +237,21 @@ async fn members_come_and_go_and_a_departed_member_is_a_stranger() {
     // Leaving again is the stranger's 404 too.
     assert_eq!(remove(&bob, "band", "bob").await.code(), "thread_not_found");
 
+    // Leaving through `POST …/leave` (a client that does not know its user id): carol
+    // leaves and is added back.
+    let r = carol
+        .call(
+            Method::POST,
+            "/v1/threads/{id}/leave",
+            "/v1/threads/band/leave",
+            Body::None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        add(&alice, "band", "carol").await.status,
+        StatusCode::CREATED
+    );
     // The creator removes carol: she is a stranger from then on.
     assert_eq!(
         remove(&alice, "band", "carol").await.status,
@@ -254,7 +275,7 @@ async fn members_come_and_go_and_a_departed_member_is_a_stranger() {
     assert_eq!(s.dump(), before);
     let detail = get(&alice, "/v1/threads/{id}", "/v1/threads/band").await;
     assert_eq!(detail.body["members"], json!(["alice"]));
-    assert_eq!(detail.body["last_cursor"], "4");
+    assert_eq!(detail.body["last_cursor"], "6");
     s.assert_invariants();
 }
 
@@ -280,4 +301,51 @@ async fn the_member_limit_holds_on_every_add() {
     );
     let r = add(&alice, "full", "bob").await;
     assert_eq!(r.code(), "too_many_members");
+}
+
+#[tokio::test]
+async fn a_read_marker_moves_forward_and_reaches_the_readers_feed() {
+    let s = TestServer::start().await;
+    let (alice, bob, root) = (s.client(ALICE), s.client(BOB), s.client(ADMIN));
+    create_thread(&alice, "rd", &["bob".into()]).await;
+    for i in 0..3 {
+        let body = json!({"id": format!("rd{i}"), "snapshot": {}, "text": format!("n{i}")});
+        alice
+            .call(
+                Method::POST,
+                "/v1/threads/{id}/messages",
+                "/v1/threads/rd/messages",
+                Body::Json(body),
+            )
+            .await;
+    }
+    let read = |c: &Client, cursor: &str| {
+        let c = c.clone();
+        let body = json!({ "cursor": cursor });
+        async move {
+            c.call(
+                Method::PUT,
+                "/v1/threads/{id}/read",
+                "/v1/threads/rd/read",
+                Body::Json(body),
+            )
+            .await
+        }
+    };
+    assert_eq!(read(&bob, "2").await.status, StatusCode::NO_CONTENT);
+    let f = feed(&bob).await;
+    assert_eq!(f.last().map(|t| t["read_cursor"].clone()), Some(json!("2")));
+    // Backwards or the same: nothing written.
+    let before = s.dump();
+    assert_eq!(read(&bob, "1").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(read(&bob, "2").await.status, StatusCode::NO_CONTENT);
+    assert_eq!(s.dump(), before);
+    // Past the log's end: 409; a stranger: 404; both write nothing.
+    assert_eq!(read(&bob, "4").await.code(), "cursor_unknown");
+    assert_eq!(read(&root, "1").await.code(), "thread_not_found");
+    assert_eq!(read(&bob, "x").await.code(), "invalid_cursor");
+    assert_eq!(s.dump(), before);
+    // Positions name the caller.
+    let p = get(&bob, "/v1/positions", "/v1/positions").await;
+    assert_eq!(p.body["user"], "bob");
 }

@@ -102,6 +102,40 @@ pub async fn remove_member<B: BlobStore, I: TransactionalIndex>(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `POST /v1/threads/{id}/leave`: the caller leaves (a client need not know its user id).
+/// A caller who is not a member gets 404, so a retried leave answers 404.
+pub async fn leave<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    PathIds(id): PathIds<ThreadId>,
+) -> Result<Response, ApiError> {
+    s.dedup
+        .chat()
+        .remove_member(&caller.user, &id, &caller.user)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBody {
+    cursor: String,
+}
+
+/// `PUT /v1/threads/{id}/read`: the caller has read the thread up to `cursor` (a position
+/// of its log); their other devices learn it from their feed. `204` (also when the marker
+/// was already there or further on).
+pub async fn mark_read<B: BlobStore, I: TransactionalIndex>(
+    State(s): State<Arc<AppState<B, I>>>,
+    caller: Caller,
+    PathIds(id): PathIds<ThreadId>,
+    JsonBody(b): JsonBody<ReadBody>,
+) -> Result<Response, ApiError> {
+    let cursor = audio_dedup_core::chat::parse_cursor(Some(&b.cursor))?;
+    s.dedup.chat().mark_read(&caller.user, &id, cursor).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PositionsQuery {

@@ -10,7 +10,9 @@ use audio_dedup_client::{
     Attachment, AudioHandle, Client, ClientConfig, ClientError, FailureReason, LibraryAudio,
     QueuedOp, SendState, TokenFuture, TokenProvider, TokenUnavailable, Update,
 };
-use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, LibraryItemId, MessageId, ThreadId};
+use audio_dedup_core::{
+    AudioFormat, AudioRender, ContentHash, LibraryItemId, MessageId, ThreadId, UserId,
+};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -147,6 +149,12 @@ enum ThreadsCmd {
         #[arg(long)]
         id: Option<ThreadId>,
     },
+    /// Add a member (online; any member may). They see the thread's whole history.
+    AddMember { thread: ThreadId, user: UserId },
+    /// Remove a member (online; the thread's creator only).
+    RemoveMember { thread: ThreadId, user: UserId },
+    /// Leave a thread (online): this cache forgets it, its messages and snapshots.
+    Leave { thread: ThreadId },
 }
 
 #[derive(Subcommand)]
@@ -641,6 +649,25 @@ async fn run(cli: Cli) -> Res {
         } => {
             let t = client.create_thread(id.as_ref(), &title, &members).await?;
             out!("{}", t.id);
+        }
+        Cmd::Threads {
+            cmd: Some(ThreadsCmd::AddMember { thread, user }),
+        } => {
+            let t = client.add_member(&thread, &user).await?;
+            let members: Vec<String> = t.members.iter().map(|m| m.to_string()).collect();
+            out!("{thread}: members [{}]", members.join(", "));
+        }
+        Cmd::Threads {
+            cmd: Some(ThreadsCmd::RemoveMember { thread, user }),
+        } => {
+            client.remove_member(&thread, &user).await?;
+            out!("{thread}: removed {user}");
+        }
+        Cmd::Threads {
+            cmd: Some(ThreadsCmd::Leave { thread }),
+        } => {
+            client.leave_thread(&thread).await?;
+            out!("{thread}: left");
         }
         Cmd::Threads { cmd: None } => {
             print_threads(&client)?;

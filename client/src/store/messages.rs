@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use audio_dedup_core::{
     AudioRender, ContentHash, EntryState, MessageId, MessageView, SnapshotInfo, ThreadId,
+    ThreadLogEntry,
 };
 
 use super::sync_state::LogItem;
@@ -468,6 +469,27 @@ impl LogItem for MessageView {
                 counts.0 += 1;
             } else {
                 counts.1 += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+impl LogItem for ThreadLogEntry {
+    /// A page of a thread's log: messages merged by id, membership changes applied to the
+    /// cached thread's members (counted as neither).
+    fn merge_page(tx: &CacheTx<'_>, items: &[Self]) -> rusqlite::Result<(usize, usize)> {
+        let mut counts = (0, 0);
+        for e in items {
+            match e {
+                ThreadLogEntry::Message(m) => {
+                    if tx.merge_message(m)? {
+                        counts.0 += 1;
+                    } else {
+                        counts.1 += 1;
+                    }
+                }
+                ThreadLogEntry::Membership(ev) => tx.apply_membership(ev)?,
             }
         }
         Ok(counts)

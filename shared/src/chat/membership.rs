@@ -16,15 +16,79 @@ use std::collections::BTreeMap;
 
 use super::ChatService;
 use crate::domain::{
-    FeedEntry, LogHead, MembershipChange, MembershipEvent, ThreadId, ThreadRecord, ThreadView,
-    UserId, MAX_THREAD_MEMBERS,
+    FeedEntry, LogHead, MembershipChange, MembershipEvent, ReadMarker, Seq, ThreadId, ThreadRecord,
+    ThreadView, UserId, MAX_THREAD_MEMBERS,
 };
 use crate::error::{DedupError, ErrorCode};
-use crate::ports::{BlobStore, Expect, Item, TransactionalIndex};
+use crate::ports::{BlobStore, Expect, Item, Key, TransactionalIndex};
 use crate::protocol::codec::expect_of;
 use crate::protocol::{guards, keys, Step};
 
+/// Where a user's read marker of a thread is kept: beside their feed.
+fn read_marker(user: &UserId, thread: &ThreadId) -> Key {
+    Key::new(keys::feed_pk(user), format!("READ#{thread}"))
+}
+
 impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
+    /// Marks the thread read up to position `cursor` for the caller (a member), and tells
+    /// their other devices through their feed: a feed entry with `read_cursor`. A marker
+    /// only moves forward: at or behind the current one, nothing is written (`false`).
+    pub async fn mark_read(
+        &self,
+        caller: &UserId,
+        thread: &ThreadId,
+        cursor: Seq,
+    ) -> Result<bool, DedupError> {
+        self.core
+            .cas(|| self.mark_read_step(caller, thread, cursor))
+            .await
+    }
+
+    async fn mark_read_step(
+        &self,
+        caller: &UserId,
+        thread: &ThreadId,
+        cursor: Seq,
+    ) -> Result<Step<bool>, DedupError> {
+        let t = self.member_thread(caller, thread).await?;
+        if cursor > t.value.last_seq {
+            return Err(super::threads::ahead_cursor());
+        }
+        let key = read_marker(caller, thread);
+        let marker = self.core.load::<ReadMarker>(&key).await?;
+        if marker.as_ref().is_some_and(|m| m.value.read_seq >= cursor) {
+            return Ok(Step::Done(false));
+        }
+        let mut txn = self.core.txn();
+        txn.put(
+            key,
+            &ReadMarker { read_seq: cursor },
+            expect_of(marker.as_ref()),
+        )?;
+        // The member check holds at commit: a removal in between fails this transaction.
+        txn.check(keys::thread(thread), t.expect());
+        let head = self.core.load::<LogHead>(&keys::feed_head(caller)).await?;
+        let fseq = head.as_ref().map_or(0, |h| h.value.last_seq) + 1;
+        txn.put(
+            keys::feed_head(caller),
+            &LogHead { last_seq: fseq },
+            expect_of(head.as_ref()),
+        )?;
+        let entry = FeedEntry {
+            seq: fseq,
+            thread: ThreadView {
+                read_cursor: Some(cursor.to_string()),
+                ..t.value.view()
+            },
+        };
+        txn.put(keys::feed_entry(caller, fseq), &entry, Expect::Absent)?;
+        Ok(if self.core.commit(txn).await? {
+            Step::Done(true)
+        } else {
+            Step::Lost
+        })
+    }
+
     /// Adds `member` to the thread, for any member of it (`true`: added now; `false`: they
     /// were one already, nothing written). The new member reads the whole history.
     pub async fn add_member(
@@ -154,6 +218,9 @@ pub fn membership_violations(items: &[Item]) -> Vec<String> {
             }
         } else if let Some(user) = pk.strip_prefix("FEED#") {
             if let Ok(e) = serde_json::from_str::<FeedEntry>(&item.body) {
+                if e.thread.read_cursor.is_some() {
+                    continue; // a read marker, not a membership change
+                }
                 let at = latest
                     .entry((e.thread.id.clone(), user.to_owned()))
                     .or_insert((0, false));

@@ -24,6 +24,8 @@ const READS_AT_ONCE: usize = 16;
 /// log reads answer as `next_cursor`, so a client compares them with what it stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Positions {
+    /// The caller's user id (a client learns who it is, to tell its own messages apart).
+    pub user: UserId,
     /// The thread feed (`GET /v1/threads?since=`).
     pub feed: String,
     /// The library (`GET /v1/library?since=`).
@@ -94,6 +96,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             .try_collect()
             .await?;
         Ok(Positions {
+            user: caller.clone(),
             feed: feed.to_string(),
             library: library.to_string(),
             threads,

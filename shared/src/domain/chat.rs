@@ -56,8 +56,15 @@ impl ThreadRecord {
             created_by: self.created_by.clone(),
             created_at: self.created_at,
             left: false,
+            read_cursor: None,
         }
     }
+}
+
+/// How far a user has read a thread (`FEED#<user> / READ#<thread>`): only ever moves forward.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMarker {
+    pub read_seq: Seq,
 }
 
 /// The head of a per-user log (thread feed or library): its last allocated position.
@@ -77,6 +84,10 @@ pub struct ThreadView {
     /// removed them); the client forgets the thread, its messages and their snapshots.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub left: bool,
+    /// In a feed entry only: the reader marked the thread read up to this position (of its
+    /// log) on one of their devices; the others take it from the feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_cursor: Option<String>,
 }
 
 /// One entry of a user's thread feed: they became a member of this thread, or (`left`)
