@@ -42,6 +42,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::ThreadIdConflict
         | C::MessageIdConflict
         | C::CursorUnknown
+        | C::InvalidPart
         | C::PartsMissing => StatusCode::CONFLICT,
         C::SessionExpired => StatusCode::GONE,
         C::QuotaExceeded | C::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -75,7 +76,6 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | C::InvalidProof
         | C::InvalidChecksum
         | C::ChecksumMismatch
-        | C::InvalidPart
         | C::SizeMismatch
         | C::BadDigest => StatusCode::BAD_REQUEST,
     }
