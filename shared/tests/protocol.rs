@@ -1233,3 +1233,62 @@ async fn a_hot_track_takes_adds_from_many_processes_through_count_shards() {
         .all(|i| i.body.contains("\"count\":0")));
     h.settled();
 }
+
+/// A batch of adds whose transaction fails with a store error does not hand that one error
+/// to every add in it: each is tried again on its own and answered on its own.
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_answers_each_add_with_its_own_outcome() {
+    /// Once armed: slow commits (so adds queue into one batch), and the second transaction
+    /// fails before it writes (the first is the add that leads alone).
+    struct SlowThenFail {
+        armed: std::sync::atomic::AtomicBool,
+        seen: AtomicU32,
+    }
+    impl FaultHook for SlowThenFail {
+        fn fault(&self, op: Op) -> Fault {
+            if op == Op::IndexTransact
+                && self.armed.load(Ordering::SeqCst)
+                && self.seen.fetch_add(1, Ordering::SeqCst) == 1
+            {
+                return Fault::FailBefore;
+            }
+            Fault::None
+        }
+        fn delay(&self, op: Op) -> Duration {
+            if op == Op::IndexTransact && self.armed.load(Ordering::SeqCst) {
+                Duration::from_millis(10)
+            } else {
+                Duration::ZERO
+            }
+        }
+    }
+    let hook = Arc::new(SlowThenFail {
+        armed: false.into(),
+        seen: AtomicU32::new(0),
+    });
+    let h = harness_with(DedupConfig::default(), hook.clone());
+    let hash = ContentHash::of(b"batched");
+    h.upload("alice", b"batched", None).await.unwrap();
+    hook.armed.store(true, Ordering::SeqCst);
+    let adds = (0..6)
+        .map(|i| ("alice", format!("r{i}"), ReferenceKind::Library))
+        .collect();
+    let codes: Vec<String> = add_all(&h, hash, adds)
+        .await
+        .iter()
+        .map(|a| match a {
+            Ok(v) => format!("ok {}", v.ref_id),
+            Err(e) => e.code().to_string(),
+        })
+        .collect();
+    assert!(
+        hook.seen.load(Ordering::SeqCst) > 2,
+        "the batch failed and was split"
+    );
+    assert_eq!(
+        codes,
+        ["ok r0", "ok r1", "ok r2", "ok r3", "ok r4", "ok r5"]
+    );
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 6);
+    h.check();
+}

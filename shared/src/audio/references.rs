@@ -157,7 +157,13 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         let attempt = || self.add_batch_step(hash, &batch, first.swap(false, Ordering::Relaxed));
         let mut answers = match self.core.cas(attempt).await {
             Ok(answers) => answers,
-            Err(e) => batch.iter().map(|_| Err(e.duplicate())).collect(),
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            // One failure is not every add's: each is tried again on its own, so each
+            // caller gets its own answer (its own success, refusal or error), not a copy.
+            Err(e) => {
+                tracing::warn!(%hash, adds = batch.len(), error = %e, "a batch of adds failed; each is tried alone");
+                self.add_each_alone(hash, &batch).await
+            }
         };
         let mine = answers.remove(0);
         for (taken, answer) in others.into_iter().zip(answers) {
@@ -165,6 +171,22 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         }
         drop(lead);
         mine
+    }
+
+    /// Runs each add of a failed batch as a batch of its own, all at once.
+    async fn add_each_alone(&self, hash: &ContentHash, batch: &[AddRequest]) -> Vec<AddAnswer> {
+        join_all(batch.iter().map(|r| async move {
+            let one = std::slice::from_ref(r);
+            match self
+                .core
+                .cas(|| self.add_batch_step(hash, one, false))
+                .await
+            {
+                Ok(answers) => answers.into_iter().next().unwrap_or(Err(DedupError::Busy)),
+                Err(e) => Err(e),
+            }
+        }))
+        .await
     }
 
     /// One attempt at a batch of adds to one audio: every request is answered on its own

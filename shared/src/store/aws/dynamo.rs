@@ -41,10 +41,30 @@ const THROTTLED_REASONS: [&str; 3] = [
     "RequestLimitExceeded",
 ];
 
+/// A transaction DynamoDB cancelled for a reason no retry of the same request can change.
+/// Answered `500 internal`, with this as the logged cause.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactionRefused {
+    /// `ValidationError` on one action: the request itself is invalid — an item over 400 KB,
+    /// a malformed expression, a counter `ADD` on an attribute that is not a number. The
+    /// protocol never builds one knowingly (the memory store refuses oversized
+    /// transactions), so it is a bug: nothing was written.
+    #[error("DynamoDB refused action {action} of the transaction as invalid (ValidationError: {message}): an item over 400 KB or a malformed write; nothing written, not retryable")]
+    Invalid { action: usize, message: String },
+    /// `ItemCollectionSizeLimitExceeded`: one partition key's items would pass 10 GB. Only
+    /// tables with a local secondary index have that limit, and ours has none, so this
+    /// means the table is not the one the template makes: nothing written, not retryable.
+    #[error("DynamoDB refused action {action}: the item collection of its partition key would pass 10 GB (ItemCollectionSizeLimitExceeded; only tables with a local secondary index have that limit); nothing written, not retryable")]
+    CollectionFull { action: usize },
+    /// A reason this adapter does not know, with every action's code.
+    #[error("DynamoDB cancelled the transaction for reasons {codes:?}; nothing written")]
+    Other { codes: Vec<String> },
+}
+
 /// What a cancelled transaction's reasons (one per action, in order) mean: a failed
-/// condition (which action), a conflict with another transaction, or throttling; `None` for
-/// anything else (a bug or a limit: logged as a backend error).
-fn cancelled(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> Option<TxnError> {
+/// condition (which action), a conflict with another transaction, throttling (retry
+/// later), or a refusal no retry changes ([`TransactionRefused`]).
+fn cancelled(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> TxnError {
     if let Some((i, r)) = reasons
         .iter()
         .enumerate()
@@ -53,22 +73,45 @@ fn cancelled(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -> Option<
         // ALL_OLD: the current item, so a caller could tell "already applied" from a
         // conflict without a read. The protocol re-reads anyway; log what it was.
         tracing::debug!(op = i, current = ?r.item().map(|m| m.get("v").cloned()), "condition failed");
-        return Some(TxnError::Rejected { op_index: i });
+        return TxnError::Rejected { op_index: i };
     }
     if reasons
         .iter()
         .any(|r| r.code() == Some("TransactionConflict"))
     {
-        return Some(TxnError::Conflict);
+        return TxnError::Conflict;
     }
     // Throttled inside the transaction: nothing was written, and the same request may
     // succeed later (503 with Retry-After), not a 500.
-    let throttled = reasons
+    if let Some(throttled) = reasons
         .iter()
-        .find_map(|r| r.code().filter(|c| THROTTLED_REASONS.contains(c)))?;
-    Some(TxnError::Store(StoreError::Unavailable(format!(
-        "transaction throttled: {throttled}"
-    ))))
+        .find_map(|r| r.code().filter(|c| THROTTLED_REASONS.contains(c)))
+    {
+        return TxnError::Store(StoreError::Unavailable(format!(
+            "transaction throttled: {throttled}"
+        )));
+    }
+    let refused = reasons
+        .iter()
+        .enumerate()
+        .find_map(|(action, r)| match r.code() {
+            Some("ValidationError") => Some(TransactionRefused::Invalid {
+                action,
+                message: r.message().unwrap_or_default().to_owned(),
+            }),
+            Some("ItemCollectionSizeLimitExceeded") => {
+                Some(TransactionRefused::CollectionFull { action })
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| TransactionRefused::Other {
+            codes: reasons
+                .iter()
+                .map(|r| r.code().unwrap_or("-").to_owned())
+                .collect(),
+        });
+    tracing::error!(error = %refused, "transaction refused");
+    TxnError::Store(StoreError::backend(refused))
 }
 
 /// The sort-key part of a query: a key condition holding every bound there is (so `Limit`
@@ -174,7 +217,7 @@ fn classify_service(
 ) -> Option<Attempt> {
     use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
     match se {
-        E::TransactionCanceledException(tc) => match cancelled(tc.cancellation_reasons())? {
+        E::TransactionCanceledException(tc) => match cancelled(tc.cancellation_reasons()) {
             TxnError::Conflict => Some(Attempt::Conflict),
             other => Some(Attempt::Final(Err(other))),
         },
@@ -641,7 +684,7 @@ mod tests {
             "ProvisionedThroughputExceeded",
             "RequestLimitExceeded",
         ] {
-            let e = cancelled(&reasons(&["None", throttled])).expect("classified");
+            let e = cancelled(&reasons(&["None", throttled]));
             let TxnError::Store(store) = e else {
                 panic!("{throttled}: {e:?}")
             };
@@ -652,13 +695,40 @@ mod tests {
         }
         assert!(matches!(
             cancelled(&reasons(&["None", "ConditionalCheckFailed"])),
-            Some(TxnError::Rejected { op_index: 1 })
+            TxnError::Rejected { op_index: 1 }
         ));
         assert!(matches!(
             cancelled(&reasons(&["TransactionConflict", "None"])),
-            Some(TxnError::Conflict)
+            TxnError::Conflict
         ));
-        assert!(cancelled(&reasons(&["ValidationError"])).is_none());
+        // Refusals no retry changes: internal, not transient, each naming its cause and
+        // its action.
+        for (codes, says) in [
+            (
+                &["None", "ValidationError"][..],
+                "action 1 of the transaction as invalid",
+            ),
+            (
+                &["ItemCollectionSizeLimitExceeded", "None"][..],
+                "action 0: the item collection",
+            ),
+            (&["Mystery"][..], "[\"Mystery\"]"),
+        ] {
+            let TxnError::Store(store) = cancelled(&reasons(codes)) else {
+                panic!("{codes:?}")
+            };
+            let text = store.to_string();
+            assert!(text.contains(says), "{codes:?}: {text}");
+            let err = crate::DedupError::Store(store);
+            assert!(!err.is_transient(), "{codes:?}");
+            assert_eq!(err.code(), crate::ErrorCode::Internal);
+            assert!(err.retry_after().is_none());
+        }
+        // A failed condition names its action even beside a refusal on another.
+        assert!(matches!(
+            cancelled(&reasons(&["ValidationError", "ConditionalCheckFailed"])),
+            TxnError::Rejected { op_index: 1 }
+        ));
     }
 
     fn conflict_error() -> aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError
