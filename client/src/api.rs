@@ -401,6 +401,20 @@ impl Api {
         .await
     }
 
+    /// Marks the thread read up to `cursor` for the caller (all their devices).
+    pub async fn mark_read(&self, thread: &ThreadId, cursor: &str) -> Result<(), ApiError> {
+        crate::runtime::in_runtime(&self.rt, async move {
+            let body = serde_json::json!({ "cursor": cursor });
+            self.send(
+                self.req(Method::PUT, &format!("/v1/threads/{thread}/read"))
+                    .json(&body),
+            )
+            .await
+            .map(|_| ())
+        })
+        .await
+    }
+
     /// Leaves the thread (`POST /v1/threads/{id}/leave`: the server knows who asks).
     pub async fn leave_thread(&self, thread: &ThreadId) -> Result<(), ApiError> {
         crate::runtime::in_runtime(&self.rt, async move {

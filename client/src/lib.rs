@@ -65,6 +65,7 @@ pub use maintenance::CacheStats;
 pub use messages::{Attachment, LocalMessage, MessagePage, MessagePosition};
 pub use queue::{Lane, QueueEntry, QueueParseError, QueueReport, QueueState, QueuedOp};
 pub use sync::SyncReport;
+pub use threads::{Preview, ThreadListPage, ThreadListPosition, ThreadSummary};
 pub use updates::{Direction, SendState, Update};
 pub use upload::UploadOutcome;
 

@@ -115,6 +115,11 @@ impl Client {
                     live += 1;
                 }
             }
+            let mut threads: Vec<&ThreadId> = views.iter().map(|m| &m.thread_id).collect();
+            threads.dedup();
+            for t in threads {
+                tx.refresh_summary(t)?;
+            }
             Ok(live)
         })
     }

@@ -541,6 +541,20 @@ impl Client {
                     .await
             }
             QueuedOp::DeleteLibraryItem { item_id } => self.send_library_delete(item_id).await,
+            QueuedOp::MarkRead { thread_id, cursor } => {
+                match self.api.mark_read(thread_id, cursor).await {
+                    Ok(()) => Ok(Ack::Dequeue),
+                    // The thread is gone for the caller (left meanwhile), or the marker names
+                    // a position the server does not know: nothing left to tell.
+                    Err(crate::error::ApiError::Rejected {
+                        code:
+                            crate::error::ErrorCode::ThreadNotFound
+                            | crate::error::ErrorCode::CursorUnknown,
+                        ..
+                    }) => Ok(Ack::Dequeue),
+                    Err(e) => Err(e.into()),
+                }
+            }
         }
     }
 }

@@ -6,7 +6,9 @@ use audio_dedup_core::{ThreadId, ThreadView, UserId};
 
 use crate::api::ThreadInfo;
 use crate::error::ClientError;
+use crate::queue::{Lane, QueuedOp};
 use crate::store::sync_state::Scope;
+pub use crate::store::threads::{Preview, ThreadListPage, ThreadListPosition, ThreadSummary};
 use crate::sync::SYNC_PAGE;
 use crate::updates::Update;
 use crate::Client;
@@ -37,9 +39,80 @@ impl Client {
         self.store.threads()
     }
 
-    /// Syncs the thread list now: the feed after the stored cursor.
+    /// The thread list from the cache at once: newest activity first, `limit` threads
+    /// before `before` (`None`: the newest), each with its last activity, a preview of its
+    /// newest message (author, the start of its text, whether it has audio) and the caller's
+    /// unread count. Kept by every sync, send and read marker (and so by live pokes, which
+    /// sync what moved): one index range scan, no message is read.
+    pub fn thread_list(
+        &self,
+        before: Option<&ThreadListPosition>,
+        limit: usize,
+    ) -> Result<ThreadListPage, ClientError> {
+        if limit == 0 {
+            return Err(ClientError::InvalidInput(
+                "a page holds at least one thread".into(),
+            ));
+        }
+        self.store.thread_list(before, limit)
+    }
+
+    /// Marks the thread read up to `cursor` (`None`: the newest position cached): the
+    /// unread count drops at once, and the marker is queued for the server (durably, like a
+    /// send; offline it waits), which hands it to the caller's other devices through their
+    /// feed. A marker never moves back.
+    pub async fn mark_read(
+        &self,
+        thread: &ThreadId,
+        cursor: Option<u64>,
+    ) -> Result<(), ClientError> {
+        crate::runtime::in_runtime(self.rt.handle(), async move {
+            let seq = match cursor {
+                Some(c) => i64::try_from(c).unwrap_or(i64::MAX),
+                None => {
+                    let t = thread.clone();
+                    self.blocking(move |c| c.store.newest_position(&t)).await?
+                }
+            };
+            if seq <= 0 {
+                return Ok(());
+            }
+            let now = self.cfg.now_ms();
+            let lane = Lane::Thread(thread.clone());
+            let (t, l) = (thread.clone(), lane.clone());
+            let counts = self
+                .blocking(move |c| {
+                    c.store.write_durable(|tx| {
+                        tx.raise_read_marker(&t, seq)?;
+                        let op = QueuedOp::MarkRead {
+                            thread_id: t.clone(),
+                            cursor: seq.to_string(),
+                        };
+                        tx.enqueue(&l, &op, None, now)?;
+                        Ok(())
+                    })?;
+                    c.store.queue_counts()
+                })
+                .await?;
+            self.updates.send(Update::ThreadsChanged { count: 1 });
+            self.announce_counts(counts);
+            self.bg.wake();
+            let _ = self.process_lane(&lane).await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Syncs the thread list now: the feed after the stored cursor. The first sync of a
+    /// cache also asks who the caller is (`GET /v1/positions`), so their own messages never
+    /// count as unread.
     pub async fn sync_threads(&self) -> Result<usize, ClientError> {
         crate::runtime::in_runtime(self.rt.handle(), async move {
+            if self.blocking(|c| c.store.me()).await?.is_none() {
+                let p = self.api.positions(None).await?;
+                let user = p.user.to_string();
+                self.blocking(move |c| c.store.set_me(&user)).await?;
+            }
             let report = self
                 .sync_log(Scope::Threads, |cursor| async move {
                     self.api.list_threads(&cursor, SYNC_PAGE).await

@@ -611,6 +611,19 @@ async fn members_come_and_go_through_the_cli() {
         "{}",
         r.stdout
     );
+    // Her list: one unread message from Alice, with its text and audio; reading clears it.
+    let r = cli_as(CAROL, &url, &c, &["threads", "list"]).await;
+    ok(&r);
+    assert!(
+        r.stdout.contains("unread 1") && r.stdout.contains("alice \"take one\" [audio]"),
+        "{}",
+        r.stdout
+    );
+    let r = cli_as(CAROL, &url, &c, &["threads", "read", "duo"]).await;
+    ok(&r);
+    assert_eq!(r.stdout.trim(), "duo: read", "{}", r.stdout);
+    let r = cli_as(CAROL, &url, &c, &["threads", "list"]).await;
+    assert!(r.stdout.contains("unread 0"), "{}", r.stdout);
     let r = cli_as(CAROL, &url, &c, &["play", &sent]).await;
     ok(&r);
     let path = r

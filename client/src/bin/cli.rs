@@ -155,6 +155,14 @@ enum ThreadsCmd {
     RemoveMember { thread: ThreadId, user: UserId },
     /// Leave a thread (online): this cache forgets it, its messages and snapshots.
     Leave { thread: ThreadId },
+    /// Mark a thread read (up to its newest cached message, or `--cursor`); queued offline.
+    Read {
+        thread: ThreadId,
+        #[arg(long)]
+        cursor: Option<u64>,
+    },
+    /// Sync, then list threads by last activity with unread counts and previews.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -270,15 +278,37 @@ fn soft<T>(r: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
     }
 }
 
+/// The thread list: newest activity first, each with its unread count and a preview of its
+/// newest message (read from the cache in pages of 500).
 fn print_threads(client: &Client) -> Res {
-    let threads = client.cached_threads()?;
-    out!("{} threads", threads.len());
-    for t in threads {
+    let mut all = Vec::new();
+    let mut before = None;
+    for _ in 0..10_000 {
+        let page = client.thread_list(before.as_ref(), 500)?;
+        all.extend(page.threads);
+        match page.older {
+            Some(p) => before = Some(p),
+            None => break,
+        }
+    }
+    out!("{} threads", all.len());
+    for s in all {
+        let t = s.thread;
         let (id, title, by) = (t.id, t.title, t.created_by);
         let members: Vec<String> = t.members.iter().map(|m| m.to_string()).collect();
+        let preview = match s.preview {
+            Some(p) => {
+                let who = p.author.as_deref().unwrap_or("me");
+                let text = opt(p.text.as_ref(), |t| format!(" {t:?}"));
+                let audio = if p.has_audio { " [audio]" } else { "" };
+                format!("  last {}: {who}{text}{audio}", time(s.last_activity_at))
+            }
+            None => String::new(),
+        };
         out!(
-            "  {id}  {title:?}  by {by}  members [{}]",
-            members.join(", ")
+            "  {id}  {title:?}  by {by}  members [{}]  unread {}{preview}",
+            members.join(", "),
+            s.unread
         );
     }
     Ok(())
@@ -668,6 +698,25 @@ async fn run(cli: Cli) -> Res {
         } => {
             client.leave_thread(&thread).await?;
             out!("{thread}: left");
+        }
+        Cmd::Threads {
+            cmd: Some(ThreadsCmd::Read { thread, cursor }),
+        } => {
+            client.mark_read(&thread, cursor).await?;
+            let queued = client.queue()?.iter().any(
+                |e| matches!(&e.op, QueuedOp::MarkRead { thread_id, .. } if *thread_id == thread),
+            );
+            out!("{thread}: read{}", if queued { " (queued)" } else { "" });
+        }
+        Cmd::Threads {
+            cmd: Some(ThreadsCmd::List),
+        } => {
+            if soft(client.sync_threads().await)?.is_some() {
+                for s in client.thread_list(None, 10_000)?.threads {
+                    let _ = soft(client.sync_messages(&s.thread.id).await)?;
+                }
+            }
+            print_threads(&client)?;
         }
         Cmd::Threads { cmd: None } => {
             print_threads(&client)?;

@@ -492,6 +492,17 @@ impl LogItem for ThreadLogEntry {
                 ThreadLogEntry::Membership(ev) => tx.apply_membership(ev)?,
             }
         }
+        let mut threads: Vec<&str> = items
+            .iter()
+            .map(|e| match e {
+                ThreadLogEntry::Message(m) => m.thread_id.as_str(),
+                ThreadLogEntry::Membership(ev) => ev.thread_id.as_str(),
+            })
+            .collect();
+        threads.dedup();
+        for t in threads {
+            super::threads::refresh_summary(tx.conn(), t)?;
+        }
         Ok(counts)
     }
 }
@@ -518,7 +529,8 @@ impl DurableTx<'_> {
             state: RowState::Live,
             draft: Some(&draft),
         };
-        insert(c, insert_row!(), view, &row)
+        insert(c, insert_row!(), view, &row)?;
+        super::threads::refresh_summary(c, view.thread_id.as_str())
     }
 
     /// A live message's server position: `None` when there is no live message of that id,
@@ -543,7 +555,7 @@ impl DurableTx<'_> {
             "DELETE FROM messages WHERE thread_id = ?1 AND id = ?2",
             params![thread.as_str(), id.as_str()],
         )?;
-        Ok(())
+        super::threads::refresh_summary(self.conn(), thread.as_str())
     }
 
     /// Marks a message deleted on this device, its deletion `sending`.
@@ -557,7 +569,7 @@ impl DurableTx<'_> {
              WHERE thread_id = ?1 AND id = ?2",
             params![thread.as_str(), id.as_str()],
         )?;
-        Ok(())
+        super::threads::refresh_summary(self.conn(), thread.as_str())
     }
 }
 
@@ -589,7 +601,16 @@ pub(super) fn record_created(
             k.audio_format
         ],
     )?;
-    Ok(())
+    // The server's answer names the caller: learn who they are once (their own messages
+    // never count as unread).
+    if super::threads::me(c)?.is_none() {
+        c.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('me', ?1)",
+            [v.author.as_str()],
+        )?;
+        super::threads::refresh_all_summaries(c)?;
+    }
+    super::threads::refresh_summary(c, thread.as_str())
 }
 
 /// Records a message's send state (and why it failed).

@@ -25,7 +25,7 @@ pub(crate) mod queue;
 mod schema;
 mod snapshots;
 pub(crate) mod sync_state;
-mod threads;
+pub(crate) mod threads;
 pub(crate) mod uploads;
 
 use std::ops::Deref;

@@ -49,6 +49,12 @@ pub enum QueuedOp {
     DeleteLibraryItem {
         item_id: LibraryItemId,
     },
+    /// Tell the server (and so the caller's other devices) the thread is read up to
+    /// `cursor`, a position of its log.
+    MarkRead {
+        thread_id: ThreadId,
+        cursor: String,
+    },
 }
 
 impl QueuedOp {
@@ -60,6 +66,7 @@ impl QueuedOp {
             Self::UploadAudio { .. } => "upload_audio",
             Self::PutLibraryItem { .. } => "put_library_item",
             Self::DeleteLibraryItem { .. } => "delete_library_item",
+            Self::MarkRead { .. } => "mark_read",
         }
     }
 }
@@ -178,7 +185,7 @@ impl QueuedOp {
             Self::PutLibraryItem { item_id, .. } | Self::DeleteLibraryItem { item_id } => {
                 Some(Subject::LibraryItem(item_id.clone()))
             }
-            Self::UploadAudio { .. } => None,
+            Self::UploadAudio { .. } | Self::MarkRead { .. } => None,
         }
     }
 }
@@ -553,6 +560,7 @@ impl DurableTx<'_> {
                 message_id,
             } => {
                 messages::remove_unsent(c, thread_id, message_id)?;
+                super::threads::refresh_summary(c, thread_id.as_str())?;
                 true
             }
             QueuedOp::DeleteMessage {
@@ -560,12 +568,13 @@ impl DurableTx<'_> {
                 message_id,
             } => {
                 messages::restore(c, thread_id, message_id)?;
+                super::threads::refresh_summary(c, thread_id.as_str())?;
                 false
             }
             QueuedOp::PutLibraryItem { item_id, .. } | QueuedOp::DeleteLibraryItem { item_id } => {
                 library::roll_back(c, item_id)?
             }
-            QueuedOp::UploadAudio { .. } => return Ok(None),
+            QueuedOp::UploadAudio { .. } | QueuedOp::MarkRead { .. } => return Ok(None),
         };
         Ok(op.subject().map(|subject| Rolled { subject, gone }))
     }

@@ -12,7 +12,22 @@ const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS threads (
     id TEXT PRIMARY KEY,
-    json TEXT NOT NULL
+    json TEXT NOT NULL,
+    -- The thread list, kept as columns so it is read without parsing JSON or counting
+    -- messages (`threads::refresh_summary` keeps them after every change of the thread's
+    -- messages): when the thread was created, its last activity (the newest live message,
+    -- or the creation), the newest position cached, the newest live message (its id, author,
+    -- the start of its text, whether it has audio), the caller's read marker and how many
+    -- live messages of others are after it.
+    created_at INTEGER,
+    last_at INTEGER,
+    last_seq INTEGER,
+    preview_id TEXT,
+    preview_author TEXT,
+    preview_text TEXT,
+    preview_audio INTEGER,
+    read_seq INTEGER NOT NULL DEFAULT 0,
+    unread INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS messages (
     thread_id TEXT NOT NULL,
@@ -117,7 +132,7 @@ CREATE TABLE IF NOT EXISTS uploads (
 
 /// Layout changes, applied in order by `open_checked` to an older file (`SCHEMA` has already
 /// created the tables and indexes that are new): `(from version, SQL)`.
-const MIGRATIONS: [(&str, &str); 3] = [
+const MIGRATIONS: [(&str, &str); 4] = [
     (
         "1",
         // Why an operation waits: an explicit Retry-After is kept apart from the backoff, so
@@ -134,12 +149,29 @@ const MIGRATIONS: [(&str, &str); 3] = [
     ),
     // Version 3 to 4: columns only (`ADDED_COLUMNS`).
     ("3", ""),
+    // Version 4 to 5: the thread list's columns (`ADDED_COLUMNS`), filled from the cache.
+    ("4", ""),
 ];
 
 /// Columns added to existing tables since version 3, as `(table, column, declaration)`.
 /// `SCHEMA` declares them for a new file; a migrated file gets each one it lacks, after
 /// `MIGRATIONS` (so a file of any older version, however it was made, ends with all of them).
-const ADDED_COLUMNS: [(&str, &str, &str); 1] = [("messages", "text", "TEXT")];
+const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
+    ("messages", "text", "TEXT"),
+    ("threads", "created_at", "INTEGER"),
+    ("threads", "last_at", "INTEGER"),
+    ("threads", "last_seq", "INTEGER"),
+    ("threads", "preview_id", "TEXT"),
+    ("threads", "preview_author", "TEXT"),
+    ("threads", "preview_text", "TEXT"),
+    ("threads", "preview_audio", "INTEGER"),
+    ("threads", "read_seq", "INTEGER NOT NULL DEFAULT 0"),
+    ("threads", "unread", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// What needs `ADDED_COLUMNS` in place: run on every open, after the migrations.
+const AFTER_COLUMNS: &str = "
+CREATE INDEX IF NOT EXISTS threads_by_activity ON threads (last_at, id);";
 
 /// Adds each of `ADDED_COLUMNS` that its table lacks.
 fn add_missing_columns(c: &Connection) -> rusqlite::Result<()> {
@@ -158,7 +190,7 @@ fn add_missing_columns(c: &Connection) -> rusqlite::Result<()> {
 
 /// Bumped when the layout changes; an older file is migrated (`MIGRATIONS`), an unknown one
 /// rebuilt from the server (the queue is carried over).
-const SCHEMA_VERSION: &str = "4";
+const SCHEMA_VERSION: &str = "5";
 
 /// What opening found.
 #[derive(Debug, Default)]
@@ -205,6 +237,7 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
                 tx.execute_batch(sql)?;
             }
             add_missing_columns(&tx)?;
+            super::threads::refresh_all_summaries(&tx)?;
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'schema'",
                 [SCHEMA_VERSION],
@@ -212,6 +245,7 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
             tx.commit()?;
         }
     }
+    c.execute_batch(AFTER_COLUMNS)?;
     // No integrity scan here (it reads every page, so cold opens would grow with the cache):
     // a foreign or torn header fails the statements above; damage deeper in the file shows
     // up as errors on the reads that meet it, which `Client::open` callers see as errors,

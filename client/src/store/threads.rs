@@ -1,6 +1,6 @@
 //! The `threads` table: the server's view of each thread, listed in insertion order.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use audio_dedup_core::{MembershipChange, MembershipEvent, ThreadId, ThreadView};
 
@@ -8,7 +8,234 @@ use super::sync_state::LogItem;
 use super::{json_text, CacheTx, Store};
 use crate::error::ClientError;
 
+/// Characters of a message's text a thread list shows.
+pub const PREVIEW_CHARS: usize = 100;
+
+/// The newest live message of a thread, as its list entry shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preview {
+    pub message_id: String,
+    /// `None` for a message of this device not yet sent.
+    pub author: Option<String>,
+    /// The start of its text (at most `PREVIEW_CHARS` characters), if it has text.
+    pub text: Option<String>,
+    pub has_audio: bool,
+}
+
+/// One entry of the thread list (`Client::thread_list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSummary {
+    pub thread: ThreadView,
+    /// When the thread last had activity: its newest live message, or its creation (ms).
+    pub last_activity_at: i64,
+    /// The newest position of the thread's log this cache holds (0: none).
+    pub last_cursor: u64,
+    pub preview: Option<Preview>,
+    /// Live messages of others after the read marker.
+    pub unread: u64,
+    /// The caller's read marker (a position of the thread's log).
+    pub read_cursor: u64,
+}
+
+/// Where a thread stands in the list's order (newest activity first), as a page read takes
+/// it back (`before`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ThreadListPosition {
+    last_at: i64,
+    id: String,
+}
+
+/// One page of the thread list: newest activity first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadListPage {
+    pub threads: Vec<ThreadSummary>,
+    /// Pass as `before` for the next page; `None` when this page reaches the end.
+    pub older: Option<ThreadListPosition>,
+}
+
+const LIST_COLUMNS: &str = "SELECT json, COALESCE(last_at, created_at, 0), COALESCE(last_seq, 0),
+        preview_id, preview_author, preview_text, preview_audio, unread, read_seq, id FROM threads ";
+
+/// The caller's user id, once learned (`meta.me`).
+pub(crate) fn me(c: &Connection) -> rusqlite::Result<Option<String>> {
+    c.query_row("SELECT value FROM meta WHERE key = 'me'", [], |r| r.get(0))
+        .optional()
+}
+
+/// Keeps a thread's list columns true to its cached messages: its newest live message
+/// (an unsent one first: it is the newest), its newest position, and the live messages of
+/// others after the read marker. Reads through the messages' indexes only (`unread` walks
+/// the positions after the marker).
+pub(crate) fn refresh_summary(c: &Connection, thread: &str) -> rusqlite::Result<()> {
+    let me = me(c)?;
+    let newest = |sql: &str| {
+        c.prepare_cached(sql)?
+            .query_row([thread], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()
+    };
+    let unsent = newest(
+        "SELECT id, NULL, text, audio_hash IS NOT NULL, created_at FROM messages
+         WHERE thread_id = ?1 AND seq IS NULL AND state = 'live' ORDER BY local_order DESC LIMIT 1",
+    )?;
+    let latest = match unsent {
+        Some(m) => Some(m),
+        None => newest(
+            "SELECT id, author, text, audio_hash IS NOT NULL, created_at FROM messages
+             WHERE thread_id = ?1 AND seq IS NOT NULL AND state = 'live' ORDER BY seq DESC LIMIT 1",
+        )?,
+    };
+    let (id, author, text, audio, at) = match latest {
+        Some((id, author, text, audio, at)) => (Some(id), author, text, Some(audio), Some(at)),
+        None => (None, None, None, None, None),
+    };
+    let text = text.map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>());
+    c.prepare_cached(
+        "UPDATE threads SET
+            preview_id = ?2, preview_author = ?3, preview_text = ?4, preview_audio = ?5,
+            last_at = MAX(COALESCE(created_at, 0), COALESCE(?6, 0)),
+            last_seq = (SELECT MAX(seq) FROM messages WHERE thread_id = ?1),
+            unread = (SELECT COUNT(*) FROM messages WHERE thread_id = ?1
+                      AND seq > threads.read_seq AND state = 'live'
+                      AND (?7 IS NULL OR author <> ?7))
+         WHERE id = ?1",
+    )?
+    .execute(params![thread, id, author, text, audio, at, me])?;
+    Ok(())
+}
+
+/// Refreshes every thread's list columns (a migrated file, or the caller's id just learned).
+pub(crate) fn refresh_all_summaries(c: &Connection) -> rusqlite::Result<()> {
+    let ids: Vec<String> = {
+        let mut stmt = c.prepare("SELECT id FROM threads")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for id in ids {
+        refresh_summary(c, &id)?;
+    }
+    Ok(())
+}
+
+/// Moves the read marker forward (never back) and recounts the unread messages.
+pub(crate) fn raise_read_marker(c: &Connection, thread: &str, seq: i64) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE threads SET read_seq = MAX(read_seq, ?2) WHERE id = ?1",
+        params![thread, seq],
+    )?;
+    refresh_summary(c, thread)
+}
+
 impl Store {
+    /// The thread list from the cache: newest activity first, `limit` threads before
+    /// `before` (`None`: from the newest). One backward range scan of `threads_by_activity`.
+    pub(crate) fn thread_list(
+        &self,
+        before: Option<&ThreadListPosition>,
+        limit: usize,
+    ) -> Result<ThreadListPage, ClientError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|c| {
+            let mut out = Vec::new();
+            let mut last = None;
+            let (sql_after, sql_first) = (
+                format!(
+                    "{LIST_COLUMNS} WHERE (last_at, id) < (?1, ?2) ORDER BY last_at DESC, id DESC LIMIT ?3"
+                ),
+                format!("{LIST_COLUMNS} ORDER BY last_at DESC, id DESC LIMIT ?1"),
+            );
+            let mut stmt;
+            let mut rows = match before {
+                Some(b) => {
+                    stmt = c.prepare_cached(&sql_after)?;
+                    stmt.query(params![b.last_at, b.id, limit + 1])?
+                }
+                None => {
+                    stmt = c.prepare_cached(&sql_first)?;
+                    stmt.query(params![limit + 1])?
+                }
+            };
+            let mut more = false;
+            while let Some(r) = rows.next()? {
+                if out.len() as i64 == limit {
+                    more = true;
+                    break;
+                }
+                let last_at: i64 = r.get(1)?;
+                let id: String = r.get(9)?;
+                last = Some(ThreadListPosition {
+                    last_at,
+                    id: id.clone(),
+                });
+                let Ok(thread) = serde_json::from_str::<ThreadView>(r.get_ref(0)?.as_str()?)
+                else {
+                    continue;
+                };
+                let preview = match r.get::<_, Option<String>>(3)? {
+                    Some(message_id) => Some(Preview {
+                        message_id,
+                        author: r.get(4)?,
+                        text: r.get(5)?,
+                        has_audio: r.get::<_, Option<bool>>(6)?.unwrap_or(false),
+                    }),
+                    None => None,
+                };
+                out.push(ThreadSummary {
+                    thread,
+                    last_activity_at: last_at,
+                    last_cursor: r.get::<_, i64>(2)?.max(0) as u64,
+                    preview,
+                    unread: r.get::<_, i64>(7)?.max(0) as u64,
+                    read_cursor: r.get::<_, i64>(8)?.max(0) as u64,
+                });
+            }
+            Ok(ThreadListPage {
+                threads: out,
+                older: if more { last } else { None },
+            })
+        })
+    }
+
+    /// The newest synced position of a thread's messages in the cache (0: none).
+    pub(crate) fn newest_position(&self, thread: &ThreadId) -> Result<i64, ClientError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE thread_id = ?1",
+                [thread.as_str()],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// The caller's user id, if known.
+    pub(crate) fn me(&self) -> Result<Option<String>, ClientError> {
+        self.read(me)
+    }
+
+    /// Records the caller's user id (learned from the server) and recounts every thread's
+    /// unread messages without the caller's own.
+    pub(crate) fn set_me(&self, user: &str) -> Result<(), ClientError> {
+        self.write_cache(|tx| {
+            let c = tx.conn();
+            if me(c)?.as_deref() == Some(user) {
+                return Ok(());
+            }
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('me', ?1)",
+                [user],
+            )?;
+            refresh_all_summaries(c)?;
+            Ok(())
+        })
+    }
+
     /// The cached threads, in the order first cached (a row that no longer parses is skipped).
     pub(crate) fn threads(&self) -> Result<Vec<ThreadView>, ClientError> {
         self.read(|c| {
@@ -28,15 +255,33 @@ impl Store {
 impl CacheTx<'_> {
     /// Caches a thread as the server has it (its place in the list stays).
     pub(crate) fn put_thread(&self, t: &ThreadView) -> rusqlite::Result<()> {
+        // Only what the thread is: a feed entry's `left`/`read_cursor` are not kept.
+        let plain = ThreadView {
+            left: false,
+            read_cursor: None,
+            ..t.clone()
+        };
         self.conn().execute(
-            "INSERT INTO threads (id, json) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET json = ?2",
-            params![t.id.as_str(), json_text(t)?],
+            "INSERT INTO threads (id, json, created_at, last_at) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (id) DO UPDATE SET json = ?2, created_at = ?3,
+                last_at = MAX(COALESCE(last_at, 0), ?3)",
+            params![t.id.as_str(), json_text(&plain)?, t.created_at],
         )?;
         Ok(())
     }
 }
 
 impl CacheTx<'_> {
+    /// [`refresh_summary`] within this transaction.
+    pub(crate) fn refresh_summary(&self, thread: &ThreadId) -> rusqlite::Result<()> {
+        refresh_summary(self.conn(), thread.as_str())
+    }
+
+    /// Moves the thread's read marker forward (within this transaction).
+    pub(crate) fn raise_read_marker(&self, thread: &ThreadId, seq: i64) -> rusqlite::Result<()> {
+        raise_read_marker(self.conn(), thread.as_str(), seq)
+    }
+
     /// Forgets a thread the caller is no longer a member of: its row, its messages, their
     /// cached snapshots and its sync cursor. (Its audio stays in the audio cache, which is
     /// keyed by content and shared with other threads; the LRU evicts it.)
@@ -85,7 +330,14 @@ impl LogItem for ThreadView {
     fn merge_page(tx: &CacheTx<'_>, items: &[Self]) -> rusqlite::Result<(usize, usize)> {
         let (mut joined, mut left) = (0, 0);
         for t in items {
-            if t.left {
+            if let Some(cursor) = &t.read_cursor {
+                // Another device of the caller read it: only the marker moves (a thread
+                // not cached, or forgotten since, is not brought back by it).
+                if let Ok(seq) = cursor.parse::<i64>() {
+                    raise_read_marker(tx.conn(), t.id.as_str(), seq)?;
+                }
+                joined += 1;
+            } else if t.left {
                 tx.forget_thread(&t.id)?;
                 left += 1;
             } else {
