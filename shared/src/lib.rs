@@ -4,6 +4,7 @@
 
 pub mod audio;
 pub mod chat;
+mod dedup;
 pub mod domain;
 pub mod error;
 #[cfg(feature = "jwt")]
@@ -13,6 +14,7 @@ pub mod ports;
 pub mod protocol;
 pub mod store;
 
+pub use dedup::Dedup;
 pub use domain::*;
 pub use error::{DedupError, ErrorCode, StoreError};
-pub use protocol::{Dedup, DedupConfig};
+pub use protocol::DedupConfig;

@@ -1,25 +1,23 @@
 //! What the two services share: the configuration, the store core (typed reads, the
-//! transaction builder, compare-and-swap), the index's key layout and the invariants, and
-//! [`Dedup`], which builds both services over one store and runs the reconciler's pass.
-//! The flows themselves live in [`crate::audio`] and [`crate::chat`]; docs/protocol.md gives
-//! the states, invariants and races, and each flow's module says which it closes.
+//! transaction builder, compare-and-swap), the index's key layout and the invariants. It
+//! imports neither service: [`crate::Dedup`] (`crate::dedup`, the composition root) builds
+//! both over one store and runs the reconciler's pass. The flows themselves live in
+//! [`crate::audio`] and [`crate::chat`]; docs/protocol.md gives the states, invariants and
+//! races, and each flow's module says which it closes.
 
 pub(crate) mod codec;
 pub(crate) mod guards;
 pub mod invariants;
 pub mod keys;
-mod reconcile;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use codec::{CountShard, Versioned};
 
-use crate::audio::AudioEngine;
-use crate::chat::ChatService;
 use crate::domain::{ContentHash, Millis};
 use crate::error::DedupError;
-use crate::ports::{BlobStore, Clock, Entropy, OsEntropy, SystemClock, TransactionalIndex};
+use crate::ports::{BlobStore, Clock, Entropy, TransactionalIndex};
 
 #[derive(Debug, Clone)]
 pub struct DedupConfig {
@@ -156,31 +154,17 @@ pub(crate) struct Core<B, I> {
     pub(crate) entropy: Arc<dyn Entropy>,
 }
 
-/// The audio engine and the chat service over one blob store and one index.
-pub struct Dedup<B, I> {
-    audio: AudioEngine<B, I>,
-    chat: ChatService<B, I>,
-}
-
-impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
-    pub fn new(blobs: B, index: I, cfg: DedupConfig) -> Self {
-        Self::with_env(
-            blobs,
-            index,
-            cfg,
-            Arc::new(SystemClock),
-            Arc::new(OsEntropy),
-        )
-    }
-
-    pub fn with_env(
+impl<B, I> Core<B, I> {
+    /// The store core over `blobs` and `index`, with `cfg` held to what a transaction can
+    /// take (`max_add_batch`).
+    pub(crate) fn new(
         blobs: B,
         index: I,
         cfg: DedupConfig,
         clock: Arc<dyn Clock>,
         entropy: Arc<dyn Entropy>,
     ) -> Self {
-        let core = Arc::new(Core {
+        Self {
             blobs,
             index,
             cfg: DedupConfig {
@@ -189,34 +173,7 @@ impl<B: BlobStore, I: TransactionalIndex> Dedup<B, I> {
             },
             clock,
             entropy,
-        });
-        let audio = AudioEngine::new(core.clone());
-        Self {
-            chat: ChatService::new(core, audio.clone()),
-            audio,
         }
-    }
-
-    /// Uploads, sessions, proofs, references, deletion, blob events, stats.
-    pub fn audio(&self) -> &AudioEngine<B, I> {
-        &self.audio
-    }
-
-    /// Threads, messages and the library.
-    pub fn chat(&self) -> &ChatService<B, I> {
-        &self.chat
-    }
-
-    pub fn blobs(&self) -> &B {
-        &self.audio.core.blobs
-    }
-
-    pub fn index(&self) -> &I {
-        &self.audio.core.index
-    }
-
-    pub fn config(&self) -> &DedupConfig {
-        &self.audio.core.cfg
     }
 }
 

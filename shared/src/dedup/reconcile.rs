@@ -9,11 +9,12 @@
 
 use std::time::Instant;
 
-use super::codec::{expect_of, Versioned};
-use super::{keys, Dedup};
+use super::Dedup;
 use crate::domain::{ContentHash, ReconcileReport, SweepCursor};
 use crate::error::DedupError;
 use crate::ports::{BlobStore, IndexName, ObjectMeta, Query, TransactionalIndex};
+use crate::protocol::codec::{expect_of, Versioned};
+use crate::protocol::keys;
 
 /// Due items read from one shard at a time, before the next shard's turn.
 const SHARD_PAGE: usize = 25;
