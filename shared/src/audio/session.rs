@@ -121,6 +121,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             expires_at: now + ms(self.session_ttl(req.size)),
             deduplicated: None,
             parts,
+            verifying: None,
         };
         match self.core.cas(|| self.open_step(&fresh)).await {
             Ok(rec) => self.answer_session(&rec).await,

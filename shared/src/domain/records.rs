@@ -264,6 +264,19 @@ pub struct SessionRecord {
     /// Large content goes up in parts: the blob store's multipart upload for this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<PartedUpload>,
+    /// How far completing has read the assembled object through SHA-256 (a check longer
+    /// than one request goes on in the next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifying: Option<VerifyProgress>,
+}
+
+/// A whole-object SHA-256 part way through one staged version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyProgress {
+    pub version: String,
+    pub offset: u64,
+    /// The hash's internal state, hex.
+    pub state: String,
 }
 
 /// A session's multipart upload: assembled under a staging key, published under the content

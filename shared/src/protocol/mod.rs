@@ -31,6 +31,10 @@ pub struct DedupConfig {
     /// How long a parted session stays open: long enough to resume a large upload after
     /// the app was killed or the network went away. Part URLs are signed on request.
     pub parted_session_ttl: Duration,
+    /// How long one complete call may read a staged object through SHA-256 before it saves
+    /// its progress and answers `503 busy` (the next call goes on): inside an HTTP API's
+    /// 30 s, whatever the object's size.
+    pub verify_budget: Duration,
     /// Extra time after a session's URL expires for a slow PUT to land and be completed.
     pub session_slack: Duration,
     /// Lifetime of download URLs (at most 15 minutes).
@@ -125,6 +129,7 @@ impl Default for DedupConfig {
             session_ttl: Duration::from_secs(15 * 60),
             part_size: 8 * 1024 * 1024,
             parted_session_ttl: Duration::from_secs(24 * 60 * 60),
+            verify_budget: Duration::from_secs(20),
             session_slack: Duration::from_secs(60 * 60),
             download_ttl: Duration::from_secs(10 * 60),
             deletion_grace: Duration::ZERO,
