@@ -74,12 +74,15 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 p
             }
         };
+        // On audio with open count shards, the count may go to one of them alone, so a
+        // message create does not contend for the record (docs/protocol.md, "A hot track").
+        let route = self.add_route(&p, true).await?;
         let mut a: AudioRecord = p.value.clone();
         if possession == Possession::Shared {
             self.grant_holder(txn, &a, owner).await?;
         }
         self.plan_new_reference(txn, &mut a, owner, wanted)?;
-        self.put_or_check_audio(txn, a, &p)
+        self.plan_count(txn, route, a, &p, 1)
     }
 
     /// Plans dropping the reference a message or library item holds. Returns whether the

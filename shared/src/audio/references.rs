@@ -63,7 +63,7 @@ impl AddRequest {
 pub(crate) type AddAnswer = Result<ReferenceView, DedupError>;
 
 /// Where an add's count goes.
-enum AddRoute {
+pub(crate) enum AddRoute {
     /// The audio record's own count (its compare-and-swap).
     Direct,
     /// Open shard `n`, read at this version: written alone, the record untouched.
@@ -252,9 +252,28 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             let r = &batch[i];
             answers[i] = Ok(self.plan_new_reference(&mut txn, &mut a, &r.owner, &r.wanted)?);
         }
-        let added = new.len() as u64;
+        self.plan_count(&mut txn, route, a, &p, new.len() as u64)?;
+        Ok(if self.core.commit(txn).await? {
+            Step::Done(answers)
+        } else {
+            Step::Lost
+        })
+    }
+
+    /// Plans where `added` new references to `p` (already planned on `a`, `p`'s record with
+    /// them counted) are counted: the record, an open shard alone, or a shard opened with
+    /// the record.
+    pub(crate) fn plan_count(
+        &self,
+        txn: &mut Txn,
+        route: AddRoute,
+        mut a: AudioRecord,
+        p: &Versioned<AudioRecord>,
+        added: u64,
+    ) -> Result<(), DedupError> {
+        let hash = &p.value.hash;
         match route {
-            AddRoute::Direct => self.put_or_check_audio(&mut txn, a, &p)?,
+            AddRoute::Direct => self.put_or_check_audio(txn, a, p),
             AddRoute::Shard(n, s) => {
                 let shard = CountShard {
                     count: s.value.count + added,
@@ -267,6 +286,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 };
                 txn.put_count_shard(n, &shard, expect)?;
                 txn.stats_shard_for(hash, n);
+                Ok(())
             }
             AddRoute::Open(n, s) => {
                 a.refs = p.value.refs + SHARD_TOKEN;
@@ -277,14 +297,9 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 };
                 txn.put_count_shard(n, &shard, expect_of(s.as_ref()))?;
                 txn.stats_shard_for(hash, n);
-                self.put_or_check_audio(&mut txn, a, &p)?;
+                self.put_or_check_audio(txn, a, p)
             }
         }
-        Ok(if self.core.commit(txn).await? {
-            Step::Done(answers)
-        } else {
-            Step::Lost
-        })
     }
 
     /// Where the count of an add to active audio `p` goes. One random shard is read when
@@ -292,7 +307,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// for the record): an open one takes the add alone; a closed one is opened on a retry.
     /// A first attempt on audio with no open shard counts on the record, as always, so
     /// audio that is not contended costs no extra item.
-    async fn add_route(
+    pub(crate) async fn add_route(
         &self,
         p: &Versioned<AudioRecord>,
         first: bool,
