@@ -27,7 +27,11 @@ CREATE TABLE IF NOT EXISTS threads (
     preview_text TEXT,
     preview_audio INTEGER,
     read_seq INTEGER NOT NULL DEFAULT 0,
-    unread INTEGER NOT NULL DEFAULT 0
+    unread INTEGER NOT NULL DEFAULT 0,
+    -- What the list shows of the thread itself, as columns (members comma-separated).
+    title TEXT,
+    members TEXT,
+    created_by TEXT
 );
 CREATE TABLE IF NOT EXISTS messages (
     thread_id TEXT NOT NULL,
@@ -156,7 +160,7 @@ const MIGRATIONS: [(&str, &str); 4] = [
 /// Columns added to existing tables since version 3, as `(table, column, declaration)`.
 /// `SCHEMA` declares them for a new file; a migrated file gets each one it lacks, after
 /// `MIGRATIONS` (so a file of any older version, however it was made, ends with all of them).
-const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 13] = [
     ("messages", "text", "TEXT"),
     ("threads", "created_at", "INTEGER"),
     ("threads", "last_at", "INTEGER"),
@@ -167,6 +171,9 @@ const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
     ("threads", "preview_audio", "INTEGER"),
     ("threads", "read_seq", "INTEGER NOT NULL DEFAULT 0"),
     ("threads", "unread", "INTEGER NOT NULL DEFAULT 0"),
+    ("threads", "title", "TEXT"),
+    ("threads", "members", "TEXT"),
+    ("threads", "created_by", "TEXT"),
 ];
 
 /// What needs `ADDED_COLUMNS` in place: run on every open, after the migrations.
@@ -237,6 +244,7 @@ fn open_checked(path: &Path) -> rusqlite::Result<Connection> {
                 tx.execute_batch(sql)?;
             }
             add_missing_columns(&tx)?;
+            super::threads::fill_list_columns(&tx)?;
             super::threads::refresh_all_summaries(&tx)?;
             tx.execute(
                 "UPDATE meta SET value = ?1 WHERE key = 'schema'",
@@ -388,6 +396,52 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
             .expect("count");
         assert_eq!(n, 1, "the unsent message is still there");
+    }
+
+    /// A version-4 file (threads without the list's columns) gets them in place, filled
+    /// from each thread's JSON and its cached messages.
+    #[test]
+    fn a_version_4_cache_gets_the_thread_list_in_place() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("cache.sqlite");
+        {
+            let c = open_checked(&path).expect("create");
+            // Version 4's threads table, as it was.
+            let mut sql = String::from(
+                "DROP TABLE threads; CREATE TABLE threads (id TEXT PRIMARY KEY, json TEXT NOT NULL);",
+            );
+            sql.push_str(
+                r#"INSERT INTO threads (id, json) VALUES ('t', '{"id":"t","title":"Jam","members":["bob","alice"],"created_by":"bob","created_at":5}');
+                 INSERT INTO messages (thread_id, id, seq, local_order, send_state, state, json,
+                                       author, created_at, text)
+                    VALUES ('t', 'm', 3, 3, 'sent', 'live', '{}', 'bob', 9, 'hi');
+                 UPDATE meta SET value = '4' WHERE key = 'schema';"#,
+            );
+            c.execute_batch(&sql).expect("back to version 4");
+        }
+        let (c, _, opened) = open(dir.path(), 1).expect("open");
+        assert!(opened.moved_to.is_none(), "migrated, not rebuilt");
+        assert_eq!(version(&c), SCHEMA_VERSION);
+        let row: (String, String, i64, i64, String, i64) = c
+            .query_row(
+                "SELECT title, members, last_at, last_seq, preview_text, unread FROM threads",
+                [],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .expect("the thread, with its list");
+        assert_eq!(
+            row,
+            ("Jam".into(), "bob,alice".into(), 9, 3, "hi".into(), 1)
+        );
     }
 
     /// A version-3 file (no `messages.text`) gets the column in place and keeps its rows.
