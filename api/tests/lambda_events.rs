@@ -447,3 +447,80 @@ async fn the_threads_function_serves_a_members_download_of_a_message_audio() {
         (201, Some(hash.as_str()))
     );
 }
+
+/// Membership and read markers through the threads function as API Gateway invokes it: the
+/// caller is the JWT's sub, the other functions do not serve these routes.
+#[tokio::test]
+async fn the_threads_function_changes_members_and_read_markers_for_the_jwt_sub() {
+    let d = dedup();
+    let (threads, library) = (
+        Fn::new(&d, RouteSet::Threads),
+        Fn::new(&d, RouteSet::Library),
+    );
+    let body = br#"{"id":"club","title":"t","members":["bob"]}"#;
+    let (st, _) = threads
+        .call(event("POST", "/v1/threads", "", Some("alice"), Some(body)))
+        .await;
+    assert_eq!(st, 201);
+    let add = br#"{"member":"carol"}"#;
+    let (st, t) = threads
+        .call(event(
+            "POST",
+            "/v1/threads/club/members",
+            "",
+            Some("bob"),
+            Some(add),
+        ))
+        .await;
+    assert_eq!(
+        (st, t["members"].clone()),
+        (201, json!(["alice", "bob", "carol"]))
+    );
+    let (st, _) = threads
+        .call(event(
+            "PUT",
+            "/v1/threads/club/read",
+            "",
+            Some("carol"),
+            Some(br#"{"cursor":"1"}"#),
+        ))
+        .await;
+    assert_eq!(st, 204);
+    let (st, _) = threads
+        .call(event(
+            "POST",
+            "/v1/threads/club/leave",
+            "",
+            Some("carol"),
+            None,
+        ))
+        .await;
+    assert_eq!(st, 204);
+    let (st, body) = threads
+        .call(event("GET", "/v1/threads/club", "", Some("carol"), None))
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (404, Some("thread_not_found"))
+    );
+    let (st, _) = threads
+        .call(event(
+            "DELETE",
+            "/v1/threads/club/members/alice",
+            "",
+            Some("bob"),
+            None,
+        ))
+        .await;
+    assert_eq!(st, 403, "only the creator removes others");
+    let (st, _) = library
+        .call(event(
+            "POST",
+            "/v1/threads/club/members",
+            "",
+            Some("bob"),
+            Some(add),
+        ))
+        .await;
+    assert_eq!(st, 404, "not a route of the library function");
+}
