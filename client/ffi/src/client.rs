@@ -17,7 +17,7 @@ use crate::listeners::{
 use crate::runtime;
 use crate::types::{
     parse, CacheStats, ChatMessage, ChatThread, ClientState, ClientUpdate, LibraryItem,
-    OutgoingAudio, QueueReport, SyncResult, UploadResult,
+    OutgoingAudio, QueueReport, SyncResult, ThreadListEntry, UploadResult,
 };
 
 /// What `ClientHandle.open` needs. Give a `token` (a fixed one; `set_token` replaces it) or a
@@ -250,20 +250,62 @@ impl ClientHandle {
     }
 
     /// Sends a message: shown at once as `SENDING`, queued durably, sent when it can be.
-    /// `snapshot_json` is any JSON value but null.
-    #[uniffi::method(default(audio = None))]
+    /// `snapshot_json` is any JSON value but null; `text` an optional plain text (at most
+    /// 2,000 characters, no control characters but line feed and tab).
+    #[uniffi::method(default(audio = None, text = None))]
     pub async fn send_message(
         &self,
         thread_id: String,
         snapshot_json: String,
         audio: Option<OutgoingAudio>,
+        text: Option<String>,
     ) -> Result<ChatMessage, ClientError> {
         let c = self.client()?;
         let thread = Self::thread_id(&thread_id)?;
         let snapshot: serde_json::Value = serde_json::from_str(&snapshot_json)
             .map_err(|e| ClientError::invalid(format!("the snapshot is not JSON: {e}")))?;
         let audio = audio.map(OutgoingAudio::into_attachment).transpose()?;
-        Ok(c.send_message(&thread, &snapshot, audio).await?.into())
+        Ok(
+            c.send_message_with_text(&thread, &snapshot, text.as_deref(), audio)
+                .await?
+                .into(),
+        )
+    }
+
+    /// The thread list from the cache: newest activity first, at most `limit` threads, each
+    /// with its last activity, a preview of its newest message and the unread count.
+    pub fn thread_list(&self, limit: u32) -> Result<Vec<ThreadListEntry>, ClientError> {
+        Ok(self
+            .client()?
+            .thread_list(None, limit.max(1) as usize)?
+            .threads
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Marks a thread read up to its newest cached message: the unread count drops at once,
+    /// the marker is queued for the server and the caller's other devices.
+    pub async fn mark_read(&self, thread_id: String) -> Result<(), ClientError> {
+        let thread = Self::thread_id(&thread_id)?;
+        Ok(self.client()?.mark_read(&thread, None).await?)
+    }
+
+    /// Adds a member to a thread (online; any member may).
+    pub async fn add_member(
+        &self,
+        thread_id: String,
+        user: String,
+    ) -> Result<ChatThread, ClientError> {
+        let thread = Self::thread_id(&thread_id)?;
+        let user = parse("user id", &user)?;
+        Ok(self.client()?.add_member(&thread, &user).await?.into())
+    }
+
+    /// Leaves a thread (online): this cache forgets it, its messages and snapshots.
+    pub async fn leave_thread(&self, thread_id: String) -> Result<(), ClientError> {
+        let thread = Self::thread_id(&thread_id)?;
+        Ok(self.client()?.leave_thread(&thread).await?)
     }
 
     /// Deletes a message (optimistic; an unsent one is cancelled without a request).

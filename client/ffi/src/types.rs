@@ -65,6 +65,41 @@ impl From<ThreadView> for ChatThread {
     }
 }
 
+/// One entry of the thread list (`thread_list`): newest activity first.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ThreadListEntry {
+    pub thread: ChatThread,
+    /// The newest live message's time, or the thread's creation (ms).
+    pub last_activity_at_ms: i64,
+    /// The newest position of the thread's log this cache holds.
+    pub last_cursor: u64,
+    /// The newest live message: its author (`None`: this device's, unsent), the start of its
+    /// text, whether it has audio.
+    pub preview_author: Option<String>,
+    pub preview_text: Option<String>,
+    pub preview_has_audio: bool,
+    /// Live messages of others after the read marker.
+    pub unread: u64,
+}
+
+impl From<client::ThreadSummary> for ThreadListEntry {
+    fn from(s: client::ThreadSummary) -> Self {
+        let (author, text, audio) = match s.preview {
+            Some(p) => (p.author, p.text, p.has_audio),
+            None => (None, None, false),
+        };
+        Self {
+            thread: s.thread.into(),
+            last_activity_at_ms: s.last_activity_at,
+            last_cursor: s.last_cursor,
+            preview_author: author,
+            preview_text: text,
+            preview_has_audio: audio,
+            unread: s.unread,
+        }
+    }
+}
+
 /// A message as this device has it (sent, or still on its way).
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct ChatMessage {
@@ -82,6 +117,8 @@ pub struct ChatMessage {
     pub snapshot_sha256: Option<String>,
     /// Why it failed, when `send_state` is `FAILED`.
     pub error: Option<FailureReason>,
+    /// The message's plain text, if it has one.
+    pub text: Option<String>,
 }
 
 impl From<client::LocalMessage> for ChatMessage {
@@ -97,6 +134,7 @@ impl From<client::LocalMessage> for ChatMessage {
             snapshot_size: m.snapshot.as_ref().map(|s| s.size),
             snapshot_sha256: m.snapshot.as_ref().map(|s| s.sha256.to_string()),
             error: m.error.map(Into::into),
+            text: m.text,
         }
     }
 }
