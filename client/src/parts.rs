@@ -7,7 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use audio_dedup_core::{ContentHash, Part, PartUpload, PartsPlan, SignedRequest, UploadSession};
+use std::time::Duration;
+
+use audio_dedup_core::{
+    ContentHash, Part, PartUpload, PartsPlan, SignedRequest, UploadResult, UploadSession,
+};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use reqwest::Method;
@@ -20,6 +24,9 @@ use crate::Client;
 
 /// Parts read, signed and sent at once: at most this many parts' bytes are held in memory.
 const PARTS_IN_FLIGHT: usize = 4;
+/// Busy answers to a parted complete waited out before the error goes to the caller (the
+/// server checks at most about 20 s of the file per call: 60 calls cover tens of GB).
+const COMPLETE_WAITS: usize = 60;
 /// A saved session is resumed only while it has at least this long left.
 const RESUME_MARGIN_MS: i64 = 10 * 60 * 1000;
 
@@ -118,6 +125,34 @@ impl Client {
             reporter.report(confirmed);
         }
         Ok(PartsSent { resumed_from, sent })
+    }
+
+    /// Completes a parted session. The server checks the whole file's SHA-256 first; on S3
+    /// a large file's check goes on across calls (each answers `503 busy` until it is done),
+    /// so busy answers are waited out here, a bounded number of times.
+    pub(crate) async fn complete_parted(
+        &self,
+        session: &UploadSession,
+    ) -> Result<UploadResult, ApiError> {
+        let mut waits = 0;
+        loop {
+            match self
+                .api
+                .complete(&session.content_hash, &session.session_id, None)
+                .await
+            {
+                Err(ApiError::Retryable {
+                    code: ErrorCode::Busy,
+                    retry_after,
+                    ..
+                }) if waits < COMPLETE_WAITS => {
+                    waits += 1;
+                    let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                    tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn put_part(&self, upload: Option<&PartUpload>, body: Bytes) -> Result<(), ClientError> {

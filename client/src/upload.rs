@@ -262,7 +262,11 @@ impl Client {
             Err(e) => return Err(e),
         }
         let parts = sent.ok().flatten();
-        let done = match self.api.complete(&hash, &session.session_id, None).await {
+        let completed = match parts {
+            Some(_) => self.complete_parted(&session).await,
+            None => self.api.complete(&hash, &session.session_id, None).await,
+        };
+        let done = match completed {
             Ok(done) => done,
             // Parts put together under another upload's object: only a proof claims it.
             Err(ApiError::Rejected {

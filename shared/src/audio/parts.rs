@@ -14,10 +14,13 @@
 //! completes or the reconciler expires it; expiring aborts the upload and deletes what was
 //! staged.
 
+use sha2::digest::common::hazmat::SerializableState;
+use sha2::{Digest, Sha256};
+
 use super::AudioEngine;
 use crate::domain::{
     AudioFormat, ContentHash, Part, PartUpload, PartedUpload, PartsPlan, PartsView, SessionId,
-    SessionRecord, SessionState, Uploader, UserId,
+    SessionRecord, SessionState, Uploader, UserId, VerifyProgress,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{
@@ -85,6 +88,28 @@ enum Published {
     Mismatch,
     /// Another upload's object holds the content's key: only a proof claims it now.
     Taken,
+    /// The whole-object check goes on in the next complete call.
+    Verifying,
+}
+
+/// What the whole-object check found.
+enum Whole {
+    Matches,
+    Differs,
+    /// Not finished within this call's budget; its progress is saved.
+    Pending,
+    /// The assembled version is gone (aborted, or expired by the lifecycle rule).
+    Gone,
+}
+
+/// Bytes read per ranged GET of the whole-object check.
+const VERIFY_CHUNK: u64 = 8 * 1024 * 1024;
+
+/// A hash state saved by `save_progress`; `None` if it does not read back.
+fn restore(state_hex: &str) -> Option<Sha256> {
+    let raw = hex::decode(state_hex).ok()?;
+    let state = sha2::digest::common::hazmat::SerializedState::<Sha256>::try_from(&raw[..]).ok()?;
+    Sha256::deserialize(&state).ok()
 }
 
 impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
@@ -217,6 +242,11 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         match self.publish_step(s, up).await? {
             Published::Ready => Ok(()),
             Published::Taken => Err(DedupError::UploadRequired),
+            Published::Verifying => Err(DedupError::limited(
+                ErrorCode::Busy,
+                "checking the whole upload's SHA-256; complete again to go on",
+                std::time::Duration::from_secs(1),
+            )),
             // Nothing sent: the single PUT's answer, whether or not the content exists.
             Published::Missing { held: 0, .. } => Err(DedupError::UploadRequired),
             Published::Missing { first: numbers, .. } => Err(DedupError::refused(
@@ -252,6 +282,16 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 return Ok(Published::Ready);
             }
         }
+        // Assembled by an earlier try: what a HEAD reports of a multipart object is never its
+        // whole SHA-256 (S3 keeps a checksum of part checksums), so the check reads it.
+        let staged = || async {
+            Ok::<_, DedupError>(
+                blobs
+                    .head(&staging.key)
+                    .await?
+                    .map(|m| ObjectMeta { sha256: None, ..m }),
+            )
+        };
         let assembled = match blobs.list_parts(&staging).await? {
             Some(have) => {
                 let missing = missing_parts(&up.plan, &have);
@@ -264,10 +304,10 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 match blobs.finish_parts(&staging, &have).await? {
                     Some(m) => Some(m),
                     // Finished by a concurrent try.
-                    None => blobs.head(&staging.key).await?,
+                    None => staged().await?,
                 }
             }
-            None => blobs.head(&staging.key).await?,
+            None => staged().await?,
         };
         let Some(assembled) = assembled else {
             // Nothing in progress and nothing assembled: aborted, or never sent.
@@ -276,12 +316,22 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
                 held: 0,
             });
         };
-        if !self.whole_matches(s, &assembled).await? {
-            blobs
-                .delete_version(&assembled.key, &assembled.version)
-                .await?;
-            tracing::warn!(hash = %s.hash, session = %s.id, "parted upload does not hash to its content; deleted");
-            return Ok(Published::Mismatch);
+        match self.verify_whole(s, &assembled).await? {
+            Whole::Matches => {}
+            Whole::Pending => return Ok(Published::Verifying),
+            Whole::Gone => {
+                return Ok(Published::Missing {
+                    first: (1..=up.plan.part_count.min(10)).collect(),
+                    held: 0,
+                })
+            }
+            Whole::Differs => {
+                blobs
+                    .delete_version(&assembled.key, &assembled.version)
+                    .await?;
+                tracing::warn!(hash = %s.hash, session = %s.id, "parted upload does not hash to its content; deleted");
+                return Ok(Published::Mismatch);
+            }
         }
         let out = blobs
             .copy_if_absent(
@@ -301,25 +351,86 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     }
 
     /// Whether the assembled object is the session's content, byte for byte: its whole
-    /// SHA-256, from the store where it computed one while assembling, else read through.
-    async fn whole_matches(
+    /// SHA-256, from the store where it computed one while assembling it, else read through
+    /// in ranges, within `cfg.verify_budget` per call: past it, the progress is saved in the
+    /// session and the next complete goes on from there.
+    async fn verify_whole(
         &self,
         s: &SessionRecord,
         assembled: &ObjectMeta,
-    ) -> Result<bool, DedupError> {
+    ) -> Result<Whole, DedupError> {
         if assembled.size != s.size {
-            return Ok(false);
+            return Ok(Whole::Differs);
         }
-        let whole = match assembled.sha256 {
-            Some(h) => Some(h),
-            None => {
-                self.core
-                    .blobs
-                    .stream_sha256(&assembled.key, &assembled.version)
-                    .await?
-            }
+        if let Some(h) = assembled.sha256 {
+            return Ok(if h == s.hash {
+                Whole::Matches
+            } else {
+                Whole::Differs
+            });
+        }
+        let (mut hasher, mut offset) = match s
+            .verifying
+            .as_ref()
+            .filter(|v| v.version == assembled.version)
+            .and_then(|v| Some((restore(&v.state)?, v.offset)))
+        {
+            Some(resumed) => resumed,
+            None => (Sha256::new(), 0),
         };
-        Ok(whole == Some(s.hash))
+        let started = std::time::Instant::now();
+        while offset < assembled.size {
+            let len = VERIFY_CHUNK.min(assembled.size - offset);
+            let Some(bytes) = self
+                .core
+                .blobs
+                .read_range(&assembled.key, &assembled.version, offset, len)
+                .await?
+                .filter(|b| b.len() as u64 == len)
+            else {
+                return Ok(Whole::Gone);
+            };
+            hasher.update(&bytes);
+            offset += len;
+            if offset < assembled.size && started.elapsed() >= self.core.cfg.verify_budget {
+                self.save_progress(s, &assembled.version, offset, &hasher)
+                    .await?;
+                return Ok(Whole::Pending);
+            }
+        }
+        let whole = ContentHash::from_bytes(hasher.finalize().into());
+        Ok(if whole == s.hash {
+            Whole::Matches
+        } else {
+            Whole::Differs
+        })
+    }
+
+    /// Records how far the check got (a lost race only means the next call reads again).
+    async fn save_progress(
+        &self,
+        s: &SessionRecord,
+        version: &str,
+        offset: u64,
+        hasher: &Sha256,
+    ) -> Result<(), DedupError> {
+        let key = keys::session(&s.hash, &s.id);
+        let Some(cur) = self.core.load::<SessionRecord>(&key).await? else {
+            return Ok(());
+        };
+        if cur.value.state != SessionState::Open {
+            return Ok(());
+        }
+        let mut rec = cur.value.clone();
+        rec.verifying = Some(VerifyProgress {
+            version: version.to_owned(),
+            offset,
+            state: hex::encode(hasher.serialize().as_slice()),
+        });
+        let mut txn = self.core.txn();
+        txn.put_session(&rec, cur.expect())?;
+        self.core.commit(txn).await?;
+        Ok(())
     }
 
     /// Aborts the upload and deletes anything assembled from it.
