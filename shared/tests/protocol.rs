@@ -1292,3 +1292,61 @@ async fn a_failed_batch_answers_each_add_with_its_own_outcome() {
     assert_eq!(h.d.audio().stats().await.unwrap().total_references, 6);
     h.check();
 }
+
+/// The largest batch still fits in one transaction when its retry opens a count shard:
+/// its references, the audio record, the shard and a stats shard (the memory store refuses
+/// a transaction over DynamoDB's 100 operations).
+#[tokio::test(start_paused = true)]
+async fn the_largest_batch_fits_when_it_opens_a_count_shard() {
+    /// Once armed: slow commits, and the second transaction conflicts.
+    struct SlowThenConflict {
+        armed: std::sync::atomic::AtomicBool,
+        seen: AtomicU32,
+    }
+    impl FaultHook for SlowThenConflict {
+        fn fault(&self, op: Op) -> Fault {
+            if op == Op::IndexTransact
+                && self.armed.load(Ordering::SeqCst)
+                && self.seen.fetch_add(1, Ordering::SeqCst) == 1
+            {
+                return Fault::Conflict;
+            }
+            Fault::None
+        }
+        fn delay(&self, op: Op) -> Duration {
+            if op == Op::IndexTransact && self.armed.load(Ordering::SeqCst) {
+                Duration::from_millis(10)
+            } else {
+                Duration::ZERO
+            }
+        }
+    }
+    let hook = Arc::new(SlowThenConflict {
+        armed: false.into(),
+        seen: AtomicU32::new(0),
+    });
+    let cfg = DedupConfig {
+        max_add_batch: 1_000,
+        ..DedupConfig::default()
+    };
+    let h = harness_with(cfg, hook.clone());
+    let hash = ContentHash::of(b"big batch");
+    h.upload("alice", b"big batch", None).await.unwrap();
+    hook.armed.store(true, Ordering::SeqCst);
+    // One leads alone; 99 queue behind it, more than a batch takes.
+    let adds = (0..100)
+        .map(|i| ("alice", format!("r{i}"), ReferenceKind::Library))
+        .collect();
+    for a in add_all(&h, hash, adds).await {
+        a.unwrap();
+    }
+    assert!(
+        h.index
+            .dump()
+            .iter()
+            .any(|i| i.key.sk.starts_with("COUNT#")),
+        "the retried batch opened a count shard"
+    );
+    assert_eq!(h.d.audio().stats().await.unwrap().total_references, 100);
+    h.check();
+}

@@ -147,8 +147,9 @@ impl Default for DedupConfig {
     }
 }
 
-/// A batch's reference puts, its audio record and one stats shard fit in one transaction.
-const MAX_ADD_BATCH: usize = crate::ports::MAX_TRANSACTION_OPS - 2;
+/// A batch's reference puts, its audio record, the count shard it opens and one stats
+/// shard fit in one transaction.
+const MAX_ADD_BATCH: usize = crate::ports::MAX_TRANSACTION_OPS - 3;
 
 /// The store both services write through, with the clock and entropy they read.
 pub(crate) struct Core<B, I> {
