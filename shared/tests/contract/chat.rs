@@ -818,6 +818,24 @@ pub async fn concurrent_membership_changes_keep_record_and_feeds_consistent<E: E
         detail.last_cursor,
         "every position is one change"
     );
+    // Read markers: forward only, into the reader's feed; a departed member may not mark.
+    let last: u64 = detail.last_cursor.parse().unwrap();
+    assert!(d.chat().mark_read(&user("m3"), &t, last).await.unwrap());
+    assert!(!d.chat().mark_read(&user("m3"), &t, 1).await.unwrap());
+    let e = d
+        .chat()
+        .mark_read(&user("m3"), &t, last + 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::CursorUnknown);
+    let feed = d.chat().list_threads(&user("m3"), 0, 10).await.unwrap();
+    let marker = last.to_string();
+    assert_eq!(
+        feed.items.last().and_then(|v| v.read_cursor.as_deref()),
+        Some(marker.as_str())
+    );
+    let e = d.chat().mark_read(&user("m1"), &t, 1).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ThreadNotFound);
     for gone in ["m1", "m2"] {
         let e = d
             .chat()
