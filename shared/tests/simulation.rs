@@ -171,6 +171,9 @@ struct Params {
     /// In a tenth of the seeds, DynamoDB's transaction conflicts are modelled: a
     /// transaction holds its items while in flight and cancels any other naming one of them.
     conflict_model: Option<ConflictModel>,
+    /// In a quarter of the seeds every add counts on a count shard (opening one on a first
+    /// attempt too), so the hot-track paths run on every add.
+    eager_count_shards: bool,
 }
 
 /// Drawn from a stream of its own, so the rest of a seed's workload is what it was.
@@ -450,6 +453,7 @@ fn generate(seed: u64) -> Workload {
             Duration::ZERO
         },
         conflict_model: conflict_model(seed),
+        eager_count_shards: Rng::new(seed, 12).chance(0.25),
     };
     let n_clients = r.range(5, 8) as usize;
     let n_users = r.range(3, n_clients as u64) as usize;
@@ -1673,6 +1677,7 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
         deletion_grace: w.params.deletion_grace,
         // Small, so some snapshots take the blob-store path (with its faults).
         snapshot_inline_max: 64,
+        eager_count_shards: w.params.eager_count_shards,
         ..DedupConfig::default()
     };
     let d = Dedup::with_env(

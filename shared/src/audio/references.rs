@@ -312,7 +312,8 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         p: &Versioned<AudioRecord>,
         first: bool,
     ) -> Result<AddRoute, DedupError> {
-        if first && open_shards(p.value.refs) == 0 {
+        let eager = self.core.cfg.eager_count_shards;
+        if first && !eager && open_shards(p.value.refs) == 0 {
             return Ok(AddRoute::Direct);
         }
         let n = self.core.entropy.next_u64() % keys::COUNT_SHARDS;
@@ -322,7 +323,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
             .await?;
         Ok(match s {
             Some(s) if is_open(&s, &p.value) => AddRoute::Shard(n, s),
-            _ if first => AddRoute::Direct,
+            _ if first && !eager => AddRoute::Direct,
             s => AddRoute::Open(n, s),
         })
     }

@@ -66,6 +66,11 @@ pub struct DedupConfig {
     /// transaction; adds to one audio still take turns rather than race).
     /// Clamped to 1..=`MAX_ADD_BATCH`, so a batch fits in one index transaction.
     pub max_add_batch: usize,
+    /// Count every add on a count shard, opening one on a first attempt too (docs/protocol.md,
+    /// "A hot track"). Off in production: an add to audio no one contends then counts on the
+    /// audio record, with no extra item; the simulation turns it on in some seeds so the
+    /// shard paths run on every add there.
+    pub eager_count_shards: bool,
     /// What one user may make the system keep or do.
     pub limits: Limits,
     /// What one reconciler pass may do.
@@ -141,6 +146,7 @@ impl Default for DedupConfig {
             positions_margin: Duration::from_secs(5 * 60),
             max_attempts: 64,
             max_add_batch: 20,
+            eager_count_shards: false,
             limits: Limits::default(),
             reconcile: ReconcileBudget::default(),
         }
