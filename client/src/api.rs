@@ -79,6 +79,9 @@ pub struct ThreadInfo {
     pub thread: ThreadView,
     pub last_cursor: String,
     pub message_count: u64,
+    /// The newest live message (the thread's last activity), if any.
+    #[serde(default)]
+    pub last_message: Option<audio_dedup_core::MessagePreview>,
 }
 
 impl From<ThreadInfo> for ThreadDetail {
@@ -87,6 +90,7 @@ impl From<ThreadInfo> for ThreadDetail {
             thread: t.thread,
             last_cursor: t.last_cursor,
             message_count: t.message_count,
+            last_message: t.last_message,
         }
     }
 }

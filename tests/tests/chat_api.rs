@@ -1084,6 +1084,16 @@ async fn a_message_text_is_stored_synced_checked_on_retry_and_dropped_on_delete(
     // Bob's sync carries it; the snapshot is unchanged.
     let page = sync(&bob, "tx", "0").await;
     assert_eq!(page.body["items"][0]["text"], "line one\n\tline two");
+    let detail = bob
+        .call(
+            Method::GET,
+            "/v1/threads/{id}",
+            "/v1/threads/tx",
+            Body::None,
+        )
+        .await;
+    assert_eq!(detail.body["last_message"]["text"], "line one\n\tline two");
+    assert_eq!(detail.body["last_message"]["author"], "alice");
     assert_eq!(snapshot(&bob, "tx1").await.body, json!({"bpm": 90}));
     // A deletion's tombstone drops it.
     assert_eq!(
@@ -1096,6 +1106,20 @@ async fn a_message_text_is_stored_synced_checked_on_retry_and_dropped_on_delete(
         page.body["items"][0].get("text").is_none(),
         "{:?}",
         page.body
+    );
+    // The thread's preview of its newest message went with it.
+    let detail = bob
+        .call(
+            Method::GET,
+            "/v1/threads/{id}",
+            "/v1/threads/tx",
+            Body::None,
+        )
+        .await;
+    assert!(
+        detail.body.get("last_message").is_none(),
+        "{:?}",
+        detail.body
     );
     let dump = s.dump();
     assert!(

@@ -275,6 +275,11 @@ async fn members_come_and_go_and_a_departed_member_is_a_stranger() {
     assert_eq!(s.dump(), before);
     let detail = get(&alice, "/v1/threads/{id}", "/v1/threads/band").await;
     assert_eq!(detail.body["members"], json!(["alice"]));
+    assert_eq!(
+        detail.body["last_message"],
+        json!({"message_id": "m1", "author": "alice", "cursor": "1",
+               "at": detail.body["last_message"]["at"], "text": "first take", "has_audio": true})
+    );
     assert_eq!(detail.body["last_cursor"], "6");
     s.assert_invariants();
 }

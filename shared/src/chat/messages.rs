@@ -18,9 +18,9 @@ use super::message_audio::message_not_found;
 use super::threads::ahead_cursor;
 use super::ChatService;
 use crate::domain::{
-    ContentHash, EntryState, MessageAudio, MessageId, MessageRecord, MessageText, MessageView,
-    Millis, Page, PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot, SnapshotStore,
-    ThreadId, ThreadLogEntry, Uploader, UserId,
+    ContentHash, EntryState, MessageAudio, MessageId, MessagePreview, MessageRecord, MessageText,
+    MessageView, Millis, Page, PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot,
+    SnapshotStore, ThreadId, ThreadLogEntry, Uploader, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
@@ -209,6 +209,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         th.last_seq = seq;
         th.live_messages += 1;
         th.updated_at = now;
+        th.last_message = Some(MessagePreview::of(&msg));
         let view = msg.view();
         txn.put(keys::thread(thread), &th, t.expect())?;
         txn.put(keys::message(&msg.id), &msg, Expect::Absent)?;
@@ -310,6 +311,15 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         th.last_seq = seq;
         th.live_messages = th.live_messages.saturating_sub(1);
         th.updated_at = now;
+        if th
+            .last_message
+            .as_ref()
+            .is_some_and(|p| &p.message_id == id)
+        {
+            // The preview goes with its message (the one before it is not kept: a list
+            // shows the thread without one until the next message).
+            th.last_message = None;
+        }
         let mut gone = m.value.clone();
         gone.state = EntryState::Deleted;
         gone.seq = seq;

@@ -95,6 +95,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             live_messages: 0,
             updated_at: 0,
             unannounced: Vec::new(),
+            last_message: None,
         };
         self.core.cas(|| self.create_thread_step(&wanted)).await
     }
@@ -240,6 +241,7 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             thread: t.value.view(),
             last_cursor: t.value.last_seq.to_string(),
             message_count: t.value.live_messages,
+            last_message: t.value.last_message,
         })
     }
 

@@ -41,6 +41,43 @@ pub struct ThreadRecord {
     /// Membership itself (reading, posting, pokes) never waits for this.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unannounced: Vec<UserId>,
+    /// The newest live message (its preview), kept by the transactions that create and
+    /// delete messages, which write this record anyway: no write more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessagePreview>,
+}
+
+/// Most characters of a message's text a preview carries.
+pub const PREVIEW_TEXT_CHARS: usize = 100;
+
+/// The newest live message of a thread, as a thread list shows it: its last activity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagePreview {
+    pub message_id: MessageId,
+    pub author: UserId,
+    /// Its position in the thread's log.
+    pub cursor: String,
+    pub at: Millis,
+    /// The start of its text (at most `PREVIEW_TEXT_CHARS` characters), if it has text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    pub has_audio: bool,
+}
+
+impl MessagePreview {
+    pub fn of(m: &MessageRecord) -> Self {
+        Self {
+            message_id: m.id.clone(),
+            author: m.author.clone(),
+            cursor: m.created_seq.to_string(),
+            at: m.created_at,
+            text: m
+                .text
+                .as_ref()
+                .map(|t| t.chars().take(PREVIEW_TEXT_CHARS).collect()),
+            has_audio: m.audio.is_some(),
+        }
+    }
 }
 
 impl ThreadRecord {
@@ -106,6 +143,9 @@ pub struct ThreadDetail {
     /// The cursor of the newest message change: a client whose cursor equals it is current.
     pub last_cursor: String,
     pub message_count: u64,
+    /// The newest live message (the thread's last activity), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessagePreview>,
 }
 
 /// What a membership entry of a thread's log records.
