@@ -187,7 +187,8 @@ pub async fn complete<B: BlobStore, I: TransactionalIndex>(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartBody {
-    number: u32,
+    #[serde(deserialize_with = "json_u64")]
+    number: u64,
     #[serde(deserialize_with = "json_u64")]
     size: u64,
     sha256: String,
@@ -212,8 +213,11 @@ pub async fn sign_parts<B: BlobStore, I: TransactionalIndex>(
         .parts
         .iter()
         .map(|p| {
+            let number = u32::try_from(p.number).map_err(|_| {
+                ApiError::new(ErrorCode::InvalidPart, "a part number is at most 10000")
+            })?;
             Ok(Part {
-                number: p.number,
+                number,
                 size: p.size,
                 sha256: field(&p.sha256)?,
             })
