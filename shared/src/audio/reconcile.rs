@@ -1,4 +1,4 @@
-//! The audio side of the reconciler's pass (`crate::protocol::reconcile`): finishes
+//! The audio side of the reconciler's pass (`crate::dedup::reconcile`): finishes
 //! deletions, resolves claims whose lease ran out, expires sessions and unreferenced audio,
 //! and adopts or deletes objects the index does not account for. Every step is one of the
 //! idempotent flows the API uses.
