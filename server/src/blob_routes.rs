@@ -93,12 +93,7 @@ pub async fn put_object(
         return put_part(state, key, query, headers, body).await;
     }
     owned_key(&state, &key)?;
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| header_of(&headers, name);
     let now = state.blobs.clock().now_ms();
     let grant = state
         .blobs
@@ -111,22 +106,7 @@ pub async fn put_object(
             "if-none-match: * is required",
         ));
     }
-    let declared = header("content-length").and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        None => {
-            return Err(ApiError::new(
-                ErrorCode::LengthRequired,
-                "content-length is required",
-            ))
-        }
-        Some(n) if n != grant.size => {
-            return Err(ApiError::new(
-                ErrorCode::SizeMismatch,
-                format!("the URL is signed for {} bytes", grant.size),
-            ))
-        }
-        Some(_) => {}
-    }
+    declared_length(&headers, grant.size)?;
     let owner = match (
         keys::hash_from_blob_key(&state.key_prefix, &key),
         Uploader::parse(Some(&grant.uploader)),
@@ -194,12 +174,17 @@ pub async fn put_object(
     }
 }
 
+/// A request header as text, if it is readable.
+fn header_of(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// The declared `content-length`, which must be what the URL was signed for.
 fn declared_length(headers: &HeaderMap, signed: u64) -> Result<(), ApiError> {
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = header_of(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
     match declared {
         None => Err(ApiError::new(
             ErrorCode::LengthRequired,
@@ -228,12 +213,7 @@ async fn put_part(
             "not a signed part URL",
         ));
     };
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |name: &str| header_of(&headers, name);
     let now = state.blobs.clock().now_ms();
     let grant = state
         .blobs
