@@ -116,21 +116,8 @@ impl Env for Embedded {
         if req.url.contains("X-Part=") {
             return self.client_put_part(req, body).await;
         }
-        let (path, query) = req.url.split_once('?').unwrap();
-        let key = path.split_once("/blob/").unwrap().1;
-        let q: BTreeMap<String, String> = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| {
-                (
-                    k.to_owned(),
-                    percent_encoding::percent_decode_str(v)
-                        .decode_utf8()
-                        .unwrap()
-                        .into_owned(),
-                )
-            })
-            .collect();
+        let (key, q) = query_of(&req.url);
+        let key = key.as_str();
         let grant =
             match self
                 .blobs

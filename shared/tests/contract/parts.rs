@@ -98,6 +98,21 @@ async fn send<E: Env>(env: &E, owner: &str, s: &UploadSession, data: &[u8], n: u
     env.client_put(&signed[0].upload, bytes).await
 }
 
+/// A parted session on `data`, every part sent (not completed).
+async fn send_all<E: Env>(env: &E, owner: &str, data: &[u8]) -> UploadSession {
+    let s = env
+        .dedup()
+        .audio()
+        .open_session(open(owner, ContentHash::of(data), data.len() as u64))
+        .await
+        .expect("open");
+    let count = s.parts.expect("a parted session").part_count;
+    for n in 1..=count {
+        assert_eq!(send(env, owner, &s, data, n).await, 200, "part {n}");
+    }
+    s
+}
+
 /// The uploader: a 12 MiB file goes up in three parts; after two of them (a kill), the
 /// server lists those two, completing early names what is missing, and the rest completes
 /// it. The object appears under the content's key only then, nothing stays staged, and a
@@ -192,14 +207,7 @@ pub async fn a_stranger_cannot_use_someone_elses_parts<E: Env>(env: &E) {
     let d = env.dedup();
     let song = bytes_of(23, SIZE);
     let hash = ContentHash::of(&song);
-    let s = d
-        .audio()
-        .open_session(open("alice", hash, SIZE as u64))
-        .await
-        .expect("open");
-    for n in 1..=3 {
-        assert_eq!(send(env, "alice", &s, &song, n).await, 200);
-    }
+    let s = send_all(env, "alice", &song).await;
     let plan = s.parts.expect("parted");
     let signed = d
         .audio()
@@ -234,14 +242,7 @@ pub async fn the_parts_path_is_no_existence_oracle<E: Env>(env: &E) {
     let d = env.dedup();
     let song = bytes_of(24, SIZE);
     let stored = ContentHash::of(&song);
-    let s = d
-        .audio()
-        .open_session(open("alice", stored, SIZE as u64))
-        .await
-        .expect("open");
-    for n in 1..=3 {
-        assert_eq!(send(env, "alice", &s, &song, n).await, 200);
-    }
+    let s = send_all(env, "alice", &song).await;
     complete_until_done(env, "alice", &s)
         .await
         .0
