@@ -9,12 +9,9 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use audio_dedup_core::{
-    ContentHash, Part, PartUpload, PartsPlan, SignedRequest, UploadResult, UploadSession,
-};
+use audio_dedup_core::{ContentHash, Part, PartUpload, PartsPlan, UploadResult, UploadSession};
 use bytes::Bytes;
 use futures_util::future::try_join_all;
-use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::audio::{Progress, Reporter};
@@ -159,24 +156,7 @@ impl Client {
         let Some(PartUpload { upload, .. }) = upload else {
             return Err(ApiError::Protocol("the server signed no URL for a part".into()).into());
         };
-        let SignedRequest {
-            url,
-            method,
-            headers,
-            ..
-        } = upload;
-        let method = Method::from_bytes(method.as_bytes())
-            .map_err(|_| ApiError::Protocol(format!("unknown upload method {method:?}")))?;
-        let len = body.len() as u64;
-        let mut rb = self
-            .api
-            .http()
-            .request(method, url)
-            .timeout(self.transfer_timeout(len));
-        for (name, value) in headers {
-            rb = rb.header(name.as_str(), value.as_str());
-        }
-        rb = rb.header(reqwest::header::CONTENT_LENGTH, len).body(body);
+        let rb = self.signed_send(upload, body.len() as u64)?.body(body);
         self.api.send_signed(rb).await?;
         Ok(())
     }

@@ -344,21 +344,16 @@ impl Client {
         }
     }
 
-    /// PUTs the file to the signed URL with exactly the signed headers and its length,
-    /// streamed, reporting the bytes handed to the connection.
-    async fn put_file(
+    /// A request to a signed URL for `size` bytes: its method, exactly its signed headers,
+    /// the length unless it is signed, and a transfer's timeout.
+    pub(crate) fn signed_send(
         &self,
-        path: &Path,
-        hash: &ContentHash,
-        size: u64,
         upload: &SignedRequest,
-        progress: Option<Progress<'_>>,
-    ) -> Result<(), ClientError> {
+        size: u64,
+    ) -> Result<reqwest::RequestBuilder, ClientError> {
         let method = Method::from_bytes(upload.method.as_bytes()).map_err(|_| {
             ApiError::Protocol(format!("unknown upload method {:?}", upload.method))
         })?;
-        let file = tokio::fs::File::open(path).await?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let mut rb = self
             .api
             .http()
@@ -374,7 +369,24 @@ impl Client {
         {
             rb = rb.header(reqwest::header::CONTENT_LENGTH, size);
         }
-        let rb = rb.body(file_body(file, size, tx));
+        Ok(rb)
+    }
+
+    /// PUTs the file to the signed URL with exactly the signed headers and its length,
+    /// streamed, reporting the bytes handed to the connection.
+    async fn put_file(
+        &self,
+        path: &Path,
+        hash: &ContentHash,
+        size: u64,
+        upload: &SignedRequest,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(), ClientError> {
+        let file = tokio::fs::File::open(path).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let rb = self
+            .signed_send(upload, size)?
+            .body(file_body(file, size, tx));
         let mut reporter = Reporter::new(&self.updates, *hash, Direction::Upload, size, progress);
         reporter.report(0);
         let send = self.api.send_signed(rb);

@@ -158,19 +158,13 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         hash: &ContentHash,
         id: &SessionId,
     ) -> Result<(SessionRecord, PartedUpload), DedupError> {
-        let not_found = || {
-            DedupError::refused(
-                ErrorCode::SessionNotFound,
-                "no such upload session for this caller",
-            )
-        };
         let s = self
             .core
             .load::<SessionRecord>(&keys::session(hash, id))
             .await?
             .map(|s| s.value)
             .filter(|s| &s.owner == owner)
-            .ok_or_else(not_found)?;
+            .ok_or_else(super::session::session_not_found)?;
         if s.state != SessionState::Open || s.expires_at < self.core.now() {
             return Err(DedupError::refused(
                 ErrorCode::SessionExpired,

@@ -82,6 +82,14 @@ fn standing_challenge(s: &SessionRecord, before: Option<&ProverRecord>) -> Prove
     }
 }
 
+/// The answer for someone else's session and for one that does not exist alike.
+pub(super) fn session_not_found() -> DedupError {
+    DedupError::refused(
+        ErrorCode::SessionNotFound,
+        "no such upload session for this caller",
+    )
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -314,17 +322,11 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
     /// or with a proof of possession. Idempotent.
     pub async fn complete(&self, req: CompleteRequest) -> Result<UploadResult, DedupError> {
         let key = keys::session(&req.hash, &req.session_id);
-        let not_found = || {
-            DedupError::refused(
-                ErrorCode::SessionNotFound,
-                "no such upload session for this caller",
-            )
-        };
         let Some(s) = self.core.load::<SessionRecord>(&key).await? else {
-            return Err(not_found());
+            return Err(session_not_found());
         };
         if s.value.owner != req.owner {
-            return Err(not_found());
+            return Err(session_not_found());
         }
         match s.value.state {
             SessionState::Completed => {
