@@ -1,6 +1,7 @@
-//! The Lambda side of the API: identity from the API Gateway JWT authorizer, and the router
-//! over the stores built from the function's environment (`store::aws::dedup_from_env`).
-//! Each HTTP function's main is these two calls plus `lambda_http::run`.
+//! The Lambda side of the API: identity from the API Gateway JWT authorizer, and each HTTP
+//! function's router over the stores built from its environment (`store::aws::dedup_from_env`).
+//! Each HTTP function's main is [`function_from_env`] plus `lambda_http::run`; the client's
+//! test gateway (client/tests/support/gateway.rs) calls the same function.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ pub use audio_dedup_core::store::aws::{dedup_from_env, AwsDedup, EnvError};
 use audio_dedup_core::UserId;
 use lambda_http::request::RequestContext;
 
-use crate::{router, ApiConfig, Authenticator, Caller, RouteSet};
+use crate::{router, ApiConfig, Authenticator, Caller, RouteSet, UserBudget};
 
 /// The caller is the JWT authorizer's `sub` claim, and nothing else, mapped to a user id by
 /// `UserId::from_subject` (the rule every path shares: `auth0|123` is `auth0_7C123`). No
@@ -29,8 +30,19 @@ impl Authenticator for JwtAuthenticator {
     }
 }
 
-/// The router a Lambda function serves: one share of the API, JWT identity, bodies in memory
-/// (API Gateway has already buffered them).
-pub fn app(dedup: Arc<AwsDedup>, set: RouteSet) -> axum::Router {
-    router(dedup, Arc::new(JwtAuthenticator), ApiConfig::default(), set)
+/// What the HTTP function serving `set` runs, built from its environment: the stores
+/// (`TABLE_NAME`, `BUCKET_NAME`, `KEY_PREFIX`, limits: [`dedup_from_env`]), each user's
+/// request budget in the table (`USER_RATE_PER_SECOND`, `USER_RATE_BURST`; none when unset
+/// or 0) and JWT identity. `stats` takes no budget: its role may only Query the table.
+pub async fn function_from_env(set: RouteSet) -> Result<axum::Router, EnvError> {
+    let dedup = dedup_from_env().await?;
+    let request_budget = match set {
+        RouteSet::Stats => None,
+        _ => UserBudget::from_env().await?,
+    };
+    let cfg = ApiConfig {
+        request_budget,
+        ..ApiConfig::default()
+    };
+    Ok(router(dedup, Arc::new(JwtAuthenticator), cfg, set))
 }

@@ -1,11 +1,12 @@
 //! Lambda `stats`: GET /v1/audio/stats.
-//! The handler is the shared API router (audio-dedup-api), restricted to these routes.
+//! The handler is the shared API router (audio-dedup-api) restricted to these routes, as
+//! `lambda::function_from_env` builds it from the environment (the test gateway builds it
+//! the same way).
 
 use audio_dedup_api::{lambda, RouteSet};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
-    let dedup = lambda::dedup_from_env().await?;
-    lambda_http::run(lambda::app(dedup, RouteSet::Stats)).await
+    lambda_http::run(lambda::function_from_env(RouteSet::Stats).await?).await
 }

@@ -1,22 +1,14 @@
 //! Lambda `threads`: POST and GET /v1/threads, GET /v1/threads/{id}, GET and POST
 //! /v1/threads/{id}/messages, DELETE /v1/threads/{id}/messages/{message_id},
 //! GET /v1/messages/{message_id}/snapshot.
-//! The handler is the shared API router (audio-dedup-api), restricted to these routes.
+//! The handler is the shared API router (audio-dedup-api) restricted to these routes, as
+//! `lambda::function_from_env` builds it from the environment (the test gateway builds it
+//! the same way).
 
-use std::sync::Arc;
-
-use audio_dedup_api::{lambda, router, ApiConfig, RouteSet, UserBudget};
+use audio_dedup_api::{lambda, RouteSet};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     lambda_http::tracing::init_default_subscriber();
-    let dedup = lambda::dedup_from_env().await?;
-    // Each user's request budget, in the table (USER_RATE_PER_SECOND, USER_RATE_BURST; no
-    // limit when unset or 0).
-    let cfg = ApiConfig {
-        request_budget: UserBudget::from_env().await?,
-        ..ApiConfig::default()
-    };
-    let auth = Arc::new(lambda::JwtAuthenticator);
-    lambda_http::run(router(dedup, auth, cfg, RouteSet::Threads)).await
+    lambda_http::run(lambda::function_from_env(RouteSet::Threads).await?).await
 }
