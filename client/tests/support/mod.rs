@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod live_server;
 pub mod story;
 
