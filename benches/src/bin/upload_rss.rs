@@ -81,6 +81,8 @@ struct Measured {
     hwm_kib: u64,
     sampled_max_kib: u64,
     samples: u64,
+    /// The most threads the server ran at once (sampled).
+    max_threads: u64,
     final_kib: u64,
     hash_secs: f64,
     put_secs: f64,
@@ -134,13 +136,14 @@ fn run() -> Result<bool, String> {
         for (i, route) in [Route::Single, Route::Parts].into_iter().enumerate() {
             let m = measure_rounds(&server_bin, mib * MIB, route, rounds)?;
             println!(
-                "[{:>5} MiB {:>6}] server peak RSS {:>6.1} MiB (VmHWM {:.1}, sampled max VmRSS {:.1} over {} samples); idle {:.1}, after {:.1} MiB | client hash pass {:.0} MB/s, upload {:.0} MB/s ({:.2} s to completed), state {}",
+                "[{:>5} MiB {:>6}] server peak RSS {:>6.1} MiB (VmHWM {:.1}, sampled max VmRSS {:.1} over {} samples, {} threads at most); idle {:.1}, after {:.1} MiB | client hash pass {:.0} MB/s, upload {:.0} MB/s ({:.2} s to completed), state {}",
                 mib,
                 format!("{route:?}").to_lowercase(),
                 kib_to_mib(m.peak_kib),
                 kib_to_mib(m.hwm_kib),
                 kib_to_mib(m.sampled_max_kib),
                 m.samples,
+                m.max_threads,
                 kib_to_mib(m.idle_kib),
                 kib_to_mib(m.final_kib),
                 m.size as f64 / 1e6 / m.hash_secs,
@@ -395,14 +398,19 @@ fn measure(bin: &Path, size: u64, route: Route) -> Result<Measured, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let max_seen = Arc::new(AtomicU64::new(idle_kib));
     let count = Arc::new(AtomicU64::new(0));
+    let threads = Arc::new(AtomicU64::new(0));
     let sampler = {
         let (stop, max_seen, count) = (stop.clone(), max_seen.clone(), count.clone());
+        let threads = threads.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(3600) {
                 if let Some(k) = proc_status_kib(pid, "VmRSS") {
                     max_seen.fetch_max(k, Ordering::Relaxed);
                     count.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(n) = proc_status_kib(pid, "Threads") {
+                    threads.fetch_max(n, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -432,6 +440,7 @@ fn measure(bin: &Path, size: u64, route: Route) -> Result<Measured, String> {
         hwm_kib,
         sampled_max_kib,
         samples: count.load(Ordering::Relaxed),
+        max_threads: threads.load(Ordering::Relaxed),
         final_kib,
         hash_secs,
         put_secs,
@@ -604,20 +613,33 @@ async fn put_parts(
         return Err(format!("{} of {count} parts signed", urls.len()));
     }
     let mut src = PseudoRandomSource::new(SEED ^ size, size);
-    let mut pending: Vec<u8> = Vec::new();
-    // Generated lazily, in order, as each PUT is about to start.
-    let mut next_body = move |len: usize| -> Result<Bytes, String> {
-        while pending.len() < len {
-            let chunk = src.next_chunk().ok_or("the source ended early")?;
-            pending.extend_from_slice(&chunk);
+    let mut pending: Option<Bytes> = None;
+    // Generated lazily, in order, as each PUT is about to start: a part is held whole (as
+    // a client holds it: its SHA-256 is signed before it is sent), as the chunks came, with
+    // no copy the single PUT's stream does not make either.
+    let mut next_body = move |len: usize| -> Result<PartBody, String> {
+        let mut chunks = std::collections::VecDeque::new();
+        let mut have = 0;
+        while have < len {
+            let mut chunk = match pending.take() {
+                Some(c) => c,
+                None => Bytes::from(src.next_chunk().ok_or("the source ended early")?),
+            };
+            if have + chunk.len() > len {
+                pending = Some(chunk.split_off(len - have));
+            }
+            have += chunk.len();
+            chunks.push_back(chunk);
         }
-        let rest = pending.split_off(len);
-        Ok(Bytes::from(std::mem::replace(&mut pending, rest)))
+        Ok(PartBody {
+            chunks,
+            remaining: len as u64,
+        })
     };
     let puts = stream::iter(urls.into_iter().enumerate().map(|(i, signed)| {
         let body = next_body(len_of(i + 1) as usize);
         async move {
-            let bytes = body?;
+            let body = body?;
             let upload = &signed["upload"];
             let url = upload["url"].as_str().ok_or("no part url")?;
             let (target, authority, path) = target_of(url)?;
@@ -625,14 +647,12 @@ async fn put_parts(
                 .method(Method::PUT)
                 .uri(path)
                 .header("host", authority)
-                .header("content-length", bytes.len().to_string());
+                .header("content-length", body.remaining.to_string());
             for (k, v) in upload["headers"].as_object().ok_or("no part headers")? {
                 req = req.header(k.as_str(), v.as_str().ok_or("non-string header")?);
             }
-            let req = req
-                .body(http_body_util::Full::new(bytes))
-                .map_err(|e| format!("request: {e}"))?;
-            let mut blob = connect::<http_body_util::Full<Bytes>>(target).await?;
+            let req = req.body(body).map_err(|e| format!("request: {e}"))?;
+            let mut blob = connect::<PartBody>(target).await?;
             blob.ready().await.map_err(|e| format!("not ready: {e}"))?;
             let res = blob
                 .send_request(req)
@@ -659,6 +679,37 @@ async fn put_parts(
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())
+}
+
+/// One part's body: the generated chunks, sent as they are.
+struct PartBody {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl hyper::body::Body for PartBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let chunk = this.chunks.pop_front();
+        if let Some(c) = &chunk {
+            this.remaining -= c.len() as u64;
+        }
+        std::task::Poll::Ready(chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// One signed PUT of the whole file, streamed.
