@@ -5,21 +5,22 @@
 //! the rest. Progress counts bytes the server has confirmed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
 use audio_dedup_core::{ContentHash, Part, PartUpload, PartsPlan, UploadResult, UploadSession};
 use bytes::Bytes;
-use futures_util::future::try_join_all;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use futures_util::{StreamExt, TryStreamExt};
 
 use crate::audio::{Progress, Reporter};
 use crate::error::{ApiError, ClientError, ErrorCode};
 use crate::updates::Direction;
 use crate::Client;
 
-/// Parts read, signed and sent at once: at most this many parts' bytes are held in memory.
+/// Parts read, signed and sent at once, each on its own: the next starts as soon as one
+/// is done (no batch waits for its slowest part), and at most this many parts' bytes are
+/// held in memory.
 const PARTS_IN_FLIGHT: usize = 4;
 /// Busy answers to a parted complete waited out before the error goes to the caller (the
 /// server checks at most about 20 s of the file per call: 60 calls cover tens of GB).
@@ -41,15 +42,31 @@ pub(crate) fn resumable(saved: &UploadSession, size: u64, now_ms: i64) -> bool {
     saved.parts.is_some_and(|p| p.size == size) && saved.expires_at - now_ms > RESUME_MARGIN_MS
 }
 
-/// Bytes `offset..offset+len` of the file.
-async fn read_part(path: &Path, offset: u64, len: u64) -> Result<Bytes, ClientError> {
-    let mut f = tokio::fs::File::open(path).await?;
-    f.seek(std::io::SeekFrom::Start(offset)).await?;
-    let len = usize::try_from(len)
+/// Bytes `offset..offset+len` of the file and their SHA-256, read and hashed on the
+/// blocking pool (a part is megabytes: hashing it on the runtime would stall other tasks).
+async fn read_part(
+    path: PathBuf,
+    number: u32,
+    offset: u64,
+    len: u64,
+) -> Result<(Part, Bytes), ClientError> {
+    let len_usize = usize::try_from(len)
         .map_err(|_| ClientError::InvalidInput("a part too large for memory".into()))?;
-    let mut buf = vec![0u8; len];
-    f.read_exact(&mut buf).await?;
-    Ok(Bytes::from(buf))
+    tokio::task::spawn_blocking(move || -> Result<(Part, Bytes), ClientError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut buf = vec![0u8; len_usize];
+        f.read_exact(&mut buf)?;
+        let part = Part {
+            number,
+            size: len,
+            sha256: ContentHash::of(&buf),
+        };
+        Ok((part, Bytes::from(buf)))
+    })
+    .await
+    .map_err(|e| ClientError::Task(format!("reading a part: {e}")))?
 }
 
 impl Client {
@@ -95,30 +112,22 @@ impl Client {
             Reporter::new(&self.updates, hash, Direction::Upload, plan.size, progress);
         reporter.report(resumed_from);
         let (mut confirmed, mut sent) = (resumed_from, 0);
-        for batch in todo.chunks(PARTS_IN_FLIGHT) {
-            let mut parts = Vec::with_capacity(batch.len());
-            let mut bodies = Vec::with_capacity(batch.len());
-            for &(number, offset, len) in batch {
-                let bytes = read_part(path, offset, len).await?;
-                parts.push(Part {
-                    number,
-                    size: len,
-                    sha256: ContentHash::of(&bytes),
-                });
-                bodies.push(bytes);
-            }
-            let signed = self
-                .api
-                .sign_parts(&hash, &session.session_id, &parts)
-                .await?;
-            let puts = bodies.into_iter().zip(&parts).map(|(body, part)| {
-                let upload = signed.iter().find(|s| s.number == part.number);
-                self.put_part(upload, body)
-            });
-            try_join_all(puts).await?;
-            let batch_bytes: u64 = parts.iter().map(|p| p.size).sum();
-            confirmed += batch_bytes;
-            sent += batch_bytes;
+        let session_id = &session.session_id;
+        let mut done = futures_util::stream::iter(todo)
+            .map(|(number, offset, len)| async move {
+                let (part, body) = read_part(path.to_owned(), number, offset, len).await?;
+                let signed = self
+                    .api
+                    .sign_parts(&hash, session_id, std::slice::from_ref(&part))
+                    .await?;
+                self.put_part(signed.iter().find(|s| s.number == number), body)
+                    .await?;
+                Ok::<u64, ClientError>(len)
+            })
+            .buffer_unordered(PARTS_IN_FLIGHT);
+        while let Some(len) = done.try_next().await? {
+            confirmed += len;
+            sent += len;
             reporter.report(confirmed);
         }
         Ok(PartsSent { resumed_from, sent })
