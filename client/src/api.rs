@@ -82,6 +82,9 @@ pub struct ThreadInfo {
     /// The newest live message (the thread's last activity), if any.
     #[serde(default)]
     pub last_message: Option<audio_dedup_core::MessagePreview>,
+    /// Live messages of others after the caller's read marker, as the server counts them.
+    #[serde(default)]
+    pub unread: u64,
 }
 
 impl From<ThreadInfo> for ThreadDetail {
@@ -91,6 +94,7 @@ impl From<ThreadInfo> for ThreadDetail {
             last_cursor: t.last_cursor,
             message_count: t.message_count,
             last_message: t.last_message,
+            unread: t.unread,
         }
     }
 }

@@ -393,3 +393,9 @@ async fn concurrent_membership_changes_keep_record_and_feeds_consistent() {
     let Some(env) = Aws::new().await else { return };
     contract::chat::concurrent_membership_changes_keep_record_and_feeds_consistent(&env).await;
 }
+
+#[tokio::test]
+async fn unread_counts_and_previews_follow_messages() {
+    let Some(env) = Aws::new().await else { return };
+    contract::unread::unread_counts_and_previews_follow_messages(env.dedup()).await;
+}

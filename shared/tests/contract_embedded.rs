@@ -293,3 +293,9 @@ async fn concurrent_membership_changes_keep_record_and_feeds_consistent() {
     contract::chat::concurrent_membership_changes_keep_record_and_feeds_consistent(&Embedded::new())
         .await;
 }
+
+#[tokio::test]
+async fn unread_counts_and_previews_follow_messages() {
+    let env = Embedded::new();
+    contract::unread::unread_counts_and_previews_follow_messages(env.dedup()).await;
+}

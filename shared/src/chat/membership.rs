@@ -16,18 +16,13 @@ use std::collections::BTreeMap;
 
 use super::ChatService;
 use crate::domain::{
-    FeedEntry, LogHead, MembershipChange, MembershipEvent, ReadMarker, Seq, ThreadId, ThreadRecord,
-    ThreadView, UserId, MAX_THREAD_MEMBERS,
+    EntryState, FeedEntry, LogHead, MembershipChange, MembershipEvent, Page, ReadMarker, Seq,
+    ThreadId, ThreadLogEntry, ThreadRecord, ThreadView, UserId, MAX_THREAD_MEMBERS,
 };
 use crate::error::{DedupError, ErrorCode};
-use crate::ports::{BlobStore, Expect, Item, Key, TransactionalIndex};
+use crate::ports::{BlobStore, Expect, Item, TransactionalIndex};
 use crate::protocol::codec::expect_of;
 use crate::protocol::{guards, keys, Step};
-
-/// Where a user's read marker of a thread is kept: beside their feed.
-fn read_marker(user: &UserId, thread: &ThreadId) -> Key {
-    Key::new(keys::feed_pk(user), format!("READ#{thread}"))
-}
 
 impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
     /// Marks the thread read up to position `cursor` for the caller (a member), and tells
@@ -54,15 +49,20 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         if cursor > t.value.last_seq {
             return Err(super::threads::ahead_cursor());
         }
-        let key = read_marker(caller, thread);
+        let key = keys::read_marker(caller, thread);
         let marker = self.core.load::<ReadMarker>(&key).await?;
         if marker.as_ref().is_some_and(|m| m.value.read_seq >= cursor) {
             return Ok(Step::Done(false));
         }
+        let (created_upto, own_upto) = self.counts_upto(caller, &t.value, cursor).await?;
         let mut txn = self.core.txn();
         txn.put(
             key,
-            &ReadMarker { read_seq: cursor },
+            &ReadMarker {
+                read_seq: cursor,
+                created_upto,
+                own_upto,
+            },
             expect_of(marker.as_ref()),
         )?;
         // The member check holds at commit: a removal in between fails this transaction.
@@ -87,6 +87,45 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         } else {
             Step::Lost
         })
+    }
+
+    /// The thread's message counters as they stood at position `cursor`: messages created at
+    /// or before it, and the caller's among them. At the head (a client marking what it just
+    /// synced) they are the record's; behind it, the creations after `cursor` are read from
+    /// the log and taken off, pages of 500: the entries the reader has not read yet. The
+    /// transaction checks the record's version, so the log read matches the counters.
+    async fn counts_upto(
+        &self,
+        caller: &UserId,
+        t: &ThreadRecord,
+        cursor: Seq,
+    ) -> Result<(u64, u64), DedupError> {
+        let own_now = t.authored.get(caller).copied().unwrap_or(0);
+        let (mut created, mut own) = (0u64, 0u64);
+        let mut after = cursor;
+        while after < t.last_seq {
+            let page: Page<ThreadLogEntry> = self
+                .read_log(&keys::thread_log_pk(&t.id), after, super::threads::MAX_PAGE)
+                .await?;
+            for m in page.items.iter().filter_map(ThreadLogEntry::message) {
+                // A creation's entry stays `live` after a deletion (which has its own entry).
+                if m.state == EntryState::Live
+                    && m.cursor.parse::<Seq>().is_ok_and(|s| s <= t.last_seq)
+                {
+                    created += 1;
+                    own += u64::from(&m.author == caller);
+                }
+            }
+            let next = super::parse_cursor(Some(&page.next_cursor))?;
+            if !page.has_more || next <= after {
+                break;
+            }
+            after = next;
+        }
+        Ok((
+            t.messages_created.saturating_sub(created),
+            own_now.saturating_sub(own),
+        ))
     }
 
     /// Adds `member` to the thread, for any member of it (`true`: added now; `false`: they

@@ -18,12 +18,15 @@ use super::message_audio::message_not_found;
 use super::threads::ahead_cursor;
 use super::ChatService;
 use crate::domain::{
-    ContentHash, EntryState, MessageAudio, MessageId, MessagePreview, MessageRecord, MessageText,
-    MessageView, Millis, Page, PendingReference, ReferenceId, ReferenceKind, Seq, Snapshot,
-    SnapshotStore, ThreadId, ThreadLogEntry, Uploader, UserId,
+    ContentHash, DeletedMessage, EntryState, MessageAudio, MessageId, MessagePreview,
+    MessageRecord, MessageText, MessageView, Millis, Page, PendingReference, ReferenceId,
+    ReferenceKind, Seq, Snapshot, SnapshotStore, ThreadId, ThreadLogEntry, Uploader, UserId,
+    RECENT_DELETIONS,
 };
 use crate::error::{DedupError, ErrorCode};
-use crate::ports::{BlobBody, BlobStore, Expect, PutOutcome, PutRequest, TransactionalIndex};
+use crate::ports::{
+    BlobBody, BlobStore, Expect, IndexName, PutOutcome, PutRequest, Query, TransactionalIndex,
+};
 use crate::protocol::{keys, ms, Step};
 
 /// Snapshots longer than this (bytes of JSON) are stored as objects even when the message
@@ -35,6 +38,10 @@ use crate::protocol::{keys, ms, Step};
 /// near 4 KB, so a typical text snapshot stays inline (no extra request) and a large one no
 /// longer costs hundreds of write units (a 350 KB one cost 700).
 const SNAPSHOT_INLINE_COST_MAX: usize = 4 * 1024;
+
+/// Log entries one query of the preview's fallback reads, and most it reads in all.
+const FALLBACK_WINDOW: Seq = 100;
+const FALLBACK_SCAN: Seq = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -210,6 +217,8 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         th.live_messages += 1;
         th.updated_at = now;
         th.last_message = Some(MessagePreview::of(&msg));
+        th.messages_created += 1;
+        *th.authored.entry(author.clone()).or_default() += 1;
         let view = msg.view();
         txn.put(keys::thread(thread), &th, t.expect())?;
         txn.put(keys::message(&msg.id), &msg, Expect::Absent)?;
@@ -316,10 +325,17 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             .as_ref()
             .is_some_and(|p| &p.message_id == id)
         {
-            // The preview goes with its message (the one before it is not kept: a list
-            // shows the thread without one until the next message).
-            th.last_message = None;
+            // The preview falls back to the newest message still live.
+            th.last_message = self
+                .newest_live_before(thread, t.value.last_seq, id)
+                .await?;
         }
+        th.recent_deletions.push(DeletedMessage {
+            created_seq: m.value.created_seq,
+            author: m.value.author.clone(),
+        });
+        let excess = th.recent_deletions.len().saturating_sub(RECENT_DELETIONS);
+        th.recent_deletions.drain(..excess);
         let mut gone = m.value.clone();
         gone.state = EntryState::Deleted;
         gone.seq = seq;
@@ -350,6 +366,47 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         } else {
             Step::Lost
         })
+    }
+
+    /// The preview of the thread's newest live message other than `deleting`, read from the
+    /// log backwards from `head` in windows (a creation is live unless a later deletion entry
+    /// names it). Called only when the newest message is deleted, and bounded: past
+    /// `FALLBACK_SCAN` entries without a live message the thread shows none until its next.
+    async fn newest_live_before(
+        &self,
+        thread: &ThreadId,
+        head: Seq,
+        deleting: &MessageId,
+    ) -> Result<Option<MessagePreview>, DedupError> {
+        let mut gone = std::collections::HashSet::from([deleting.clone()]);
+        let mut hi = head;
+        while hi > 0 && head - hi < FALLBACK_SCAN {
+            let lo = hi.saturating_sub(FALLBACK_WINDOW);
+            let q = Query {
+                index: IndexName::Primary,
+                pk: keys::thread_log_pk(thread),
+                sk_prefix: "LOG#".into(),
+                after: Some(keys::log_sk(lo)),
+                upto: Some(keys::log_sk(hi)),
+                limit: FALLBACK_WINDOW as usize,
+            };
+            let items = self.core.index.query(&q).await?;
+            for item in items.iter().rev() {
+                let entry = crate::protocol::codec::decode::<ThreadLogEntry>(item)?.value;
+                let Some(m) = entry.message() else { continue };
+                match m.state {
+                    EntryState::Deleted => {
+                        gone.insert(m.id.clone());
+                    }
+                    EntryState::Live if !gone.contains(&m.id) => {
+                        return Ok(Some(MessagePreview::of_view(m)));
+                    }
+                    EntryState::Live => {}
+                }
+            }
+            hi = lo;
+        }
+        Ok(None)
     }
 
     /// Changes to the thread after position `after`, oldest first: message creations,

@@ -5,12 +5,13 @@
 //! So a member's feed positions commit in order and `GET /v1/threads?since=` never skips a
 //! thread that committed late (docs/protocol.md, "Cursors").
 
+use futures_util::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 
 use super::ChatService;
 use crate::domain::{
-    FeedEntry, LogHead, Members, Page, Seq, ThreadDetail, ThreadId, ThreadRecord, ThreadView,
-    Title, UserId,
+    FeedEntry, LogHead, Members, Page, ReadMarker, Seq, ThreadDetail, ThreadId, ThreadRecord,
+    ThreadView, Title, UserId,
 };
 use crate::error::{DedupError, ErrorCode};
 use crate::ports::{BlobStore, IndexName, Query, TransactionalIndex};
@@ -20,6 +21,8 @@ use crate::protocol::{keys, Step};
 /// Most entries one page of a log answers.
 pub const MAX_PAGE: usize = 500;
 pub const DEFAULT_PAGE: usize = 100;
+/// Thread records (and read markers) a feed page reads at once.
+const READS_AT_ONCE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct NewThread {
@@ -96,6 +99,9 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             updated_at: 0,
             unannounced: Vec::new(),
             last_message: None,
+            messages_created: 0,
+            authored: Default::default(),
+            recent_deletions: Vec::new(),
         };
         self.core.cas(|| self.create_thread_step(&wanted)).await
     }
@@ -224,11 +230,61 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
             return Err(ahead_cursor());
         }
         let page: Page<FeedEntry> = self.read_log(&keys::feed_pk(caller), since, limit).await?;
+        let items = futures_util::stream::iter(page.items)
+            .map(|e| self.as_listed(caller, e.thread))
+            .buffered(READS_AT_ONCE)
+            .try_collect()
+            .await?;
         Ok(Page {
-            items: page.items.into_iter().map(|e| e.thread).collect(),
+            items,
             next_cursor: page.next_cursor,
             has_more: page.has_more,
         })
+    }
+
+    /// A feed entry as the feed answers it: a thread the caller is still a member of carries
+    /// its last position, newest message and the caller's unread count as they are now (two
+    /// reads: the record and the caller's marker); a departure, or a thread the caller has
+    /// left since, is answered as stored.
+    async fn as_listed(
+        &self,
+        caller: &UserId,
+        entry: ThreadView,
+    ) -> Result<ThreadView, DedupError> {
+        if entry.left {
+            return Ok(entry);
+        }
+        let Some(t) = self
+            .core
+            .load::<ThreadRecord>(&keys::thread(&entry.id))
+            .await?
+        else {
+            return Ok(entry);
+        };
+        if !t.value.is_member(caller) {
+            return Ok(entry);
+        }
+        let marker = self.read_marker_of(caller, &entry.id).await?;
+        let now = t.value.member_view(caller, marker.as_ref());
+        Ok(ThreadView {
+            last_cursor: now.last_cursor,
+            last_message: now.last_message,
+            unread: now.unread,
+            ..entry
+        })
+    }
+
+    /// The caller's read marker of the thread, if they ever marked it.
+    pub(crate) async fn read_marker_of(
+        &self,
+        caller: &UserId,
+        thread: &ThreadId,
+    ) -> Result<Option<ReadMarker>, DedupError> {
+        Ok(self
+            .core
+            .load::<ReadMarker>(&keys::read_marker(caller, thread))
+            .await?
+            .map(|m| m.value))
     }
 
     pub async fn get_thread(
@@ -237,10 +293,12 @@ impl<B: BlobStore, I: TransactionalIndex> ChatService<B, I> {
         id: &ThreadId,
     ) -> Result<ThreadDetail, DedupError> {
         let t = self.member_thread(caller, id).await?;
+        let marker = self.read_marker_of(caller, id).await?;
         Ok(ThreadDetail {
             thread: t.value.view(),
             last_cursor: t.value.last_seq.to_string(),
             message_count: t.value.live_messages,
+            unread: t.value.unread_for(caller, marker.as_ref()),
             last_message: t.value.last_message,
         })
     }

@@ -1,5 +1,7 @@
 //! Threads, messages and library items: what the index stores and what the API answers.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -45,6 +47,28 @@ pub struct ThreadRecord {
     /// delete messages, which write this record anyway: no write more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message: Option<MessagePreview>,
+    /// Messages ever created here (deleted ones too), and per author: with a reader's
+    /// marker (which keeps both as they stood at its position) they give the reader's
+    /// unread count without reading a message ([`Self::unread_for`]).
+    #[serde(default)]
+    pub messages_created: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authored: BTreeMap<UserId, u64>,
+    /// The newest message deletions (at most [`RECENT_DELETIONS`]): those of messages past a
+    /// reader's marker lower their unread count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_deletions: Vec<DeletedMessage>,
+}
+
+/// Deletions a thread record remembers for unread counts: a reader further behind than this
+/// many deletions may see a deleted message counted until they mark the thread read.
+pub const RECENT_DELETIONS: usize = 32;
+
+/// A deleted message, as unread counts need it: where it was created, and by whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedMessage {
+    pub created_seq: Seq,
+    pub author: UserId,
 }
 
 /// Most characters of a message's text a preview carries.
@@ -78,6 +102,21 @@ impl MessagePreview {
             has_audio: m.audio.is_some(),
         }
     }
+
+    /// The preview of a message from its creation's log entry.
+    pub fn of_view(m: &MessageView) -> Self {
+        Self {
+            message_id: m.id.clone(),
+            author: m.author.clone(),
+            cursor: m.cursor.clone(),
+            at: m.created_at,
+            text: m
+                .text
+                .as_ref()
+                .map(|t| t.chars().take(PREVIEW_TEXT_CHARS).collect()),
+            has_audio: m.audio.is_some(),
+        }
+    }
 }
 
 impl ThreadRecord {
@@ -94,14 +133,57 @@ impl ThreadRecord {
             created_at: self.created_at,
             left: false,
             read_cursor: None,
+            last_cursor: None,
+            last_message: None,
+            unread: None,
         }
+    }
+
+    /// The thread as a member's list shows it now: its view with its last position, newest
+    /// message and the member's unread count.
+    pub fn member_view(&self, member: &UserId, marker: Option<&ReadMarker>) -> ThreadView {
+        ThreadView {
+            last_cursor: Some(self.last_seq.to_string()),
+            last_message: self.last_message.clone(),
+            unread: Some(self.unread_for(member, marker)),
+            ..self.view()
+        }
+    }
+
+    /// Live messages of others after the member's marker, from counters alone (O(1)): those
+    /// created after it, less the member's own, less the deletions of others' messages
+    /// created after it. Exact while the deletions past the marker are among the record's
+    /// [`RECENT_DELETIONS`]; beyond, an older deletion counts until the member reads on.
+    pub fn unread_for(&self, member: &UserId, marker: Option<&ReadMarker>) -> u64 {
+        let m = marker.copied().unwrap_or_default();
+        let created = self.messages_created.saturating_sub(m.created_upto);
+        let own = self
+            .authored
+            .get(member)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(m.own_upto);
+        let deleted = self
+            .recent_deletions
+            .iter()
+            .filter(|d| d.created_seq > m.read_seq && &d.author != member)
+            .count() as u64;
+        created.saturating_sub(own).saturating_sub(deleted)
     }
 }
 
 /// How far a user has read a thread (`FEED#<user> / READ#<thread>`): only ever moves forward.
+/// It keeps the thread's counters as they stood at `read_seq`, so the unread count is a
+/// subtraction ([`ThreadRecord::unread_for`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadMarker {
     pub read_seq: Seq,
+    /// Messages created in the thread at or before `read_seq` (deleted ones too).
+    #[serde(default)]
+    pub created_upto: u64,
+    /// The reader's own messages among them.
+    #[serde(default)]
+    pub own_upto: u64,
 }
 
 /// The head of a per-user log (thread feed or library): its last allocated position.
@@ -125,6 +207,17 @@ pub struct ThreadView {
     /// log) on one of their devices; the others take it from the feed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_cursor: Option<String>,
+    /// In the feed's answer (not what it stores): the thread as it stands at the read, for a
+    /// thread the reader is a member of: its log's position now, its newest live message
+    /// and the reader's unread count, so a client draws its list before syncing each log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cursor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessagePreview>,
+    /// In the feed's answer and `GET /v1/threads/{id}`: live messages of others after the
+    /// reader's read marker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
 }
 
 /// One entry of a user's thread feed: they became a member of this thread, or (`left`)
@@ -146,6 +239,8 @@ pub struct ThreadDetail {
     /// The newest live message (the thread's last activity), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message: Option<MessagePreview>,
+    /// Live messages of others after the caller's read marker.
+    pub unread: u64,
 }
 
 /// What a membership entry of a thread's log records.

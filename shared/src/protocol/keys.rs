@@ -123,6 +123,11 @@ pub fn feed_pk(user: &UserId) -> String {
     format!("FEED#{user}")
 }
 
+/// Where a user's read marker of a thread is kept: beside their feed.
+pub fn read_marker(user: &UserId, thread: &ThreadId) -> Key {
+    Key::new(feed_pk(user), format!("READ#{thread}"))
+}
+
 pub fn feed_head(user: &UserId) -> Key {
     Key::new(feed_pk(user), "HEAD")
 }

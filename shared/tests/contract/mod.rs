@@ -6,6 +6,7 @@
 pub mod chat;
 pub mod limits;
 pub mod parts;
+pub mod unread;
 
 use std::collections::BTreeMap;
 
