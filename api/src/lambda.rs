@@ -33,13 +33,11 @@ impl Authenticator for JwtAuthenticator {
 /// What the HTTP function serving `set` runs, built from its environment: the stores
 /// (`TABLE_NAME`, `BUCKET_NAME`, `KEY_PREFIX`, limits: [`dedup_from_env`]), each user's
 /// request budget in the table (`USER_RATE_PER_SECOND`, `USER_RATE_BURST`; none when unset
-/// or 0) and JWT identity. `stats` takes no budget: its role may only Query the table.
+/// or 0) and JWT identity. Every set takes from the budget, `stats` too: one read of the
+/// figures is a Query of each stats shard's partition, the costliest read a caller can ask for.
 pub async fn function_from_env(set: RouteSet) -> Result<axum::Router, EnvError> {
     let dedup = dedup_from_env().await?;
-    let request_budget = match set {
-        RouteSet::Stats => None,
-        _ => UserBudget::from_env().await?,
-    };
+    let request_budget = UserBudget::from_env().await?;
     let cfg = ApiConfig {
         request_budget,
         ..ApiConfig::default()

@@ -12,14 +12,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod support;
+// Only this test binary goes through the gateway: the others do not compile it.
+#[path = "support/gateway.rs"]
+mod gateway;
 
 use audio_dedup_client::{Attachment, Client, ClientConfig, SendState, TokenFuture, TokenProvider};
 use audio_dedup_core::identity::testing::{attack_table, Expected, TestIssuer};
 use audio_dedup_core::store::aws::clients_from_env;
 use audio_dedup_core::{AudioFormat, AudioRender, ContentHash, ThreadId};
+use gateway::{route_for, template_functions, Gateway, Limits};
 use http::Method;
 use serde_json::json;
-use support::gateway::{route_for, template_functions, Gateway, Limits};
 
 /// How long the provider's tokens live: short, as an OIDC issuer's.
 const TOKEN_TTL: Duration = Duration::from_secs(120);
@@ -137,7 +140,7 @@ fn the_gateway_routes_as_the_template_says() {
         ["library", "references", "stats", "threads", "upload"]
     );
     for f in &functions {
-        support::gateway::route_set(&f.name);
+        gateway::route_set(&f.name);
         assert_eq!(f.timeout, Duration::from_secs(29), "{}", f.name);
     }
     let routes: Vec<_> = functions.into_iter().flat_map(|f| f.routes).collect();
@@ -461,4 +464,33 @@ async fn api_gateway_refuses_strangers_and_attackers() {
     c.api().stats().await.expect("stats with a refreshed token");
     assert_eq!(provider.refreshes.load(Ordering::SeqCst), 1);
     assert!(!c.is_signed_out());
+}
+
+/// Every HTTP function takes from the caller's budget in the table, `stats` too (a read of
+/// the figures Queries each stats shard's partition): over it, 429 with Retry-After and the
+/// function does no work; another user's budget is their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_function_takes_from_the_callers_budget_through_api_gateway() {
+    let Some(endpoint) = endpoint() else { return };
+    let gw = Gateway::start_with_budget(&endpoint, 1, 2).await;
+    let alice = gw.token("alice", TOKEN_TTL);
+    let bob = gw.token("bob", TOKEN_TTL);
+    for path in ["/v1/audio/stats", "/v1/library"] {
+        // A fresh user each round: a burst of 2, then refused.
+        let user = format!("user-{}", path.len());
+        let token = gw.token(&user, TOKEN_TTL);
+        for _ in 0..2 {
+            let (s, _, v) = call(&gw, Some(&token), Method::GET, path, None).await;
+            assert_eq!(s, 200, "{path}: {v}");
+        }
+        let (s, h, v) = call(&gw, Some(&token), Method::GET, path, None).await;
+        assert_eq!(s, 429, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "rate_limited", "{path}");
+        assert!(h.contains_key("retry-after"), "{path}");
+    }
+    // Alice's and Bob's budgets are untouched by the users above.
+    for token in [&alice, &bob] {
+        let (s, _, v) = call(&gw, Some(token), Method::GET, "/v1/audio/stats", None).await;
+        assert_eq!(s, 200, "{v}");
+    }
 }

@@ -234,6 +234,12 @@ impl Gateway {
     /// by `lambda::function_from_env` over them (the per-user budget at the template's
     /// defaults, 10/s, burst 100), served on 127.0.0.1.
     pub async fn start(endpoint: &str) -> Self {
+        Self::start_with_budget(endpoint, 10, 100).await
+    }
+
+    /// `start`, with each user's request budget at `rate` per second, `burst` at once.
+    pub async fn start_with_budget(endpoint: &str, rate: u32, burst: u32) -> Self {
+        let (rate, burst) = (rate.to_string(), burst.to_string());
         let unique = format!(
             "gw-{}-{}",
             std::process::id(),
@@ -250,8 +256,8 @@ impl Gateway {
                 ("TABLE_NAME", &unique),
                 ("BUCKET_NAME", &unique),
                 ("KEY_PREFIX", "prod/"),
-                ("USER_RATE_PER_SECOND", "10"),
-                ("USER_RATE_BURST", "100"),
+                ("USER_RATE_PER_SECOND", &rate),
+                ("USER_RATE_BURST", &burst),
             ] {
                 std::env::set_var(k, v);
             }

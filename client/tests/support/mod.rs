@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod gateway;
 pub mod live_server;
 pub mod story;
 
