@@ -105,7 +105,10 @@ pub async fn unread_counts_and_previews_follow_messages<B: BlobStore, I: Transac
     let entry = feed.items.first().unwrap();
     assert_eq!(entry.unread, Some(1));
     assert_eq!(
-        entry.last_message.as_ref().map(|p| p.message_id.to_string()),
+        entry
+            .last_message
+            .as_ref()
+            .map(|p| p.message_id.to_string()),
         Some("b4".into())
     );
     assert_eq!(
@@ -113,7 +116,10 @@ pub async fn unread_counts_and_previews_follow_messages<B: BlobStore, I: Transac
         Some("this is b4".into())
     );
     let detail = chat.get_thread(&u("alice"), &t).await.unwrap();
-    assert_eq!(entry.last_cursor.as_deref(), Some(detail.last_cursor.as_str()));
+    assert_eq!(
+        entry.last_cursor.as_deref(),
+        Some(detail.last_cursor.as_str())
+    );
 
     // A new member reads the whole history: every live message of others is unread.
     chat.add_member(&u("bob"), &t, &u("dave")).await.unwrap();
