@@ -83,10 +83,22 @@ struct Measured {
     samples: u64,
     /// The most threads the server ran at once (sampled).
     max_threads: u64,
+    /// CPU seconds (user + system) the server spent from the session's open to the
+    /// completion's answer.
+    server_cpu_secs: f64,
     final_kib: u64,
     hash_secs: f64,
     put_secs: f64,
     complete_state: String,
+}
+
+/// CPU seconds (user + system) a process has used so far (`/proc/<pid>/stat`, in USER_HZ
+/// ticks of 1/100 s).
+fn process_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 fn kib_to_mib(k: u64) -> f64 {
@@ -136,7 +148,7 @@ fn run() -> Result<bool, String> {
         for (i, route) in [Route::Single, Route::Parts].into_iter().enumerate() {
             let m = measure_rounds(&server_bin, mib * MIB, route, rounds)?;
             println!(
-                "[{:>5} MiB {:>6}] server peak RSS {:>6.1} MiB (VmHWM {:.1}, sampled max VmRSS {:.1} over {} samples, {} threads at most); idle {:.1}, after {:.1} MiB | client hash pass {:.0} MB/s, upload {:.0} MB/s ({:.2} s to completed), state {}",
+                "[{:>5} MiB {:>6}] server peak RSS {:>6.1} MiB (VmHWM {:.1}, sampled max VmRSS {:.1} over {} samples, {} threads at most); idle {:.1}, after {:.1} MiB | client hash pass {:.0} MB/s, upload {:.0} MB/s ({:.2} s to completed, server CPU {:.2} s), state {}",
                 mib,
                 format!("{route:?}").to_lowercase(),
                 kib_to_mib(m.peak_kib),
@@ -149,6 +161,7 @@ fn run() -> Result<bool, String> {
                 m.size as f64 / 1e6 / m.hash_secs,
                 m.size as f64 / 1e6 / m.put_secs,
                 m.put_secs,
+                m.server_cpu_secs,
                 m.complete_state,
             );
             secs[i] = m.put_secs;
@@ -417,6 +430,7 @@ fn measure(bin: &Path, size: u64, route: Route) -> Result<Measured, String> {
         })
     };
 
+    let cpu_before = process_cpu_secs(pid).unwrap_or(0.0);
     // At least 10 MB/s, plus a minute: a bound, not an expectation.
     let limit = Duration::from_secs(60 + size / 10_000_000);
     let outcome = rt.block_on(async {
@@ -424,6 +438,7 @@ fn measure(bin: &Path, size: u64, route: Route) -> Result<Measured, String> {
             .await
             .map_err(|_| format!("upload of {size} bytes exceeded {limit:?}"))?
     });
+    let server_cpu_secs = process_cpu_secs(pid).unwrap_or(0.0) - cpu_before;
     // Let deferred work (the blob event pump) settle before the last reading.
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -441,6 +456,7 @@ fn measure(bin: &Path, size: u64, route: Route) -> Result<Measured, String> {
         sampled_max_kib,
         samples: count.load(Ordering::Relaxed),
         max_threads: threads.load(Ordering::Relaxed),
+        server_cpu_secs,
         final_kib,
         hash_secs,
         put_secs,

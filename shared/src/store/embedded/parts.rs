@@ -35,9 +35,13 @@ const KEY_FILE: &str = "key";
 const UPLOADER_FILE: &str = "uploader";
 const PART_SIZE_FILE: &str = "part_size";
 const DATA_FILE: &str = "data";
-/// Body bytes gathered (as received, not copied) before each write into the data file; one
-/// batch is written while the next arrives.
-const WRITE_CHUNK: usize = 512 * 1024;
+/// Body bytes gathered before each write into the data file; one buffer is written while
+/// the next fills.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// Write buffers kept for the next parts (4 MiB): copying into reused buffers keeps the
+/// server's memory flat, where holding the request's own chunks until written made the
+/// HTTP layer allocate new ones of varying sizes, part after part.
+const POOLED_BUFFERS: usize = 16;
 /// Read size of the running hash and of the checks after a restart: a buffer on the
 /// blocking thread's stack, so reads allocate nothing.
 const READ_CHUNK: usize = 64 * 1024;
@@ -62,6 +66,49 @@ pub enum PartReceipt {
 #[derive(Default)]
 pub(super) struct Uploads {
     map: Mutex<HashMap<String, Arc<Mutex<Running>>>>,
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Uploads {
+    fn buffer(&self) -> Vec<u8> {
+        lock(&self.buffers)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_CHUNK))
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = lock(&self.buffers);
+        if pool.len() < POOLED_BUFFERS && buf.capacity() == WRITE_CHUNK {
+            pool.push(buf);
+        }
+    }
+}
+
+type WriteTask = tokio::task::JoinHandle<std::io::Result<Vec<u8>>>;
+
+/// Starts writing `buf` at `at` on the blocking pool once the write before it has landed,
+/// and hands back an empty buffer to fill next.
+async fn write_behind(
+    pool: &Uploads,
+    in_flight: &mut Option<WriteTask>,
+    file: &Arc<File>,
+    slot: &Arc<Writing>,
+    buf: Vec<u8>,
+    at: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let mut spare = match in_flight.take() {
+        Some(w) => joined(w).await?,
+        None => pool.buffer(),
+    };
+    spare.clear();
+    let (file, slot) = (file.clone(), slot.clone());
+    *in_flight = Some(tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        file.write_all_at(&buf, at)?;
+        Ok(buf)
+    }));
+    Ok(spare)
 }
 
 struct Running {
@@ -375,53 +422,45 @@ impl FsBlobStore {
         let start = folder.offset(part.number);
         let mut hasher = Sha256::new();
         let mut received = 0u64;
-        // The chunks as they came (no copy), written in one go while the next arrive.
-        let mut batch: Vec<Bytes> = Vec::new();
-        let mut batch_len = 0usize;
+        let pool = &self.inner.uploads;
+        let mut buf = pool.buffer();
+        // Where `buf`'s bytes go.
+        let mut at = start;
         let mut in_flight = None;
         loop {
-            let end = match body.next().await {
+            match body.next().await {
                 Some(Ok(chunk)) => {
                     received += chunk.len() as u64;
                     if received > part.size {
                         return Ok(PartReceipt::WrongLength);
                     }
                     hasher.update(&chunk);
-                    batch_len += chunk.len();
-                    batch.push(chunk);
-                    false
+                    let mut rest: &[u8] = &chunk;
+                    while !rest.is_empty() {
+                        let n = rest.len().min(WRITE_CHUNK - buf.len());
+                        buf.extend_from_slice(&rest[..n]);
+                        rest = &rest[n..];
+                        if buf.len() == WRITE_CHUNK {
+                            let full = std::mem::take(&mut buf);
+                            buf = write_behind(pool, &mut in_flight, &data, &writing, full, at)
+                                .await?;
+                            at += WRITE_CHUNK as u64;
+                        }
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::info!(error = %e, "part body broke off");
                     return Ok(PartReceipt::Incomplete);
                 }
-                None => true,
-            };
-            if batch_len >= WRITE_CHUNK || (end && batch_len > 0) {
-                if let Some(w) = in_flight.take() {
-                    drop(joined(w).await?);
-                }
-                let mut at = start + received - batch_len as u64;
-                let (file, chunks, slot) =
-                    (data.clone(), std::mem::take(&mut batch), writing.clone());
-                batch_len = 0;
-                in_flight = Some(tokio::task::spawn_blocking(move || {
-                    let _slot = slot;
-                    for c in &chunks {
-                        file.write_all_at(c, at)?;
-                        at += c.len() as u64;
-                    }
-                    // Freed where they were allocated: buffers freed on the blocking
-                    // pool's threads pile up in their malloc arenas.
-                    Ok(chunks)
-                }));
-            }
-            if end {
-                break;
+                None => break,
             }
         }
+        if !buf.is_empty() {
+            buf = write_behind(pool, &mut in_flight, &data, &writing, buf, at).await?;
+        }
+        pool.give_back(buf);
         if let Some(w) = in_flight.take() {
-            drop(joined(w).await?);
+            pool.give_back(joined(w).await?);
         }
         if received != part.size {
             return Ok(PartReceipt::WrongLength);
