@@ -131,3 +131,66 @@ async fn the_list_orders_by_activity_and_two_devices_share_read_markers() {
         "the queued marker reached the other device"
     );
 }
+
+/// A device that only synced its feed draws the list from the server's summary (unread
+/// count, preview); once it syncs a thread's log, its own count takes over. Deleting the
+/// newest message makes the one before it the preview, on the server and in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_shows_the_servers_counts_and_a_deleted_preview_falls_back() {
+    let srv = tempfile::tempdir().expect("dir");
+    let server = support::Server::start(srv.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("dir");
+    let bob = open(&url, BOB, &dir.path().join("bob"));
+    bob.create_thread(Some(&tid("news")), "news", &["alice".into()])
+        .await
+        .expect("thread");
+    let mut sent = Vec::new();
+    for text in ["first", "second", "third"] {
+        let m = bob
+            .send_message_with_text(&tid("news"), &json!({}), Some(text), None)
+            .await
+            .expect("send");
+        sent.push(m.id);
+    }
+
+    let alice = open(&url, ALICE, &dir.path().join("alice"));
+    alice.sync_threads().await.expect("feed");
+    let s = all(&alice).into_iter().next().expect("listed");
+    assert_eq!(s.unread, 3, "the server's count, no message synced");
+    let p = s.preview.expect("the server's preview");
+    assert_eq!(
+        (p.text.as_deref(), p.author.as_deref()),
+        (Some("third"), Some("bob"))
+    );
+    let info = alice.thread_info(&tid("news")).await.expect("info");
+    assert_eq!(info.unread, 3);
+
+    // The newest message deleted: the server's preview and the author's cache fall back.
+    bob.delete_message(&tid("news"), &sent[2])
+        .await
+        .expect("delete");
+    let info = alice.thread_info(&tid("news")).await.expect("info");
+    assert_eq!(
+        info.last_message.and_then(|p| p.text).as_deref(),
+        Some("second")
+    );
+    assert_eq!(info.unread, 2);
+    let mine = all(&bob).into_iter().next().expect("bob's list");
+    assert_eq!(mine.preview.and_then(|p| p.text).as_deref(), Some("second"));
+
+    // Synced, the cache knows better than the feed's summary.
+    alice.sync_threads().await.expect("feed");
+    alice.sync_messages(&tid("news")).await.expect("messages");
+    let s = all(&alice).into_iter().next().expect("listed");
+    assert_eq!(s.unread, 2);
+    assert_eq!(s.preview.and_then(|p| p.text).as_deref(), Some("second"));
+    alice.mark_read(&tid("news"), None).await.expect("read");
+    assert_eq!(unread(&alice, "news"), 0);
+    assert_eq!(
+        alice.thread_info(&tid("news")).await.expect("info").unread,
+        0,
+        "the server counts from the marker too"
+    );
+    drop(server);
+}

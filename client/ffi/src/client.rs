@@ -17,7 +17,8 @@ use crate::listeners::{
 use crate::runtime;
 use crate::types::{
     parse, CacheStats, ChatMessage, ChatThread, ClientState, ClientUpdate, LibraryItem,
-    OutgoingAudio, QueueReport, SyncResult, ThreadListEntry, UploadResult,
+    MessagePage, OutgoingAudio, QueueReport, SyncResult, ThreadListEntry, ThreadListPage,
+    UploadResult,
 };
 
 /// What `ClientHandle.open` needs. Give a `token` (a fixed one; `set_token` replaces it) or a
@@ -282,6 +283,55 @@ impl ClientHandle {
             .into_iter()
             .map(Into::into)
             .collect())
+    }
+
+    /// A page of the thread list from the cache: newest activity first, at most `limit`
+    /// threads after `before` (`None`: from the newest; else a page's `older`).
+    #[uniffi::method(default(before = None))]
+    pub fn thread_list_page(
+        &self,
+        limit: u32,
+        before: Option<String>,
+    ) -> Result<ThreadListPage, ClientError> {
+        let before = before
+            .map(|b| parse::<client::ThreadListPosition>("thread list position", &b))
+            .transpose()?;
+        let page = self
+            .client()?
+            .thread_list(before.as_ref(), limit.max(1) as usize)?;
+        Ok(ThreadListPage {
+            threads: page.threads.into_iter().map(Into::into).collect(),
+            older: page.older.map(|p| p.to_string()),
+        })
+    }
+
+    /// A page of a thread's live messages from the cache: the newest `limit` before `before`
+    /// (`None`: the thread's end; else a page's `older`), oldest first.
+    #[uniffi::method(default(before = None))]
+    pub fn messages_page(
+        &self,
+        thread_id: String,
+        limit: u32,
+        before: Option<String>,
+    ) -> Result<MessagePage, ClientError> {
+        let thread = Self::thread_id(&thread_id)?;
+        let before = before
+            .map(|b| parse::<client::MessagePosition>("message position", &b))
+            .transpose()?;
+        let page = self
+            .client()?
+            .messages_page(&thread, before, limit.max(1) as usize)?;
+        Ok(MessagePage {
+            messages: page.messages.into_iter().map(Into::into).collect(),
+            older: page.older.map(|p| p.to_string()),
+        })
+    }
+
+    /// Removes a member from a thread (online; the creator only, or the member themselves).
+    pub async fn remove_member(&self, thread_id: String, user: String) -> Result<(), ClientError> {
+        let thread = Self::thread_id(&thread_id)?;
+        let user = parse("user id", &user)?;
+        Ok(self.client()?.remove_member(&thread, &user).await?)
     }
 
     /// Marks a thread read up to its newest cached message: the unread count drops at once,

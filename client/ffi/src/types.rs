@@ -82,6 +82,22 @@ pub struct ThreadListEntry {
     pub unread: u64,
 }
 
+/// A page of the thread list (`thread_list_page`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ThreadListPage {
+    pub threads: Vec<ThreadListEntry>,
+    /// Pass as `before` for the next page; `None` when this page reaches the end.
+    pub older: Option<String>,
+}
+
+/// A page of a thread's messages (`messages_page`), oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct MessagePage {
+    pub messages: Vec<ChatMessage>,
+    /// Pass as `before` for the next older page; `None` at the thread's first message.
+    pub older: Option<String>,
+}
+
 impl From<client::ThreadSummary> for ThreadListEntry {
     fn from(s: client::ThreadSummary) -> Self {
         let (author, text, audio) = match s.preview {

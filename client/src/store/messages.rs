@@ -48,6 +48,31 @@ pub struct LocalMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessagePosition(Place);
 
+/// A position as text, for an app that keeps it (or passes it through bindings): `s<seq>`
+/// for a synced place, `u<order>` for an unsent one. Opaque: pass back what a page gave.
+impl std::fmt::Display for MessagePosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Place::Synced(s) => write!(f, "s{s}"),
+            Place::Unsent(o) => write!(f, "u{o}"),
+        }
+    }
+}
+
+impl std::str::FromStr for MessagePosition {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const BAD: &str = "not a message position a page gave";
+        let number = |t: &str| t.parse::<i64>().map_err(|_| BAD);
+        match s.split_at_checked(1) {
+            Some(("s", n)) => Ok(Self(Place::Synced(number(n)?))),
+            Some(("u", n)) => Ok(Self(Place::Unsent(number(n)?))),
+            _ => Err(BAD),
+        }
+    }
+}
+
 /// Declared in the thread's order: every synced place sorts before every unsent one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Place {
@@ -501,6 +526,17 @@ impl LogItem for ThreadLogEntry {
             .collect();
         threads.dedup();
         for t in threads {
+            let top = items
+                .iter()
+                .filter(|e| match e {
+                    ThreadLogEntry::Message(m) => m.thread_id.as_str() == t,
+                    ThreadLogEntry::Membership(ev) => ev.thread_id.as_str() == t,
+                })
+                .filter_map(|e| e.cursor().parse::<i64>().ok())
+                .max();
+            if let Some(seq) = top {
+                super::threads::note_log_seq(tx.conn(), t, seq)?;
+            }
             super::threads::refresh_summary(tx.conn(), t)?;
         }
         Ok(counts)

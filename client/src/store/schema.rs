@@ -31,7 +31,15 @@ CREATE TABLE IF NOT EXISTS threads (
     -- What the list shows of the thread itself, as columns (members comma-separated).
     title TEXT,
     members TEXT,
-    created_by TEXT
+    created_by TEXT,
+    -- The newest position of the thread's log merged here (membership entries too).
+    log_seq INTEGER,
+    -- The server's summary from the last feed entry (the log's position then, the caller's
+    -- unread count, the preview as JSON): what the list shows while the cache has not
+    -- synced the log that far.
+    srv_seq INTEGER,
+    srv_unread INTEGER,
+    srv_preview TEXT
 );
 CREATE TABLE IF NOT EXISTS messages (
     thread_id TEXT NOT NULL,
@@ -136,7 +144,7 @@ CREATE TABLE IF NOT EXISTS uploads (
 
 /// Layout changes, applied in order by `open_checked` to an older file (`SCHEMA` has already
 /// created the tables and indexes that are new): `(from version, SQL)`.
-const MIGRATIONS: [(&str, &str); 4] = [
+const MIGRATIONS: [(&str, &str); 5] = [
     (
         "1",
         // Why an operation waits: an explicit Retry-After is kept apart from the backoff, so
@@ -155,12 +163,14 @@ const MIGRATIONS: [(&str, &str); 4] = [
     ("3", ""),
     // Version 4 to 5: the thread list's columns (`ADDED_COLUMNS`), filled from the cache.
     ("4", ""),
+    // Version 5 to 6: the server's summary beside the thread's own (`ADDED_COLUMNS`).
+    ("5", ""),
 ];
 
 /// Columns added to existing tables since version 3, as `(table, column, declaration)`.
 /// `SCHEMA` declares them for a new file; a migrated file gets each one it lacks, after
 /// `MIGRATIONS` (so a file of any older version, however it was made, ends with all of them).
-const ADDED_COLUMNS: [(&str, &str, &str); 13] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 17] = [
     ("messages", "text", "TEXT"),
     ("threads", "created_at", "INTEGER"),
     ("threads", "last_at", "INTEGER"),
@@ -174,6 +184,10 @@ const ADDED_COLUMNS: [(&str, &str, &str); 13] = [
     ("threads", "title", "TEXT"),
     ("threads", "members", "TEXT"),
     ("threads", "created_by", "TEXT"),
+    ("threads", "log_seq", "INTEGER"),
+    ("threads", "srv_seq", "INTEGER"),
+    ("threads", "srv_unread", "INTEGER"),
+    ("threads", "srv_preview", "TEXT"),
 ];
 
 /// What needs `ADDED_COLUMNS` in place: run on every open, after the migrations.
@@ -197,7 +211,7 @@ fn add_missing_columns(c: &Connection) -> rusqlite::Result<()> {
 
 /// Bumped when the layout changes; an older file is migrated (`MIGRATIONS`), an unknown one
 /// rebuilt from the server (the queue is carried over).
-const SCHEMA_VERSION: &str = "5";
+const SCHEMA_VERSION: &str = "6";
 
 /// What opening found.
 #[derive(Debug, Default)]

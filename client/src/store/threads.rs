@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use audio_dedup_core::{MembershipChange, MembershipEvent, ThreadId, ThreadView};
+use audio_dedup_core::{MembershipChange, MembershipEvent, MessagePreview, ThreadId, ThreadView};
 
 use super::sync_state::LogItem;
 use super::{json_text, CacheTx, Store};
@@ -43,6 +43,29 @@ pub struct ThreadSummary {
 pub struct ThreadListPosition {
     last_at: i64,
     id: String,
+}
+
+/// A position as text (`<last activity ms>:<thread id>`), for an app that keeps it or
+/// passes it through bindings. Opaque: pass back what a page gave.
+impl std::fmt::Display for ThreadListPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.last_at, self.id)
+    }
+}
+
+impl std::str::FromStr for ThreadListPosition {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const BAD: &str = "not a thread list position a page gave";
+        let (at, id) = s.split_once(':').ok_or(BAD)?;
+        let last_at = at.parse().map_err(|_| BAD)?;
+        let id: ThreadId = id.parse().map_err(|_| BAD)?;
+        Ok(Self {
+            last_at,
+            id: id.to_string(),
+        })
+    }
 }
 
 /// One page of the thread list: newest activity first.
@@ -89,6 +112,9 @@ fn thread_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ThreadView>> {
         created_at: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
         left: false,
         read_cursor: None,
+        last_cursor: None,
+        last_message: None,
+        unread: None,
     }))
 }
 
@@ -113,21 +139,58 @@ pub(crate) fn refresh_summary(c: &Connection, thread: &str) -> rusqlite::Result<
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, bool>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             })
             .optional()
     };
-    let unsent = newest(
-        "SELECT id, NULL, text, audio_hash IS NOT NULL, created_at FROM messages
+    let latest = newest(
+        "SELECT id, NULL, text, audio_hash IS NOT NULL, created_at, 0 FROM messages
          WHERE thread_id = ?1 AND seq IS NULL AND state = 'live' ORDER BY local_order DESC LIMIT 1",
     )?;
-    let latest = match unsent {
+    let unsent = latest.is_some();
+    let latest = match latest {
         Some(m) => Some(m),
         None => newest(
-            "SELECT id, author, text, audio_hash IS NOT NULL, created_at FROM messages
+            "SELECT id, author, text, audio_hash IS NOT NULL, created_at, seq FROM messages
              WHERE thread_id = ?1 AND seq IS NOT NULL AND state = 'live' ORDER BY seq DESC LIMIT 1",
         )?,
     };
+    let local_seq = latest.as_ref().map_or(0, |m| m.5);
+    let mut latest = latest.map(|(id, author, text, audio, at, _)| (id, author, text, audio, at));
+    // While the cache has not synced the thread's log as far as the server's last summary
+    // (a thread just joined, or whose pokes this device has not followed yet), the server
+    // knows better: its unread count, and its preview when newer than the cache's.
+    let server = c
+        .prepare_cached(
+            "SELECT srv_unread, srv_preview FROM threads
+             WHERE id = ?1 AND srv_seq > COALESCE(log_seq, 0) AND srv_seq > read_seq",
+        )?
+        .query_row([thread], |r| {
+            Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<String>>(1)?))
+        })
+        .optional()?;
+    let mut unread = None;
+    if let Some((srv_unread, srv_preview)) = server {
+        unread = srv_unread;
+        let srv = srv_preview.and_then(|j| serde_json::from_str::<MessagePreview>(&j).ok());
+        if let Some(p) = srv {
+            let newer = p.cursor.parse::<i64>().is_ok_and(|s| s > local_seq);
+            // Deleted on this device (its tombstone not synced yet): not a preview.
+            let deleted_here = c
+                .prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND state = 'deleted'")?
+                .exists([p.message_id.as_str()])?;
+            if newer && !unsent && !deleted_here {
+                latest = Some((
+                    p.message_id.to_string(),
+                    Some(p.author.to_string()),
+                    p.text,
+                    p.has_audio,
+                    p.at,
+                ));
+            }
+        }
+    }
     let (id, author, text, audio, at) = match latest {
         Some((id, author, text, audio, at)) => (Some(id), author, text, Some(audio), Some(at)),
         None => (None, None, None, None, None),
@@ -138,12 +201,38 @@ pub(crate) fn refresh_summary(c: &Connection, thread: &str) -> rusqlite::Result<
             preview_id = ?2, preview_author = ?3, preview_text = ?4, preview_audio = ?5,
             last_at = MAX(COALESCE(created_at, 0), COALESCE(?6, 0)),
             last_seq = (SELECT MAX(seq) FROM messages WHERE thread_id = ?1),
-            unread = (SELECT COUNT(*) FROM messages WHERE thread_id = ?1
+            unread = COALESCE(?8, (SELECT COUNT(*) FROM messages WHERE thread_id = ?1
                       AND seq > threads.read_seq AND state = 'live'
-                      AND (?7 IS NULL OR author <> ?7))
+                      AND (?7 IS NULL OR author <> ?7)))
          WHERE id = ?1",
     )?
-    .execute(params![thread, id, author, text, audio, at, me])?;
+    .execute(params![thread, id, author, text, audio, at, me, unread])?;
+    Ok(())
+}
+
+/// Keeps the server's summary of a thread from a feed entry (its log's position, the
+/// caller's unread count, its newest message), for [`refresh_summary`] to show while the
+/// cache is behind it.
+pub(crate) fn put_server_summary(c: &Connection, t: &ThreadView) -> rusqlite::Result<()> {
+    let Some(seq) = t.last_cursor.as_deref().and_then(|s| s.parse::<i64>().ok()) else {
+        return Ok(());
+    };
+    let preview = match &t.last_message {
+        Some(p) => Some(json_text(p)?),
+        None => None,
+    };
+    let unread = t.unread.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+    c.prepare_cached(
+        "UPDATE threads SET srv_seq = ?2, srv_unread = ?3, srv_preview = ?4 WHERE id = ?1",
+    )?
+    .execute(params![t.id.as_str(), seq, unread, preview])?;
+    refresh_summary(c, t.id.as_str())
+}
+
+/// Notes how far the cache has merged a thread's log (membership entries too).
+pub(crate) fn note_log_seq(c: &Connection, thread: &str, seq: i64) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE threads SET log_seq = MAX(COALESCE(log_seq, 0), ?2) WHERE id = ?1")?
+        .execute(params![thread, seq])?;
     Ok(())
 }
 
@@ -321,6 +410,9 @@ impl CacheTx<'_> {
         let plain = ThreadView {
             left: false,
             read_cursor: None,
+            last_cursor: None,
+            last_message: None,
+            unread: None,
             ..t.clone()
         };
         // User ids never hold a comma (`[A-Za-z0-9_-]`): the members fit one column.
@@ -408,12 +500,14 @@ impl LogItem for ThreadView {
                 if let Ok(seq) = cursor.parse::<i64>() {
                     raise_read_marker(tx.conn(), t.id.as_str(), seq)?;
                 }
+                put_server_summary(tx.conn(), t)?;
                 joined += 1;
             } else if t.left {
                 tx.forget_thread(&t.id)?;
                 left += 1;
             } else {
                 tx.put_thread(t)?;
+                put_server_summary(tx.conn(), t)?;
                 joined += 1;
             }
         }

@@ -62,6 +62,17 @@ suspend fun story(url: String, aliceToken: String, bobToken: String, dir: File) 
                     check(sha256(File(audio.path()).readBytes()) == uploaded.contentHash) { "bob's copy differs" }
                 }
 
+                // Paged reads, as the Rust API has them: a page's `older` comes back as `before`.
+                val page = bob.messagesPage(thread.id, 1u, null)
+                check(page.messages.map { it.id } == listOf(sent.id) && page.older == null) { "page $page" }
+                bob.syncThreads()
+                val listed = bob.threadListPage(10u, null)
+                check(listed.threads.map { it.thread.id } == listOf(thread.id)) { "list $listed" }
+                // The creator removes a member: their feed forgets the thread.
+                alice.removeMember(thread.id, "bob")
+                bob.syncThreads()
+                check(bob.threads().isEmpty()) { "bob still lists ${bob.threads()}" }
+
                 try {
                     bob.syncMessages("no-such-thread")
                     error("a stranger's thread synced")

@@ -288,3 +288,63 @@ def test_transfers_can_be_cancelled(server, tmp_path):
         bob.shutdown()
 
     run(story())
+
+
+def test_members_and_pages_through_the_bindings(server, tmp_path):
+    """remove_member, and the paged reads (thread_list_page, messages_page) as the Rust API
+    has them: newest first pages, an opaque `older` passed back as `before`."""
+    async def story():
+        alice = await open_client(server, tmp_path, "alice")
+        bob = await open_client(server, tmp_path, "bob")
+        carol = await open_client(server, tmp_path, "carol")
+        jam = await alice.create_thread("Jam", ["bob", "carol"])
+        for title in ("Two", "Three"):
+            await alice.create_thread(title, ["bob"])
+        for i in range(5):
+            sent = await bob.send_message(jam.id, json.dumps({"take": i}), text=f"take {i}")
+            assert sent.send_state == SendState.SENT
+
+        # Carol only synced her feed: the list shows the server's count and preview.
+        await carol.sync_threads()
+        [entry] = carol.thread_list_page(10).threads
+        assert entry.unread == 5 and entry.preview_text == "take 4"
+        assert entry.preview_author == "bob"
+
+        # Messages, three at a time from the thread's end, oldest first in each page.
+        await carol.sync_messages(jam.id)
+        page = carol.messages_page(jam.id, 3)
+        assert [m.text for m in page.messages] == ["take 2", "take 3", "take 4"]
+        rest = carol.messages_page(jam.id, 3, page.older)
+        assert [m.text for m in rest.messages] == ["take 0", "take 1"]
+        assert rest.older is None
+        assert [m.id for m in rest.messages + page.messages] == \
+            [m.id for m in carol.messages(jam.id)]
+        with pytest.raises(ClientError.InvalidInput):
+            carol.messages_page(jam.id, 3, "not a position")
+
+        # The thread list, two at a time, newest activity first.
+        await alice.sync_threads()
+        first = alice.thread_list_page(2)
+        assert [t.thread.title for t in first.threads] == ["Jam", "Three"]
+        second = alice.thread_list_page(2, first.older)
+        assert [t.thread.title for t in second.threads] == ["Two"]
+        assert second.older is None
+        with pytest.raises(ClientError.InvalidInput):
+            alice.thread_list_page(2, "nowhere")
+
+        # Only the creator removes others; the removed member's cache forgets the thread.
+        with pytest.raises(ClientError.Rejected) as refused:
+            await bob.remove_member(jam.id, "carol")
+        assert refused.value.status == 403 and refused.value.code.name == "FORBIDDEN"
+        await alice.remove_member(jam.id, "carol")
+        await carol.sync_threads()
+        assert [t.id for t in carol.threads()] == []
+        assert carol.messages(jam.id) == []
+        await alice.sync_messages(jam.id)
+        assert sorted(next(t for t in alice.threads() if t.id == jam.id).members) == \
+            ["alice", "bob"]
+
+        for c in (alice, bob, carol):
+            c.shutdown()
+
+    run(story())
