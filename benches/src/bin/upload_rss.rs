@@ -6,8 +6,11 @@
 //! headers (plus content-length), complete; the time is from the first byte to the
 //! completion's answer. The server is the real binary in a separate process (so its
 //! RSS is its own), read from `/proc/<pid>/status` (`VmHWM`, the kernel's peak, plus sampled
-//! `VmRSS`). The client streams deterministic pseudo-random bytes and never holds the file
-//! (parts: four parts at a time).
+//! `VmRSS`), with its most threads (sampled) and its CPU time (`/proc/<pid>/stat`) from the
+//! session's open to the completion. The client streams deterministic pseudo-random bytes
+//! and never holds the file (parts: four parts at a time, each sent as its chunks were
+//! generated, with no copy the single PUT's stream does not make either).
+//! `BENCH_PHASES=1` prints each round's time to the last byte and to the completion.
 //!
 //! Build the server first, in the same profile as this binary:
 //! `cargo build --profile bench -p audio-dedup-server -p audio-dedup-benches`.
