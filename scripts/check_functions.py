@@ -1,10 +1,11 @@
 """Checks that template.yaml deploys exactly the workspace's function crates, each built the same way.
 
-The test command runs `sam build` for one function only (the arm64 release build of all ten
-takes longer than the rest of the suite); this check is what makes that one build stand for
-the others: every function has the same build metadata, and its `Binary` is the binary of a
-crate under functions/. Run with the SAM venv's python (cfn-lint's template reader
-understands CloudFormation's short tags): `.venv-sam/bin/python scripts/check_functions.py`.
+The test command builds no bootstrap by default (the arm64 release build of all ten takes
+longer than the rest of the suite; `AUDIO_DEDUP_SAM_BUILD=1` adds `scripts/sam-build`, the full
+`sam build`). This check stands for `sam build` between full builds: every function has the
+same build metadata, and its `Binary` is the binary of a crate under functions/. Run with
+the SAM venv's python (cfn-lint's template reader understands CloudFormation's short tags):
+`.venv-sam/bin/python scripts/check_functions.py`.
 Prints the functions and their binaries; exits 1 with the reasons otherwise. An argument
 names another template to check against the workspace.
 """
