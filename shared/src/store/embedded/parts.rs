@@ -129,7 +129,7 @@ struct Running {
     stored: u64,
     /// Held by each write into the data file: the kernel serialises buffered writes to one
     /// file anyway, and writers waiting there spin (four parts writing at once cost 1.5 to
-    /// 5 times the CPU of one writer on ext4); waiting here sleeps.
+    /// 6 times the CPU of one writer on ext4); waiting here sleeps.
     write_turn: Arc<Mutex<()>>,
 }
 
