@@ -6,10 +6,10 @@
 //! - `thread_list(None, all)` and `thread_list(None, 50)` from the cache (each entry with its
 //!   last activity, preview and unread count), p50/p95 over `BENCH_REPS` (200); target: the
 //!   whole list p95 ≤ 1 ms, as `cached_threads()` is;
-//! - the catch-up after Bob posts into `k` threads (`BENCH_CHANGED`, "3,30"): the bytes of
+//! - the catch-up after Bob posts into `k` threads (`BENCH_CHANGED`, "3,30,300"): the bytes of
 //!   the answers a client reads to bring its list up to date (`GET /v1/positions?changed_since=`,
 //!   the feed after its cursor, the changed threads' logs after theirs); target: the bytes
-//!   grow with `k`, not with the 1,000 threads (30 changed < 15x the bytes of 3).
+//!   grow with `k`, not with the 1,000 threads (300 changed < 150x the bytes of 3).
 //!
 //! The server's `positions_margin` is 0 here, so `changed_since` lists exactly the threads
 //! changed since (the default 5-minute margin also lists those changed in the 5 minutes
@@ -105,7 +105,7 @@ async fn run() -> Result<bool, String> {
     let n = env_u64("BENCH_THREADS", 1000).max(1);
     let reps = env_u64("BENCH_REPS", 200).max(1);
     let changed: Vec<u64> = std::env::var("BENCH_CHANGED")
-        .unwrap_or_else(|_| "3,30".into())
+        .unwrap_or_else(|_| "3,30,300".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .map(|k: u64| k.min(n))

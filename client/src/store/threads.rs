@@ -83,17 +83,12 @@ const LIST_COLUMNS: &str = "SELECT title, COALESCE(last_at, created_at, 0), COAL
 
 /// A thread from its list columns (`None` if one no longer parses, or predates them).
 fn thread_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ThreadView>> {
-    let (Some(title), Some(members), Some(by)) = (
-        r.get::<_, Option<String>>(0)?,
-        r.get::<_, Option<String>>(10)?,
-        r.get::<_, Option<String>>(11)?,
-    ) else {
+    // Borrowed from the row where the value is parsed anyway: no copy per column.
+    let text = |i: usize| -> rusqlite::Result<Option<&str>> { Ok(r.get_ref(i)?.as_str_or_null()?) };
+    let (Some(title), Some(members), Some(by)) = (text(0)?, text(10)?, text(11)?) else {
         return Ok(None);
     };
-    let Ok(id) = r.get_ref(9)?.as_str()?.parse() else {
-        return Ok(None);
-    };
-    let Ok(created_by) = by.parse() else {
+    let (Ok(id), Ok(created_by)) = (r.get_ref(9)?.as_str()?.parse(), by.parse()) else {
         return Ok(None);
     };
     let members: Result<Vec<_>, _> = members
@@ -106,7 +101,7 @@ fn thread_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<ThreadView>> {
     };
     Ok(Some(ThreadView {
         id,
-        title,
+        title: title.to_owned(),
         members,
         created_by,
         created_at: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
@@ -295,7 +290,8 @@ impl Store {
     ) -> Result<ThreadListPage, ClientError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|c| {
-            let mut out = Vec::new();
+            // Sized once: growing a vector of summaries copies them all at each doubling.
+            let mut out = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(4096));
             let mut last = None;
             let (sql_after, sql_first) = (
                 format!(
@@ -321,14 +317,15 @@ impl Store {
                     break;
                 }
                 let last_at: i64 = r.get(1)?;
-                let id: String = r.get(9)?;
-                last = Some(ThreadListPosition {
-                    last_at,
-                    id: id.clone(),
-                });
                 let Some(thread) = thread_of(r)? else {
+                    // Skipped, but the next page starts after it.
+                    last = Some(ThreadListPosition {
+                        last_at,
+                        id: r.get(9)?,
+                    });
                     continue;
                 };
+                last = None;
                 let preview = match r.get::<_, Option<String>>(3)? {
                     Some(message_id) => Some(Preview {
                         message_id,
@@ -347,6 +344,13 @@ impl Store {
                     read_cursor: r.get::<_, i64>(8)?.max(0) as u64,
                 });
             }
+            // The page's last row: taken once, not copied for every row.
+            let last = last.or_else(|| {
+                out.last().map(|s| ThreadListPosition {
+                    last_at: s.last_activity_at,
+                    id: s.thread.id.to_string(),
+                })
+            });
             Ok(ThreadListPage {
                 threads: out,
                 older: if more { last } else { None },

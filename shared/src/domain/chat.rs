@@ -144,7 +144,7 @@ impl ThreadRecord {
     pub fn member_view(&self, member: &UserId, marker: Option<&ReadMarker>) -> ThreadView {
         ThreadView {
             last_cursor: Some(self.last_seq.to_string()),
-            last_message: self.last_message.clone(),
+            last_message: self.last_message.clone().map(Box::new),
             unread: Some(self.unread_for(member, marker)),
             ..self.view()
         }
@@ -212,8 +212,9 @@ pub struct ThreadView {
     /// and the reader's unread count, so a client draws its list before syncing each log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_cursor: Option<String>,
+    /// Boxed: a view is moved often (lists of a thousand), and it is absent from most.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_message: Option<MessagePreview>,
+    pub last_message: Option<Box<MessagePreview>>,
     /// In the feed's answer and `GET /v1/threads/{id}`: live messages of others after the
     /// reader's read marker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
