@@ -88,6 +88,11 @@ pub struct MessagePreview {
     pub has_audio: bool,
 }
 
+/// The first `PREVIEW_TEXT_CHARS` characters of a message's text, as its preview shows it.
+fn preview_text(text: Option<&str>) -> Option<String> {
+    text.map(|t| t.chars().take(PREVIEW_TEXT_CHARS).collect())
+}
+
 impl MessagePreview {
     pub fn of(m: &MessageRecord) -> Self {
         Self {
@@ -95,10 +100,7 @@ impl MessagePreview {
             author: m.author.clone(),
             cursor: m.created_seq.to_string(),
             at: m.created_at,
-            text: m
-                .text
-                .as_ref()
-                .map(|t| t.chars().take(PREVIEW_TEXT_CHARS).collect()),
+            text: preview_text(m.text.as_deref()),
             has_audio: m.audio.is_some(),
         }
     }
@@ -110,10 +112,7 @@ impl MessagePreview {
             author: m.author.clone(),
             cursor: m.cursor.clone(),
             at: m.created_at,
-            text: m
-                .text
-                .as_ref()
-                .map(|t| t.chars().take(PREVIEW_TEXT_CHARS).collect()),
+            text: preview_text(m.text.as_deref()),
             has_audio: m.audio.is_some(),
         }
     }
