@@ -10,7 +10,8 @@
 //! (small steps and jumps of hours) and stray objects run alongside. Safety
 //! (`invariants::safety`) is checked after every client operation, every event delivery and
 //! every reconciler run; liveness (`invariants::settled`) once faults stop and the clock has
-//! passed every due time.
+//! passed every due time. Unread counts (`Unread::violations`) are checked against the shared
+//! thread's log after every step that touches it and at the end.
 //!
 //! Everything is replayable from the seed: ids and jitter come from `SeededEntropy`, time
 //! from `ManualClock` and tokio's paused clock, decisions from a seeded SplitMix64.
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 use audio_dedup_core::audio::{
     proof_for, Adoption, CompleteRequest, DirectUpload, SessionRequest, WHOLE_FILE_PROOF_MAX,
 };
-use audio_dedup_core::chat::{NewMessage, NewThread};
+use audio_dedup_core::chat::{NewMessage, NewThread, MAX_PAGE};
 use audio_dedup_core::ports::{
     BlobBody, BlobEvent, Clock, Key, ManualClock, PutOutcome, SeededEntropy, TransactionalIndex,
 };
@@ -262,6 +263,18 @@ enum Action {
         guest: u32,
         op: MemberOp,
     },
+    /// Marks the shared thread read: at its head as `get_thread` answers it (`back` 0), or
+    /// `back` positions behind it (a position the client has seen). A retry marks the same
+    /// position again.
+    MarkRead {
+        back: u64,
+    },
+    /// Posts `msgs` text-only messages in the shared thread, then deletes them all: more
+    /// deletions than a thread record remembers (`RECENT_DELETIONS`), so readers behind them
+    /// are over-counted (the documented limit).
+    Chatter {
+        msgs: u32,
+    },
     /// The same request as step `of` of this client, again (possibly much later).
     Retry {
         of: usize,
@@ -381,6 +394,8 @@ fn describe(client: usize, a: &Action) -> String {
         ),
         Action::Unpost { msg } => format!("delete_message {}", message_id(client, *msg)),
         Action::Member { guest: g, op } => format!("member {op:?} {}", guest(*g)),
+        Action::MarkRead { back } => format!("mark_read head-{back}"),
+        Action::Chatter { msgs } => format!("chatter: post and delete {msgs} messages"),
         Action::Retry { of, action } => format!("RETRY of #{of}: {}", describe(client, action)),
     }
 }
@@ -497,6 +512,8 @@ fn client_script(
     let mut r = Rng::new(seed, 1000 + c as u64);
     // Forwards draw from a stream of their own, so the rest of each script is as before.
     let mut fwd = Rng::new(seed, 9000 + c as u64);
+    // So do read markers (after a step, now and then) and chatter (in a few seeds).
+    let mut rd = Rng::new(seed, 8000 + c as u64);
     let n = n_contents as u64;
     let n_ops = r.range(6, 12);
     let usual_format = |content: usize| AudioFormat::ALL[content % 2];
@@ -662,6 +679,23 @@ fn client_script(
             id: steps.len(),
             pause_ms: r.pick(&[0, 0, 1, 2, 5, 10, 20]),
             action,
+        });
+        if rd.chance(0.15) {
+            let back = if rd.chance(0.7) { 0 } else { rd.range(1, 6) };
+            steps.push(Step {
+                id: steps.len(),
+                pause_ms: rd.pick(&[0, 1, 5]),
+                action: Action::MarkRead { back },
+            });
+        }
+    }
+    if c == 0 && rd.chance(0.04) {
+        steps.push(Step {
+            id: steps.len(),
+            pause_ms: 0,
+            action: Action::Chatter {
+                msgs: rd.range(20, 40) as u32,
+            },
         });
     }
     // Membership changes of the shared thread, from a stream of their own (so the rest of
@@ -898,6 +932,124 @@ struct Sim {
     /// Each item `safety` reads, decoded, with the version it was decoded at.
     decoded: Mutex<HashMap<Key, (u64, Arc<Record>)>>,
     full_check: bool,
+    /// The shared thread's log as the unread check has decoded it so far.
+    log_model: Mutex<LogModel>,
+}
+
+/// What the unread check keeps of the shared thread's log between checks: positions are
+/// written once (a deletion's redaction of the creation's text changes nothing kept here),
+/// so each entry is decoded once per run.
+#[derive(Default)]
+struct LogModel {
+    /// Index writes at the last unread check: none since, nothing to check.
+    at_writes: Option<u64>,
+    entries: BTreeMap<Seq, LogMark>,
+}
+
+enum LogMark {
+    Created(MessageId, UserId),
+    Deleted(MessageId),
+    Membership,
+    Undecodable,
+}
+
+impl LogMark {
+    fn of(body: &str) -> Self {
+        match serde_json::from_str::<ThreadLogEntry>(body) {
+            Ok(ThreadLogEntry::Message(m)) if m.state == EntryState::Live => {
+                Self::Created(m.id, m.author)
+            }
+            Ok(ThreadLogEntry::Message(m)) => Self::Deleted(m.id),
+            Ok(ThreadLogEntry::Membership(_)) => Self::Membership,
+            Err(_) => Self::Undecodable,
+        }
+    }
+}
+
+/// A member's unread count as the server answers it, against the truth from the log.
+struct Unread {
+    read_seq: Seq,
+    /// `ThreadRecord::unread_for` on the record and the member's marker (what `get_thread`
+    /// and the feed answer).
+    server: u64,
+    /// Live messages of others created after the marker (all of them without one).
+    truth: u64,
+    /// Messages of others created after the marker and deleted since, whose deletion is
+    /// older than the last `RECENT_DELETIONS` deletions: the record no longer knows them,
+    /// so they are still counted (the documented over-count).
+    missed: u64,
+    /// Messages of others created after the marker, deleted or not.
+    arrived: u64,
+}
+
+impl Unread {
+    fn of(
+        log: &BTreeMap<Seq, LogMark>,
+        t: &ThreadRecord,
+        member: &UserId,
+        marker: Option<&ReadMarker>,
+    ) -> Self {
+        let read_seq = marker.map_or(0, |m| m.read_seq);
+        let mut created: HashMap<&MessageId, (Seq, &UserId)> = HashMap::new();
+        let mut deletions: Vec<&MessageId> = Vec::new();
+        for (seq, e) in log.range(..=t.last_seq) {
+            match e {
+                LogMark::Created(id, author) => {
+                    created.insert(id, (*seq, author));
+                }
+                LogMark::Deleted(id) => deletions.push(id),
+                LogMark::Membership | LogMark::Undecodable => {}
+            }
+        }
+        let unread = |id: &MessageId| {
+            created
+                .get(id)
+                .is_some_and(|(seq, author)| *seq > read_seq && *author != member)
+        };
+        let deleted: BTreeSet<&MessageId> = deletions.iter().copied().collect();
+        let arrived = created.keys().filter(|id| unread(id)).count() as u64;
+        let truth = created
+            .keys()
+            .filter(|id| unread(id) && !deleted.contains(*id))
+            .count() as u64;
+        let forgotten = deletions.len().saturating_sub(RECENT_DELETIONS);
+        let missed = deletions[..forgotten]
+            .iter()
+            .filter(|id| unread(id))
+            .count() as u64;
+        Self {
+            read_seq,
+            server: t.unread_for(member, marker),
+            truth,
+            missed,
+            arrived,
+        }
+    }
+
+    /// Never under-counted; exact while every deletion past the marker is among the last
+    /// `RECENT_DELETIONS`; beyond, over-counted by exactly the deletions forgotten.
+    fn violations(&self, member: &UserId) -> Vec<String> {
+        let (r, server, truth, missed) = (self.read_seq, self.server, self.truth, self.missed);
+        let mut bad = Vec::new();
+        if server < truth {
+            bad.push(format!(
+                "{member} (marker at {r}): unread {server}, but {truth} messages of others \
+                 after the marker are live (under-counted)"
+            ));
+        } else if missed == 0 && server != truth {
+            bad.push(format!(
+                "{member} (marker at {r}): unread {server}, the log says {truth}, and every \
+                 deletion past the marker is among the last {RECENT_DELETIONS} (exact there)"
+            ));
+        } else if server != truth + missed {
+            bad.push(format!(
+                "{member} (marker at {r}): unread {server}, the log says {truth} live and \
+                 {missed} deleted before the last {RECENT_DELETIONS} deletions (expected {})",
+                truth + missed
+            ));
+        }
+        bad
+    }
 }
 
 fn retryable(e: &DedupError) -> bool {
@@ -1008,6 +1160,100 @@ impl Sim {
         out
     }
 
+    /// The shared thread as it stands (one atomic look at the index, without awaiting): its
+    /// record and its members' read markers, with `model` brought up to its log.
+    fn thread_now(
+        &self,
+        model: &mut LogModel,
+    ) -> Option<(ThreadRecord, BTreeMap<UserId, ReadMarker>)> {
+        let thread: ThreadId = THREAD.parse().expect("valid thread id");
+        let pk = keys::thread_log_pk(&thread);
+        let marker_sk = keys::read_marker(&guest(0), &thread).sk;
+        let mut record = None;
+        let mut markers = BTreeMap::new();
+        self.index.visit(|i| {
+            let k = &i.key;
+            if k.pk == pk {
+                if k.sk == "META" {
+                    record = serde_json::from_str::<ThreadRecord>(&i.body).ok();
+                } else if let Some(seq) = k.sk.strip_prefix("LOG#").and_then(|s| s.parse().ok()) {
+                    model
+                        .entries
+                        .entry(seq)
+                        .or_insert_with(|| LogMark::of(&i.body));
+                }
+            } else if k.sk == marker_sk {
+                let user = k.pk.strip_prefix("FEED#").and_then(|u| u.parse().ok());
+                if let (Some(user), Ok(m)) = (user, serde_json::from_str(&i.body)) {
+                    markers.insert(user, m);
+                }
+            }
+        });
+        record.map(|r| (r, markers))
+    }
+
+    /// The unread invariant: for every member of the shared thread, the count the server
+    /// answers against the one the log gives ([`Unread::violations`]). Checked after every
+    /// step that may change the thread (skipped when nothing was written since the last).
+    fn check_unread(&self, context: impl FnOnce() -> String) {
+        let mut model = lock(&self.log_model);
+        let writes = self.index.writes();
+        if model.at_writes == Some(writes) {
+            return;
+        }
+        model.at_writes = Some(writes);
+        let Some((t, markers)) = self.thread_now(&mut model) else {
+            return;
+        };
+        self.trace.bump("read.checked");
+        let mut bad = Vec::new();
+        if model
+            .entries
+            .values()
+            .any(|e| matches!(e, LogMark::Undecodable))
+        {
+            bad.push("the thread's log has an entry that is not a log entry".to_owned());
+        }
+        for m in &t.members {
+            let u = Unread::of(&model.entries, &t, m, markers.get(m));
+            if u.missed > 0 {
+                self.trace.bump("read.over_counted");
+            }
+            bad.extend(u.violations(m));
+        }
+        drop(model);
+        if !bad.is_empty() {
+            self.fail("unread", &context(), bad);
+        }
+    }
+
+    /// Right after `member` marked the thread read at `cursor`: their marker is there or
+    /// past it, and with no message of others created after it their count is 0.
+    fn check_read(&self, member: &UserId, cursor: Seq, context: impl FnOnce() -> String) {
+        let mut model = lock(&self.log_model);
+        let Some((t, markers)) = self.thread_now(&mut model) else {
+            return;
+        };
+        let u = Unread::of(&model.entries, &t, member, markers.get(member));
+        drop(model);
+        let mut bad = u.violations(member);
+        if u.read_seq < cursor {
+            bad.push(format!(
+                "{member}: marked read at {cursor}, the marker is at {}",
+                u.read_seq
+            ));
+        } else if u.arrived == 0 && u.server != 0 {
+            bad.push(format!(
+                "{member}: marked read at {cursor} (marker at {}), nothing of others since, \
+                 unread {}",
+                u.read_seq, u.server
+            ));
+        }
+        if !bad.is_empty() {
+            self.fail("unread", &context(), bad);
+        }
+    }
+
     fn content_of(&self, hash: &ContentHash) -> String {
         self.w
             .hashes
@@ -1040,6 +1286,8 @@ struct SessionProgress {
 #[derive(Default)]
 struct ClientState {
     sessions: BTreeMap<usize, SessionProgress>,
+    /// The position each mark-read step marks (its retries mark the same).
+    read_at: BTreeMap<usize, Seq>,
 }
 
 fn proof(s: &UploadSession, bytes: &[u8]) -> String {
@@ -1367,6 +1615,60 @@ async fn perform(
             });
             Ok(format!("ok changed={changed}"))
         }
+        Action::MarkRead { back } => {
+            let thread: ThreadId = THREAD.parse().expect("valid thread id");
+            let chat = sim.d.chat();
+            let cursor = match st.read_at.get(&key) {
+                Some(at) => *at,
+                None => {
+                    let head: Seq = chat
+                        .get_thread(owner, &thread)
+                        .await?
+                        .last_cursor
+                        .parse()
+                        .expect("a cursor is a position");
+                    let at = head.saturating_sub(*back);
+                    st.read_at.insert(key, at);
+                    at
+                }
+            };
+            let changed = chat.mark_read(owner, &thread, cursor).await?;
+            // At once, without awaiting: the marker is at `cursor` or past it; with no message
+            // of others after it, the count is 0.
+            sim.check_read(owner, cursor, || {
+                format!("c{} right after marking read at {cursor}", c.idx)
+            });
+            sim.trace.bump(match (changed, *back) {
+                (false, _) => "read.unchanged",
+                (true, 0) => "read.marked_at_head",
+                (true, _) => "read.marked_behind",
+            });
+            Ok(format!("ok cursor={cursor} changed={changed}"))
+        }
+        Action::Chatter { msgs } => {
+            let thread: ThreadId = THREAD.parse().expect("valid thread id");
+            let chat = sim.d.chat();
+            let id = |i: u32| -> MessageId {
+                format!("c{}x{i}", c.idx).parse().expect("valid message id")
+            };
+            for i in 0..*msgs {
+                let req = NewMessage {
+                    id: id(i),
+                    snapshot: Snapshot::new(snapshot_of(c.idx, 1000 + i, 1))
+                        .expect("a generated snapshot is valid"),
+                    audio: None,
+                    text: Some(MessageText::new(format!("chatter {i}")).expect("valid text")),
+                };
+                chat.create_message(owner, &thread, req).await?;
+                sim.check_unread(|| format!("c{} chatter posted {i}", c.idx));
+            }
+            for i in 0..*msgs {
+                chat.delete_message(owner, &thread, &id(i)).await?;
+                sim.check_unread(|| format!("c{} chatter deleted {i}", c.idx));
+            }
+            sim.trace.bump("message.chatter");
+            Ok(format!("ok {msgs} posted and deleted"))
+        }
         Action::Retry { .. } => unreachable!("retries are unwrapped by the caller"),
     }
 }
@@ -1403,6 +1705,17 @@ async fn attempt(
         };
         sim.trace.log(said);
         sim.check(|| format!("c{} {}", c.idx, said()));
+        if matches!(
+            inner,
+            Action::Post { .. }
+                | Action::Forward { .. }
+                | Action::Unpost { .. }
+                | Action::Member { .. }
+                | Action::MarkRead { .. }
+                | Action::Chatter { .. }
+        ) {
+            sim.check_unread(|| format!("c{} {}", c.idx, said()));
+        }
         match &r {
             Err(e) if retryable(e) && n < budget && !sim.failed() => {
                 sim.trace.bump("client.retry_after_5xx");
@@ -1702,6 +2015,7 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
         checks: AtomicU64::new(0),
         decoded: Mutex::default(),
         full_check: opts.full_check,
+        log_model: Mutex::default(),
     });
     sim.trace.log(|| {
         format!(
@@ -1827,6 +2141,9 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
             );
         }
     }
+    if !sim.failed() {
+        check_unread_answers(&sim).await;
+    }
 
     let mut digest = 0xcbf2_9ce4_8422_2325;
     let trace = std::mem::take(&mut *lock(&sim.trace.lines));
@@ -1857,6 +2174,56 @@ async fn simulate(w: Arc<Workload>, opts: Opts) -> RunResult {
         trace,
         counters,
         digest,
+    }
+}
+
+/// At the end: the unread invariant on every member, and `get_thread` and each of their feed
+/// entries for the thread answer the count the record and their marker give.
+async fn check_unread_answers(sim: &Sim) {
+    lock(&sim.log_model).at_writes = None;
+    sim.check_unread(|| "at the end".into());
+    let Some((t, markers)) = sim.thread_now(&mut lock(&sim.log_model)) else {
+        return;
+    };
+    let thread: ThreadId = THREAD.parse().expect("valid thread id");
+    let chat = sim.d.chat();
+    let mut bad = Vec::new();
+    for m in &t.members {
+        let want = t.unread_for(m, markers.get(m));
+        match chat.get_thread(m, &thread).await {
+            Ok(d) if d.unread == want => {}
+            Ok(d) => bad.push(format!(
+                "{m}: get_thread answers unread {}, record and marker give {want}",
+                d.unread
+            )),
+            Err(e) => bad.push(format!("{m}: get_thread failed: {e}")),
+        }
+        let mut since = 0;
+        loop {
+            let page = match chat.list_threads(m, since, MAX_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    bad.push(format!("{m}: list_threads failed: {e}"));
+                    break;
+                }
+            };
+            for v in page.items.iter().filter(|v| v.id == thread && !v.left) {
+                if v.unread != Some(want) {
+                    bad.push(format!(
+                        "{m}: a feed entry answers unread {:?}, record and marker give {want}",
+                        v.unread
+                    ));
+                }
+            }
+            let next = page.next_cursor.parse().unwrap_or(since);
+            if !page.has_more || next <= since {
+                break;
+            }
+            since = next;
+        }
+    }
+    if !bad.is_empty() {
+        sim.fail("unread", "the answers at the end", bad);
     }
 }
 
@@ -2218,6 +2585,12 @@ fn workload_exercises_every_flow_and_fault() {
         "member.added",
         "member.removed",
         "member.left",
+        "read.marked_at_head",
+        "read.marked_behind",
+        "read.unchanged",
+        "read.checked",
+        "read.over_counted",
+        "message.chatter",
         "reconcile.snapshots_purged",
         "client.retry_step",
         "client.retry_after_5xx",
