@@ -82,6 +82,27 @@ enum RemoveRoute {
     Close(u64, Versioned<CountShard>),
 }
 
+/// Writes open shard `n` (as read in `s`) with `count` references, conditioned on the
+/// version read: two writers of one shard must not both succeed (the mutants switch drops the
+/// condition, `no-count-shard-guard`).
+fn put_shard_count(
+    txn: &mut Txn,
+    n: u64,
+    s: &Versioned<CountShard>,
+    count: u64,
+) -> Result<(), DedupError> {
+    let shard = CountShard {
+        count,
+        ..s.value.clone()
+    };
+    let expect = if guards::count_shard_guard() {
+        s.expect()
+    } else {
+        Expect::Any
+    };
+    txn.put_count_shard(n, &shard, expect)
+}
+
 fn is_open(s: &Versioned<CountShard>, a: &AudioRecord) -> bool {
     s.value.count > 0 && s.value.generation == a.generation
 }
@@ -275,16 +296,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         match route {
             AddRoute::Direct => self.put_or_check_audio(txn, a, p),
             AddRoute::Shard(n, s) => {
-                let shard = CountShard {
-                    count: s.value.count + added,
-                    ..s.value.clone()
-                };
-                let expect = if guards::count_shard_guard() {
-                    s.expect()
-                } else {
-                    Expect::Any
-                };
-                txn.put_count_shard(n, &shard, expect)?;
+                put_shard_count(txn, n, &s, s.value.count + added)?;
                 txn.stats_shard_for(hash, n);
                 Ok(())
             }
@@ -532,16 +544,7 @@ impl<B: BlobStore, I: TransactionalIndex> AudioEngine<B, I> {
         match self.remove_route(p).await? {
             RemoveRoute::Direct => self.plan_remove_counted(txn, r, p, 1),
             RemoveRoute::Shard(n, s) => {
-                let shard = CountShard {
-                    count: s.value.count - 1,
-                    ..s.value.clone()
-                };
-                let expect = if guards::count_shard_guard() {
-                    s.expect()
-                } else {
-                    Expect::Any
-                };
-                txn.put_count_shard(n, &shard, expect)?;
+                put_shard_count(txn, n, &s, s.value.count - 1)?;
                 txn.stats_shard_for(&p.value.hash, n);
                 txn.stats.reference(p.value.size, -1);
                 self.plan_tombstone(txn, r)?;
