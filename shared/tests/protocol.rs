@@ -1240,38 +1240,49 @@ async fn a_hot_track_takes_adds_from_many_processes_through_count_shards() {
     h.settled();
 }
 
+/// Once armed: slow commits (so adds queue into one batch), and the second transaction
+/// gets `fault`.
+struct SlowThenSecondFault {
+    fault: Fault,
+    armed: std::sync::atomic::AtomicBool,
+    seen: AtomicU32,
+}
+
+impl SlowThenSecondFault {
+    fn new(fault: Fault) -> Self {
+        Self {
+            fault,
+            armed: false.into(),
+            seen: AtomicU32::new(0),
+        }
+    }
+}
+
+impl FaultHook for SlowThenSecondFault {
+    fn fault(&self, op: Op) -> Fault {
+        if op == Op::IndexTransact
+            && self.armed.load(Ordering::SeqCst)
+            && self.seen.fetch_add(1, Ordering::SeqCst) == 1
+        {
+            return self.fault;
+        }
+        Fault::None
+    }
+    fn delay(&self, op: Op) -> Duration {
+        if op == Op::IndexTransact && self.armed.load(Ordering::SeqCst) {
+            Duration::from_millis(10)
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
 /// A batch of adds whose transaction fails with a store error does not hand that one error
 /// to every add in it: each is tried again on its own and answered on its own.
 #[tokio::test(start_paused = true)]
 async fn a_failed_batch_answers_each_add_with_its_own_outcome() {
-    /// Once armed: slow commits (so adds queue into one batch), and the second transaction
-    /// fails before it writes (the first is the add that leads alone).
-    struct SlowThenFail {
-        armed: std::sync::atomic::AtomicBool,
-        seen: AtomicU32,
-    }
-    impl FaultHook for SlowThenFail {
-        fn fault(&self, op: Op) -> Fault {
-            if op == Op::IndexTransact
-                && self.armed.load(Ordering::SeqCst)
-                && self.seen.fetch_add(1, Ordering::SeqCst) == 1
-            {
-                return Fault::FailBefore;
-            }
-            Fault::None
-        }
-        fn delay(&self, op: Op) -> Duration {
-            if op == Op::IndexTransact && self.armed.load(Ordering::SeqCst) {
-                Duration::from_millis(10)
-            } else {
-                Duration::ZERO
-            }
-        }
-    }
-    let hook = Arc::new(SlowThenFail {
-        armed: false.into(),
-        seen: AtomicU32::new(0),
-    });
+    // The second transaction fails before it writes (the first is the add that leads alone).
+    let hook = Arc::new(SlowThenSecondFault::new(Fault::FailBefore));
     let h = harness_with(DedupConfig::default(), hook.clone());
     let hash = ContentHash::of(b"batched");
     h.upload("alice", b"batched", None).await.unwrap();
@@ -1304,33 +1315,7 @@ async fn a_failed_batch_answers_each_add_with_its_own_outcome() {
 /// a transaction over DynamoDB's 100 operations).
 #[tokio::test(start_paused = true)]
 async fn the_largest_batch_fits_when_it_opens_a_count_shard() {
-    /// Once armed: slow commits, and the second transaction conflicts.
-    struct SlowThenConflict {
-        armed: std::sync::atomic::AtomicBool,
-        seen: AtomicU32,
-    }
-    impl FaultHook for SlowThenConflict {
-        fn fault(&self, op: Op) -> Fault {
-            if op == Op::IndexTransact
-                && self.armed.load(Ordering::SeqCst)
-                && self.seen.fetch_add(1, Ordering::SeqCst) == 1
-            {
-                return Fault::Conflict;
-            }
-            Fault::None
-        }
-        fn delay(&self, op: Op) -> Duration {
-            if op == Op::IndexTransact && self.armed.load(Ordering::SeqCst) {
-                Duration::from_millis(10)
-            } else {
-                Duration::ZERO
-            }
-        }
-    }
-    let hook = Arc::new(SlowThenConflict {
-        armed: false.into(),
-        seen: AtomicU32::new(0),
-    });
+    let hook = Arc::new(SlowThenSecondFault::new(Fault::Conflict));
     let cfg = DedupConfig {
         max_add_batch: 1_000,
         ..DedupConfig::default()
