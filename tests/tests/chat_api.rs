@@ -49,6 +49,16 @@ async fn delete_msg(c: &Client, thread: &str, id: &str) -> Reply {
     .await
 }
 
+async fn get_thread(c: &Client, id: &str) -> Reply {
+    c.call(
+        Method::GET,
+        "/v1/threads/{id}",
+        &format!("/v1/threads/{id}"),
+        Body::None,
+    )
+    .await
+}
+
 async fn snapshot(c: &Client, id: &str) -> Reply {
     c.call(
         Method::GET,
@@ -184,14 +194,7 @@ async fn a_conversation_with_audio_from_create_to_deletion() {
         (StatusCode::OK, Some("deleted"))
     );
     assert_eq!(alice.stats().await.body["total_references"], 0);
-    let detail = bob
-        .call(
-            Method::GET,
-            "/v1/threads/{id}",
-            "/v1/threads/t1",
-            Body::None,
-        )
-        .await;
+    let detail = get_thread(&bob, "t1").await;
     assert_eq!(
         (
             detail.body["last_cursor"].as_str(),
@@ -1084,14 +1087,7 @@ async fn a_message_text_is_stored_synced_checked_on_retry_and_dropped_on_delete(
     // Bob's sync carries it; the snapshot is unchanged.
     let page = sync(&bob, "tx", "0").await;
     assert_eq!(page.body["items"][0]["text"], "line one\n\tline two");
-    let detail = bob
-        .call(
-            Method::GET,
-            "/v1/threads/{id}",
-            "/v1/threads/tx",
-            Body::None,
-        )
-        .await;
+    let detail = get_thread(&bob, "tx").await;
     assert_eq!(detail.body["last_message"]["text"], "line one\n\tline two");
     assert_eq!(detail.body["last_message"]["author"], "alice");
     assert_eq!(snapshot(&bob, "tx1").await.body, json!({"bpm": 90}));
@@ -1108,14 +1104,7 @@ async fn a_message_text_is_stored_synced_checked_on_retry_and_dropped_on_delete(
         page.body
     );
     // The thread's preview of its newest message went with it.
-    let detail = bob
-        .call(
-            Method::GET,
-            "/v1/threads/{id}",
-            "/v1/threads/tx",
-            Body::None,
-        )
-        .await;
+    let detail = get_thread(&bob, "tx").await;
     assert!(
         detail.body.get("last_message").is_none(),
         "{:?}",
